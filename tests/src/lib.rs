@@ -1,1 +1,370 @@
-//! placeholder
+//! Test support for longhorn-guard's integration and end-to-end tests.
+//!
+//! The test command (`scripts/test.sh`) owns ONE local control plane (a real kube-apiserver
+//! and etcd on loopback) for the whole run and exports `LHG_TEST_KUBECONFIG`. Tests connect
+//! to it through [`TestCluster::connect`], which installs the Longhorn CRDs once, and each
+//! test works in its own labelled namespace from [`TestCluster::namespace`].
+//!
+//! This crate never starts a cluster of its own (nextest runs every test in its own
+//! process: a cluster per test would leave orphans behind) and never reads `KUBECONFIG`, so
+//! a developer's real cluster cannot be touched by a test.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// Environment variable naming the kubeconfig of the run's local control plane.
+pub const KUBECONFIG_ENV: &str = "LHG_TEST_KUBECONFIG";
+/// Environment variable naming the kubeconfig of the second control plane, which holds
+/// Longhorn's own v1.7.2 CRDs (set by the test command when `../shared/longhorn` exists).
+pub const LONGHORN_KUBECONFIG_ENV: &str = "LHG_TEST_LONGHORN_KUBECONFIG";
+/// Label every test namespace carries, value = the namespace name. Webhook configurations
+/// registered by a test select on it so parallel tests never judge each other's objects.
+pub const TEST_NAMESPACE_LABEL: &str = "longhorn-guard.io/test";
+
+/// A connection to the run's local control plane.
+#[derive(Clone)]
+pub struct TestCluster {
+    client: Client,
+    config: Config,
+    kubeconfig: PathBuf,
+}
+
+impl TestCluster {
+    /// Connects to the control plane named by `LHG_TEST_KUBECONFIG` and makes sure the
+    /// longhorn-guard Longhorn CRDs are installed and Established.
+    pub async fn connect() -> Result<Self> {
+        let cluster = Self::connect_to(KUBECONFIG_ENV).await?;
+        cluster.ensure_crds(longhorn_types::crds::all()).await?;
+        Ok(cluster)
+    }
+
+    /// Connects to the control plane named by the kubeconfig in environment variable `env`,
+    /// installing nothing.
+    pub async fn connect_to(env: &str) -> Result<Self> {
+        let path = std::env::var_os(env).map(PathBuf::from).ok_or_else(|| {
+            anyhow!(
+                "no local control plane: {env} is not set. Integration tests run against the \
+                 kube-apiserver that `scripts/test.sh` starts for the whole run; run them with \
+                 `bash scripts/test.sh` (or start one with control-plane/up.sh and export {env})"
+            )
+        })?;
+        let kubeconfig = Kubeconfig::read_from(&path)
+            .with_context(|| format!("reading {env}={}", path.display()))?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("loading {env}={}", path.display()))?;
+        let client = Client::try_from(config.clone()).context("building a kube client")?;
+        Ok(Self {
+            client,
+            config,
+            kubeconfig: path,
+        })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The kubeconfig file of this control plane (for processes a test starts).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server's URL, e.g. `https://127.0.0.1:16443`.
+    pub fn api_url(&self) -> String {
+        self.config.cluster_url.to_string()
+    }
+
+    /// A client that impersonates `user` with `groups` (the admin may impersonate anyone).
+    pub fn client_as(&self, user: &str, groups: &[&str]) -> Result<Client> {
+        let mut config = self.config.clone();
+        config.auth_info.impersonate = Some(user.to_string());
+        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        Client::try_from(config).context("building an impersonating kube client")
+    }
+
+    /// Creates a fresh namespace `<prefix>-<random>` labelled [`TEST_NAMESPACE_LABEL`]=name.
+    /// Namespaces are never deleted: the 1.20 control plane has no namespace controller, and
+    /// the whole cluster is thrown away after the run.
+    pub async fn namespace(&self, prefix: &str) -> Result<String> {
+        let suffix = format!("{:08x}", rand::random::<u32>());
+        let mut prefix: String = prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        prefix.truncate(63 - suffix.len() - 1);
+        let name = format!("{}-{suffix}", prefix.trim_matches('-'));
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { TEST_NAMESPACE_LABEL: name } }
+        }))?;
+        Api::<Namespace>::all(self.client())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating test namespace {name}"))?;
+        Ok(name)
+    }
+
+    /// Creates `obj` (a JSON object such as `longhorn_types::shapes::backup(..)`) exactly as
+    /// given, `""` and `null` fields included, and reads it back as `K`.
+    pub async fn create<K>(&self, ns: &str, obj: Value) -> Result<K>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug,
+    {
+        let raw = self.create_raw::<K>(ns, obj).await?;
+        from_dynamic(raw)
+    }
+
+    /// Creates `obj`, then writes `status` through the status subresource (a PUT, so `null`
+    /// and `""` fields are stored as given), and reads the result back as `K`.
+    pub async fn create_with_status<K>(&self, ns: &str, obj: Value, status: Value) -> Result<K>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug,
+    {
+        let created = self.create_raw::<K>(ns, obj).await?;
+        let raw = self.put_status::<K>(ns, created, status).await?;
+        from_dynamic(raw)
+    }
+
+    /// Replaces the status of the object `name` (read first, so the update is conditional on
+    /// its resourceVersion).
+    pub async fn set_status<K>(&self, ns: &str, name: &str, status: Value) -> Result<K>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug,
+    {
+        let current = self.dynamic_api::<K>(ns).get(name).await?;
+        let raw = self.put_status::<K>(ns, current, status).await?;
+        from_dynamic(raw)
+    }
+
+    /// The namespaced dynamic API of kind `K`.
+    pub fn dynamic_api<K: Resource<DynamicType = ()>>(&self, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client(), ns, &ApiResource::erase::<K>(&()))
+    }
+
+    async fn create_raw<K: Resource<DynamicType = ()>>(
+        &self,
+        ns: &str,
+        mut obj: Value,
+    ) -> Result<DynamicObject> {
+        obj["metadata"]["namespace"] = json!(ns);
+        let what = describe(&obj);
+        let dynamic: DynamicObject = serde_json::from_value(obj)?;
+        self.dynamic_api::<K>(ns)
+            .create(&PostParams::default(), &dynamic)
+            .await
+            .with_context(|| format!("creating {what} in {ns}"))
+    }
+
+    async fn put_status<K: Resource<DynamicType = ()>>(
+        &self,
+        ns: &str,
+        mut current: DynamicObject,
+        status: Value,
+    ) -> Result<DynamicObject> {
+        let name = current
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| anyhow!("object without a name"))?;
+        current.data["status"] = status;
+        self.dynamic_api::<K>(ns)
+            .replace_status(&name, &PostParams::default(), &current)
+            .await
+            .with_context(|| format!("writing status of {} {ns}/{name}", K::kind(&())))
+    }
+
+    /// Creates a Longhorn object given as JSON (kind from its `kind` field, plural = lowercase
+    /// kind + "s" as for every Longhorn kind), then, if `status` is given, writes it through
+    /// the status subresource. Returns the stored object as the API server answers it.
+    pub async fn create_longhorn_object(
+        &self,
+        ns: &str,
+        mut obj: Value,
+        status: Option<Value>,
+    ) -> Result<DynamicObject> {
+        let kind = obj["kind"]
+            .as_str()
+            .ok_or_else(|| anyhow!("object without kind: {obj}"))?
+            .to_string();
+        let ar = longhorn_api_resource(&kind);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client(), ns, &ar);
+        obj["metadata"]["namespace"] = json!(ns);
+        let what = describe(&obj);
+        let dynamic: DynamicObject = serde_json::from_value(obj)?;
+        let mut created = api
+            .create(&PostParams::default(), &dynamic)
+            .await
+            .with_context(|| format!("creating {what} in {ns}"))?;
+        let Some(status) = status else {
+            return Ok(created);
+        };
+        let name = created.metadata.name.clone().unwrap_or_default();
+        created.data["status"] = status;
+        api.replace_status(&name, &PostParams::default(), &created)
+            .await
+            .with_context(|| format!("writing status of {what} in {ns}"))
+    }
+
+    /// Creates each CRD that is missing and waits until all are Established.
+    pub async fn ensure_crds(&self, crds: Vec<CustomResourceDefinition>) -> Result<()> {
+        let api = Api::<CustomResourceDefinition>::all(self.client());
+        for crd in &crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            if api.get_opt(&name).await?.is_none() {
+                match api.create(&PostParams::default(), crd).await {
+                    Ok(_) => {}
+                    // Another test process created it first.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
+                }
+            }
+        }
+        for crd in &crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            wait_for(
+                Duration::from_secs(30),
+                &format!("CRD {name} Established"),
+                || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move {
+                        let crd = api.get(&name).await?;
+                        Ok(crd
+                            .status
+                            .and_then(|s| s.conditions)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True"))
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Ok(true)`, failing after `timeout` with
+/// `what` and the last error in the message.
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > timeout {
+            match last_err {
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The `ApiResource` of a Longhorn kind (`longhorn.io/v1beta2`, plural = lowercase kind + "s").
+pub fn longhorn_api_resource(kind: &str) -> ApiResource {
+    ApiResource {
+        group: longhorn_types::GROUP.into(),
+        version: longhorn_types::VERSION.into(),
+        api_version: longhorn_types::API_VERSION.into(),
+        kind: kind.into(),
+        plural: format!("{}s", kind.to_ascii_lowercase()),
+    }
+}
+
+/// One object of every Longhorn kind the guard reads, each with its status, shaped exactly
+/// as Longhorn v1.7.2 writes them (`longhorn_types::shapes`). `(object, status)`.
+pub fn longhorn_fixture_objects(ns: &str) -> Vec<(Value, Option<Value>)> {
+    use longhorn_types::shapes as s;
+    vec![
+        (
+            s::volume(ns, "pvc-1", "node-1"),
+            Some(s::volume_status("node-1")),
+        ),
+        (
+            s::snapshot(ns, "snap-a", "pvc-1"),
+            Some(s::snapshot_status("node-1", "")),
+        ),
+        (
+            s::engine(ns, "pvc-1", "node-1"),
+            Some(s::engine_status(
+                "node-1",
+                "instance-manager-0123456789abcdef",
+                "10.42.1.17",
+                10010,
+            )),
+        ),
+        (
+            s::instance_manager(ns, "instance-manager-0123456789abcdef", "node-1"),
+            Some(s::instance_manager_status("node-1", "10.42.1.5")),
+        ),
+        (
+            s::backup_target(ns, "default", "s3://backupbucket@us-east-1/"),
+            Some(s::backup_target_status("node-1", true)),
+        ),
+        (s::backup_volume(ns, "pvc-1"), None),
+        (
+            s::backup(
+                ns,
+                "backup-1a2b3c4d5e6f7a8b",
+                "pvc-1",
+                "snap-a",
+                Some("daily"),
+            ),
+            Some(s::backup_status("Pending", "node-1", "pvc-1", "snap-a")),
+        ),
+        (
+            s::backup(ns, "backup-new0000000000000", "pvc-1", "", None),
+            Some(s::backup_status("", "", "", "")),
+        ),
+        (s::setting(ns, "backup-target", ""), None),
+    ]
+}
+
+fn from_dynamic<K: DeserializeOwned>(obj: DynamicObject) -> Result<K> {
+    Ok(serde_json::from_value(serde_json::to_value(obj)?)?)
+}
+
+fn describe(obj: &Value) -> String {
+    format!(
+        "{} {}",
+        obj["kind"].as_str().unwrap_or("object"),
+        obj["metadata"]["name"]
+            .as_str()
+            .or(obj["metadata"]["generateName"].as_str())
+            .unwrap_or("<unnamed>")
+    )
+}

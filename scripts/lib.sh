@@ -1,0 +1,80 @@
+# scripts/lib.sh — shared by scripts/test.sh and scripts/demo.sh. Source it; do not run it.
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CP="${ROOT}/control-plane"
+export LHG_CACHE="${LHG_CACHE:-${HOME}/.cache/longhorn-guard}"
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ensure_packages PKG...: install the Debian packages that are missing (needs root + apt).
+ensure_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  command -v apt-get >/dev/null || die "apt-get not found; install ${missing[*]} by hand"
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq >&2 || die "apt-get update failed"
+  # Packages such as prometheus ship a service: keep it from starting on install.
+  local policy=/usr/sbin/policy-rc.d added_policy=0
+  if [[ ! -e ${policy} ]]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "${policy}" >/dev/null && $sudo chmod +x "${policy}" && added_policy=1
+  fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || rc=$?
+  [[ ${added_policy} -eq 1 ]] && $sudo rm -f "${policy}"
+  [[ ${rc} -eq 0 ]] || die "apt-get install ${missing[*]} failed"
+}
+
+# ensure_rust: cargo, clippy, rustfmt and cargo-nextest.
+ensure_rust() {
+  command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy >&2
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt >&2
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest from crates.io"
+    cargo install --locked cargo-nextest >&2 || die "cargo install cargo-nextest failed"
+  fi
+}
+
+# free_port: a TCP port on 127.0.0.1 nobody listens on right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# cp_up STATE_DIR: start a control plane on free loopback ports; prints its kubeconfig path.
+cp_up() {
+  local state="$1"
+  LHG_CP_API_PORT="$(free_port)" LHG_CP_ETCD_PORT="$(free_port)" LHG_CP_ETCD_PEER_PORT="$(free_port)" \
+    bash "${CP}/up.sh" "${state}" >/dev/null || return 1
+  echo "${state}/kubeconfig"
+}
+
+# cp_down STATE_DIR: stop it (no-op when it never started).
+cp_down() {
+  [[ -e "$1/.lhg-control-plane" ]] && bash "${CP}/down.sh" "$1" >&2 || true
+}
+
+# procs_of_run RUN_ID: pids (other than this shell's ancestry) whose environment carries
+# LHG_RUN_ID=RUN_ID, i.e. every process this run started, however deep.
+procs_of_run() {
+  local id="$1" pid env
+  for env in /proc/[0-9]*/environ; do
+    pid="${env#/proc/}"; pid="${pid%/environ}"
+    [[ ${pid} == "$$" || ${pid} == "${BASHPID}" ]] && continue
+    if tr '\0' '\n' <"${env}" 2>/dev/null | grep -qx "LHG_RUN_ID=${id}"; then
+      # skip our own ancestors (the shell running this script and its parents)
+      local p=$$ ancestor=0
+      while [[ ${p} -gt 1 ]]; do
+        [[ ${p} == "${pid}" ]] && { ancestor=1; break; }
+        p="$(awk '{print $4}' "/proc/${p}/stat" 2>/dev/null || echo 1)"
+      done
+      [[ ${ancestor} -eq 0 ]] && echo "${pid}"
+    fi
+  done
+}

@@ -1,0 +1,193 @@
+//! Compatibility with Longhorn's own CRDs (v1.7.2, from `../shared/longhorn/`, test data
+//! that is never copied into the project): the objects longhorn-guard's tests create are
+//! accepted and stored unchanged by them, and every field our CRDs type is typed the same
+//! way in Longhorn's.
+//!
+//! The test command starts a second control plane for this (one cluster cannot hold two
+//! definitions of the same CRD) and exports `LHG_TEST_LONGHORN_KUBECONFIG`. A user's clone
+//! has no `../shared`: then this test says so and checks nothing.
+
+use std::path::PathBuf;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use longhorn_guard_testkit::{LONGHORN_KUBECONFIG_ENV, TestCluster, longhorn_fixture_objects};
+use serde_json::Value;
+
+fn crds_file() -> PathBuf {
+    std::env::var_os("LHG_LONGHORN_CRDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/longhorn/crds-v1.7.2.yaml")
+        })
+}
+
+/// Longhorn's CRDs from the file, with webhook conversion turned off (only v1beta2 is
+/// stored, so reading as v1beta2 needs no conversion; the webhook Service does not exist).
+fn longhorn_crds() -> Option<Vec<CustomResourceDefinition>> {
+    let path = crds_file();
+    let text = std::fs::read_to_string(&path).ok()?;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut v: Value = serde::Deserialize::deserialize(doc).expect("CRD YAML parses");
+        if v.is_null() {
+            continue;
+        }
+        if v["spec"]["conversion"]["strategy"] == "Webhook" {
+            v["spec"]["conversion"] = serde_json::json!({ "strategy": "None" });
+        }
+        out.push(serde_json::from_value(v).expect("a CustomResourceDefinition"));
+    }
+    Some(out)
+}
+
+#[tokio::test]
+async fn longhorn_v1_7_2_crds_accept_our_objects_unchanged() {
+    let Some(crds) = longhorn_crds() else {
+        assert!(
+            std::env::var_os(LONGHORN_KUBECONFIG_ENV).is_none(),
+            "{LONGHORN_KUBECONFIG_ENV} is set but {} cannot be read",
+            crds_file().display()
+        );
+        eprintln!(
+            "NOT CHECKED: Longhorn's CRDs are absent ({}); this clone has no ../shared/longhorn",
+            crds_file().display()
+        );
+        return;
+    };
+    assert_eq!(crds.len(), 9, "crds-v1.7.2.yaml holds nine CRDs");
+    let cluster = TestCluster::connect_to(LONGHORN_KUBECONFIG_ENV)
+        .await
+        .expect("second control plane for Longhorn's CRDs (started by scripts/test.sh)");
+    cluster.ensure_crds(crds).await.unwrap();
+    let ns = cluster.namespace("longhorn-compat").await.unwrap();
+    for (obj, status) in longhorn_fixture_objects(&ns) {
+        let what = format!("{} {}", obj["kind"], obj["metadata"]["name"]);
+        let stored = cluster
+            .create_longhorn_object(&ns, obj.clone(), status.clone())
+            .await
+            .unwrap_or_else(|e| panic!("Longhorn's CRDs refuse {what}: {e:#}"));
+        let stored = serde_json::to_value(&stored).unwrap();
+        for part in ["spec", "value"] {
+            if let Some(sent) = obj.get(part) {
+                assert_eq!(
+                    &stored[part], sent,
+                    "{what}: {part} pruned or changed by Longhorn's CRD"
+                );
+            }
+        }
+        if let Some(status) = status {
+            assert_eq!(
+                stored["status"], status,
+                "{what}: status pruned or changed by Longhorn's CRD"
+            );
+        }
+    }
+}
+
+/// Fields our CRDs carry for Longhorn 1.8+ (reference tags **[1.8+]**): absent from 1.7.2's
+/// schema, and must stay absent there (else this list is stale).
+const SINCE_1_8: &[&str] = &[
+    "backups.longhorn.io: .status.backupTargetName",
+    "volumes.longhorn.io: .spec.backupTargetName",
+    "backupvolumes.longhorn.io: .spec.backupTargetName",
+    "backupvolumes.longhorn.io: .spec.volumeName",
+];
+
+#[test]
+fn our_crds_type_fields_as_longhorn_does() {
+    let Some(theirs) = longhorn_crds() else {
+        eprintln!(
+            "NOT CHECKED: Longhorn's CRDs are absent ({})",
+            crds_file().display()
+        );
+        return;
+    };
+    let mut mismatches = Vec::new();
+    let mut compared = 0;
+    for ours in longhorn_types::crds::all() {
+        let name = ours.metadata.name.clone().unwrap_or_default();
+        let Some(lh) = theirs
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name.as_str()))
+        else {
+            mismatches.push(format!("{name}: not among Longhorn's CRDs"));
+            continue;
+        };
+        assert_eq!(ours.spec.group, lh.spec.group);
+        assert_eq!(ours.spec.scope, lh.spec.scope, "{name} scope");
+        assert_eq!(ours.spec.names.kind, lh.spec.names.kind);
+        let schema = |c: &CustomResourceDefinition| {
+            let v = c
+                .spec
+                .versions
+                .iter()
+                .find(|v| v.name == "v1beta2")
+                .expect("v1beta2");
+            assert!(
+                v.subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
+                "{name}: status subresource"
+            );
+            serde_json::to_value(&v.schema.as_ref().expect("schema").open_api_v3_schema).unwrap()
+        };
+        let (o, l) = (schema(&ours), schema(lh));
+        compare(&name, "", &o, &l, &mut mismatches, &mut compared);
+    }
+    assert!(compared > 80, "compared only {compared} fields");
+    for later in SINCE_1_8 {
+        let expected = format!("{later} not in Longhorn's schema");
+        let pos = mismatches.iter().position(|m| *m == expected);
+        assert!(
+            pos.is_some(),
+            "{later} is listed as 1.8+ but Longhorn 1.7.2 has it"
+        );
+        mismatches.remove(pos.unwrap_or_default());
+    }
+    assert!(
+        mismatches.is_empty(),
+        "our CRDs disagree with Longhorn's:\n{}",
+        mismatches.join("\n")
+    );
+}
+
+/// Every property ours declares must exist in Longhorn's with the same type.
+fn compare(
+    crd: &str,
+    path: &str,
+    ours: &Value,
+    theirs: &Value,
+    out: &mut Vec<String>,
+    n: &mut usize,
+) {
+    let Some(props) = ours.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (key, o) in props {
+        if path.is_empty() && (key == "metadata" || key == "apiVersion" || key == "kind") {
+            continue;
+        }
+        let p = format!("{path}.{key}");
+        let Some(t) = theirs.get("properties").and_then(|p| p.get(key)) else {
+            out.push(format!("{crd}: {p} not in Longhorn's schema"));
+            continue;
+        };
+        *n += 1;
+        if o.get("type") != t.get("type") {
+            out.push(format!(
+                "{crd}: {p} is {:?} here, {:?} in Longhorn's",
+                o.get("type"),
+                t.get("type")
+            ));
+        }
+        if let (Some(oa), Some(ta)) = (o.get("additionalProperties"), t.get("additionalProperties"))
+        {
+            if oa.get("type") != ta.get("type") {
+                out.push(format!("{crd}: {p} map values differ"));
+            }
+            compare(crd, &format!("{p}.*"), oa, ta, out, n);
+        }
+        compare(crd, &p, o, t, out, n);
+    }
+}
