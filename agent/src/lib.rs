@@ -1,1 +1,26 @@
-//! placeholder
+//! longhorn-guard agent: the per-node component through which the guard talks gRPC to Longhorn's
+//! engine proxies (instance managers on `ip:8501`), and the `SnapshotService` it serves.
+//!
+//! Every engine call goes through a [`LeasePool`]: bounded channels per endpoint, bounded
+//! concurrent calls, a deadline on every call, a circuit breaker, and exact opened/closed and
+//! acquired/released accounting exported as metrics. This crate must not open a gRPC client per
+//! call, hold a call past its deadline, ping faster than Longhorn's 10 s keepalive minimum, or
+//! write to the cluster: it only reads Engines and InstanceManagers.
+
+pub mod breaker;
+pub mod config;
+pub mod connect;
+pub mod engine_client;
+pub mod engine_index;
+pub mod metrics;
+pub mod pool;
+pub mod server;
+pub mod snapshot_service;
+
+pub use config::{AgentConfig, ConfigError, PoolConfig};
+pub use engine_client::{EngineClient, EngineTarget};
+pub use engine_index::{EngineIndex, LookupError};
+pub use metrics::PoolMetrics;
+pub use pool::{EndpointStatus, LeasePool, PoolLiveness};
+pub use server::{Agent, run};
+pub use snapshot_service::SnapshotApi;

@@ -1,0 +1,526 @@
+//! The agent's Prometheus metrics (prefix `longhorn_guard_agent`), and the exact lease / channel
+//! bookkeeping behind the `leaked_leases` and `leaked_channels` self-checks.
+//!
+//! Counters and gauges are mirrored from a [`PoolBook`] updated under one lock, so the self-check
+//! `acquired − released − active` is exact at every scrape, not "zero most of the time".
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Latency buckets in seconds, resolving sub-millisecond calls (loopback) up to the 30 s cap.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 18] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Why a pooled channel was closed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CloseReason {
+    Idle,
+    MaxAge,
+    TransportError,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::Idle,
+        CloseReason::MaxAge,
+        CloseReason::TransportError,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "idle",
+            CloseReason::MaxAge => "max_age",
+            CloseReason::TransportError => "transport_error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How a lease ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    Ok,
+    Error,
+    Deadline,
+    Cancelled,
+    Panic,
+}
+
+impl LeaseOutcome {
+    pub const ALL: [LeaseOutcome; 5] = [
+        LeaseOutcome::Ok,
+        LeaseOutcome::Error,
+        LeaseOutcome::Deadline,
+        LeaseOutcome::Cancelled,
+        LeaseOutcome::Panic,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseOutcome::Ok => "ok",
+            LeaseOutcome::Error => "error",
+            LeaseOutcome::Deadline => "deadline",
+            LeaseOutcome::Cancelled => "cancelled",
+            LeaseOutcome::Panic => "panic",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+macro_rules! label_value_as_str {
+    ($t:ty) => {
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+label_value_as_str!(CloseReason);
+label_value_as_str!(LeaseOutcome);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub reason: CloseReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: LeaseOutcome,
+}
+
+/// `endpoint` is an instance manager's `ip:port`: bounded by the number of nodes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+/// `method` is an engine-proxy RPC name, `code` a gRPC status code name: both closed sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub method: &'static str,
+    pub code: &'static str,
+}
+
+/// Snake-case name of a gRPC code, for labels.
+pub fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Exact counts, changed only under the lock together with the exported metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PoolBook {
+    pub leases_acquired: u64,
+    pub leases_released: u64,
+    pub leases_released_by_outcome: [u64; 5],
+    pub leases_active: u64,
+    pub channels_created: u64,
+    pub channels_closed: u64,
+    pub channels_closed_by_reason: [u64; 4],
+    pub channels_active: u64,
+    pub lease_wait_overflow: u64,
+    pub deadline_exceeded: u64,
+}
+
+impl PoolBook {
+    /// `acquired − released − active`: anything but 0 is a lease nobody accounts for.
+    pub fn leaked_leases(&self) -> i64 {
+        self.leases_acquired as i64 - self.leases_released as i64 - self.leases_active as i64
+    }
+
+    /// `created − closed − active` for channels.
+    pub fn leaked_channels(&self) -> i64 {
+        self.channels_created as i64 - self.channels_closed as i64 - self.channels_active as i64
+    }
+
+    pub fn released(&self, outcome: LeaseOutcome) -> u64 {
+        self.leases_released_by_outcome[outcome.index()]
+    }
+
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.channels_closed_by_reason[reason as usize]
+    }
+}
+
+/// Metrics of the lease pool and the engine calls made through it.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    book: Mutex<PoolBook>,
+    channels_active: Gauge,
+    channels_created: Counter,
+    channels_closed: Family<CloseLabels, Counter>,
+    leases_active: Gauge,
+    leases_acquired: Counter,
+    leases_released: Family<OutcomeLabels, Counter>,
+    lease_wait_overflow: Counter,
+    deadline_exceeded: Counter,
+    breaker_state: Family<EndpointLabels, Gauge>,
+    call_duration: Family<CallLabels, Histogram, fn() -> Histogram>,
+    lease_wait: Histogram,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_SECONDS)
+}
+
+impl Default for PoolMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolMetrics {
+    pub fn new() -> Self {
+        let metrics = Self {
+            book: Mutex::new(PoolBook::default()),
+            channels_active: Gauge::default(),
+            channels_created: Counter::default(),
+            channels_closed: Family::default(),
+            leases_active: Gauge::default(),
+            leases_acquired: Counter::default(),
+            leases_released: Family::default(),
+            lease_wait_overflow: Counter::default(),
+            deadline_exceeded: Counter::default(),
+            breaker_state: Family::default(),
+            call_duration: Family::new_with_constructor(latency_histogram),
+            lease_wait: latency_histogram(),
+        };
+        // Every label value exists from the first scrape: a zero is visible, not an absent series.
+        for reason in CloseReason::ALL {
+            let _ = metrics
+                .channels_closed
+                .get_or_create(&CloseLabels { reason });
+        }
+        for outcome in LeaseOutcome::ALL {
+            let _ = metrics
+                .leases_released
+                .get_or_create(&OutcomeLabels { outcome });
+        }
+        metrics
+    }
+
+    fn book(&self) -> MutexGuard<'_, PoolBook> {
+        // A poisoned lock only means a panic elsewhere; the counts are still consistent.
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A consistent copy of the bookkeeping.
+    pub fn snapshot(&self) -> PoolBook {
+        *self.book()
+    }
+
+    pub(crate) fn lease_acquired(&self) {
+        let mut book = self.book();
+        book.leases_acquired += 1;
+        book.leases_active += 1;
+        self.leases_acquired.inc();
+        self.leases_active.inc();
+    }
+
+    pub(crate) fn lease_released(&self, outcome: LeaseOutcome) {
+        let mut book = self.book();
+        book.leases_released += 1;
+        book.leases_released_by_outcome[outcome.index()] += 1;
+        book.leases_active = book.leases_active.saturating_sub(1);
+        if outcome == LeaseOutcome::Deadline {
+            book.deadline_exceeded += 1;
+            self.deadline_exceeded.inc();
+        }
+        self.leases_released
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.leases_active.dec();
+    }
+
+    pub(crate) fn lease_wait_overflowed(&self) {
+        let mut book = self.book();
+        book.lease_wait_overflow += 1;
+        self.lease_wait_overflow.inc();
+    }
+
+    pub(crate) fn observe_lease_wait(&self, seconds: f64) {
+        self.lease_wait.observe(seconds);
+    }
+
+    pub(crate) fn channel_created(&self) {
+        let mut book = self.book();
+        book.channels_created += 1;
+        book.channels_active += 1;
+        self.channels_created.inc();
+        self.channels_active.inc();
+    }
+
+    pub(crate) fn channel_closed(&self, reason: CloseReason) {
+        let mut book = self.book();
+        book.channels_closed += 1;
+        book.channels_closed_by_reason[reason as usize] += 1;
+        book.channels_active = book.channels_active.saturating_sub(1);
+        self.channels_closed
+            .get_or_create(&CloseLabels { reason })
+            .inc();
+        self.channels_active.dec();
+    }
+
+    pub(crate) fn set_breaker_state(&self, endpoint: &str, state: i64) {
+        self.breaker_state
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .set(state);
+    }
+
+    pub(crate) fn forget_endpoint(&self, endpoint: &str) {
+        self.breaker_state.remove(&EndpointLabels {
+            endpoint: endpoint.to_string(),
+        });
+    }
+
+    pub(crate) fn observe_call(&self, method: &'static str, code: tonic::Code, seconds: f64) {
+        self.call_duration
+            .get_or_create(&CallLabels {
+                method,
+                code: code_label(code),
+            })
+            .observe(seconds);
+    }
+
+    /// Registers every metric in `registry` (which should carry the `longhorn_guard_agent` prefix).
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register(
+            "channels_active",
+            "HTTP/2 channels to engine proxies currently open",
+            self.channels_active.clone(),
+        );
+        registry.register(
+            "channels_created",
+            "HTTP/2 channels to engine proxies opened",
+            self.channels_created.clone(),
+        );
+        registry.register(
+            "channels_closed",
+            "HTTP/2 channels to engine proxies closed, by reason",
+            self.channels_closed.clone(),
+        );
+        registry.register(
+            "leases_active",
+            "Engine calls holding a lease right now",
+            self.leases_active.clone(),
+        );
+        registry.register(
+            "leases_acquired",
+            "Leases granted",
+            self.leases_acquired.clone(),
+        );
+        registry.register(
+            "leases_released",
+            "Leases returned, by how the call ended",
+            self.leases_released.clone(),
+        );
+        registry.register(
+            "lease_wait_overflow",
+            "Calls refused with RESOURCE_EXHAUSTED because no lease freed up within the queue timeout",
+            self.lease_wait_overflow.clone(),
+        );
+        registry.register(
+            "deadline_exceeded",
+            "Engine calls cut off at their lease deadline",
+            self.deadline_exceeded.clone(),
+        );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per engine-proxy endpoint: 0 closed, 1 half-open, 2 open",
+            self.breaker_state.clone(),
+        );
+        registry.register_with_unit(
+            "call_duration",
+            "Engine-proxy call latency including the lease wait, by RPC and gRPC code",
+            Unit::Seconds,
+            self.call_duration.clone(),
+        );
+        registry.register_with_unit(
+            "lease_wait",
+            "Time spent waiting for a lease",
+            Unit::Seconds,
+            self.lease_wait.clone(),
+        );
+        registry.register_collector(Box::new(LeakCheckCollector {
+            metrics: Arc::clone(self),
+        }));
+    }
+}
+
+/// `leaked_leases` / `leaked_channels`, computed from the book at scrape time.
+#[derive(Debug)]
+struct LeakCheckCollector {
+    metrics: Arc<PoolMetrics>,
+}
+
+impl Collector for LeakCheckCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let book = self.metrics.snapshot();
+        encode_const_gauge(
+            &mut encoder,
+            "leaked_leases",
+            "Self-check: leases acquired - released - active; must always be 0",
+            None,
+            book.leaked_leases(),
+        )?;
+        encode_const_gauge(
+            &mut encoder,
+            "leaked_channels",
+            "Self-check: channels created - closed - active; must always be 0",
+            None,
+            book.leaked_channels(),
+        )
+    }
+}
+
+/// Open file descriptors and resident memory of this process, read from /proc at scrape time.
+#[derive(Debug, Default)]
+pub struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(fds) = process_open_fds() {
+            encode_const_gauge(
+                &mut encoder,
+                "process_open_fds",
+                "Open file descriptors of the agent process (/proc/self/fd)",
+                None,
+                fds as i64,
+            )?;
+        }
+        if let Some(rss) = process_resident_memory_bytes() {
+            encode_const_gauge(
+                &mut encoder,
+                "process_resident_memory",
+                "Resident set size of the agent process (VmRSS in /proc/self/status)",
+                Some(&Unit::Bytes),
+                rss as i64,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_const_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    let metric_encoder = encoder.encode_descriptor(name, help, unit, gauge.metric_type())?;
+    gauge.encode(metric_encoder)
+}
+
+/// Number of entries in /proc/self/fd (None off Linux).
+pub fn process_open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|dir| dir.count())
+}
+
+/// VmRSS of /proc/self/status in bytes (None off Linux).
+pub fn process_resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Builds the agent's registry with the `longhorn_guard_agent` prefix.
+pub fn agent_registry(pool: &Arc<PoolMetrics>) -> Registry {
+    let mut registry = Registry::with_prefix("longhorn_guard_agent");
+    pool.register(&mut registry);
+    registry.register_collector(Box::new(ProcessCollector));
+    registry
+}
+
+/// OpenMetrics text of `registry`.
+pub fn encode_registry(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn book_balances_and_exposition_has_prefixed_names() {
+        let metrics = Arc::new(PoolMetrics::new());
+        metrics.lease_acquired();
+        metrics.lease_acquired();
+        metrics.lease_released(LeaseOutcome::Ok);
+        assert_eq!(metrics.snapshot().leaked_leases(), 0);
+        assert_eq!(metrics.snapshot().leases_active, 1);
+        metrics.lease_released(LeaseOutcome::Deadline);
+        metrics.channel_created();
+        metrics.channel_closed(CloseReason::Idle);
+        let book = metrics.snapshot();
+        assert_eq!(book.leaked_leases(), 0);
+        assert_eq!(book.leaked_channels(), 0);
+        assert_eq!(book.deadline_exceeded, 1);
+        assert_eq!(book.released(LeaseOutcome::Deadline), 1);
+
+        let registry = agent_registry(&metrics);
+        let text = encode_registry(&registry).unwrap_or_default();
+        for needle in [
+            "longhorn_guard_agent_leases_acquired_total 2",
+            "longhorn_guard_agent_leases_released_total{outcome=\"deadline\"} 1",
+            "longhorn_guard_agent_channels_closed_total{reason=\"idle\"} 1",
+            "longhorn_guard_agent_channels_closed_total{reason=\"shutdown\"} 0",
+            "longhorn_guard_agent_leaked_leases 0",
+            "longhorn_guard_agent_process_open_fds ",
+            "longhorn_guard_agent_process_resident_memory_bytes ",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}

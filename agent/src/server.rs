@@ -1,0 +1,231 @@
+//! `Agent`: builds the pool, index, gRPC API (TLS) and the plain-HTTP metrics/health server from
+//! one [`AgentConfig`], and runs them until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use longhorn_guard_proto::agent::snapshot_service_server::SnapshotServiceServer;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::config::AgentConfig;
+use crate::engine_client::EngineClient;
+use crate::engine_index::EngineIndex;
+use crate::metrics::{PoolMetrics, agent_registry, encode_registry};
+use crate::pool::LeasePool;
+use crate::snapshot_service::SnapshotApi;
+
+/// Everything one node's agent runs. Build it with [`Agent::new`] inside a tokio runtime.
+pub struct Agent {
+    config: AgentConfig,
+    pool: LeasePool,
+    index: EngineIndex,
+    registry: Arc<Registry>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        // tonic's TLS server builds its rustls config from the process default provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = Arc::new(PoolMetrics::new());
+        let pool = LeasePool::new(config.pool.clone(), Arc::clone(&metrics))?;
+        let index = EngineIndex::new(
+            config.node_name.clone(),
+            config.namespace.clone(),
+            config.engine_proxy_port,
+        );
+        let registry = Arc::new(agent_registry(&metrics));
+        Ok(Self {
+            config,
+            pool,
+            index,
+            registry,
+        })
+    }
+
+    pub fn pool(&self) -> &LeasePool {
+        &self.pool
+    }
+
+    pub fn index(&self) -> &EngineIndex {
+        &self.index
+    }
+
+    fn tls_config(&self) -> anyhow::Result<ServerTlsConfig> {
+        let cert = std::fs::read(&self.config.server_cert).with_context(|| {
+            format!(
+                "reading the agent's serving certificate {}",
+                self.config.server_cert.display()
+            )
+        })?;
+        let key = std::fs::read(&self.config.server_key).with_context(|| {
+            format!(
+                "reading the agent's serving key {}",
+                self.config.server_key.display()
+            )
+        })?;
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &self.config.client_ca {
+            let ca_pem = std::fs::read(ca)
+                .with_context(|| format!("reading the client CA {}", ca.display()))?;
+            // With a client CA, a client certificate signed by it is required.
+            tls = tls
+                .client_ca_root(Certificate::from_pem(ca_pem))
+                .client_auth_optional(false);
+        }
+        Ok(tls)
+    }
+
+    /// Serves the TLS gRPC API on `grpc` and `/metrics`, `/healthz`, `/readyz` on `http` until
+    /// `shutdown` resolves; then closes every pooled channel.
+    pub async fn serve(
+        self,
+        grpc: TcpListener,
+        http: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let tls = self.tls_config()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_not_serving::<SnapshotServiceServer<SnapshotApi>>()
+            .await;
+        let index = self.index.clone();
+        let readiness = tokio::spawn(async move {
+            index.wait_ready().await;
+            health_reporter
+                .set_serving::<SnapshotServiceServer<SnapshotApi>>()
+                .await;
+        });
+
+        let api = SnapshotApi::new(
+            self.index.clone(),
+            EngineClient::new(self.pool.clone()),
+            self.config.max_call_timeout,
+        );
+        let grpc_addr = grpc.local_addr()?;
+        let grpc_server = Server::builder()
+            .tls_config(tls)
+            .context("agent gRPC TLS configuration")?
+            .add_service(health_service)
+            .add_service(SnapshotServiceServer::new(api))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+
+        let http_addr = http.local_addr()?;
+        let router = http_router(HttpState {
+            registry: Arc::clone(&self.registry),
+            index: self.index.clone(),
+        });
+        let http_server = axum::serve(http, router).with_graceful_shutdown(stopped(stop_rx));
+
+        tracing::info!(
+            node = %self.config.node_name,
+            namespace = %self.config.namespace,
+            %grpc_addr,
+            %http_addr,
+            "agent serving"
+        );
+        let (grpc_result, http_result) = tokio::join!(grpc_server, async {
+            http_server.await.map_err(anyhow::Error::from)
+        });
+        readiness.abort();
+        self.pool.shutdown();
+        grpc_result.with_context(|| format!("agent gRPC server on {grpc_addr}"))?;
+        http_result.with_context(|| format!("agent metrics server on {http_addr}"))?;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    registry: Arc<Registry>,
+    index: EngineIndex,
+}
+
+fn http_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz_handler))
+        .with_state(state)
+}
+
+async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    match encode_registry(&state.registry) {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn readyz_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.index.is_ready() {
+        (StatusCode::OK, "ready".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: Engine/InstanceManager watches of namespace {} (node {}) have not synced",
+                state.index.namespace(),
+                state.index.node()
+            ),
+        )
+    }
+}
+
+/// Runs the agent for `config.node_name` until `shutdown` resolves: connects to the cluster
+/// (in-cluster config or `KUBECONFIG`), watches Engines and InstanceManagers, serves the API.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let agent = Agent::new(config)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let watches = agent.index().spawn_watches(client);
+    let grpc = TcpListener::bind(agent.config.grpc_listen)
+        .await
+        .with_context(|| format!("binding the gRPC listener {}", agent.config.grpc_listen))?;
+    let http = TcpListener::bind(agent.config.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the metrics listener {}",
+                agent.config.metrics_listen
+            )
+        })?;
+    let result = agent.serve(grpc, http, shutdown).await;
+    for watch in watches {
+        watch.abort();
+    }
+    result
+}

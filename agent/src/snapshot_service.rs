@@ -1,0 +1,190 @@
+//! `longhornguard.agent.v1.SnapshotService`: answers from the engine itself (proxy
+//! `SnapshotList` through the pool), within the caller's deadline.
+
+use std::time::Duration;
+
+use longhorn_guard_proto::VOLUME_HEAD;
+use longhorn_guard_proto::agent::snapshot_service_server::SnapshotService;
+use longhorn_guard_proto::agent::{
+    EngineRef, EngineSnapshot, GetSnapshotRequest, GetSnapshotResponse, ListSnapshotsRequest,
+    ListSnapshotsResponse,
+};
+use longhorn_guard_proto::imrpc::EngineSnapshotDiskInfo;
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::engine_client::{EngineClient, EngineTarget};
+use crate::engine_index::EngineIndex;
+
+/// The agent's gRPC API over an [`EngineIndex`] and an [`EngineClient`].
+#[derive(Clone, Debug)]
+pub struct SnapshotApi {
+    index: EngineIndex,
+    client: EngineClient,
+    max_call_timeout: Duration,
+}
+
+impl SnapshotApi {
+    pub fn new(index: EngineIndex, client: EngineClient, max_call_timeout: Duration) -> Self {
+        Self {
+            index,
+            client,
+            max_call_timeout,
+        }
+    }
+
+    /// min(caller's `grpc-timeout`, configured maximum), from now.
+    fn deadline(&self, metadata: &MetadataMap) -> Instant {
+        let caller = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let budget = caller.map_or(self.max_call_timeout, |c| c.min(self.max_call_timeout));
+        Instant::now() + budget
+    }
+
+    fn check_request(&self, namespace: &str, volume: &str) -> Result<(), Status> {
+        if !namespace.is_empty() && namespace != self.index.namespace() {
+            return Err(Status::invalid_argument(format!(
+                "the agent on node {} serves namespace {}, not {namespace} (volume {volume})",
+                self.index.node(),
+                self.index.namespace()
+            )));
+        }
+        if volume.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "volume name is empty (agent on node {})",
+                self.index.node()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn engine_ref(target: &EngineTarget) -> EngineRef {
+    EngineRef {
+        engine_name: target.engine_name.clone(),
+        node: target.node.clone(),
+        instance_manager: target.instance_manager.clone(),
+        proxy_endpoint: target.proxy_endpoint.clone(),
+    }
+}
+
+fn snapshot_of(name: &str, disk: EngineSnapshotDiskInfo) -> EngineSnapshot {
+    EngineSnapshot {
+        name: if disk.name.is_empty() {
+            name.to_string()
+        } else {
+            disk.name
+        },
+        parent: disk.parent,
+        removed: disk.removed,
+        user_created: disk.user_created,
+        created: disk.created,
+        size: disk.size,
+        labels: disk.labels,
+    }
+}
+
+#[tonic::async_trait]
+impl SnapshotService for SnapshotApi {
+    async fn get_snapshot(
+        &self,
+        request: Request<GetSnapshotRequest>,
+    ) -> Result<Response<GetSnapshotResponse>, Status> {
+        let deadline = self.deadline(request.metadata());
+        let request = request.into_inner();
+        self.check_request(&request.namespace, &request.volume)?;
+        if request.snapshot.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "snapshot name is empty (volume {}, agent on node {})",
+                request.volume,
+                self.index.node()
+            )));
+        }
+        let target = self.index.lookup(&request.volume)?;
+        if request.snapshot == VOLUME_HEAD {
+            // The live head is in every engine's chain but is never a snapshot.
+            return Ok(Response::new(GetSnapshotResponse {
+                engine: Some(engine_ref(&target)),
+                found: false,
+                snapshot: None,
+            }));
+        }
+        let mut list = self.client.snapshot_list(&target, deadline).await?;
+        let snapshot = list
+            .disks
+            .remove(&request.snapshot)
+            .map(|disk| snapshot_of(&request.snapshot, disk));
+        Ok(Response::new(GetSnapshotResponse {
+            engine: Some(engine_ref(&target)),
+            found: snapshot.is_some(),
+            snapshot,
+        }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        let deadline = self.deadline(request.metadata());
+        let request = request.into_inner();
+        self.check_request(&request.namespace, &request.volume)?;
+        let target = self.index.lookup(&request.volume)?;
+        let list = self.client.snapshot_list(&target, deadline).await?;
+        let mut snapshots: Vec<EngineSnapshot> = list
+            .disks
+            .into_iter()
+            .filter(|(name, _)| name != VOLUME_HEAD)
+            .map(|(name, disk)| snapshot_of(&name, disk))
+            .collect();
+        snapshots.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListSnapshotsResponse {
+            engine: Some(engine_ref(&target)),
+            snapshots,
+        }))
+    }
+}
+
+/// Parses a `grpc-timeout` header value: 1–8 digits and a unit (`H M S m u n`).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_values() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("100u"), Some(Duration::from_micros(100)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("123456789S"), None, "more than 8 digits");
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("-1S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+}
