@@ -14,15 +14,45 @@ use crate::{Backup, BackupTarget, BackupVolume, Engine, InstanceManager, Snapsho
 /// Every CRD, Setting last.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
-        Backup::crd(),
-        Snapshot::crd(),
-        Volume::crd(),
-        Engine::crd(),
-        InstanceManager::crd(),
-        BackupTarget::crd(),
-        BackupVolume::crd(),
+        without_defaults(Backup::crd()),
+        without_defaults(Snapshot::crd()),
+        without_defaults(Volume::crd()),
+        without_defaults(Engine::crd()),
+        without_defaults(InstanceManager::crd()),
+        without_defaults(BackupTarget::crd()),
+        without_defaults(BackupVolume::crd()),
         setting(),
     ]
+}
+
+/// Longhorn's CRDs default nothing: the schema generator turns every `#[serde(default)]`
+/// into a schema `default`, which would make the API server fill fields Longhorn leaves out.
+fn without_defaults(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("default");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            if let Ok(mut v) = serde_json::to_value(&*schema) {
+                strip(&mut v);
+                if let Ok(clean) = serde_json::from_value(v) {
+                    *schema = clean;
+                }
+            }
+        }
+    }
+    crd
 }
 
 /// All CRDs as one multi-document YAML stream (what `manifests/local/` carries).
