@@ -60,21 +60,29 @@ cp_down() {
   [[ -e "$1/.lhg-control-plane" ]] && bash "${CP}/down.sh" "$1" >&2 || true
 }
 
-# procs_of_run RUN_ID: pids (other than this shell's ancestry) whose environment carries
-# LHG_RUN_ID=RUN_ID, i.e. every process this run started, however deep.
+# procs_of_run RUN_ID: pids whose environment carries LHG_RUN_ID=RUN_ID, i.e. every process
+# this run started however deep, except the caller's own ancestors.
 procs_of_run() {
-  local id="$1" pid env
-  for env in /proc/[0-9]*/environ; do
-    pid="${env#/proc/}"; pid="${pid%/environ}"
-    [[ ${pid} == "$$" || ${pid} == "${BASHPID}" ]] && continue
-    if tr '\0' '\n' <"${env}" 2>/dev/null | grep -qx "LHG_RUN_ID=${id}"; then
-      # skip our own ancestors (the shell running this script and its parents)
-      local p=$$ ancestor=0
-      while [[ ${p} -gt 1 ]]; do
-        [[ ${p} == "${pid}" ]] && { ancestor=1; break; }
-        p="$(awk '{print $4}' "/proc/${p}/stat" 2>/dev/null || echo 1)"
-      done
-      [[ ${ancestor} -eq 0 ]] && echo "${pid}"
-    fi
-  done
+  python3 - "$1" <<'PY'
+import os, sys
+want = b"LHG_RUN_ID=" + sys.argv[1].encode()
+me, ancestors = os.getpid(), set()
+p = me
+while p > 1:
+    ancestors.add(p)
+    try:
+        with open(f"/proc/{p}/stat") as f:
+            p = int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        break
+for d in os.listdir("/proc"):
+    if not d.isdigit() or int(d) in ancestors:
+        continue
+    try:
+        with open(f"/proc/{d}/environ", "rb") as f:
+            if want in f.read().split(b"\0"):
+                print(d)
+    except OSError:
+        pass
+PY
 }
