@@ -275,7 +275,7 @@ async fn error_fault_answers_with_its_status_and_method_fault_overrides_any() {
     c.volume_get(req()).await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_fault_aborts_the_connection() {
     let engine = engine_with_volume(FakeEngine::new());
     let (_server, mut c) = start(&engine).await;
@@ -343,7 +343,7 @@ async fn black_hole_fault_never_answers_and_frees_the_call_when_the_client_gives
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_away_fault_closes_the_connection_and_the_client_reconnects() {
     let engine = engine_with_volume(FakeEngine::new());
     let (_server, mut c) = start(&engine).await;
@@ -692,7 +692,7 @@ async fn health_check_is_serving_for_any_service_name() {
     assert_eq!(resp.status(), ServingStatus::Serving);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_concurrent_calls_counts_exactly_the_calls_in_flight() {
     let engine = engine_with_volume(FakeEngine::new());
     let (_server, c) = start(&engine).await;
@@ -747,7 +747,7 @@ async fn open_connections_return_to_zero_when_the_client_goes_away() {
     eventually("no task left", || server.live_tasks() == 0).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_leaves_no_task_running() {
     let engine = engine_with_volume(FakeEngine::new());
     engine.set_fault(Method::SnapshotList, Fault::BlackHole);
