@@ -43,12 +43,11 @@ fn without_defaults(mut crd: CustomResourceDefinition) -> CustomResourceDefiniti
             .schema
             .as_mut()
             .and_then(|s| s.open_api_v3_schema.as_mut())
+            && let Ok(mut v) = serde_json::to_value(&*schema)
         {
-            if let Ok(mut v) = serde_json::to_value(&*schema) {
-                strip(&mut v);
-                if let Ok(clean) = serde_json::from_value(v) {
-                    *schema = clean;
-                }
+            strip(&mut v);
+            if let Ok(clean) = serde_json::from_value(v) {
+                *schema = clean;
             }
         }
     }
