@@ -291,14 +291,21 @@ impl LeasePool {
                 lease.finish(LeaseOutcome::Ok, Verdict::Success);
                 Ok(value)
             }
+            Ok(Err(status)) if is_deadline(&status, deadline) => {
+                // tonic's own grpc-timeout (set from the same deadline) fired first.
+                lease.finish(LeaseOutcome::Deadline, Verdict::Failure);
+                Err(Status::deadline_exceeded(format!(
+                    "{method} via {endpoint}: no answer within the lease deadline of {:?} ({})",
+                    deadline - started,
+                    status_text(&status)
+                )))
+            }
             Ok(Err(status)) => {
                 let transport = is_transport_error(&status);
                 if transport {
                     lease.evict_channel(CloseReason::TransportError);
                 }
-                let (outcome, verdict) = if status.code() == Code::DeadlineExceeded {
-                    (LeaseOutcome::Deadline, Verdict::Failure)
-                } else if transport || endpoint_failure(status.code()) {
+                let (outcome, verdict) = if transport || endpoint_failure(status.code()) {
                     (LeaseOutcome::Error, Verdict::Failure)
                 } else {
                     (LeaseOutcome::Error, Verdict::Success)
@@ -662,6 +669,22 @@ fn is_transport_error(status: &Status) -> bool {
         status.code(),
         Code::Unknown | Code::Internal | Code::Cancelled
     ) && std::error::Error::source(status).is_some()
+}
+
+/// The call ran out of time: a DEADLINE_EXCEEDED from the server, tonic's client-side
+/// `grpc-timeout` expiry (CANCELLED with a `TimeoutExpired` source), or any error at the deadline.
+fn is_deadline(status: &Status, deadline: Instant) -> bool {
+    if status.code() == Code::DeadlineExceeded || Instant::now() >= deadline {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        if s.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Codes that say the endpoint is failing (as opposed to the request being wrong).
