@@ -1,0 +1,563 @@
+//! The agent's gRPC API over TLS (and mTLS with `client_ca`), answered from the fake engine, and
+//! its plain-HTTP `/metrics`, `/healthz`, `/readyz`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fake_engine::{Fault, Method};
+use longhorn_guard_agent::metrics::LeaseOutcome;
+use longhorn_guard_agent::{Agent, AgentConfig, EngineIndex};
+use longhorn_guard_proto::agent::snapshot_service_client::SnapshotServiceClient;
+use longhorn_guard_proto::agent::{GetSnapshotRequest, ListSnapshotsRequest};
+use longhorn_types::{
+    Engine, EngineSpec, EngineStatus, InstanceManager, InstanceManagerSpec, InstanceManagerStatus,
+};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use support::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+type TestResult = anyhow::Result<()>;
+
+const NODE: &str = "node-1";
+
+struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+    client_cert: String,
+    client_key: String,
+    stranger_cert: String,
+    stranger_key: String,
+}
+
+fn make_ca(name: &str) -> anyhow::Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
+}
+
+fn leaf(
+    names: &[&str],
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+) -> anyhow::Result<(String, String)> {
+    let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn pki(tag: &str) -> anyhow::Result<Pki> {
+    let dir = std::env::temp_dir().join(format!(
+        "longhorn-guard-agent-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let ca = make_ca("agent test CA")?;
+    let other_ca = make_ca("some other CA")?;
+    let (server_cert, server_key) = leaf(&["localhost", "127.0.0.1"], &ca)?;
+    let (client_cert, client_key) = leaf(&["longhorn-guard-webhook"], &ca)?;
+    let (stranger_cert, stranger_key) = leaf(&["longhorn-guard-webhook"], &other_ca)?;
+    std::fs::write(dir.join("tls.crt"), &server_cert)?;
+    std::fs::write(dir.join("tls.key"), &server_key)?;
+    std::fs::write(dir.join("ca.crt"), ca.pem())?;
+    Ok(Pki {
+        dir,
+        ca_pem: ca.pem(),
+        client_cert,
+        client_key,
+        stranger_cert,
+        stranger_key,
+    })
+}
+
+fn engine(name: &str, volume: &str, node: &str, im: &str) -> Engine {
+    let mut e = Engine::new(
+        name,
+        EngineSpec {
+            volume_name: volume.into(),
+            node_id: node.into(),
+            data_engine: "v1".into(),
+            active: true,
+            ..EngineSpec::default()
+        },
+    );
+    let (ip, port) = ENGINE_ADDRESS.split_once(':').unwrap_or_default();
+    e.status = Some(EngineStatus {
+        current_state: "running".into(),
+        instance_manager_name: im.into(),
+        storage_ip: ip.into(),
+        port: port.parse().unwrap_or_default(),
+        ..EngineStatus::default()
+    });
+    e
+}
+
+fn instance_manager(name: &str) -> InstanceManager {
+    let mut im = InstanceManager::new(
+        name,
+        InstanceManagerSpec {
+            node_id: NODE.into(),
+            ..InstanceManagerSpec::default()
+        },
+    );
+    im.status = Some(InstanceManagerStatus {
+        current_state: "running".into(),
+        ip: "127.0.0.1".into(),
+        proxy_api_version: 1,
+        ..InstanceManagerStatus::default()
+    });
+    im
+}
+
+fn feed(index: &EngineIndex) {
+    index.apply_engine(&engine(ENGINE_NAME, VOLUME, NODE, "im-1"));
+    index.apply_engine(&engine("pvc-9-e-0", "pvc-9", "node-2", "im-2"));
+    index.apply_instance_manager(&instance_manager("im-1"));
+}
+
+struct RunningAgent {
+    grpc_port: u16,
+    http_port: u16,
+    index: EngineIndex,
+    pool: longhorn_guard_agent::LeasePool,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningAgent {
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await?
+    }
+}
+
+async fn start_agent(pki: &Pki, client_ca: bool, proxy_port: u16) -> anyhow::Result<RunningAgent> {
+    let mut config = AgentConfig::new(NODE);
+    config.server_cert = pki.dir.join("tls.crt");
+    config.server_key = pki.dir.join("tls.key");
+    config.client_ca = client_ca.then(|| pki.dir.join("ca.crt"));
+    config.engine_proxy_port = proxy_port;
+    config.pool = test_pool_config();
+    let agent = Agent::new(config)?;
+    let index = agent.index().clone();
+    let pool = agent.pool().clone();
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let http = TcpListener::bind("127.0.0.1:0").await?;
+    let grpc_port = grpc.local_addr()?.port();
+    let http_port = http.local_addr()?.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(agent.serve(grpc, http, async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningAgent {
+        grpc_port,
+        http_port,
+        index,
+        pool,
+        stop: Some(stop),
+        task,
+    })
+}
+
+async fn tls_channel(
+    port: u16,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> anyhow::Result<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(Channel::from_shared(format!("https://localhost:{port}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?)
+}
+
+fn get(volume: &str, snapshot: &str) -> GetSnapshotRequest {
+    GetSnapshotRequest {
+        namespace: "longhorn-system".into(),
+        volume: volume.into(),
+        snapshot: snapshot.into(),
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status: u16 = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad HTTP response {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_service_over_mtls_answers_from_the_engine() -> TestResult {
+    let pki = pki("api")?;
+    let (fake, server) = start_fake().await?;
+    let agent = start_agent(&pki, true, server.local_addr.port()).await?;
+    feed(&agent.index);
+    agent.index.mark_synced();
+
+    let channel = tls_channel(
+        agent.grpc_port,
+        &pki.ca_pem,
+        Some((&pki.client_cert, &pki.client_key)),
+    )
+    .await?;
+    let mut client = SnapshotServiceClient::new(channel.clone());
+
+    let found = client
+        .get_snapshot(get(VOLUME, "snap-a"))
+        .await?
+        .into_inner();
+    assert!(found.found);
+    let engine = found.engine.unwrap_or_default();
+    assert_eq!(engine.engine_name, ENGINE_NAME);
+    assert_eq!(engine.node, NODE);
+    assert_eq!(engine.instance_manager, "im-1");
+    assert_eq!(engine.proxy_endpoint, server.local_addr.to_string());
+    let snap = found.snapshot.unwrap_or_default();
+    assert_eq!(snap.name, "snap-a");
+    assert!(snap.user_created && !snap.removed);
+    assert_eq!(snap.size, "4096");
+
+    let missing = client
+        .get_snapshot(get(VOLUME, "snap-zzz"))
+        .await?
+        .into_inner();
+    assert!(!missing.found && missing.snapshot.is_none());
+
+    fake.mark_removed(ENGINE_ADDRESS, "snap-b");
+    let removed = client
+        .get_snapshot(get(VOLUME, "snap-b"))
+        .await?
+        .into_inner();
+    assert!(removed.found);
+    assert!(removed.snapshot.is_some_and(|s| s.removed));
+
+    let head = client
+        .get_snapshot(get(VOLUME, "volume-head"))
+        .await?
+        .into_inner();
+    assert!(!head.found, "volume-head is not a snapshot");
+
+    let list = client
+        .list_snapshots(ListSnapshotsRequest {
+            namespace: String::new(),
+            volume: VOLUME.into(),
+        })
+        .await?
+        .into_inner();
+    let names: Vec<_> = list.snapshots.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["snap-a", "snap-b"]);
+
+    // An engine of another node is not ours: NOT_FOUND naming the volume and this node.
+    for volume in ["pvc-unknown", "pvc-9"] {
+        let err = client.get_snapshot(get(volume, "snap-a")).await.err();
+        let err = err.unwrap_or_else(|| tonic::Status::ok(""));
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        assert!(
+            err.message().contains(volume) && err.message().contains(NODE),
+            "{err:?}"
+        );
+    }
+
+    // The caller's deadline bounds the engine call.
+    fake.set_fault(Method::SnapshotList, Fault::Delay(Duration::from_secs(5)));
+    let mut request = tonic::Request::new(get(VOLUME, "snap-a"));
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = client.get_snapshot(request).await.err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled)),
+        "{err:?}"
+    );
+    fake.clear_faults();
+    assert!(
+        eventually(Duration::from_secs(2), || agent.pool.book().leases_active
+            == 0)
+        .await,
+        "{:?}",
+        agent.pool.book()
+    );
+    let book = agent.pool.book();
+    assert_eq!(
+        book.released(LeaseOutcome::Deadline) + book.released(LeaseOutcome::Cancelled),
+        1,
+        "{book:?}"
+    );
+    assert_eq!(book.leaked_leases(), 0);
+
+    // grpc.health.v1 over the same TLS port.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "longhornguard.agent.v1.SnapshotService".into(),
+        })
+        .await?
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    agent.stop().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_cert_from_the_client_ca_are_refused() -> TestResult {
+    let pki = pki("mtls")?;
+    let (_fake, server) = start_fake().await?;
+    let agent = start_agent(&pki, true, server.local_addr.port()).await?;
+    feed(&agent.index);
+    agent.index.mark_synced();
+
+    let attempts = [
+        ("no client certificate", None),
+        (
+            "a certificate from another CA",
+            Some((pki.stranger_cert.as_str(), pki.stranger_key.as_str())),
+        ),
+    ];
+    for (what, identity) in attempts {
+        // TLS 1.3 may report the rejected certificate at connect or on the first call.
+        let outcome = match tls_channel(agent.grpc_port, &pki.ca_pem, identity).await {
+            Err(e) => Err(e.to_string()),
+            Ok(channel) => SnapshotServiceClient::new(channel)
+                .get_snapshot(get(VOLUME, "snap-a"))
+                .await
+                .map(drop)
+                .map_err(|s| s.to_string()),
+        };
+        assert!(outcome.is_err(), "client with {what} was served");
+    }
+    // And the right certificate is served: the refusals above are about the certificate.
+    let channel = tls_channel(
+        agent.grpc_port,
+        &pki.ca_pem,
+        Some((&pki.client_cert, &pki.client_key)),
+    )
+    .await?;
+    let ok = SnapshotServiceClient::new(channel)
+        .get_snapshot(get(VOLUME, "snap-a"))
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+
+    agent.stop().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_client_ca_plain_tls_clients_are_served() -> TestResult {
+    let pki = pki("tls")?;
+    let (_fake, server) = start_fake().await?;
+    let agent = start_agent(&pki, false, server.local_addr.port()).await?;
+    feed(&agent.index);
+    agent.index.mark_synced();
+    let channel = tls_channel(agent.grpc_port, &pki.ca_pem, None).await?;
+    let found = SnapshotServiceClient::new(channel)
+        .get_snapshot(get(VOLUME, "snap-a"))
+        .await?
+        .into_inner();
+    assert!(found.found);
+    agent.stop().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_watches_and_metrics_pass_promtool() -> TestResult {
+    let pki = pki("metrics")?;
+    let (_fake, server) = start_fake().await?;
+    let agent = start_agent(&pki, false, server.local_addr.port()).await?;
+
+    let (code, body) = http_get(agent.http_port, "/readyz").await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("not synced") || body.contains("have not synced"),
+        "{body}"
+    );
+    let (code, _) = http_get(agent.http_port, "/healthz").await?;
+    assert_eq!(code, 200);
+
+    feed(&agent.index);
+    agent.index.mark_synced();
+    let (code, _) = http_get(agent.http_port, "/readyz").await?;
+    assert_eq!(code, 200);
+
+    // Some traffic so the histograms and breaker gauge have series.
+    let channel = tls_channel(agent.grpc_port, &pki.ca_pem, None).await?;
+    let mut client = SnapshotServiceClient::new(channel);
+    for _ in 0..3 {
+        client.get_snapshot(get(VOLUME, "snap-a")).await?;
+    }
+
+    let (code, text) = http_get(agent.http_port, "/metrics").await?;
+    assert_eq!(code, 200);
+    for needle in [
+        "longhorn_guard_agent_channels_active 1",
+        "longhorn_guard_agent_channels_created_total 1",
+        "longhorn_guard_agent_channels_closed_total{reason=\"transport_error\"} 0",
+        "longhorn_guard_agent_leases_active 0",
+        "longhorn_guard_agent_leases_acquired_total 3",
+        "longhorn_guard_agent_leases_released_total{outcome=\"ok\"} 3",
+        "longhorn_guard_agent_lease_wait_overflow_total 0",
+        "longhorn_guard_agent_deadline_exceeded_total 0",
+        "longhorn_guard_agent_leaked_leases 0",
+        "longhorn_guard_agent_call_duration_seconds_bucket{le=\"0.0001\",method=\"SnapshotList\",code=\"ok\"}",
+        "longhorn_guard_agent_process_open_fds ",
+        "longhorn_guard_agent_process_resident_memory_bytes ",
+        "# EOF",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(
+        text.contains(&format!(
+            "longhorn_guard_agent_breaker_state{{endpoint=\"{}\"}} 0",
+            server.local_addr
+        )),
+        "{text}"
+    );
+    promtool_check(&text)?;
+
+    agent.stop().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+fn promtool() -> PathBuf {
+    std::env::var_os("PROMTOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("promtool"))
+}
+
+fn run_promtool(args: &[&str], stdin: Option<&str>) -> anyhow::Result<(bool, String)> {
+    let promtool = promtool();
+    let mut child = std::process::Command::new(&promtool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "promtool ({}) is required to check the /metrics exposition and could not be run: {e}; \
+                 install the Debian package `prometheus` or set PROMTOOL",
+                Path::new(&promtool).display()
+            )
+        })?;
+    if let Some(mut pipe) = child.stdin.take() {
+        use std::io::Write as _;
+        pipe.write_all(stdin.unwrap_or_default().as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), report))
+}
+
+/// Checks the exposition with promtool; fails (never skips) when promtool is missing.
+///
+/// 1. Strict OpenMetrics parse: Prometheus's own OpenMetrics parser, reached through
+///    `promtool tsdb create-blocks-from openmetrics` (it needs a timestamp on every sample, so one
+///    is appended; nothing else is changed).
+/// 2. `promtool check metrics` lints the Prometheus text format, where an OpenMetrics counter
+///    family `x` with samples `x_total` looks like an untyped `x_total` without HELP: that one
+///    finding is accepted when `# HELP x` is present; any other finding fails.
+fn promtool_check(text: &str) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let stamped: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with('#') {
+                format!("{line}\n")
+            } else {
+                format!("{line} {now}\n")
+            }
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("longhorn-guard-agent-om-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let input = dir.join("metrics.om");
+    std::fs::write(&input, &stamped)?;
+    let blocks = dir.join("blocks");
+    let (ok, report) = run_promtool(
+        &[
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            &input.display().to_string(),
+            &blocks.display().to_string(),
+        ],
+        None,
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(
+        ok,
+        "Prometheus's OpenMetrics parser rejected the exposition:\n{report}\n--- exposition ---\n{text}"
+    );
+
+    let (ok, report) = run_promtool(&["check", "metrics"], Some(text))?;
+    let unexpected: Vec<&str> = report
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .filter(|line| {
+            let accepted = line
+                .strip_suffix(" no help text")
+                .and_then(|name| name.strip_suffix("_total"))
+                .is_some_and(|family| text.contains(&format!("# HELP {family} ")));
+            !accepted
+        })
+        .collect();
+    anyhow::ensure!(
+        unexpected.is_empty(),
+        "promtool check metrics (exit ok: {ok}) found problems:\n{}\n--- exposition ---\n{text}",
+        unexpected.join("\n")
+    );
+    Ok(())
+}
