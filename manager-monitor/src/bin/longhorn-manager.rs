@@ -1,0 +1,206 @@
+//! Test stand-in for longhorn-manager (its comm is `longhorn-manage`, like the real one's).
+//! Never deploy it. It serves a fake Go pprof goroutine endpoint and a fake `/metrics` on an
+//! ephemeral loopback port, and obeys one command per stdin line, answering `ok ...` or `err ...`:
+//!
+//! - `connect ADDR:PORT N`: open and hold N more TCP connections to ADDR:PORT
+//! - `drop PORT N`: close N held connections whose remote port is PORT
+//! - `grow MIB`: allocate and touch MIB more MiB
+//! - `threads N`: start N more idle threads
+//! - `goroutines N`: the total the pprof endpoint reports
+//! - `proxy N`: the `longhorn_instance_manager_proxy_grpc_connection` total for `--node`
+//! - `exit`
+//!
+//! Arguments: `--node NAME` (default `node-1`), `--instance ID` (only to tell test instances
+//! apart in the command line). Prints `ready pid=PID http=PORT` when listening.
+
+use std::io::{BufRead, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+struct Fake {
+    node: String,
+    goroutines: AtomicI64,
+    proxy: AtomicI64,
+}
+
+fn serve(listener: TcpListener, fake: Arc<Fake>) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let fake = Arc::clone(&fake);
+        std::thread::spawn(move || {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&req);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let response = if path == "/debug/pprof/goroutine?debug=1" {
+                let body = format!(
+                    "goroutine profile: total {}\n1 @ 0x43b0d6 0x40a5cc\n#\t0x43b0d5\truntime.gopark+0x115\n",
+                    fake.goroutines.load(Ordering::SeqCst)
+                );
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else if path == "/metrics" {
+                let total = fake.proxy.load(Ordering::SeqCst);
+                let (a, b) = if total >= 1 {
+                    (total - 1, 1)
+                } else {
+                    (total, 0)
+                };
+                let body = format!(
+                    "# HELP longhorn_instance_manager_proxy_grpc_connection The number of proxy gRPC connection of this longhorn instance manager\n\
+                     # TYPE longhorn_instance_manager_proxy_grpc_connection gauge\n\
+                     longhorn_instance_manager_proxy_grpc_connection{{instance_manager=\"instance-manager-a\",instance_manager_type=\"aio\",node=\"{n}\"}} {a}\n\
+                     longhorn_instance_manager_proxy_grpc_connection{{instance_manager=\"instance-manager-b\",instance_manager_type=\"aio\",node=\"{n}\"}} {b}\n\
+                     longhorn_instance_manager_proxy_grpc_connection{{instance_manager=\"instance-manager-c\",instance_manager_type=\"aio\",node=\"other-node\"}} 1000\n\
+                     # HELP longhorn_node_count_total Total number of nodes\n\
+                     # TYPE longhorn_node_count_total gauge\n\
+                     longhorn_node_count_total 3\n",
+                    n = fake.node
+                );
+                // Chunked, as Go's net/http sends bodies it did not size up front.
+                let mut chunked = String::new();
+                for part in body.as_bytes().chunks(100) {
+                    chunked.push_str(&format!(
+                        "{:x}\r\n{}\r\n",
+                        part.len(),
+                        String::from_utf8_lossy(part)
+                    ));
+                }
+                chunked.push_str("0\r\n\r\n");
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunked}"
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = conn.write_all(response.as_bytes());
+        });
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let node = args
+        .windows(2)
+        .find(|w| w[0] == "--node")
+        .map(|w| w[1].clone())
+        .unwrap_or_else(|| "node-1".to_owned());
+    let fake = Arc::new(Fake {
+        node,
+        goroutines: AtomicI64::new(0),
+        proxy: AtomicI64::new(0),
+    });
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bind: {e}");
+            std::process::exit(1);
+        }
+    };
+    let http_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    {
+        let fake = Arc::clone(&fake);
+        std::thread::spawn(move || serve(listener, fake));
+    }
+    println!("ready pid={} http={http_port}", std::process::id());
+
+    let mut held: Vec<(u16, TcpStream)> = Vec::new();
+    let mut memory: Vec<Vec<u8>> = Vec::new();
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number = |i: usize| words.get(i).and_then(|w| w.parse::<i64>().ok());
+        let reply = match words.as_slice() {
+            ["connect", addr, _] => match (
+                number(2),
+                addr.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok()),
+            ) {
+                (Some(n), Some(port)) => {
+                    let mut err = None;
+                    for _ in 0..n {
+                        match TcpStream::connect(addr) {
+                            Ok(s) => held.push((port, s)),
+                            Err(e) => {
+                                err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    match err {
+                        None => format!("ok held={}", held.len()),
+                        Some(e) => format!("err connect {addr}: {e}"),
+                    }
+                }
+                _ => "err usage: connect ADDR:PORT N".to_owned(),
+            },
+            ["drop", port, _] => match (port.parse::<u16>().ok(), number(2)) {
+                (Some(port), Some(n)) => {
+                    let mut left = n;
+                    held.retain(|(p, _)| {
+                        if *p == port && left > 0 {
+                            left -= 1;
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    format!("ok held={}", held.len())
+                }
+                _ => "err usage: drop PORT N".to_owned(),
+            },
+            ["grow", _] => match number(1).and_then(|m| usize::try_from(m).ok()) {
+                Some(mib) => {
+                    memory.push(vec![0x5a; mib * 1024 * 1024]);
+                    format!(
+                        "ok mib={}",
+                        memory.iter().map(Vec::len).sum::<usize>() / (1024 * 1024)
+                    )
+                }
+                None => "err usage: grow MIB".to_owned(),
+            },
+            ["threads", _] => match number(1) {
+                Some(n) => {
+                    for _ in 0..n {
+                        std::thread::spawn(|| {
+                            loop {
+                                std::thread::park();
+                            }
+                        });
+                    }
+                    "ok".to_owned()
+                }
+                None => "err usage: threads N".to_owned(),
+            },
+            ["goroutines", _] => match number(1) {
+                Some(n) => {
+                    fake.goroutines.store(n, Ordering::SeqCst);
+                    "ok".to_owned()
+                }
+                None => "err usage: goroutines N".to_owned(),
+            },
+            ["proxy", _] => match number(1) {
+                Some(n) => {
+                    fake.proxy.store(n, Ordering::SeqCst);
+                    "ok".to_owned()
+                }
+                None => "err usage: proxy N".to_owned(),
+            },
+            ["exit"] => std::process::exit(0),
+            _ => format!("err unknown command {line:?}"),
+        };
+        println!("{reply}");
+        let _ = std::io::stdout().flush();
+    }
+}
