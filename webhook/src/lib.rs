@@ -1,1 +1,237 @@
-//! placeholder
+//! longhorn-guard's admission webhook for Longhorn `Backup` CREATEs: it refuses Backups whose
+//! Snapshot is missing, removed, lost or of another volume (the v1.7.2 incident: Backups
+//! Pending forever, a leaked gRPC client per reconcile), and optionally forces full backups.
+//!
+//! Decisions are a pure function ([`decide`]) over a compact watch-fed [`Index`]; the index
+//! never keeps full objects. This crate must not write to the cluster (its only API calls are
+//! list/watch and a live GET of a Snapshot before denying on an index miss), must not assume
+//! Longhorn's namespace, and must not deny on an index miss alone.
+
+pub mod api;
+pub mod decision;
+pub mod index;
+pub mod metrics;
+pub mod policy;
+pub mod snapshot_source;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+
+pub use api::{AppState, ops_router, router};
+pub use decision::{BackupRequest, Decision, Denial, Reason, decide, full_backup_patch};
+pub use index::{Index, IndexOptions, IndexView, Kind, WatchScope};
+pub use metrics::Metrics;
+pub use policy::Policy;
+pub use snapshot_source::{ApiSnapshotSource, NoSnapshotSource, SnapshotSource};
+
+/// How to run the webhook. `Default` listens on 0.0.0.0:8443 (TLS) and 0.0.0.0:9080
+/// (health, readiness, metrics) with the default policy, watching all namespaces.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// Admission endpoints over TLS.
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics` over plain HTTP.
+    pub metrics_listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// YAML [`Policy`]; `None` = defaults.
+    pub policy_path: Option<PathBuf>,
+    /// Used instead of `policy_path` when set (embedding, tests).
+    pub policy: Option<Policy>,
+    /// Namespace to watch; `None` = all namespaces.
+    pub namespace: Option<String>,
+    /// How long shutdown waits for in-flight reviews.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9080)),
+            tls_cert: PathBuf::from("/etc/longhorn-guard/tls/tls.crt"),
+            tls_key: PathBuf::from("/etc/longhorn-guard/tls/tls.key"),
+            policy_path: None,
+            policy: None,
+            namespace: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// The policy to run with: the inline one, else the file, else defaults.
+    pub fn load_policy(&self) -> anyhow::Result<Policy> {
+        if let Some(p) = &self.policy {
+            p.validate()
+                .map_err(|m| anyhow::anyhow!("inline policy: {m}"))?;
+            return Ok(p.clone());
+        }
+        match &self.policy_path {
+            Some(path) => Ok(Policy::load(path)?),
+            None => Ok(Policy::default()),
+        }
+    }
+}
+
+/// Builds the index options the policy needs.
+pub fn index_options(policy: &Policy) -> IndexOptions {
+    IndexOptions {
+        full_backup_label: policy
+            .full_backup
+            .label_selector()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string))),
+    }
+}
+
+/// A running webhook. Dropping it without [`WebhookHandle::shutdown`] aborts its tasks.
+pub struct WebhookHandle {
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    state: AppState,
+    tls_handle: axum_server::Handle<SocketAddr>,
+    ops_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    servers: JoinSet<anyhow::Result<()>>,
+    watches: JoinSet<()>,
+    grace: Duration,
+}
+
+impl WebhookHandle {
+    /// Where the admission endpoints listen (TLS).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where health, readiness and metrics listen.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting, lets in-flight reviews finish (up to the grace period), then stops
+    /// the watches.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.state.set_serving(false);
+        self.tls_handle.graceful_shutdown(Some(self.grace));
+        if let Some(stop) = self.ops_stop.take() {
+            let _ = stop.send(());
+        }
+        let mut result = Ok(());
+        while let Some(joined) = self.servers.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(anyhow::anyhow!("server task failed: {e}")),
+            }
+        }
+        self.watches.shutdown().await;
+        tracing::info!("webhook stopped");
+        result
+    }
+}
+
+impl Drop for WebhookHandle {
+    fn drop(&mut self) {
+        self.tls_handle.shutdown();
+        self.servers.abort_all();
+        self.watches.abort_all();
+    }
+}
+
+/// Starts the watches and both listeners and returns once they are bound.
+pub async fn start(config: WebhookConfig, client: kube::Client) -> anyhow::Result<WebhookHandle> {
+    let snapshots: Arc<dyn SnapshotSource> = Arc::new(ApiSnapshotSource::new(client.clone()));
+    start_with_source(config, Some(client), snapshots).await
+}
+
+/// Like [`start`], with a chosen live-lookup source; `client: None` runs without watches
+/// (benchmarks: the index then stays empty and never becomes ready).
+pub async fn start_with_source(
+    config: WebhookConfig,
+    client: Option<kube::Client>,
+    snapshots: Arc<dyn SnapshotSource>,
+) -> anyhow::Result<WebhookHandle> {
+    tls::install_crypto_provider();
+    let policy = Arc::new(config.load_policy()?);
+    let index = Arc::new(Index::new(index_options(&policy)));
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState::new(policy.clone(), index.clone(), metrics.clone(), snapshots);
+
+    let mut watches = JoinSet::new();
+    if let Some(client) = client {
+        let scope = match &config.namespace {
+            Some(ns) => WatchScope::Namespace(ns.clone()),
+            None => WatchScope::AllNamespaces,
+        };
+        index::run_watches(&mut watches, client, &scope, index.clone(), metrics.clone());
+    }
+
+    let tls_config = tls::server_config(&config.tls_cert, &config.tls_key)?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {} (admission, TLS)", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let ops_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (metrics)", config.metrics_listen))?;
+    let metrics_addr = ops_listener.local_addr()?;
+
+    let tls_handle = axum_server::Handle::<SocketAddr>::new();
+    let mut servers = JoinSet::new();
+    let server = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls_config),
+    )?
+    .handle(tls_handle.clone());
+    let app = router(state.clone());
+    servers.spawn(async move {
+        server
+            .serve(app.into_make_service())
+            .await
+            .with_context(|| format!("admission server on {addr}"))
+    });
+    let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ops = ops_router(state.clone());
+    servers.spawn(async move {
+        axum::serve(ops_listener, ops)
+            .with_graceful_shutdown(async move {
+                let _ = ops_stopped.await;
+            })
+            .await
+            .with_context(|| format!("metrics server on {metrics_addr}"))
+    });
+    state.set_serving(true);
+    tracing::info!(%addr, %metrics_addr, namespace = ?config.namespace, "webhook listening");
+    Ok(WebhookHandle {
+        addr,
+        metrics_addr,
+        state,
+        tls_handle,
+        ops_stop: Some(ops_stop),
+        servers,
+        watches,
+        grace: config.shutdown_grace,
+    })
+}
+
+/// Runs the webhook until `shutdown` completes, then shuts down gracefully.
+pub async fn run(
+    config: WebhookConfig,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let handle = start(config, client).await?;
+    shutdown.await;
+    tracing::info!("shutdown requested; finishing in-flight reviews");
+    handle.shutdown().await
+}

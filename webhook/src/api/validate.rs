@@ -1,0 +1,237 @@
+//! `POST /validate/backups`: the validating webhook.
+
+use axum::Json;
+use axum::extract::State;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+
+use super::AppState;
+use super::review::{Review, invalid_review};
+use crate::decision::{BackupRequest, Decision, Reason, decide};
+use crate::index::LiveSnapshot;
+use crate::metrics::LookupOutcome;
+use crate::policy::FailMode;
+
+/// The operation as a metric label.
+pub(super) fn operation_label(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// True for CREATE of `longhorn.io/v1beta2` `backups` (no subresource).
+pub(super) fn is_backup_create(req: &AdmissionRequest<DynamicObject>) -> bool {
+    req.operation == Operation::Create
+        && req.resource.group == longhorn_types::GROUP
+        && req.resource.version == longhorn_types::VERSION
+        && req.resource.resource == "backups"
+        && req.sub_resource.as_deref().unwrap_or_default().is_empty()
+}
+
+/// The answer to a request the registration should never send.
+pub(super) fn unexpected(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    let mut resp = AdmissionResponse::from(req);
+    resp.warnings = Some(vec![format!(
+        "longhorn-guard only checks CREATE of longhorn.io/v1beta2 backups; allowed {} of {}/{}/{}{} unchecked (check the webhook registration's rules)",
+        operation_label(&req.operation),
+        req.resource.group,
+        req.resource.version,
+        req.resource.resource,
+        req.sub_resource
+            .as_deref()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default(),
+    )]);
+    resp
+}
+
+fn k8s_reason(code: u16) -> &'static str {
+    match code {
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        410 => "Gone",
+        422 => "Invalid",
+        503 => "ServiceUnavailable",
+        _ => "BadRequest",
+    }
+}
+
+/// Turns a final decision into a response.
+pub(super) fn respond(
+    req: &AdmissionRequest<DynamicObject>,
+    decision: &Decision,
+) -> AdmissionResponse {
+    let base = AdmissionResponse::from(req);
+    match decision {
+        Decision::Allow { warnings, .. } => {
+            let mut resp = base;
+            if !warnings.is_empty() {
+                resp.warnings = Some(warnings.clone());
+            }
+            resp
+        }
+        Decision::Deny(d) => {
+            let mut resp = base.deny(&d.message);
+            resp.result.code = d.code;
+            resp.result.reason = k8s_reason(d.code).to_string();
+            if !d.warnings.is_empty() {
+                resp.warnings = Some(d.warnings.clone());
+            }
+            resp
+        }
+        // Never returned to here; answered as a failed lookup to stay total.
+        Decision::NeedsLiveSnapshot => base,
+    }
+}
+
+/// What the deadline or a failed lookup yields, per policy.
+pub(super) fn fail_decision(state: &AppState, reason: Reason, what: String) -> Decision {
+    match state.policy.on_deadline {
+        FailMode::Open => Decision::Allow {
+            reason,
+            warnings: vec![format!(
+                "longhorn-guard: {what}; allowed unchecked (policy onDeadline: open) [{}]",
+                reason.as_str()
+            )],
+        },
+        FailMode::Closed => Decision::Deny(crate::decision::Denial {
+            reason,
+            code: reason.status_code(),
+            message: format!(
+                "longhorn-guard could not check this Backup: {what} [{}]. Retry shortly.",
+                reason.as_str()
+            ),
+            warnings: Vec::new(),
+        }),
+    }
+}
+
+pub(super) async fn validate_backup(
+    State(state): State<AppState>,
+    review: Review,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let _timer = state.metrics.time_review("validate");
+    let req = &review.request;
+    let operation = operation_label(&req.operation);
+    let deadline = state.policy.deadline();
+
+    if !is_backup_create(req) {
+        state
+            .metrics
+            .review(operation, "warned", Reason::Unexpected);
+        tracing::warn!(
+            uid = %req.uid, operation, resource = %req.resource.resource,
+            group = %req.resource.group, "unexpected review allowed with a warning"
+        );
+        return Json(unexpected(req).into_review());
+    }
+    let Some(obj) = req.object.as_ref() else {
+        state.metrics.malformed("invalid_object");
+        state
+            .metrics
+            .review(operation, "invalid", Reason::Malformed);
+        return Json(invalid_review(&req.uid, "CREATE review carries no object"));
+    };
+    let backup = match BackupRequest::from_object(
+        obj,
+        req.namespace.as_deref(),
+        req.user_info.username.as_deref().unwrap_or_default(),
+        req.user_info.groups.as_deref().unwrap_or_default(),
+    ) {
+        Ok(b) => b,
+        Err(problem) => {
+            state.metrics.malformed("invalid_object");
+            state
+                .metrics
+                .review(operation, "invalid", Reason::Malformed);
+            return Json(invalid_review(
+                &req.uid,
+                &format!(
+                    "Backup {:?}: {problem}",
+                    obj.metadata.name.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+    };
+
+    let decision = match tokio::time::timeout(deadline, decide_with_lookup(&state, &backup)).await {
+        Ok(d) => d,
+        Err(_) => {
+            state.metrics.deadline_exceeded.inc();
+            fail_decision(
+                &state,
+                Reason::DeadlineExceeded,
+                format!(
+                    "no decision within the {} ms deadline for {} in namespace {:?} (snapshot {:?})",
+                    state.policy.deadline_ms,
+                    backup.display_name(),
+                    backup.namespace,
+                    backup.snapshot
+                ),
+            )
+        }
+    };
+    let reason = decision.reason().unwrap_or(Reason::Checked);
+    state.metrics.review(operation, decision.label(), reason);
+    tracing::info!(
+        uid = %req.uid,
+        namespace = %backup.namespace,
+        backup = %backup.display_name(),
+        snapshot = %backup.snapshot,
+        user = %backup.username,
+        dry_run = req.dry_run,
+        decision = decision.label(),
+        reason = reason.as_str(),
+        "backup review"
+    );
+    Json(respond(req, &decision).into_review())
+}
+
+/// Decides, doing the live GET when the index misses the snapshot. Waits for a permit.
+async fn decide_with_lookup(state: &AppState, backup: &BackupRequest) -> Decision {
+    // The semaphore is never closed; if it were, deciding unbounded beats failing.
+    let _permit = state.permits.acquire().await.ok();
+    let first = decide(&state.policy, &state.index.view(), backup);
+    if first != Decision::NeedsLiveSnapshot {
+        return first;
+    }
+    let live = match state
+        .snapshots
+        .get(&backup.namespace, &backup.snapshot)
+        .await
+    {
+        Ok(Some(facts)) => {
+            state.metrics.live_get(LookupOutcome::Found);
+            LiveSnapshot::Found(facts)
+        }
+        Ok(None) => {
+            state.metrics.live_get(LookupOutcome::NotFound);
+            LiveSnapshot::NotFound
+        }
+        Err(error) => {
+            state.metrics.live_get(LookupOutcome::Error);
+            tracing::warn!(%error, "live snapshot lookup failed");
+            return fail_decision(state, Reason::LookupFailed, error.to_string());
+        }
+    };
+    let view = state
+        .index
+        .view()
+        .with_live_snapshot(&backup.namespace, &backup.snapshot, live);
+    match decide(&state.policy, &view, backup) {
+        // Cannot happen with the overlay in place; fail per policy rather than loop.
+        Decision::NeedsLiveSnapshot => fail_decision(
+            state,
+            Reason::LookupFailed,
+            format!(
+                "Snapshot {:?} still unknown after a live lookup",
+                backup.snapshot
+            ),
+        ),
+        d => d,
+    }
+}

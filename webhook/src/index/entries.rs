@@ -1,0 +1,281 @@
+//! What the index keeps per object, and how each kind is reduced to it.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use kube::Resource;
+use longhorn_types::{Backup, BackupState, BackupTarget, Engine, Snapshot, Volume};
+use serde::de::DeserializeOwned;
+
+use super::{IndexData, IndexOptions, Interner, Kind, KindTable};
+
+const MARK_REMOVED: u8 = 1;
+const READY_TO_USE: u8 = 1 << 1;
+const LOST_IN_ENGINE: u8 = 1 << 2;
+
+/// A Snapshot: its volume and three flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    pub volume: Option<Arc<str>>,
+    flags: u8,
+}
+
+/// A Snapshot's facts, detached from the index (also built from a live GET).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotFacts {
+    pub volume: Option<String>,
+    pub mark_removed: bool,
+    pub ready_to_use: bool,
+    pub lost_in_engine: bool,
+}
+
+impl SnapshotFacts {
+    pub fn of(s: &Snapshot) -> Self {
+        Self {
+            volume: s.volume().map(str::to_string),
+            mark_removed: s.mark_removed(),
+            ready_to_use: s.ready_to_use(),
+            lost_in_engine: s.lost_in_engine(),
+        }
+    }
+}
+
+impl SnapshotEntry {
+    pub fn facts(&self) -> SnapshotFacts {
+        SnapshotFacts {
+            volume: self.volume.as_deref().map(str::to_string),
+            mark_removed: self.flags & MARK_REMOVED != 0,
+            ready_to_use: self.flags & READY_TO_USE != 0,
+            lost_in_engine: self.flags & LOST_IN_ENGINE != 0,
+        }
+    }
+}
+
+/// A Volume: that it exists, its node, and whether its labels ask for full backups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeEntry {
+    pub node: Option<Arc<str>>,
+    pub full_backup_label: bool,
+}
+
+/// An Engine: its volume and node (for the node of a volume).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineEntry {
+    pub volume: Arc<str>,
+    pub node: Option<Arc<str>>,
+    pub active: bool,
+}
+
+/// A Backup: volume, snapshot, state and creation time (unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupEntry {
+    pub volume: Option<Arc<str>>,
+    pub snapshot: Option<Arc<str>>,
+    state: u8,
+    pub created_unix: i64,
+}
+
+impl BackupEntry {
+    pub fn state(&self) -> BackupState {
+        match self.state {
+            0 => BackupState::New,
+            1 => BackupState::Pending,
+            2 => BackupState::InProgress,
+            3 => BackupState::Completed,
+            4 => BackupState::Error,
+            5 => BackupState::Unknown,
+            6 => BackupState::Deleting,
+            // The string is not kept; "Other" counts as in flight either way.
+            _ => BackupState::Other(String::new()),
+        }
+    }
+}
+
+fn state_code(s: &BackupState) -> u8 {
+    match s {
+        BackupState::New => 0,
+        BackupState::Pending => 1,
+        BackupState::InProgress => 2,
+        BackupState::Completed => 3,
+        BackupState::Error => 4,
+        BackupState::Unknown => 5,
+        BackupState::Deleting => 6,
+        BackupState::Other(_) => 7,
+    }
+}
+
+/// A BackupTarget: whether Longhorn says it is available.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetEntry {
+    pub available: bool,
+}
+
+/// A kind the index follows: how to reduce an object to its entry and where it goes.
+pub trait IndexedKind:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    const KIND: Kind;
+    type Entry;
+    /// (namespace, name, entry), or `None` for an object without a name.
+    fn extract(
+        &self,
+        interner: &mut Interner,
+        options: &IndexOptions,
+    ) -> Option<(Arc<str>, Arc<str>, Self::Entry)>;
+    fn table(data: &mut IndexData) -> &mut KindTable<Self::Entry>;
+}
+
+fn key<K: Resource>(obj: &K, interner: &mut Interner) -> Option<(Arc<str>, Arc<str>)> {
+    let meta = obj.meta();
+    let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    Some((interner.intern(ns), interner.intern(name)))
+}
+
+fn opt_intern(interner: &mut Interner, s: &str) -> Option<Arc<str>> {
+    (!s.is_empty()).then(|| interner.intern(s))
+}
+
+impl IndexedKind for Snapshot {
+    const KIND: Kind = Kind::Snapshot;
+    type Entry = SnapshotEntry;
+    fn extract(
+        &self,
+        interner: &mut Interner,
+        _: &IndexOptions,
+    ) -> Option<(Arc<str>, Arc<str>, SnapshotEntry)> {
+        let (ns, name) = key(self, interner)?;
+        let mut flags = 0;
+        if self.mark_removed() {
+            flags |= MARK_REMOVED;
+        }
+        if self.ready_to_use() {
+            flags |= READY_TO_USE;
+        }
+        if self.lost_in_engine() {
+            flags |= LOST_IN_ENGINE;
+        }
+        let volume = self.volume().and_then(|v| opt_intern(interner, v));
+        Some((ns, name, SnapshotEntry { volume, flags }))
+    }
+    fn table(data: &mut IndexData) -> &mut KindTable<SnapshotEntry> {
+        &mut data.snapshots
+    }
+}
+
+impl IndexedKind for Volume {
+    const KIND: Kind = Kind::Volume;
+    type Entry = VolumeEntry;
+    fn extract(
+        &self,
+        interner: &mut Interner,
+        options: &IndexOptions,
+    ) -> Option<(Arc<str>, Arc<str>, VolumeEntry)> {
+        let (ns, name) = key(self, interner)?;
+        let node = self
+            .status
+            .as_ref()
+            .map(|s| s.current_node_id.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(self.spec.node_id.as_str());
+        let node = opt_intern(interner, node);
+        let full_backup_label = match &options.full_backup_label {
+            None => false,
+            Some((k, want)) => match self.metadata.labels.as_ref().and_then(|l| l.get(k)) {
+                None => false,
+                Some(v) => want.as_ref().is_none_or(|w| w == v),
+            },
+        };
+        Some((
+            ns,
+            name,
+            VolumeEntry {
+                node,
+                full_backup_label,
+            },
+        ))
+    }
+    fn table(data: &mut IndexData) -> &mut KindTable<VolumeEntry> {
+        &mut data.volumes
+    }
+}
+
+impl IndexedKind for Engine {
+    const KIND: Kind = Kind::Engine;
+    type Entry = EngineEntry;
+    fn extract(
+        &self,
+        interner: &mut Interner,
+        _: &IndexOptions,
+    ) -> Option<(Arc<str>, Arc<str>, EngineEntry)> {
+        let (ns, name) = key(self, interner)?;
+        let volume = interner.intern(&self.spec.volume_name);
+        let node = opt_intern(interner, &self.spec.node_id);
+        Some((
+            ns,
+            name,
+            EngineEntry {
+                volume,
+                node,
+                active: self.spec.active,
+            },
+        ))
+    }
+    fn table(data: &mut IndexData) -> &mut KindTable<EngineEntry> {
+        &mut data.engines
+    }
+}
+
+impl IndexedKind for Backup {
+    const KIND: Kind = Kind::Backup;
+    type Entry = BackupEntry;
+    fn extract(
+        &self,
+        interner: &mut Interner,
+        _: &IndexOptions,
+    ) -> Option<(Arc<str>, Arc<str>, BackupEntry)> {
+        let (ns, name) = key(self, interner)?;
+        let volume = self.volume_label().and_then(|v| opt_intern(interner, v));
+        let snapshot = opt_intern(interner, &self.spec.snapshot_name);
+        let created_unix = self
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second());
+        Some((
+            ns,
+            name,
+            BackupEntry {
+                volume,
+                snapshot,
+                state: state_code(&self.state()),
+                created_unix,
+            },
+        ))
+    }
+    fn table(data: &mut IndexData) -> &mut KindTable<BackupEntry> {
+        &mut data.backups
+    }
+}
+
+impl IndexedKind for BackupTarget {
+    const KIND: Kind = Kind::BackupTarget;
+    type Entry = TargetEntry;
+    fn extract(
+        &self,
+        interner: &mut Interner,
+        _: &IndexOptions,
+    ) -> Option<(Arc<str>, Arc<str>, TargetEntry)> {
+        let (ns, name) = key(self, interner)?;
+        Some((
+            ns,
+            name,
+            TargetEntry {
+                available: self.available(),
+            },
+        ))
+    }
+    fn table(data: &mut IndexData) -> &mut KindTable<TargetEntry> {
+        &mut data.targets
+    }
+}

@@ -1,0 +1,439 @@
+//! The compact, watch-fed index the decisions read: per kind, (namespace, name) → the few
+//! facts a decision needs, with every repeated string interned. Never the full objects.
+//!
+//! A relist (`Init` … `InitApply`* … `InitDone`) builds the kind's table aside and swaps it
+//! in at `InitDone`, so readers see either the old or the new complete table.
+
+mod entries;
+mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Instant;
+
+use kube::runtime::watcher::Event;
+
+pub use entries::{
+    BackupEntry, EngineEntry, IndexedKind, SnapshotEntry, SnapshotFacts, TargetEntry, VolumeEntry,
+};
+pub use watch::{WatchScope, run_watches};
+
+/// The kinds the index follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Snapshot,
+    Volume,
+    Engine,
+    Backup,
+    BackupTarget,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Snapshot,
+        Kind::Volume,
+        Kind::Engine,
+        Kind::Backup,
+        Kind::BackupTarget,
+    ];
+
+    /// Lower-case name used in metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Snapshot => "snapshot",
+            Kind::Volume => "volume",
+            Kind::Engine => "engine",
+            Kind::Backup => "backup",
+            Kind::BackupTarget => "backuptarget",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// Options fixed at start that change what is extracted from objects.
+#[derive(Clone, Debug, Default)]
+pub struct IndexOptions {
+    /// Volume label (key, optional value) whose presence marks "always full backups".
+    pub full_backup_label: Option<(String, Option<String>)>,
+}
+
+/// Shares repeated strings (namespaces, volume, node and object names). Strings no entry
+/// holds any more are dropped by [`Interner::purge`], run after relists and every few
+/// thousand deletions, so churn does not grow it.
+#[derive(Default, Debug)]
+pub struct Interner {
+    strings: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    pub fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(found) = self.strings.get(s) {
+            return Arc::clone(found);
+        }
+        let new: Arc<str> = Arc::from(s);
+        self.strings.insert(Arc::clone(&new));
+        new
+    }
+
+    pub fn purge(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+}
+
+type Table<V> = HashMap<Arc<str>, HashMap<Arc<str>, V>>;
+
+/// One kind's entries by namespace then name, plus the table a relist is building.
+#[derive(Debug)]
+pub struct KindTable<V> {
+    live: Table<V>,
+    len: usize,
+    relist: Option<(Table<V>, usize)>,
+}
+
+impl<V> Default for KindTable<V> {
+    fn default() -> Self {
+        Self {
+            live: HashMap::new(),
+            len: 0,
+            relist: None,
+        }
+    }
+}
+
+impl<V> KindTable<V> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&V> {
+        self.live.get(namespace)?.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Entries of one namespace.
+    pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = (&Arc<str>, &V)> {
+        self.live.get(namespace).into_iter().flat_map(|m| m.iter())
+    }
+
+    fn insert_into(table: &mut Table<V>, len: &mut usize, ns: Arc<str>, name: Arc<str>, v: V) {
+        if table.entry(ns).or_default().insert(name, v).is_none() {
+            *len += 1;
+        }
+    }
+
+    fn apply(&mut self, ns: Arc<str>, name: Arc<str>, v: V) {
+        Self::insert_into(&mut self.live, &mut self.len, ns, name, v);
+    }
+
+    fn remove(&mut self, ns: &str, name: &str) -> bool {
+        let Some(m) = self.live.get_mut(ns) else {
+            return false;
+        };
+        let removed = m.remove(name).is_some();
+        if removed {
+            self.len -= 1;
+            if m.is_empty() {
+                self.live.remove(ns);
+            }
+        }
+        removed
+    }
+
+    fn relist_start(&mut self) {
+        self.relist = Some((HashMap::new(), 0));
+    }
+
+    fn relist_apply(&mut self, ns: Arc<str>, name: Arc<str>, v: V) {
+        match &mut self.relist {
+            Some((table, len)) => Self::insert_into(table, len, ns, name, v),
+            // InitApply without Init: treat as a plain apply rather than lose it.
+            None => self.apply(ns, name, v),
+        }
+    }
+
+    fn relist_done(&mut self) {
+        if let Some((table, len)) = self.relist.take() {
+            self.live = table;
+            self.len = len;
+        }
+    }
+}
+
+/// Everything the index holds, behind one lock.
+#[derive(Debug, Default)]
+pub struct IndexData {
+    pub(crate) interner: Interner,
+    pub snapshots: KindTable<SnapshotEntry>,
+    pub volumes: KindTable<VolumeEntry>,
+    pub engines: KindTable<EngineEntry>,
+    pub backups: KindTable<BackupEntry>,
+    pub targets: KindTable<TargetEntry>,
+    deletes_since_purge: u64,
+}
+
+impl IndexData {
+    /// Entries per kind.
+    pub fn len(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Snapshot => self.snapshots.len(),
+            Kind::Volume => self.volumes.len(),
+            Kind::Engine => self.engines.len(),
+            Kind::Backup => self.backups.len(),
+            Kind::BackupTarget => self.targets.len(),
+        }
+    }
+
+    /// Distinct strings held.
+    pub fn interned_strings(&self) -> usize {
+        self.interner.len()
+    }
+}
+
+#[derive(Debug)]
+struct KindSync {
+    synced: AtomicBool,
+    /// Milliseconds since the index was created at the last event, 0 = never.
+    last_event_ms: AtomicU64,
+    inits: AtomicU64,
+}
+
+impl KindSync {
+    fn new() -> Self {
+        Self {
+            synced: AtomicBool::new(false),
+            last_event_ms: AtomicU64::new(0),
+            inits: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The index: written by the watches, read by the decisions.
+#[derive(Debug)]
+pub struct Index {
+    data: RwLock<IndexData>,
+    sync: [KindSync; 5],
+    options: IndexOptions,
+    created: Instant,
+}
+
+/// What an event did, for the caller's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Object,
+    Deleted,
+    RelistStarted { restart: bool },
+    RelistDone,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self::new(IndexOptions::default())
+    }
+}
+
+impl Index {
+    pub fn new(options: IndexOptions) -> Self {
+        Self {
+            data: RwLock::new(IndexData::default()),
+            sync: [
+                KindSync::new(),
+                KindSync::new(),
+                KindSync::new(),
+                KindSync::new(),
+                KindSync::new(),
+            ],
+            options,
+            created: Instant::now(),
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, IndexData> {
+        // A panic while holding the lock cannot leave a table half-written in a way that
+        // matters more than serving stale data, so poisoning is ignored.
+        self.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read view for decisions. Hold it only for the synchronous decision.
+    pub fn view(&self) -> IndexView<'_> {
+        IndexView {
+            data: self.data.read().unwrap_or_else(|p| p.into_inner()),
+            live_snapshot: None,
+        }
+    }
+
+    /// Applies one watcher event for kind `K`.
+    pub fn apply<K: IndexedKind>(&self, event: Event<K>) -> Applied {
+        let sync = &self.sync[K::KIND.slot()];
+        sync.last_event_ms.store(
+            (self.created.elapsed().as_millis() as u64).max(1),
+            Ordering::Relaxed,
+        );
+        let mut data = self.write();
+        let data = &mut *data;
+        match event {
+            Event::Init => {
+                K::table(data).relist_start();
+                let n = sync.inits.fetch_add(1, Ordering::Relaxed);
+                Applied::RelistStarted { restart: n > 0 }
+            }
+            Event::InitApply(obj) => {
+                if let Some((ns, name, entry)) = K::extract(&obj, &mut data.interner, &self.options)
+                {
+                    K::table(data).relist_apply(ns, name, entry);
+                }
+                Applied::Object
+            }
+            Event::InitDone => {
+                K::table(data).relist_done();
+                data.interner.purge();
+                data.deletes_since_purge = 0;
+                sync.synced.store(true, Ordering::Release);
+                Applied::RelistDone
+            }
+            Event::Apply(obj) => {
+                if let Some((ns, name, entry)) = K::extract(&obj, &mut data.interner, &self.options)
+                {
+                    K::table(data).apply(ns, name, entry);
+                }
+                Applied::Object
+            }
+            Event::Delete(obj) => {
+                let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+                let name = obj.meta().name.as_deref().unwrap_or_default();
+                if K::table(data).remove(ns, name) {
+                    data.deletes_since_purge += 1;
+                    if data.deletes_since_purge >= 4096 {
+                        data.interner.purge();
+                        data.deletes_since_purge = 0;
+                    }
+                }
+                Applied::Deleted
+            }
+        }
+    }
+
+    /// True once the initial list of `kind` has been indexed.
+    pub fn synced(&self, kind: Kind) -> bool {
+        self.sync[kind.slot()].synced.load(Ordering::Acquire)
+    }
+
+    /// True once every kind's initial list has been indexed.
+    pub fn all_synced(&self) -> bool {
+        Kind::ALL.iter().all(|k| self.synced(*k))
+    }
+
+    /// Seconds since the last watch event of `kind`, `None` before the first.
+    pub fn last_event_age_seconds(&self, kind: Kind) -> Option<f64> {
+        let at = self.sync[kind.slot()].last_event_ms.load(Ordering::Relaxed);
+        (at > 0).then(|| {
+            let now = self.created.elapsed().as_millis() as u64;
+            now.saturating_sub(at) as f64 / 1000.0
+        })
+    }
+
+    /// Entry counts per kind.
+    pub fn counts(&self) -> [(Kind, usize); 5] {
+        let data = self.view();
+        Kind::ALL.map(|k| (k, data.data.len(k)))
+    }
+
+    pub fn options(&self) -> &IndexOptions {
+        &self.options
+    }
+}
+
+/// The result of a live GET of a Snapshot the index did not have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LiveSnapshot {
+    Found(SnapshotFacts),
+    NotFound,
+}
+
+/// A read-locked view of the index, optionally overlaid with a live-GET result.
+pub struct IndexView<'a> {
+    data: RwLockReadGuard<'a, IndexData>,
+    live_snapshot: Option<(String, String, LiveSnapshot)>,
+}
+
+/// Where a snapshot's facts came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotLookup {
+    Indexed(SnapshotFacts),
+    /// Not in the index, but the API server has it.
+    Live(SnapshotFacts),
+    /// Not in the index and the API server said 404.
+    ConfirmedMissing,
+    /// Not in the index; nobody asked the API server yet.
+    NotIndexed,
+}
+
+impl<'a> IndexView<'a> {
+    /// Overlays the answer of a live GET for one snapshot.
+    pub fn with_live_snapshot(mut self, namespace: &str, name: &str, live: LiveSnapshot) -> Self {
+        self.live_snapshot = Some((namespace.to_string(), name.to_string(), live));
+        self
+    }
+
+    pub fn data(&self) -> &IndexData {
+        &self.data
+    }
+
+    pub fn snapshot(&self, namespace: &str, name: &str) -> SnapshotLookup {
+        if let Some(e) = self.data.snapshots.get(namespace, name) {
+            return SnapshotLookup::Indexed(e.facts());
+        }
+        match &self.live_snapshot {
+            Some((ns, n, live)) if ns == namespace && n == name => match live {
+                LiveSnapshot::Found(f) => SnapshotLookup::Live(f.clone()),
+                LiveSnapshot::NotFound => SnapshotLookup::ConfirmedMissing,
+            },
+            _ => SnapshotLookup::NotIndexed,
+        }
+    }
+
+    pub fn volume(&self, namespace: &str, name: &str) -> Option<&VolumeEntry> {
+        self.data.volumes.get(namespace, name)
+    }
+
+    /// The node a volume is on: the Volume's own, else its active Engine's.
+    pub fn volume_node(&self, namespace: &str, volume: &str) -> Option<&str> {
+        if let Some(node) = self
+            .volume(namespace, volume)
+            .and_then(|v| v.node.as_deref())
+        {
+            return Some(node);
+        }
+        self.data
+            .engines
+            .in_namespace(namespace)
+            .filter(|(_, e)| &*e.volume == volume)
+            .max_by_key(|(_, e)| e.active)
+            .and_then(|(_, e)| e.node.as_deref())
+    }
+
+    pub fn target(&self, namespace: &str, name: &str) -> Option<&TargetEntry> {
+        self.data.targets.get(namespace, name)
+    }
+
+    pub fn backup(&self, namespace: &str, name: &str) -> Option<&BackupEntry> {
+        self.data.backups.get(namespace, name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! Prometheus metrics (prefix `longhorn_guard_webhook`, base units, typed label sets, no
+//! per-object labels). Index sizes and sync ages are refreshed from the index at scrape.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::decision::Reason;
+use crate::index::{Index, Kind};
+
+/// Buckets from 100 µs to 2.5 s: resolves in-memory decisions and live GETs alike.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT` or `unknown`.
+    pub operation: &'static str,
+    /// `allowed`, `warned`, `denied`, `patched` or `invalid`.
+    pub decision: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// `validate` or `mutate`.
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum LookupOutcome {
+    Found,
+    NotFound,
+    Error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub outcome: LookupOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MalformedLabels {
+    /// `body_too_large`, `unreadable_body`, `invalid_review`, `invalid_object`.
+    pub problem: &'static str,
+}
+
+/// The webhook's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    pub reviews: Family<ReviewLabels, Counter>,
+    pub review_duration: Family<EndpointLabels, Histogram>,
+    pub live_get_fallbacks: Family<LookupLabels, Counter>,
+    pub index_objects: Family<KindLabels, Gauge>,
+    pub watch_restarts: Family<KindLabels, Counter>,
+    pub watch_errors: Family<KindLabels, Counter>,
+    pub last_sync_age: Family<KindLabels, Gauge<f64, AtomicU64>>,
+    pub deadline_exceeded: Counter,
+    pub malformed: Family<MalformedLabels, Counter>,
+    pub in_flight: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("longhorn_guard_webhook");
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        registry.register(
+            "reviews",
+            "AdmissionReviews answered, by operation, decision and reason",
+            reviews.clone(),
+        );
+        let review_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "review_duration_seconds",
+            "Time from receiving an AdmissionReview to answering it",
+            review_duration.clone(),
+        );
+        let live_get_fallbacks = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "live_get_fallbacks",
+            "Live GETs of Snapshots the index did not have, by outcome",
+            live_get_fallbacks.clone(),
+        );
+        let index_objects = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "index_objects",
+            "Objects in the index, by kind",
+            index_objects.clone(),
+        );
+        let watch_restarts = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "watch_restarts",
+            "Watch restarts (relists after the initial one), by kind",
+            watch_restarts.clone(),
+        );
+        let watch_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Watch errors (retried with backoff), by kind",
+            watch_errors.clone(),
+        );
+        let last_sync_age = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "last_sync_age_seconds",
+            "Seconds since the kind's watch last delivered an event (-1 before the first)",
+            last_sync_age.clone(),
+        );
+        let deadline_exceeded = Counter::default();
+        registry.register(
+            "deadline_exceeded",
+            "Reviews that hit the per-request deadline",
+            deadline_exceeded.clone(),
+        );
+        let malformed = Family::<MalformedLabels, Counter>::default();
+        registry.register(
+            "malformed_reviews",
+            "Request bodies that were not a usable AdmissionReview, by problem",
+            malformed.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "reviews_in_flight",
+            "Reviews being processed now",
+            in_flight.clone(),
+        );
+        Self {
+            registry,
+            reviews,
+            review_duration,
+            live_get_fallbacks,
+            index_objects,
+            watch_restarts,
+            watch_errors,
+            last_sync_age,
+            deadline_exceeded,
+            malformed,
+            in_flight,
+        }
+    }
+
+    pub fn review(&self, operation: &'static str, decision: &'static str, reason: Reason) {
+        self.reviews
+            .get_or_create(&ReviewLabels {
+                operation,
+                decision,
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn live_get(&self, outcome: LookupOutcome) {
+        self.live_get_fallbacks
+            .get_or_create(&LookupLabels { outcome })
+            .inc();
+    }
+
+    pub fn malformed(&self, problem: &'static str) {
+        self.malformed
+            .get_or_create(&MalformedLabels { problem })
+            .inc();
+    }
+
+    pub fn watch_restarted(&self, kind: Kind) {
+        self.watch_restarts
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn watch_failed(&self, kind: Kind) {
+        self.watch_errors
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Total reviews counted so far (all labels); for tests.
+    pub fn reviews_total(&self) -> u64 {
+        // prometheus-client has no iteration over a family; encode and sum instead.
+        let text = self.encode_text();
+        sum_samples(&text, "longhorn_guard_webhook_reviews_total")
+    }
+
+    /// Refreshes scrape-time values from the index and encodes OpenMetrics text.
+    pub fn encode(&self, index: &Index) -> String {
+        for (kind, n) in index.counts() {
+            self.index_objects
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(n as i64);
+            self.last_sync_age
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(index.last_event_age_seconds(kind).unwrap_or(-1.0));
+        }
+        self.encode_text()
+    }
+
+    fn encode_text(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        out
+    }
+
+    /// Starts timing a review; the duration is observed when the guard drops.
+    pub fn time_review(self: &Arc<Self>, endpoint: &'static str) -> ReviewTimer {
+        self.in_flight.inc();
+        ReviewTimer {
+            metrics: Arc::clone(self),
+            endpoint,
+            start: Instant::now(),
+        }
+    }
+}
+
+/// Sums every sample of `name` (with any labels) in OpenMetrics text.
+pub fn sum_samples(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Observes a review's duration on drop, so no early return skips it.
+pub struct ReviewTimer {
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
+    start: Instant,
+}
+
+impl Drop for ReviewTimer {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        self.metrics
+            .review_duration
+            .get_or_create(&EndpointLabels {
+                endpoint: self.endpoint,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}

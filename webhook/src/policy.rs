@@ -1,0 +1,236 @@
+//! The webhook's policy: what to deny, what to warn about, who is exempt, and the limits that
+//! protect the API server. Loaded once from YAML at start; every field has a default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Enforce denials, or only report them as warnings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Denials are returned as denials.
+    #[default]
+    Enforce,
+    /// Every would-be denial is allowed with a warning naming what would have been denied.
+    WarnOnly,
+}
+
+/// What a configurable check does when it fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckAction {
+    Deny,
+    Warn,
+    Ignore,
+}
+
+/// What happens when the webhook cannot decide in time (deadline, live lookup error).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailMode {
+    /// Allow, with a warning saying the check was skipped.
+    #[default]
+    Open,
+    /// Deny with 503 so the client retries.
+    Closed,
+}
+
+/// Backups with an empty `spec.snapshotName`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmptySnapshotRule {
+    /// Allowed for everyone (Longhorn creates these when it syncs Backups from the target).
+    #[default]
+    Allow,
+    /// Allowed only when Longhorn's own service account asks.
+    DenyUnlessLonghorn,
+}
+
+/// Requests the checks do not apply to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct Exemptions {
+    /// Backup `metadata.labels` that exempt it: key → value (`"*"` = any value).
+    pub labels: BTreeMap<String, String>,
+    /// Exact usernames.
+    pub users: Vec<String>,
+    /// Service accounts as `namespace:name` (`*:name` = that name in any namespace).
+    pub service_accounts: Vec<String>,
+    /// Groups of the requester.
+    pub groups: Vec<String>,
+}
+
+/// The mutating endpoint: force `spec.backupMode: full` for some volumes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct FullBackupRule {
+    /// Off by default: `/mutate/backups` then allows everything unchanged.
+    pub enabled: bool,
+    /// Volume names whose Backups are always full.
+    pub volumes: Vec<String>,
+    /// A Volume label `key` or `key=value` that asks for full Backups.
+    pub volume_label: Option<String>,
+}
+
+impl FullBackupRule {
+    /// The volume label selector as (key, optional value).
+    pub fn label_selector(&self) -> Option<(&str, Option<&str>)> {
+        let sel = self.volume_label.as_deref()?.trim();
+        if sel.is_empty() {
+            return None;
+        }
+        Some(match sel.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (sel, None),
+        })
+    }
+}
+
+/// The whole policy. YAML keys are camelCase; unknown keys are refused so a typo is not
+/// silently ignored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    pub mode: Mode,
+    pub empty_snapshot_name: EmptySnapshotRule,
+    /// Name of Longhorn's service account, looked for in the Backup's own namespace.
+    pub longhorn_service_account: String,
+    /// GET the Snapshot from the API server before denying on an index miss.
+    pub live_snapshot_lookup: bool,
+    /// Snapshot exists but is not `readyToUse` (Longhorn waits for it).
+    pub snapshot_not_ready: CheckAction,
+    /// The Backup's volume is not in the index.
+    pub volume_missing: CheckAction,
+    /// The Backup's BackupTarget is missing or not available.
+    pub target_unavailable: CheckAction,
+    pub exemptions: Exemptions,
+    /// Per-review deadline in milliseconds; keep it well under the registration's
+    /// `timeoutSeconds`.
+    pub deadline_ms: u64,
+    /// What to answer when the deadline passes or the live lookup fails.
+    pub on_deadline: FailMode,
+    /// Reviews processed at once; the rest wait (within their deadline).
+    pub max_concurrent_reviews: usize,
+    /// Largest AdmissionReview body accepted.
+    pub max_body_bytes: usize,
+    pub full_backup: FullBackupRule,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Enforce,
+            empty_snapshot_name: EmptySnapshotRule::Allow,
+            longhorn_service_account: "longhorn-service-account".to_string(),
+            live_snapshot_lookup: true,
+            snapshot_not_ready: CheckAction::Warn,
+            volume_missing: CheckAction::Warn,
+            target_unavailable: CheckAction::Warn,
+            exemptions: Exemptions::default(),
+            deadline_ms: 2_000,
+            on_deadline: FailMode::Open,
+            max_concurrent_reviews: 64,
+            max_body_bytes: 1024 * 1024,
+            full_backup: FullBackupRule::default(),
+        }
+    }
+}
+
+/// A policy file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("policy file {path} is not a valid policy: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml::Error,
+    },
+    #[error("policy file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Policy {
+    /// Loads and validates a YAML policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let policy = Self::from_yaml(&text).map_err(|source| PolicyError::Parse {
+            path: shown.clone(),
+            source,
+        })?;
+        policy.validate().map_err(|message| PolicyError::Invalid {
+            path: shown,
+            message,
+        })?;
+        Ok(policy)
+    }
+
+    /// Parses YAML (an empty document is the default policy).
+    pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text)
+    }
+
+    /// Checks limits that serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.deadline_ms == 0 {
+            return Err("deadlineMs must be > 0".into());
+        }
+        if self.max_concurrent_reviews == 0 {
+            return Err("maxConcurrentReviews must be > 0".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("maxBodyBytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_yaml_is_the_default_policy() {
+        assert_eq!(Policy::from_yaml("").ok(), Some(Policy::default()));
+    }
+
+    #[test]
+    fn yaml_overrides_and_keeps_defaults() {
+        let p = Policy::from_yaml(
+            "mode: warn-only\nsnapshotNotReady: deny\nexemptions:\n  serviceAccounts: ['*:backup-bot']\nfullBackup:\n  enabled: true\n  volumeLabel: backup.example.com/mode=full\n",
+        )
+        .expect("valid policy");
+        assert_eq!(p.mode, Mode::WarnOnly);
+        assert_eq!(p.snapshot_not_ready, CheckAction::Deny);
+        assert_eq!(p.volume_missing, CheckAction::Warn);
+        assert_eq!(p.exemptions.service_accounts, vec!["*:backup-bot"]);
+        assert_eq!(
+            p.full_backup.label_selector(),
+            Some(("backup.example.com/mode", Some("full")))
+        );
+        assert_eq!(p.deadline_ms, 2000);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Policy::from_yaml("snapshotNotRedy: deny\n").expect_err("typo must fail");
+        assert!(err.to_string().contains("snapshotNotRedy"), "{err}");
+    }
+}
