@@ -1,1 +1,594 @@
+#![allow(clippy::unwrap_used)]
 
+use kube::runtime::watcher::Event;
+use longhorn_types::{Backup, BackupTarget, Snapshot, Volume, shapes};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::index::{Index, LiveSnapshot, SnapshotFacts};
+use crate::policy::{CheckAction, EmptySnapshotRule, FullBackupRule, Mode, Policy};
+
+const NS: &str = "lh-ns";
+
+fn with_status(mut obj: Value, status: Value) -> Value {
+    obj["status"] = status;
+    obj
+}
+
+fn snapshot(name: &str, volume: &str, patch: Value) -> Snapshot {
+    let mut status = shapes::snapshot_status("node-1", "");
+    if let (Some(s), Some(p)) = (status.as_object_mut(), patch.as_object()) {
+        for (k, v) in p {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(with_status(shapes::snapshot(NS, name, volume), status)).unwrap()
+}
+
+/// vol-1 and vol-2 exist; snap-ok (vol-1, ready), snap-removed, snap-lost, snap-notready,
+/// snap-v2 (vol-2), snap-gone-vol (vol-9, volume missing); target `default` available,
+/// target `broken` unavailable.
+fn index() -> Index {
+    let idx = Index::default();
+    for v in ["vol-1", "vol-2"] {
+        let vol: Volume = serde_json::from_value(with_status(
+            shapes::volume(NS, v, "node-1"),
+            shapes::volume_status("node-1"),
+        ))
+        .unwrap();
+        idx.apply(Event::Apply(vol));
+    }
+    for s in [
+        snapshot("snap-ok", "vol-1", json!({})),
+        snapshot(
+            "snap-removed",
+            "vol-1",
+            json!({"markRemoved": true, "readyToUse": false}),
+        ),
+        snapshot(
+            "snap-lost",
+            "vol-1",
+            json!({"error": longhorn_types::SNAPSHOT_LOST_TRACK_ERROR, "readyToUse": false}),
+        ),
+        snapshot("snap-notready", "vol-1", json!({"readyToUse": false})),
+        snapshot("snap-v2", "vol-2", json!({})),
+        snapshot("snap-gone-vol", "vol-9", json!({})),
+    ] {
+        idx.apply(Event::Apply(s));
+    }
+    for (name, available) in [("default", true), ("broken", false)] {
+        let t: BackupTarget = serde_json::from_value(with_status(
+            shapes::backup_target(NS, name, "s3://bk@us-east-1/"),
+            shapes::backup_target_status("node-1", available),
+        ))
+        .unwrap();
+        idx.apply(Event::Apply(t));
+    }
+    idx
+}
+
+fn request(name: &str, volume_label: Option<&str>, snapshot: &str) -> BackupRequest {
+    let mut obj = shapes::backup(NS, name, volume_label.unwrap_or(""), snapshot, None);
+    if volume_label.is_none() {
+        obj["metadata"]["labels"] = json!({});
+    }
+    let dynamic: DynamicObject = serde_json::from_value(obj).unwrap();
+    BackupRequest::from_object(
+        &dynamic,
+        Some(NS),
+        "alice",
+        &["system:authenticated".into()],
+    )
+    .unwrap()
+}
+
+struct Case {
+    name: &'static str,
+    policy: fn(&mut Policy),
+    req: BackupRequest,
+    live: Option<LiveSnapshot>,
+    label: &'static str,
+    reason: Option<Reason>,
+    code: Option<u16>,
+    contains: &'static [&'static str],
+}
+
+fn keep(_: &mut Policy) {}
+
+#[test]
+fn decide_table() {
+    let idx = index();
+    let sa = |req: BackupRequest, user: &str| BackupRequest {
+        username: user.into(),
+        ..req
+    };
+    let with_labels = |mut req: BackupRequest, k: &str, v: &str| {
+        req.labels.insert(k.into(), v.into());
+        req
+    };
+    let cases = vec![
+        Case {
+            name: "existing ready snapshot of the labelled volume is allowed",
+            policy: keep,
+            req: request("backup-ok", Some("vol-1"), "snap-ok"),
+            live: None,
+            label: "allowed",
+            reason: Some(Reason::Checked),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "no volume label: the snapshot's volume is used",
+            policy: keep,
+            req: request("backup-nolabel", None, "snap-ok"),
+            live: None,
+            label: "allowed",
+            reason: Some(Reason::Checked),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "empty snapshotName is allowed by default",
+            policy: keep,
+            req: request("backup-sync", Some("vol-1"), ""),
+            live: None,
+            label: "allowed",
+            reason: Some(Reason::EmptySnapshotName),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "empty snapshotName denied for a user with denyUnlessLonghorn",
+            policy: |p| p.empty_snapshot_name = EmptySnapshotRule::DenyUnlessLonghorn,
+            req: request("backup-sync", Some("vol-1"), ""),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::EmptySnapshotName),
+            code: Some(403),
+            contains: &["backup-sync", "alice", "snapshotName is empty"],
+        },
+        Case {
+            name: "empty snapshotName allowed for Longhorn's SA in the Backup's namespace",
+            policy: |p| p.empty_snapshot_name = EmptySnapshotRule::DenyUnlessLonghorn,
+            req: sa(
+                request("backup-sync", Some("vol-1"), ""),
+                "system:serviceaccount:lh-ns:longhorn-service-account",
+            ),
+            live: None,
+            label: "allowed",
+            reason: Some(Reason::EmptySnapshotName),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "Longhorn's SA name in another namespace is not Longhorn",
+            policy: |p| p.empty_snapshot_name = EmptySnapshotRule::DenyUnlessLonghorn,
+            req: sa(
+                request("backup-sync", Some("vol-1"), ""),
+                "system:serviceaccount:other:longhorn-service-account",
+            ),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::EmptySnapshotName),
+            code: Some(403),
+            contains: &[],
+        },
+        Case {
+            name: "index miss asks for a live lookup",
+            policy: keep,
+            req: request("backup-race", Some("vol-1"), "snap-new"),
+            live: None,
+            label: "pending",
+            reason: None,
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "index miss, API server has it: allowed",
+            policy: keep,
+            req: request("backup-race", Some("vol-1"), "snap-new"),
+            live: Some(LiveSnapshot::Found(SnapshotFacts {
+                volume: Some("vol-1".into()),
+                ready_to_use: true,
+                ..Default::default()
+            })),
+            label: "allowed",
+            reason: Some(Reason::Checked),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "index miss, API server 404: denied 404 naming backup, snapshot and volume",
+            policy: keep,
+            req: request("backup-missing", Some("vol-1"), "snap-new"),
+            live: Some(LiveSnapshot::NotFound),
+            label: "denied",
+            reason: Some(Reason::SnapshotMissing),
+            code: Some(404),
+            contains: &[
+                "\"backup-missing\"",
+                "\"snap-new\"",
+                "\"vol-1\"",
+                "404",
+                "Create the Snapshot",
+            ],
+        },
+        Case {
+            name: "live lookup disabled: index miss denies",
+            policy: |p| p.live_snapshot_lookup = false,
+            req: request("backup-race", Some("vol-1"), "snap-new"),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::SnapshotMissing),
+            code: Some(404),
+            contains: &["live lookup is disabled"],
+        },
+        Case {
+            name: "live snapshot of another volume is denied too",
+            policy: keep,
+            req: request("backup-race", Some("vol-1"), "snap-new"),
+            live: Some(LiveSnapshot::Found(SnapshotFacts {
+                volume: Some("vol-2".into()),
+                ready_to_use: true,
+                ..Default::default()
+            })),
+            label: "denied",
+            reason: Some(Reason::SnapshotOtherVolume),
+            code: Some(422),
+            contains: &[],
+        },
+        Case {
+            name: "markRemoved snapshot: 410",
+            policy: keep,
+            req: request("backup-rm", Some("vol-1"), "snap-removed"),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::SnapshotRemoved),
+            code: Some(410),
+            contains: &["marked removed", "\"snap-removed\""],
+        },
+        Case {
+            name: "snapshot lost in the engine: 410",
+            policy: keep,
+            req: request("backup-lost", Some("vol-1"), "snap-lost"),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::SnapshotLost),
+            code: Some(410),
+            contains: &["lost track", "new snapshot"],
+        },
+        Case {
+            name: "snapshot of another volume: 422",
+            policy: keep,
+            req: request("backup-x", Some("vol-1"), "snap-v2"),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::SnapshotOtherVolume),
+            code: Some(422),
+            contains: &["belongs to volume \"vol-2\"", "says \"vol-1\""],
+        },
+        Case {
+            name: "not readyToUse warns by default",
+            policy: keep,
+            req: request("backup-nr", Some("vol-1"), "snap-notready"),
+            live: None,
+            label: "warned",
+            reason: Some(Reason::SnapshotNotReady),
+            code: None,
+            contains: &["not readyToUse"],
+        },
+        Case {
+            name: "not readyToUse denies with 409 when configured",
+            policy: |p| p.snapshot_not_ready = CheckAction::Deny,
+            req: request("backup-nr", Some("vol-1"), "snap-notready"),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::SnapshotNotReady),
+            code: Some(409),
+            contains: &[],
+        },
+        Case {
+            name: "not readyToUse ignored when configured",
+            policy: |p| p.snapshot_not_ready = CheckAction::Ignore,
+            req: request("backup-nr", Some("vol-1"), "snap-notready"),
+            live: None,
+            label: "allowed",
+            reason: Some(Reason::Checked),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "volume missing warns by default",
+            policy: keep,
+            req: request("backup-nv", Some("vol-9"), "snap-gone-vol"),
+            live: None,
+            label: "warned",
+            reason: Some(Reason::VolumeMissing),
+            code: None,
+            contains: &["volume \"vol-9\" does not exist"],
+        },
+        Case {
+            name: "volume missing denies with 404 when configured",
+            policy: |p| p.volume_missing = CheckAction::Deny,
+            req: request("backup-nv", Some("vol-9"), "snap-gone-vol"),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::VolumeMissing),
+            code: Some(404),
+            contains: &[],
+        },
+        Case {
+            name: "unavailable backup-target label warns by default",
+            policy: keep,
+            req: with_labels(
+                request("backup-t", Some("vol-1"), "snap-ok"),
+                "backup-target",
+                "broken",
+            ),
+            live: None,
+            label: "warned",
+            reason: Some(Reason::TargetUnavailable),
+            code: None,
+            contains: &["BackupTarget \"broken\" is not available"],
+        },
+        Case {
+            name: "unavailable target denies 503 when configured",
+            policy: |p| p.target_unavailable = CheckAction::Deny,
+            req: with_labels(
+                request("backup-t", Some("vol-1"), "snap-ok"),
+                "backup-target",
+                "broken",
+            ),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::TargetUnavailable),
+            code: Some(503),
+            contains: &["Fix the backup target"],
+        },
+        Case {
+            name: "unknown target name is unavailable",
+            policy: |p| p.target_unavailable = CheckAction::Deny,
+            req: with_labels(
+                request("backup-t", Some("vol-1"), "snap-ok"),
+                "backup-target",
+                "nope",
+            ),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::TargetUnavailable),
+            code: Some(503),
+            contains: &["\"nope\" does not exist"],
+        },
+        Case {
+            name: "warn-only turns a denial into a warning",
+            policy: |p| p.mode = Mode::WarnOnly,
+            req: request("backup-rm", Some("vol-1"), "snap-removed"),
+            live: None,
+            label: "warned",
+            reason: Some(Reason::SnapshotRemoved),
+            code: None,
+            contains: &["warn-only mode, would deny", "marked removed"],
+        },
+        Case {
+            name: "exempt by Backup label",
+            policy: |p| {
+                p.exemptions
+                    .labels
+                    .insert("longhorn-guard.io/exempt".into(), "*".into());
+            },
+            req: with_labels(
+                request("backup-rm", Some("vol-1"), "snap-removed"),
+                "longhorn-guard.io/exempt",
+                "yes",
+            ),
+            live: None,
+            label: "allowed",
+            reason: Some(Reason::Exempt),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "label exemption needs the right value",
+            policy: |p| {
+                p.exemptions
+                    .labels
+                    .insert("longhorn-guard.io/exempt".into(), "true".into());
+            },
+            req: with_labels(
+                request("backup-rm", Some("vol-1"), "snap-removed"),
+                "longhorn-guard.io/exempt",
+                "yes",
+            ),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::SnapshotRemoved),
+            code: Some(410),
+            contains: &[],
+        },
+        Case {
+            name: "exempt by user",
+            policy: |p| p.exemptions.users = vec!["alice".into()],
+            req: request("backup-rm", Some("vol-1"), "snap-removed"),
+            live: None,
+            label: "allowed",
+            reason: Some(Reason::Exempt),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "exempt by service account in any namespace",
+            policy: |p| p.exemptions.service_accounts = vec!["*:backup-bot".into()],
+            req: sa(
+                request("backup-rm", Some("vol-1"), "snap-removed"),
+                "system:serviceaccount:ops:backup-bot",
+            ),
+            live: None,
+            label: "allowed",
+            reason: Some(Reason::Exempt),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "service account exemption is namespace-specific when given",
+            policy: |p| p.exemptions.service_accounts = vec!["ops:backup-bot".into()],
+            req: sa(
+                request("backup-rm", Some("vol-1"), "snap-removed"),
+                "system:serviceaccount:dev:backup-bot",
+            ),
+            live: None,
+            label: "denied",
+            reason: Some(Reason::SnapshotRemoved),
+            code: Some(410),
+            contains: &[],
+        },
+        Case {
+            name: "exempt by group",
+            policy: |p| p.exemptions.groups = vec!["system:authenticated".into()],
+            req: request("backup-rm", Some("vol-1"), "snap-removed"),
+            live: None,
+            label: "allowed",
+            reason: Some(Reason::Exempt),
+            code: None,
+            contains: &[],
+        },
+        Case {
+            name: "objects are looked up in the Backup's own namespace",
+            policy: keep,
+            req: BackupRequest {
+                namespace: "elsewhere".into(),
+                ..request("backup-ns", Some("vol-1"), "snap-ok")
+            },
+            live: None,
+            label: "pending",
+            reason: None,
+            code: None,
+            contains: &[],
+        },
+    ];
+    let mut failures = Vec::new();
+    for case in cases {
+        let mut policy = Policy::default();
+        (case.policy)(&mut policy);
+        let mut view = idx.view();
+        if let Some(live) = case.live.clone() {
+            view = view.with_live_snapshot(&case.req.namespace, &case.req.snapshot, live);
+        }
+        let d = decide(&policy, &view, &case.req);
+        let text = match &d {
+            Decision::Allow { warnings, .. } => warnings.join(" | "),
+            Decision::Deny(den) => den.message.clone(),
+            Decision::NeedsLiveSnapshot => String::new(),
+        };
+        let code = match &d {
+            Decision::Deny(den) => Some(den.code),
+            _ => None,
+        };
+        if d.label() != case.label
+            || d.reason() != case.reason
+            || code != case.code
+            || !case.contains.iter().all(|c| text.contains(c))
+        {
+            failures.push(format!("{}: got {d:?}", case.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing cases:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn generate_name_is_named_in_denials() {
+    let idx = index();
+    let mut req = request("", Some("vol-1"), "snap-removed");
+    req.generate_name = "backup-".into();
+    let Decision::Deny(d) = decide(&Policy::default(), &idx.view(), &req) else {
+        panic!("expected a denial");
+    };
+    assert!(
+        d.message.contains("generateName \"backup-\""),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn wrong_json_types_are_precise_errors() {
+    let mut obj = shapes::backup(NS, "b", "vol-1", "snap", None);
+    obj["spec"]["snapshotName"] = json!(42);
+    let dynamic: DynamicObject = serde_json::from_value(obj).unwrap();
+    let err = BackupRequest::from_object(&dynamic, Some(NS), "u", &[]).unwrap_err();
+    assert_eq!(err, "spec.snapshotName must be a string, got a number");
+}
+
+#[test]
+fn full_backup_patch_for_listed_and_labelled_volumes() {
+    let opts = crate::index::IndexOptions {
+        full_backup_label: Some(("backup.example.com/mode".into(), Some("full".into()))),
+    };
+    let idx = Index::new(opts);
+    let mut labelled = shapes::volume(NS, "vol-l", "node-1");
+    labelled["metadata"]["labels"] = json!({"backup.example.com/mode": "full"});
+    idx.apply(Event::Apply(
+        serde_json::from_value::<Volume>(labelled).unwrap(),
+    ));
+    idx.apply(Event::Apply(
+        serde_json::from_value::<Volume>(shapes::volume(NS, "vol-plain", "node-1")).unwrap(),
+    ));
+    idx.apply(Event::Apply(snapshot("snap-l", "vol-l", json!({}))));
+
+    let mut policy = Policy {
+        full_backup: FullBackupRule {
+            enabled: true,
+            volumes: vec!["vol-listed".into()],
+            volume_label: Some("backup.example.com/mode=full".into()),
+        },
+        ..Policy::default()
+    };
+    let view = idx.view();
+    let patch_of = |p: &Policy, req: &BackupRequest| {
+        full_backup_patch(p, &view, req).map(|(v, patch)| (v, serde_json::to_value(patch).unwrap()))
+    };
+    let expected = json!([{"op": "add", "path": "/spec/backupMode", "value": "full"}]);
+    assert_eq!(
+        patch_of(&policy, &request("b1", Some("vol-listed"), "s")),
+        Some(("vol-listed".into(), expected.clone()))
+    );
+    // Volume from the snapshot, flagged by its label.
+    assert_eq!(
+        patch_of(&policy, &request("b2", None, "snap-l")),
+        Some(("vol-l".into(), expected))
+    );
+    assert_eq!(
+        patch_of(&policy, &request("b3", Some("vol-plain"), "s")),
+        None
+    );
+    let mut already = request("b4", Some("vol-listed"), "s");
+    already.backup_mode = Some("full".into());
+    assert_eq!(patch_of(&policy, &already), None);
+    policy.full_backup.enabled = false;
+    assert_eq!(
+        patch_of(&policy, &request("b5", Some("vol-listed"), "s")),
+        None
+    );
+
+    // The patch applies to the Backup as Longhorn writes it.
+    let mut doc = shapes::backup(NS, "b1", "vol-listed", "s", None);
+    let (_, patch) = full_backup_patch(
+        &Policy {
+            full_backup: FullBackupRule {
+                enabled: true,
+                volumes: vec!["vol-listed".into()],
+                volume_label: None,
+            },
+            ..Policy::default()
+        },
+        &view,
+        &request("b1", Some("vol-listed"), "s"),
+    )
+    .unwrap();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    assert_eq!(doc["spec"]["backupMode"], "full");
+    let _: Backup = serde_json::from_value(doc).unwrap();
+}

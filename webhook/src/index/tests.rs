@@ -1,1 +1,124 @@
+#![allow(clippy::unwrap_used)]
 
+use kube::runtime::watcher::Event;
+use longhorn_types::{Backup, BackupState, Engine, Snapshot, Volume, shapes};
+use serde_json::json;
+
+use super::*;
+
+fn snap(ns: &str, name: &str, volume: &str) -> Snapshot {
+    serde_json::from_value(shapes::snapshot(ns, name, volume)).unwrap()
+}
+
+#[test]
+fn relist_replaces_a_kind_atomically() {
+    let idx = Index::default();
+    idx.apply::<Snapshot>(Event::Init);
+    idx.apply(Event::InitApply(snap("a", "s1", "v1")));
+    idx.apply(Event::InitApply(snap("a", "s2", "v1")));
+    // Not visible before InitDone, and not synced.
+    assert!(idx.view().data().snapshots.is_empty());
+    assert!(!idx.synced(Kind::Snapshot));
+    idx.apply::<Snapshot>(Event::InitDone);
+    assert!(idx.synced(Kind::Snapshot));
+    assert_eq!(idx.view().data().len(Kind::Snapshot), 2);
+    assert!(!idx.all_synced(), "other kinds have not listed yet");
+
+    // A relist that no longer has s1 drops it only at InitDone; the old table serves until then.
+    assert_eq!(
+        idx.apply::<Snapshot>(Event::Init),
+        Applied::RelistStarted { restart: true }
+    );
+    idx.apply(Event::InitApply(snap("a", "s2", "v1")));
+    idx.apply(Event::InitApply(snap("b", "s3", "v2")));
+    assert!(idx.view().data().snapshots.get("a", "s1").is_some());
+    idx.apply::<Snapshot>(Event::InitDone);
+    let view = idx.view();
+    assert!(view.data().snapshots.get("a", "s1").is_none());
+    assert_eq!(view.data().len(Kind::Snapshot), 2);
+    assert_eq!(
+        view.snapshot("b", "s3"),
+        SnapshotLookup::Indexed(SnapshotFacts {
+            volume: Some("v2".into()),
+            ..Default::default()
+        })
+    );
+}
+
+#[test]
+fn apply_updates_and_delete_removes() {
+    let idx = Index::default();
+    idx.apply(Event::Apply(snap("a", "s1", "v1")));
+    let mut obj = shapes::snapshot("a", "s1", "v1");
+    obj["status"] = json!({"markRemoved": true});
+    idx.apply(Event::Apply(
+        serde_json::from_value::<Snapshot>(obj).unwrap(),
+    ));
+    assert_eq!(idx.view().data().len(Kind::Snapshot), 1);
+    match idx.view().snapshot("a", "s1") {
+        SnapshotLookup::Indexed(f) => assert!(f.mark_removed),
+        other => panic!("{other:?}"),
+    }
+    idx.apply(Event::Delete(snap("a", "s1", "v1")));
+    assert_eq!(idx.view().snapshot("a", "s1"), SnapshotLookup::NotIndexed);
+    assert_eq!(idx.view().data().len(Kind::Snapshot), 0);
+}
+
+#[test]
+fn backups_keep_volume_snapshot_state_and_time() {
+    let idx = Index::default();
+    let mut obj = shapes::backup("a", "b1", "v1", "s1", Some("daily"));
+    obj["metadata"]["creationTimestamp"] = json!("2026-11-24T10:00:00Z");
+    obj["status"] = shapes::backup_status("Pending", "node-1", "v1", "s1");
+    idx.apply(Event::Apply(serde_json::from_value::<Backup>(obj).unwrap()));
+    let view = idx.view();
+    let b = view.backup("a", "b1").unwrap();
+    assert_eq!(b.volume.as_deref(), Some("v1"));
+    assert_eq!(b.snapshot.as_deref(), Some("s1"));
+    assert_eq!(b.state(), BackupState::Pending);
+    assert_eq!(b.created_unix, 1_795_514_400);
+}
+
+#[test]
+fn volume_node_falls_back_to_the_active_engine() {
+    let idx = Index::default();
+    let mut vol = shapes::volume("a", "v1", "");
+    vol["spec"]["nodeID"] = json!("");
+    idx.apply(Event::Apply(serde_json::from_value::<Volume>(vol).unwrap()));
+    idx.apply(Event::Apply(
+        serde_json::from_value::<Engine>(shapes::engine("a", "v1", "node-7")).unwrap(),
+    ));
+    assert_eq!(idx.view().volume_node("a", "v1"), Some("node-7"));
+    idx.apply(Event::Apply(
+        serde_json::from_value::<Volume>(shapes::volume("a", "v1", "node-3")).unwrap(),
+    ));
+    assert_eq!(idx.view().volume_node("a", "v1"), Some("node-3"));
+}
+
+#[test]
+fn strings_are_shared_and_released() {
+    let idx = Index::default();
+    for i in 0..1000 {
+        idx.apply(Event::Apply(snap("ns", &format!("s{i}"), "vol-shared")));
+    }
+    {
+        let view = idx.view();
+        // ns + vol-shared + 1000 names.
+        assert_eq!(view.data().interned_strings(), 1002);
+    }
+    // A relist with nothing in it drops every entry and purges the strings.
+    idx.apply::<Snapshot>(Event::Init);
+    idx.apply::<Snapshot>(Event::InitDone);
+    assert_eq!(idx.view().data().interned_strings(), 0);
+}
+
+#[test]
+fn last_event_age_and_restart_counting() {
+    let idx = Index::default();
+    assert_eq!(idx.last_event_age_seconds(Kind::Volume), None);
+    assert_eq!(
+        idx.apply::<Volume>(Event::Init),
+        Applied::RelistStarted { restart: false }
+    );
+    assert!(idx.last_event_age_seconds(Kind::Volume).is_some());
+}
