@@ -232,3 +232,151 @@ pub fn value_of(text: &str, series: &str) -> Option<f64> {
         })
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Series names the manifests may use: this crate's (read from a rendered registry, so a renamed
+/// family breaks the manifests' tests), the webhook's and agent's (as those crates export them),
+/// and the two from outside the project.
+pub fn known_metric_names() -> std::collections::BTreeSet<String> {
+    use longhorn_guard_manager_monitor::metrics::{
+        ConnectionLabels, ErrorLabels, Metrics, NodeLabels,
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let m = Metrics::default();
+    m.register(&mut registry);
+    let n = NodeLabels {
+        node: NODE.to_owned(),
+    };
+    for g in [
+        &m.up,
+        &m.resident_memory_bytes,
+        &m.resident_memory_peak_bytes,
+        &m.threads,
+        &m.open_fds,
+        &m.goroutines,
+        &m.longhorn_proxy_grpc_connections,
+        &m.proxy_connection_drift,
+    ] {
+        g.get_or_create(&n).set(1);
+    }
+    m.im_connections
+        .get_or_create(&ConnectionLabels {
+            node: NODE.to_owned(),
+            remote_port: "8501".into(),
+            state: "established",
+        })
+        .set(1);
+    m.restarts.get_or_create(&n).inc();
+    m.sample_errors
+        .get_or_create(&ErrorLabels {
+            node: NODE.to_owned(),
+            reason: "proc_read",
+        })
+        .inc();
+    m.last_sample_timestamp_seconds.get_or_create(&n).set(1.0);
+    let text = render(&registry);
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        if w.next() == Some("#") && w.next() == Some("TYPE") {
+            let (name, kind) = (w.next().expect("name"), w.next().expect("type"));
+            names.insert(if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            });
+        }
+    }
+    assert!(
+        names.len() >= 12,
+        "registry rendered too few families: {text}"
+    );
+    for n in [
+        // webhook (longhorn_guard_webhook_*)
+        "longhorn_guard_webhook_reviews_total",
+        "longhorn_guard_webhook_review_duration_seconds_bucket",
+        "longhorn_guard_webhook_index_objects",
+        "longhorn_guard_webhook_throttled_reviews_total",
+        "longhorn_guard_webhook_backups",
+        "longhorn_guard_webhook_backups_oldest_non_terminal_age_seconds",
+        // agent (longhorn_guard_agent_*)
+        "longhorn_guard_agent_leaked_leases",
+        "longhorn_guard_agent_leaked_channels",
+        "longhorn_guard_agent_leases_active",
+        "longhorn_guard_agent_channels_active",
+        "longhorn_guard_agent_lease_wait_overflow_total",
+        "longhorn_guard_agent_deadline_exceeded_total",
+        // Prometheus itself and kube-state-metrics
+        "up",
+        "kube_pod_container_resource_limits",
+    ] {
+        names.insert(n.to_owned());
+    }
+    names
+}
+
+/// Metric names a PromQL expression selects: identifiers outside strings, label matchers,
+/// grouping clauses and range brackets that are not function calls, keywords or numbers.
+pub fn promql_metric_names(expr: &str) -> Vec<String> {
+    const KEYWORDS: [&str; 12] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+    ];
+    // Drop string literals, {...} and [...] contents.
+    let mut cleaned = String::new();
+    let mut depth_brace = 0;
+    let mut depth_bracket = 0;
+    let mut quote: Option<char> = None;
+    for c in expr.chars() {
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '{' => depth_brace += 1,
+            '}' => depth_brace -= 1,
+            '[' => depth_bracket += 1,
+            ']' => depth_bracket -= 1,
+            _ if depth_brace > 0 || depth_bracket > 0 => {}
+            _ => cleaned.push(c),
+        }
+        if matches!(c, '{' | '}' | '[' | ']') {
+            cleaned.push(' ');
+        }
+    }
+    // Drop grouping label lists: by (...), without (...), on (...), ignoring (...), group_*(...).
+    let grouping =
+        regex::Regex::new(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+            .expect("regex");
+    let cleaned = grouping.replace_all(&cleaned, " ");
+    let ident = regex::Regex::new(r"[A-Za-z_:][A-Za-z0-9_:]*(\s*\()?").expect("regex");
+    let mut names = Vec::new();
+    for m in ident.find_iter(&cleaned) {
+        let token = m.as_str();
+        if token.ends_with('(') {
+            continue; // a function call
+        }
+        // part of a number like 1e9 or a duration suffix
+        let start = m.start();
+        if start > 0 && cleaned.as_bytes()[start - 1].is_ascii_digit() {
+            continue;
+        }
+        if KEYWORDS.contains(&token.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        names.push(token.to_owned());
+    }
+    names
+}
