@@ -1,0 +1,588 @@
+//! The webhook against the real kube-apiserver of the test run: registered with
+//! `clientConfig.url` + `caBundle`, scoped to each test's own namespace.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use common::*;
+use futures::StreamExt;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use longhorn_guard_testkit::TestCluster;
+use longhorn_guard_webhook::Policy;
+use longhorn_guard_webhook::policy::Mode;
+use longhorn_types::{Backup, BackupTarget, Snapshot, Volume, shapes};
+use serde_json::json;
+
+/// vol-1 (attached), snap-ok of vol-1 (ready), the `default` target (available).
+async fn fixtures(cluster: &TestCluster, ns: &str) -> Result<()> {
+    cluster
+        .create_with_status::<Volume>(
+            ns,
+            shapes::volume(ns, "vol-1", "node-1"),
+            shapes::volume_status("node-1"),
+        )
+        .await?;
+    cluster
+        .create_with_status::<Volume>(
+            ns,
+            shapes::volume(ns, "vol-2", "node-1"),
+            shapes::volume_status("node-1"),
+        )
+        .await?;
+    cluster
+        .create_with_status::<Snapshot>(
+            ns,
+            shapes::snapshot(ns, "snap-ok", "vol-1"),
+            shapes::snapshot_status("node-1", ""),
+        )
+        .await?;
+    cluster
+        .create_with_status::<BackupTarget>(
+            ns,
+            shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
+            shapes::backup_target_status("node-1", true),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Grants `user` what the webhook needs in `ns` (and, with `create_backups`, Backup create).
+async fn grant(
+    cluster: &TestCluster,
+    ns: &str,
+    user: &str,
+    name: &str,
+    create_backups: bool,
+) -> Result<()> {
+    let mut verbs = vec!["get", "list", "watch"];
+    if create_backups {
+        verbs.push("create");
+    }
+    let role: Role = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": ns },
+        "rules": [{
+            "apiGroups": ["longhorn.io"],
+            "resources": ["snapshots", "volumes", "engines", "backups", "backuptargets"],
+            "verbs": verbs,
+        }],
+    }))?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": ns },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+    }))?;
+    Api::<Role>::namespaced(cluster.client(), ns)
+        .create(&PostParams::default(), &role)
+        .await?;
+    Api::<RoleBinding>::namespaced(cluster.client(), ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn denies_what_longhorn_would_leave_pending_and_admits_the_rest() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("webhook-rules").await?;
+    fixtures(&cluster, &ns).await?;
+    let mut removed = shapes::snapshot_status("node-1", "");
+    removed["markRemoved"] = json!(true);
+    removed["readyToUse"] = json!(false);
+    cluster
+        .create_with_status::<Snapshot>(
+            &ns,
+            shapes::snapshot(&ns, "snap-removed", "vol-1"),
+            removed,
+        )
+        .await?;
+    cluster
+        .create_with_status::<Snapshot>(
+            &ns,
+            shapes::snapshot(&ns, "snap-v2", "vol-2"),
+            shapes::snapshot_status("node-1", ""),
+        )
+        .await?;
+
+    let served = serve(cluster.client(), &ns, Policy::default()).await?;
+    wait_ready(&served).await?;
+    let reg = register(&cluster, &served, &ns).await?;
+    let client = cluster.client();
+
+    // Missing snapshot: the client sees our message with the names and what to do.
+    let msg = create_backup(
+        &client,
+        &ns,
+        shapes::backup(&ns, "backup-missing", "vol-1", "snap-gone", None),
+        false,
+    )
+    .await?
+    .expect("a missing snapshot is denied");
+    for part in [
+        "backup-missing",
+        "snap-gone",
+        "vol-1",
+        "does not exist",
+        "Create the Snapshot",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+    // Existing snapshot: created.
+    assert_eq!(
+        create_backup(
+            &client,
+            &ns,
+            shapes::backup(&ns, "backup-ok", "vol-1", "snap-ok", Some("daily")),
+            false
+        )
+        .await?,
+        None
+    );
+    // Empty snapshotName: allowed (Longhorn syncs such Backups from the target).
+    assert_eq!(
+        create_backup(
+            &client,
+            &ns,
+            shapes::backup(&ns, "backup-synced", "vol-1", "", None),
+            false
+        )
+        .await?,
+        None
+    );
+    // markRemoved: denied.
+    let msg = create_backup(
+        &client,
+        &ns,
+        shapes::backup(&ns, "backup-rm", "vol-1", "snap-removed", None),
+        false,
+    )
+    .await?
+    .expect("removed snapshot denied");
+    assert!(msg.contains("marked removed"), "{msg}");
+    // Snapshot of another volume: denied.
+    let msg = create_backup(
+        &client,
+        &ns,
+        shapes::backup(&ns, "backup-x", "vol-1", "snap-v2", None),
+        false,
+    )
+    .await?
+    .expect("other volume denied");
+    assert!(msg.contains("belongs to volume \"vol-2\""), "{msg}");
+    // dryRun: judged the same, nothing created.
+    let msg = create_backup(
+        &client,
+        &ns,
+        shapes::backup(&ns, "backup-dry", "vol-1", "snap-gone", None),
+        true,
+    )
+    .await?;
+    assert!(msg.is_some(), "dry-run of a missing snapshot is denied too");
+    assert_eq!(
+        create_backup(
+            &client,
+            &ns,
+            shapes::backup(&ns, "backup-dry-ok", "vol-1", "snap-ok", None),
+            true
+        )
+        .await?,
+        None
+    );
+    let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        api.get_opt("backup-dry-ok").await?.is_none(),
+        "dry run created nothing"
+    );
+    assert!(api.get_opt("backup-ok").await?.is_some());
+
+    let text = served.metrics().await?;
+    assert!(
+        metric(
+            &text,
+            "longhorn_guard_webhook_reviews_total",
+            "decision=\"denied\""
+        ) >= 4,
+        "{text}"
+    );
+    reg.remove().await?;
+    served.stop().await
+}
+
+#[tokio::test]
+async fn warn_only_admits_with_warnings_and_exempt_labels_pass() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("webhook-warn").await?;
+    fixtures(&cluster, &ns).await?;
+    // Enforcing server first, to prove the exemption label works where denials happen.
+    let mut policy = Policy::default();
+    policy
+        .exemptions
+        .labels
+        .insert("longhorn-guard.io/exempt".into(), "true".into());
+    let served = serve(cluster.client(), &ns, policy).await?;
+    wait_ready(&served).await?;
+    let reg = register(&cluster, &served, &ns).await?;
+    let mut exempt = shapes::backup(&ns, "backup-exempt", "vol-1", "snap-gone", None);
+    exempt["metadata"]["labels"]["longhorn-guard.io/exempt"] = json!("true");
+    assert_eq!(
+        create_backup(&cluster.client(), &ns, exempt, false).await?,
+        None
+    );
+    reg.remove().await?;
+    served.stop().await?;
+
+    // Warn-only: the same missing snapshot is admitted, counted as warned.
+    let ns = cluster.namespace("webhook-warn-only").await?;
+    fixtures(&cluster, &ns).await?;
+    let served = serve(
+        cluster.client(),
+        &ns,
+        Policy {
+            mode: Mode::WarnOnly,
+            ..Policy::default()
+        },
+    )
+    .await?;
+    wait_ready(&served).await?;
+    // register() probes for a denial, which warn-only never gives: register by hand.
+    let before = metric(
+        &served.metrics().await?,
+        "longhorn_guard_webhook_reviews_total",
+        "decision=\"warned\"",
+    );
+    let reg = register_no_probe(&cluster, &served, &ns).await?;
+    let client = cluster.client();
+    longhorn_guard_testkit::wait_for(Duration::from_secs(20), "a warned review", || {
+        let client = client.clone();
+        let ns = ns.clone();
+        let served = &served;
+        async move {
+            let name = format!("backup-w-{:08x}", rand::random::<u32>());
+            assert_eq!(
+                create_backup(
+                    &client,
+                    &ns,
+                    shapes::backup(&ns, &name, "vol-1", "snap-gone", None),
+                    false
+                )
+                .await?,
+                None,
+                "warn-only never denies"
+            );
+            let text = served.metrics().await?;
+            Ok(metric(
+                &text,
+                "longhorn_guard_webhook_reviews_total",
+                "decision=\"warned\"",
+            ) > before)
+        }
+    })
+    .await?;
+    reg.remove().await?;
+    served.stop().await
+}
+
+#[tokio::test]
+async fn only_create_reaches_the_webhook() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("webhook-create-only").await?;
+    fixtures(&cluster, &ns).await?;
+    let served = serve(cluster.client(), &ns, Policy::default()).await?;
+    wait_ready(&served).await?;
+    let reg = register(&cluster, &served, &ns).await?;
+    let client = cluster.client();
+    assert_eq!(
+        create_backup(
+            &client,
+            &ns,
+            shapes::backup(&ns, "backup-ok", "vol-1", "snap-ok", None),
+            false
+        )
+        .await?,
+        None
+    );
+    let reviews = |t: &str| metric(t, "longhorn_guard_webhook_reviews_total", "");
+    let before = reviews(&served.metrics().await?);
+    assert!(before >= 2, "probe + create were reviewed");
+
+    cluster
+        .set_status::<Backup>(
+            &ns,
+            "backup-ok",
+            shapes::backup_status("InProgress", "node-1", "vol-1", "snap-ok"),
+        )
+        .await?;
+    let api: Api<Backup> = Api::namespaced(client.clone(), &ns);
+    api.patch(
+        "backup-ok",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"extra": "label"}}})),
+    )
+    .await?;
+    api.delete("backup-ok", &DeleteParams::default()).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = reviews(&served.metrics().await?);
+    assert_eq!(
+        after, before,
+        "status update, label patch and delete must not be reviewed"
+    );
+    reg.remove().await?;
+    served.stop().await
+}
+
+#[tokio::test]
+async fn exemption_by_service_account_through_impersonation() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("webhook-sa").await?;
+    fixtures(&cluster, &ns).await?;
+    let sa = format!("system:serviceaccount:{ns}:longhorn-service-account");
+    grant(&cluster, &ns, &sa, "longhorn-sa", true).await?;
+    grant(&cluster, &ns, "mallory", "mallory", true).await?;
+    let mut policy = Policy::default();
+    policy.exemptions.service_accounts = vec!["*:longhorn-service-account".into()];
+    let served = serve(cluster.client(), &ns, policy).await?;
+    wait_ready(&served).await?;
+    let reg = register(&cluster, &served, &ns).await?;
+
+    let longhorn = cluster.client_as(&sa, &["system:serviceaccounts", "system:authenticated"])?;
+    assert_eq!(
+        create_backup(
+            &longhorn,
+            &ns,
+            shapes::backup(&ns, "backup-sa", "vol-1", "snap-gone", None),
+            false
+        )
+        .await?,
+        None,
+        "Longhorn's service account is exempt"
+    );
+    let other = cluster.client_as("mallory", &["system:authenticated"])?;
+    assert!(
+        create_backup(
+            &other,
+            &ns,
+            shapes::backup(&ns, "backup-user", "vol-1", "snap-gone", None),
+            false
+        )
+        .await?
+        .is_some(),
+        "another user is not"
+    );
+    reg.remove().await?;
+    served.stop().await
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_every_initial_list_is_indexed() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("webhook-ready").await?;
+    fixtures(&cluster, &ns).await?;
+    // The webhook runs as a user that may not list yet: its watches cannot sync.
+    let user = format!("lhg-webhook-{ns}");
+    let client = cluster.client_as(&user, &["system:authenticated"])?;
+    let served = serve(client, &ns, Policy::default()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = served.ops_get("/readyz").await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("snapshot"), "{body}");
+    assert_eq!(served.ops_get("/healthz").await?.0, 200);
+    let text = served.metrics().await?;
+    assert!(
+        metric(&text, "longhorn_guard_webhook_watch_errors_total", "") > 0,
+        "{text}"
+    );
+
+    // Allowed to list and watch: the watches retry, list, and readiness flips.
+    grant(&cluster, &ns, &user, "webhook", false).await?;
+    wait_ready(&served).await?;
+    let text = served.metrics().await?;
+    assert_eq!(
+        metric(
+            &text,
+            "longhorn_guard_webhook_index_objects",
+            "kind=\"volume\""
+        ),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "longhorn_guard_webhook_index_objects",
+            "kind=\"snapshot\""
+        ),
+        1,
+        "{text}"
+    );
+    served.stop().await
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_over_tls_get_clear_errors() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("webhook-tls").await?;
+    let served = serve(cluster.client(), &ns, Policy::default()).await?;
+
+    // ALPN: h2 is offered and chosen; HTTP/1.1 alone works too.
+    let (_, proto) = tls_connect(&served, &[b"h2", b"http/1.1"]).await?;
+    assert_eq!(proto.as_deref(), Some(&b"h2"[..]));
+
+    let (status, body) =
+        tls_post(&served, "/validate/backups", b"{\"apiVersion\": 3".to_vec()).await?;
+    assert_eq!(status, 400, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid admission.k8s.io/v1 AdmissionReview"),
+        "{body}"
+    );
+
+    let big = vec![b' '; 2 * 1024 * 1024];
+    let (status, body) = tls_post(&served, "/validate/backups", big).await?;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("1048576 bytes"), "{body}");
+
+    // uid readable: HTTP 200 with an invalid response carrying the uid.
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "abc-123", "operation": "CREATE"}
+    });
+    let (status, text) =
+        tls_post(&served, "/validate/backups", body.to_string().into_bytes()).await?;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    assert_eq!(v["response"]["uid"], "abc-123");
+    assert_eq!(v["response"]["allowed"], false);
+    assert!(
+        v["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field"),
+        "{text}"
+    );
+    served.stop().await
+}
+
+/// Creates a Snapshot and at once its Backup, `n` times with `concurrency` in flight; returns
+/// the denials.
+async fn race(
+    cluster: &TestCluster,
+    ns: &str,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> Result<Vec<String>> {
+    let denials = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicUsize::new(0));
+    futures::stream::iter(0..n)
+        .for_each_concurrent(concurrency, |i| {
+            let denials = denials.clone();
+            let errors = errors.clone();
+            let ns = ns.to_string();
+            async move {
+                let snap = format!("{prefix}-snap-{i}");
+                let result = async {
+                    // As the UI does: the Snapshot, then at once its Backup.
+                    cluster
+                        .create::<Snapshot>(&ns, shapes::snapshot(&ns, &snap, "vol-1"))
+                        .await?;
+                    create_backup(
+                        &cluster.client(),
+                        &ns,
+                        shapes::backup(&ns, &format!("{prefix}-backup-{i}"), "vol-1", &snap, None),
+                        false,
+                    )
+                    .await
+                }
+                .await;
+                match result {
+                    Ok(Some(msg)) => denials.lock().unwrap().push(msg),
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("race {prefix} #{i}: {e:#}");
+                        errors.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+        .await;
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "API errors during the race"
+    );
+    Ok(Arc::try_unwrap(denials)
+        .map_err(|_| anyhow::anyhow!("still shared"))?
+        .into_inner()
+        .unwrap())
+}
+
+#[tokio::test]
+async fn snapshot_then_backup_race_has_no_false_denials() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("webhook-race").await?;
+    fixtures(&cluster, &ns).await?;
+    let served = serve(cluster.client(), &ns, Policy::default()).await?;
+    wait_ready(&served).await?;
+    let reg = register(&cluster, &served, &ns).await?;
+
+    let denials = race(&cluster, &ns, "on", 1000, 16).await?;
+    let text = served.metrics().await?;
+    let fallbacks = metric(&text, "longhorn_guard_webhook_live_get_fallbacks_total", "");
+    let found = metric(
+        &text,
+        "longhorn_guard_webhook_live_get_fallbacks_total",
+        "outcome=\"Found\"",
+    );
+    println!(
+        "race with live lookup: 1000 snapshot+backup pairs, {} denials, {fallbacks} live GETs ({found} found the snapshot the index lacked)",
+        denials.len()
+    );
+    assert!(
+        denials.is_empty(),
+        "false denials: {:?}",
+        &denials[..denials.len().min(3)]
+    );
+    assert!(
+        found > 0,
+        "the watch never lagged: the fallback caught nothing ({text})"
+    );
+    reg.remove().await?;
+    served.stop().await?;
+
+    // The same race without the fallback: how many Backups Longhorn 1.10's way would refuse.
+    let ns = cluster.namespace("webhook-race-nofallback").await?;
+    fixtures(&cluster, &ns).await?;
+    let served = serve(
+        cluster.client(),
+        &ns,
+        Policy {
+            live_snapshot_lookup: false,
+            ..Policy::default()
+        },
+    )
+    .await?;
+    wait_ready(&served).await?;
+    let reg = register(&cluster, &served, &ns).await?;
+    let denials = race(&cluster, &ns, "off", 1000, 16).await?;
+    println!(
+        "race without live lookup: 1000 snapshot+backup pairs, {} false denials (every snapshot existed)",
+        denials.len()
+    );
+    for d in &denials {
+        assert!(
+            d.contains("live lookup is disabled"),
+            "unexpected denial: {d}"
+        );
+    }
+    reg.remove().await?;
+    served.stop().await
+}
