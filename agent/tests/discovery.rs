@@ -13,7 +13,7 @@ use longhorn_types::{Engine, InstanceManager};
 use serde_json::json;
 use support::*;
 
-fn engine(name: &str, volume: &str, node: &str, im: &str) -> serde_json::Value {
+fn engine(name: &str, volume: &str, node: &str) -> serde_json::Value {
     json!({
         "apiVersion": "longhorn.io/v1beta2",
         "kind": "Engine",
@@ -62,14 +62,14 @@ async fn watches_feed_the_index_and_calls_reach_the_engine() -> anyhow::Result<(
     cluster
         .create_longhorn_object(
             &ns,
-            engine(ENGINE_NAME, VOLUME, "node-1", "im-node-1"),
+            engine(ENGINE_NAME, VOLUME, "node-1"),
             Some(engine_status("im-node-1")),
         )
         .await?;
     cluster
         .create_longhorn_object(
             &ns,
-            engine("pvc-2-e-0", "pvc-2", "node-2", "im-node-2"),
+            engine("pvc-2-e-0", "pvc-2", "node-2"),
             Some(engine_status("im-node-2")),
         )
         .await?;
