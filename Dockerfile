@@ -1,0 +1,17 @@
+# longhorn-guard: one static binary, one image (webhook, agent, certs, crds subcommands).
+# Not built on the project's machines (no docker daemon there); checked by eye only.
+# The binary is static musl, so the final image is distroless/static running as nonroot
+# (65532); the agent DaemonSet overrides runAsUser to 0 (see manifests/base/agent-daemonset.yaml).
+FROM rust:1.95-bookworm AS build
+RUN rustup target add x86_64-unknown-linux-musl \
+ && apt-get update && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p longhorn-guard \
+ && cp target/x86_64-unknown-linux-musl/release/longhorn-guard /longhorn-guard
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /longhorn-guard /usr/local/bin/longhorn-guard
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/longhorn-guard"]
