@@ -1,8 +1,11 @@
 //! `longhorn-guard`: one binary, one image. Each subcommand is a thin wrapper over a crate of
 //! the workspace; no logic lives here beyond parsing flags and setting up logs.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -27,15 +30,121 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the validating admission webhook for Longhorn Backups.
+    Webhook(WebhookArgs),
+    /// Run the per-node agent (engine gRPC through lease-bounded channels, leak metrics).
+    Agent(AgentArgs),
+    /// List non-terminal Backups with the reason each is stuck (read-only). Exit code 0:
+    /// nothing needs attention; 1: something does; 2: the check itself failed.
+    Doctor(DoctorArgs),
+    /// Delete Backup objects that can never complete and hold no data in the backup target
+    /// (dry run unless --yes; writes a restore file first).
+    Prune(PruneArgs),
     /// Print the Longhorn v1beta2 CRDs for a local control plane without Longhorn (YAML).
     Crds,
+    /// Bootstrap or rotate the guard's CA, certificates and webhook caBundle.
+    #[command(subcommand)]
+    Certs(longhorn_guard_certs::CertsCommand),
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// Longhorn's namespace.
+    #[arg(short, long, env = "LHG_NAMESPACE", default_value = longhorn_types::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// A non-terminal Backup older than this many minutes needs attention even without a known reason.
+    #[arg(long, default_value_t = 15)]
+    stuck_after_minutes: u64,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(clap::Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    doctor: DoctorArgs,
+    /// Delete. Without it, only print what would be deleted.
+    #[arg(long)]
+    yes: bool,
+    /// Restore file written before anything is deleted (must not exist).
+    #[arg(long)]
+    restore_file: Option<PathBuf>,
+    /// Deletes per second.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Admission endpoints (HTTPS).
+    #[arg(long, env = "LHG_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics` (plain HTTP).
+    #[arg(
+        long,
+        env = "LHG_WEBHOOK_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    metrics_listen: SocketAddr,
+    #[arg(long, env = "LHG_TLS_CERT", default_value = "/certs/tls.crt")]
+    tls_cert: PathBuf,
+    #[arg(long, env = "LHG_TLS_KEY", default_value = "/certs/tls.key")]
+    tls_key: PathBuf,
+    /// Policy file (YAML); defaults apply when absent.
+    #[arg(long, env = "LHG_POLICY")]
+    policy: Option<PathBuf>,
+    /// Namespace of the Longhorn objects to watch; all namespaces when absent.
+    #[arg(long, env = "LHG_NAMESPACE")]
+    namespace: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The node this agent serves (from the downward API in a DaemonSet).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Longhorn's namespace.
+    #[arg(long, env = "LHG_NAMESPACE", default_value = longhorn_types::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// The agent's gRPC API (TLS).
+    #[arg(long, env = "LHG_AGENT_LISTEN", default_value = "0.0.0.0:9443")]
+    listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics` (plain HTTP).
+    #[arg(long, env = "LHG_AGENT_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
+    metrics_listen: SocketAddr,
+    #[arg(long, env = "LHG_TLS_CERT", default_value = "/certs/tls.crt")]
+    tls_cert: PathBuf,
+    #[arg(long, env = "LHG_TLS_KEY", default_value = "/certs/tls.key")]
+    tls_key: PathBuf,
+    /// Require client certificates signed by this CA (webhook<->agent mTLS).
+    #[arg(long, env = "LHG_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let result = match cli.command {
+        Command::Webhook(args) => block_on(run_webhook(args)),
+        Command::Agent(args) => block_on(run_agent(args)),
+        Command::Doctor(args) => {
+            return match block_on_value(run_doctor(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("longhorn-guard doctor: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Prune(args) => block_on(run_prune(args)),
         Command::Crds => print_crds(),
+        Command::Certs(cmd) => block_on(run_certs(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,8 +155,127 @@ fn main() -> ExitCode {
     }
 }
 
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    block_on_value(fut)
+}
+
+fn block_on_value<T>(
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    // The ring provider, installed before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)
+}
+
+fn doctor_options(args: &DoctorArgs) -> longhorn_guard_stuck_backups::DoctorOptions {
+    longhorn_guard_stuck_backups::DoctorOptions {
+        namespace: args.namespace.clone(),
+        stuck_after: std::time::Duration::from_secs(args.stuck_after_minutes * 60),
+    }
+}
+
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG, ~/.kube/config or in-cluster)")
+}
+
+async fn run_doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let report =
+        longhorn_guard_stuck_backups::doctor(kube_client().await?, &doctor_options(&args)).await?;
+    match args.output {
+        Output::Table => print!(
+            "{}",
+            longhorn_guard_stuck_backups::render::doctor_text(&report)
+        ),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(if report.needs_attention > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
+    let restore_file = args.restore_file.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "longhorn-guard-prune-{}-{}.yaml",
+            args.doctor.namespace,
+            k8s_openapi::jiff::Timestamp::now().as_second()
+        ))
+    });
+    let options = longhorn_guard_stuck_backups::PruneOptions {
+        doctor: doctor_options(&args.doctor),
+        yes: args.yes,
+        restore_file,
+        deletes_per_second: args.rate,
+    };
+    let outcome = longhorn_guard_stuck_backups::prune(kube_client().await?, &options).await?;
+    match args.doctor.output {
+        Output::Table => print!(
+            "{}",
+            longhorn_guard_stuck_backups::render::prune_text(&outcome)
+        ),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
+    }
+    Ok(())
+}
+
+async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
+    let config = longhorn_guard_webhook::WebhookConfig {
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        policy_path: args.policy,
+        namespace: args.namespace,
+        ..Default::default()
+    };
+    let client = kube_client().await?;
+    longhorn_guard_webhook::run(config, client, shutdown_signal()).await
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let mut config = longhorn_guard_agent::AgentConfig::new(args.node);
+    config.namespace = args.namespace;
+    config.grpc_listen = args.listen;
+    config.metrics_listen = args.metrics_listen;
+    config.server_cert = args.tls_cert;
+    config.server_key = args.tls_key;
+    config.client_ca = args.client_ca;
+    longhorn_guard_agent::run(config, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM (what the kubelet sends).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown signal received");
+}
+
 fn print_crds() -> anyhow::Result<()> {
     print!("{}", longhorn_types::crds::yaml()?);
+    Ok(())
+}
+
+async fn run_certs(cmd: longhorn_guard_certs::CertsCommand) -> anyhow::Result<()> {
+    let report = cmd.run().await?;
+    tracing::info!(changed = report.changed(), "certs: done");
     Ok(())
 }
 

@@ -1,0 +1,466 @@
+//! Why each Backup is stuck: a pure function of a [`ClusterState`] and the time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use longhorn_types::{Backup, BackupState};
+use serde::Serialize;
+
+use crate::ClusterState;
+
+/// One reason a Backup cannot finish. Several may hold at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum StuckReason {
+    /// No Snapshot object of that name in the namespace.
+    SnapshotMissing,
+    /// The Snapshot is marked removed.
+    SnapshotMarkedRemoved,
+    /// Longhorn says the engine lost the snapshot, or the engine's snapshot list lacks it.
+    SnapshotLostInEngine { engine: String },
+    /// The Snapshot belongs to another volume than the Backup's.
+    SnapshotOfOtherVolume { snapshot_volume: String },
+    /// The Backup's volume does not exist.
+    VolumeMissing,
+    /// The backup target is missing or not available.
+    BackupTargetUnavailable { target: String },
+    /// Nothing above; Longhorn's own Pending message, if any.
+    Waiting { message: String },
+}
+
+impl StuckReason {
+    /// The snapshot is gone for good: the Backup can never complete.
+    pub fn snapshot_gone(&self) -> bool {
+        matches!(
+            self,
+            Self::SnapshotMissing | Self::SnapshotMarkedRemoved | Self::SnapshotLostInEngine { .. }
+        )
+    }
+
+    /// A short human sentence.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::SnapshotMissing => "snapshot missing".into(),
+            Self::SnapshotMarkedRemoved => "snapshot marked removed".into(),
+            Self::SnapshotLostInEngine { engine } => format!("snapshot lost in engine {engine}"),
+            Self::SnapshotOfOtherVolume { snapshot_volume } => {
+                format!("snapshot belongs to volume {snapshot_volume}")
+            }
+            Self::VolumeMissing => "volume gone".into(),
+            Self::BackupTargetUnavailable { target } => {
+                format!("backup target {target} unavailable")
+            }
+            Self::Waiting { message } if message.is_empty() => "waiting (no reason known)".into(),
+            Self::Waiting { message } => format!("waiting: {message}"),
+        }
+    }
+}
+
+/// One Backup that is non-terminal, or in Error.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupFinding {
+    pub namespace: String,
+    pub name: String,
+    pub volume: String,
+    pub snapshot: String,
+    /// `New` for `""`.
+    pub state: String,
+    pub age_seconds: i64,
+    pub recurring_job: Option<String>,
+    /// Backup URL; non-empty means data exists in the backup target.
+    pub url: String,
+    pub reasons: Vec<StuckReason>,
+    /// Non-terminal and (stuck for a known reason, or older than the threshold).
+    pub needs_attention: bool,
+    /// What `prune` may delete: non-terminal or Error, snapshot gone, no URL, snapshot named.
+    pub prune_eligible: bool,
+}
+
+/// The doctor's answer.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub namespace: String,
+    pub generated_at: String,
+    pub total_backups: usize,
+    /// Every Backup by state (`New` for `""`).
+    pub backups_by_state: BTreeMap<String, usize>,
+    /// Non-terminal and Error Backups, oldest first.
+    pub findings: Vec<BackupFinding>,
+    /// Recurring jobs of the non-terminal Backups: job → count.
+    pub recurring_jobs: BTreeMap<String, usize>,
+    /// The relevant Longhorn settings found (absent ones are left out).
+    pub settings: BTreeMap<String, String>,
+    pub needs_attention: usize,
+    pub prune_eligible: usize,
+}
+
+impl Report {
+    pub fn non_terminal(&self) -> impl Iterator<Item = &BackupFinding> {
+        self.findings
+            .iter()
+            .filter(|f| !BackupState::parse(state_str(&f.state)).is_terminal())
+    }
+}
+
+/// Diagnoses every Backup of `state` at time `now`.
+pub fn diagnose(state: &ClusterState, now: Timestamp, stuck_after: Duration) -> Report {
+    let mut by_state = BTreeMap::new();
+    let mut findings = Vec::new();
+    let mut jobs = BTreeMap::new();
+    for backup in &state.backups {
+        let st = backup.state();
+        *by_state.entry(st.label().to_string()).or_insert(0) += 1;
+        if st.is_terminal() && st != BackupState::Error {
+            continue;
+        }
+        let finding = diagnose_one(state, backup, now, stuck_after);
+        if !st.is_terminal()
+            && let Some(job) = &finding.recurring_job
+        {
+            *jobs.entry(job.clone()).or_insert(0) += 1;
+        }
+        findings.push(finding);
+    }
+    findings.sort_by(|a, b| {
+        b.age_seconds
+            .cmp(&a.age_seconds)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    Report {
+        namespace: state.namespace.clone(),
+        generated_at: now.to_string(),
+        total_backups: state.backups.len(),
+        backups_by_state: by_state,
+        needs_attention: findings.iter().filter(|f| f.needs_attention).count(),
+        prune_eligible: findings.iter().filter(|f| f.prune_eligible).count(),
+        findings,
+        recurring_jobs: jobs,
+        settings: state.settings.clone(),
+    }
+}
+
+fn diagnose_one(
+    state: &ClusterState,
+    backup: &Backup,
+    now: Timestamp,
+    stuck_after: Duration,
+) -> BackupFinding {
+    let st = backup.state();
+    let status = backup.status.clone().unwrap_or_default();
+    let snapshot_name = backup.spec.snapshot_name.clone();
+    let snapshot = state.snapshots.get(&snapshot_name);
+    let volume = backup
+        .volume_label()
+        .map(str::to_string)
+        .or_else(|| snapshot.and_then(|s| s.volume()).map(str::to_string))
+        .unwrap_or_default();
+
+    let mut reasons = Vec::new();
+    if !snapshot_name.is_empty() {
+        match snapshot {
+            None => reasons.push(StuckReason::SnapshotMissing),
+            Some(s) => {
+                if s.mark_removed() {
+                    reasons.push(StuckReason::SnapshotMarkedRemoved);
+                }
+                let engine = state.engine_of(&volume);
+                let engine_name = engine
+                    .and_then(|e| e.metadata.name.clone())
+                    .unwrap_or_default();
+                let engine_lacks_it = engine
+                    .and_then(|e| e.status.as_ref())
+                    .and_then(|s| s.snapshots.as_ref())
+                    .is_some_and(|snaps| !snaps.is_empty() && !snaps.contains_key(&snapshot_name));
+                if s.lost_in_engine() || engine_lacks_it {
+                    reasons.push(StuckReason::SnapshotLostInEngine {
+                        engine: engine_name,
+                    });
+                }
+                if let Some(sv) = s.volume()
+                    && !volume.is_empty()
+                    && sv != volume
+                {
+                    reasons.push(StuckReason::SnapshotOfOtherVolume {
+                        snapshot_volume: sv.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    if !volume.is_empty() && !state.volumes.contains_key(&volume) {
+        reasons.push(StuckReason::VolumeMissing);
+    }
+    let target = backup
+        .backup_target_label()
+        .unwrap_or(longhorn_types::DEFAULT_BACKUP_TARGET)
+        .to_string();
+    if !state.targets.get(&target).is_some_and(|t| t.available()) {
+        reasons.push(StuckReason::BackupTargetUnavailable { target });
+    }
+    if reasons.is_empty() {
+        let message = status
+            .messages
+            .as_ref()
+            .and_then(|m| m.get("info"))
+            .cloned()
+            .unwrap_or_else(|| status.error.clone());
+        reasons.push(StuckReason::Waiting { message });
+    }
+
+    let age_seconds = backup
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| (now.as_second() - t.0.as_second()).max(0));
+    let known_blocker = reasons
+        .iter()
+        .any(|r| !matches!(r, StuckReason::Waiting { .. }));
+    let old = u64::try_from(age_seconds).unwrap_or(0) >= stuck_after.as_secs();
+    let snapshot_gone = reasons.iter().any(StuckReason::snapshot_gone);
+    BackupFinding {
+        namespace: state.namespace.clone(),
+        name: backup.metadata.name.clone().unwrap_or_default(),
+        volume,
+        prune_eligible: (!st.is_terminal() || st == BackupState::Error)
+            && !snapshot_name.is_empty()
+            && snapshot_gone
+            && status.url.is_empty(),
+        snapshot: snapshot_name,
+        state: st.label().to_string(),
+        age_seconds,
+        recurring_job: backup.recurring_job().map(str::to_string),
+        url: status.url,
+        needs_attention: !st.is_terminal() && (known_blocker || old),
+        reasons,
+    }
+}
+
+/// `BackupState::label` back to the string Longhorn writes.
+fn state_str(label: &str) -> &str {
+    if label == "New" { "" } else { label }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use longhorn_types::shapes;
+    use serde_json::Value;
+
+    fn obj<K: serde::de::DeserializeOwned>(mut v: Value, status: Option<Value>, age_min: i64) -> K {
+        let created = Timestamp::from_second(1_000_000 - age_min * 60).unwrap();
+        v["metadata"]["creationTimestamp"] = Value::String(created.to_string());
+        if let Some(s) = status {
+            v["status"] = s;
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn backup(name: &str, vol: &str, snap: &str, state: &str, url: &str, age_min: i64) -> Backup {
+        let mut status = shapes::backup_status(state, "node-1", vol, snap);
+        status["url"] = Value::String(url.into());
+        obj(
+            shapes::backup("ns", name, vol, snap, Some("daily")),
+            Some(status),
+            age_min,
+        )
+    }
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState {
+            namespace: "ns".into(),
+            ..Default::default()
+        };
+        for v in ["vol-1", "vol-2"] {
+            s.volumes.insert(
+                v.into(),
+                obj(
+                    shapes::volume("ns", v, "node-1"),
+                    Some(shapes::volume_status("node-1")),
+                    100,
+                ),
+            );
+        }
+        s.snapshots.insert(
+            "snap-ok".into(),
+            obj(
+                shapes::snapshot("ns", "snap-ok", "vol-1"),
+                Some(shapes::snapshot_status("node-1", "")),
+                10,
+            ),
+        );
+        let mut removed = shapes::snapshot_status("node-1", "");
+        removed["markRemoved"] = Value::Bool(true);
+        s.snapshots.insert(
+            "snap-removed".into(),
+            obj(
+                shapes::snapshot("ns", "snap-removed", "vol-1"),
+                Some(removed),
+                10,
+            ),
+        );
+        let mut lost = shapes::snapshot_status("node-1", "");
+        lost["error"] = Value::String(longhorn_types::SNAPSHOT_LOST_TRACK_ERROR.into());
+        s.snapshots.insert(
+            "snap-lost".into(),
+            obj(shapes::snapshot("ns", "snap-lost", "vol-1"), Some(lost), 10),
+        );
+        s.snapshots.insert(
+            "snap-vol2".into(),
+            obj(
+                shapes::snapshot("ns", "snap-vol2", "vol-2"),
+                Some(shapes::snapshot_status("node-1", "")),
+                10,
+            ),
+        );
+        s.targets.insert(
+            "default".into(),
+            obj(
+                shapes::backup_target("ns", "default", "s3://b@r/"),
+                Some(shapes::backup_target_status("node-1", true)),
+                100,
+            ),
+        );
+        s
+    }
+
+    fn finding<'a>(r: &'a Report, name: &str) -> &'a BackupFinding {
+        r.findings.iter().find(|f| f.name == name).unwrap()
+    }
+
+    #[test]
+    fn classifies_each_kind_of_stuck_backup() {
+        let mut s = state();
+        s.backups = vec![
+            backup("b-missing", "vol-1", "snap-gone", "Pending", "", 60),
+            backup("b-removed", "vol-1", "snap-removed", "Pending", "", 50),
+            backup("b-lost", "vol-1", "snap-lost", "InProgress", "", 40),
+            backup("b-other", "vol-1", "snap-vol2", "Pending", "", 30),
+            backup("b-novol", "vol-9", "snap-gone", "", "", 20),
+            backup("b-young", "vol-1", "snap-ok", "Pending", "", 1),
+            backup("b-old", "vol-1", "snap-ok", "Pending", "", 30),
+            backup("b-error-nourl", "vol-1", "snap-gone", "Error", "", 70),
+            backup(
+                "b-error-url",
+                "vol-1",
+                "snap-gone",
+                "Error",
+                "s3://b@r/?backup=b",
+                70,
+            ),
+            backup(
+                "b-pending-url",
+                "vol-1",
+                "snap-gone",
+                "Pending",
+                "s3://b@r/?backup=x",
+                70,
+            ),
+            backup(
+                "b-done",
+                "vol-1",
+                "snap-gone",
+                "Completed",
+                "s3://b@r/?backup=d",
+                80,
+            ),
+            backup("b-sync", "vol-1", "", "", "", 80),
+        ];
+        let r = diagnose(
+            &s,
+            Timestamp::from_second(1_000_000).unwrap(),
+            Duration::from_secs(15 * 60),
+        );
+        assert_eq!(r.total_backups, 12);
+        assert!(
+            r.findings.iter().all(|f| f.name != "b-done"),
+            "Completed is not a finding"
+        );
+        assert_eq!(
+            finding(&r, "b-missing").reasons,
+            vec![StuckReason::SnapshotMissing]
+        );
+        assert_eq!(
+            finding(&r, "b-removed").reasons,
+            vec![StuckReason::SnapshotMarkedRemoved]
+        );
+        assert!(matches!(
+            finding(&r, "b-lost").reasons[..],
+            [StuckReason::SnapshotLostInEngine { .. }]
+        ));
+        assert_eq!(
+            finding(&r, "b-other").reasons,
+            vec![StuckReason::SnapshotOfOtherVolume {
+                snapshot_volume: "vol-2".into()
+            }]
+        );
+        assert!(
+            finding(&r, "b-novol")
+                .reasons
+                .contains(&StuckReason::VolumeMissing)
+        );
+        assert!(!finding(&r, "b-young").needs_attention, "young and waiting");
+        assert!(
+            finding(&r, "b-old").needs_attention,
+            "waiting past the threshold"
+        );
+        assert!(
+            !finding(&r, "b-error-nourl").needs_attention,
+            "Error is terminal"
+        );
+
+        let eligible: Vec<_> = r
+            .findings
+            .iter()
+            .filter(|f| f.prune_eligible)
+            .map(|f| f.name.as_str())
+            .collect();
+        let mut eligible = eligible;
+        eligible.sort();
+        assert_eq!(
+            eligible,
+            [
+                "b-error-nourl",
+                "b-lost",
+                "b-missing",
+                "b-novol",
+                "b-removed"
+            ]
+        );
+        assert_eq!(r.prune_eligible, 5);
+        assert_eq!(r.findings[0].age_seconds, 80 * 60, "oldest first");
+        assert_eq!(r.findings[0].name, "b-sync");
+        assert!(
+            !r.findings[0].prune_eligible,
+            "a Backup synced from the target (no snapshot name) is never pruned"
+        );
+        assert_eq!(r.recurring_jobs.get("daily"), Some(&9), "non-terminal only");
+        assert_eq!(r.backups_by_state.get("New"), Some(&2));
+    }
+
+    #[test]
+    fn unavailable_target_and_engine_snapshot_list_are_reasons() {
+        let mut s = state();
+        s.targets.clear();
+        let mut es = shapes::engine_status("node-1", "im-1", "10.0.0.1", 10010);
+        es["snapshots"] = serde_json::json!({ "other": { "name": "other" } });
+        s.engines
+            .push(obj(shapes::engine("ns", "vol-1", "node-1"), Some(es), 100));
+        s.backups = vec![backup("b", "vol-1", "snap-ok", "Pending", "", 5)];
+        let r = diagnose(
+            &s,
+            Timestamp::from_second(1_000_000).unwrap(),
+            Duration::from_secs(900),
+        );
+        let f = finding(&r, "b");
+        assert!(f.reasons.contains(&StuckReason::BackupTargetUnavailable {
+            target: "default".into()
+        }));
+        assert!(f.reasons.contains(&StuckReason::SnapshotLostInEngine {
+            engine: "vol-1-e-0".into()
+        }));
+        assert!(f.prune_eligible && f.needs_attention);
+    }
+}
