@@ -13,6 +13,7 @@ pub mod index;
 pub mod metrics;
 pub mod policy;
 pub mod snapshot_source;
+pub mod throttle;
 pub mod tls;
 
 use std::future::Future;

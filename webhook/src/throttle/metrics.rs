@@ -1,0 +1,170 @@
+//! Throttling metrics (registered into the webhook's registry, prefix
+//! `longhorn_guard_webhook`): throttled reviews by scope, in-flight Backups for the cluster
+//! and per node (no per-volume or per-Backup label), cluster bucket tokens, the policy
+//! generation and reload errors, and the Backup index figures for alerting, computed at
+//! scrape time.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::Scope;
+use super::inflight::BackupFigures;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InFlightLabels {
+    /// `cluster` or `node`.
+    pub scope: &'static str,
+    /// Set for `scope="node"` only; bounded by the nodes of the cluster.
+    pub node: Option<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabels {
+    pub bucket: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+/// The throttle's metric families.
+#[derive(Clone, Debug, Default)]
+pub struct ThrottleMetrics {
+    pub throttled: Family<ScopeLabels, Counter>,
+    /// Would-be denials allowed with a warning (warn-only, recurring-job rule).
+    pub warned: Family<ScopeLabels, Counter>,
+    pub in_flight: Family<InFlightLabels, Gauge>,
+    pub rate_tokens: Family<BucketLabels, Gauge<f64, AtomicU64>>,
+    pub reservations: Gauge,
+    pub policy_generation: Gauge,
+    pub policy_reload_errors: Counter,
+    pub backups: Family<StateLabels, Gauge>,
+    pub oldest_non_terminal_age: Gauge<f64, AtomicU64>,
+}
+
+impl ThrottleMetrics {
+    /// Registers every family into `registry` (which carries the prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "throttled_reviews",
+            "Backup CREATEs denied by the throttle (code 429), by scope",
+            m.throttled.clone(),
+        );
+        registry.register(
+            "throttle_warned_reviews",
+            "Backup CREATEs the throttle would have denied but allowed with a warning (warn-only, recurring-job rule), by scope",
+            m.warned.clone(),
+        );
+        registry.register(
+            "inflight_backups",
+            "Non-terminal Backups with a snapshot name, for the cluster and per node of the volume's engine",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "rate_tokens",
+            "Tokens left in this replica's creation-rate bucket",
+            m.rate_tokens.clone(),
+        );
+        registry.register(
+            "throttle_reservations",
+            "Backups this replica admitted that its watch has not delivered yet",
+            m.reservations.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Generation of the policy in force (1 = loaded at start, +1 per reload)",
+            m.policy_generation.clone(),
+        );
+        registry.register(
+            "policy_reload_errors",
+            "Policy file contents rejected by hot reload (the last good policy stays)",
+            m.policy_reload_errors.clone(),
+        );
+        registry.register(
+            "backups",
+            "Backups in the index, by status.state",
+            m.backups.clone(),
+        );
+        registry.register(
+            "backups_oldest_non_terminal_age_seconds",
+            "Age of the oldest non-terminal Backup in the index (0 when none)",
+            m.oldest_non_terminal_age.clone(),
+        );
+        for s in Scope::ALL {
+            let _ = m
+                .throttled
+                .get_or_create(&ScopeLabels { scope: s.as_str() });
+        }
+        m
+    }
+
+    pub fn throttled(&self, scope: Scope) -> u64 {
+        self.throttled
+            .get_or_create(&ScopeLabels {
+                scope: scope.as_str(),
+            })
+            .inc()
+    }
+
+    pub fn warned(&self, scope: Scope) -> u64 {
+        self.warned
+            .get_or_create(&ScopeLabels {
+                scope: scope.as_str(),
+            })
+            .inc()
+    }
+
+    /// Refreshes the scrape-time gauges.
+    pub fn refresh(
+        &self,
+        figures: &BackupFigures,
+        cluster_tokens: Option<f64>,
+        reservations: usize,
+    ) {
+        self.in_flight.clear();
+        self.in_flight
+            .get_or_create(&InFlightLabels {
+                scope: "cluster",
+                node: None,
+            })
+            .set(i64::try_from(figures.in_flight).unwrap_or(i64::MAX));
+        for (node, n) in &figures.in_flight_by_node {
+            self.in_flight
+                .get_or_create(&InFlightLabels {
+                    scope: "node",
+                    node: Some(if node.is_empty() {
+                        "unknown".to_string()
+                    } else {
+                        node.clone()
+                    }),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        if let Some(t) = cluster_tokens {
+            self.rate_tokens
+                .get_or_create(&BucketLabels { bucket: "cluster" })
+                .set(t);
+        }
+        self.reservations
+            .set(i64::try_from(reservations).unwrap_or(i64::MAX));
+        for (state, n) in &figures.by_state {
+            self.backups
+                .get_or_create(&StateLabels { state })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        self.oldest_non_terminal_age
+            .set(figures.oldest_non_terminal_age_seconds);
+    }
+}
