@@ -346,7 +346,7 @@ fn cluster_cap_lists_at_most_three_oldest_and_counts_unknown_states() {
     );
     assert!(
         d.message.contains(
-            "Oldest in flight: old (Pending, 1h06m), mid (InProgress, 30s), weird (Paused, 20s)."
+            "Oldest in flight: old (Pending, 1h06m) [stuck: over 15m00s], mid (InProgress, 30s), weird (unknown-state, 20s)."
         ),
         "{}",
         d.message
