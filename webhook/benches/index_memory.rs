@@ -269,7 +269,7 @@ async fn fill(cluster: &TestCluster, sizes: &Sizes) {
                 Err(e) => return Err(e),
             }
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % 20_000 == 0 {
+            if n.is_multiple_of(20_000) {
                 eprintln!(
                     "fill: {n}/{total} after {:.0} s",
                     start.elapsed().as_secs_f64()
