@@ -16,6 +16,7 @@
 //! | `target_unavailable` | 503 | the Backup's BackupTarget is missing or unavailable (only when the policy denies it) |
 //! | `empty_snapshot_name` | 403 | empty `spec.snapshotName` from someone other than Longhorn (only with `denyUnlessLonghorn`) |
 //! | `deadline_exceeded`, `lookup_failed` | 503 | fail-closed answers when no decision could be made in time |
+//! | `throttled` | 429 | the throttle (`crate::throttle`): an in-flight cap, a creation rate or a duplicate |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -51,6 +52,9 @@ pub enum Reason {
     FullBackupPatched,
     /// Mutating endpoint: nothing to change.
     Unchanged,
+    /// Denied (or, allowed, warned) by the throttle; the scope is in the message and in
+    /// `throttled_reviews_total{scope}`.
+    Throttled,
 }
 
 impl Reason {
@@ -72,6 +76,7 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::FullBackupPatched => "full_backup_patched",
             Reason::Unchanged => "unchanged",
+            Reason::Throttled => "throttled",
         }
     }
 
@@ -85,6 +90,7 @@ impl Reason {
             Reason::TargetUnavailable | Reason::DeadlineExceeded | Reason::LookupFailed => 503,
             Reason::EmptySnapshotName => 403,
             Reason::Malformed => 400,
+            Reason::Throttled => 429,
             _ => 200,
         }
     }

@@ -50,6 +50,9 @@ pub struct WebhookConfig {
     pub namespace: Option<String>,
     /// How long shutdown waits for in-flight reviews.
     pub shutdown_grace: Duration,
+    /// How often `policy_path` is re-read for hot reload (content compared, not mtime: a
+    /// ConfigMap mount swaps a symlink).
+    pub policy_poll_interval: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -63,6 +66,7 @@ impl Default for WebhookConfig {
             policy: None,
             namespace: None,
             shutdown_grace: Duration::from_secs(10),
+            policy_poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -176,6 +180,31 @@ pub async fn start_with_source(
         };
         index::run_watches(&mut watches, client, &scope, index.clone(), metrics.clone());
     }
+    if config.policy.is_none()
+        && let Some(path) = &config.policy_path
+    {
+        let initial = std::fs::read(path).ok();
+        let watch = throttle::PolicyFileWatch::new(path.clone(), initial.as_deref());
+        let reload_metrics = metrics.clone();
+        watches.spawn(throttle::reload::run_reloader(
+            watch,
+            state.policy.clone(),
+            config.policy_poll_interval,
+            move |outcome| match outcome {
+                throttle::ReloadOutcome::Rejected { .. } => {
+                    reload_metrics.throttle.policy_reload_errors.inc();
+                }
+                throttle::ReloadOutcome::Reloaded { generation } => {
+                    reload_metrics
+                        .throttle
+                        .policy_generation
+                        .set(i64::try_from(*generation).unwrap_or(i64::MAX));
+                }
+                throttle::ReloadOutcome::Unchanged => {}
+            },
+        ));
+    }
+    metrics.throttle.policy_generation.set(1);
 
     let tls_config = tls::server_config(&config.tls_cert, &config.tls_key)?;
     let listener = std::net::TcpListener::bind(config.listen)

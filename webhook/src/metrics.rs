@@ -71,6 +71,8 @@ pub struct Metrics {
     pub deadline_exceeded: Counter,
     pub malformed: Family<MalformedLabels, Counter>,
     pub in_flight: Gauge,
+    /// Throttling and Backup-index figures (`crate::throttle::metrics`).
+    pub throttle: crate::throttle::ThrottleMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -154,7 +156,9 @@ impl Metrics {
             "Reviews being processed now",
             in_flight.clone(),
         );
+        let throttle = crate::throttle::ThrottleMetrics::register(&mut registry);
         Self {
+            throttle,
             registry,
             reviews,
             review_duration,

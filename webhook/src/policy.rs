@@ -1,5 +1,6 @@
 //! The webhook's policy: what to deny, what to warn about, who is exempt, and the limits that
-//! protect the API server. Loaded once from YAML at start; every field has a default.
+//! protect the API server. Loaded from YAML at start and hot-reloaded from the same file
+//! (`crate::throttle::reload`); every field has a default.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -117,6 +118,8 @@ pub struct Policy {
     /// Largest AdmissionReview body accepted.
     pub max_body_bytes: usize,
     pub full_backup: FullBackupRule,
+    /// Throttling of bulk Backup creation (see `THROTTLING.md`).
+    pub throttle: crate::throttle::policy::ThrottlePolicy,
 }
 
 impl Default for Policy {
@@ -135,6 +138,7 @@ impl Default for Policy {
             max_concurrent_reviews: 64,
             max_body_bytes: 1024 * 1024,
             full_backup: FullBackupRule::default(),
+            throttle: crate::throttle::policy::ThrottlePolicy::default(),
         }
     }
 }
@@ -194,7 +198,7 @@ impl Policy {
         if self.max_body_bytes < 1024 {
             return Err("maxBodyBytes must be at least 1024".into());
         }
-        Ok(())
+        self.throttle.validate()
     }
 
     pub fn deadline(&self) -> Duration {

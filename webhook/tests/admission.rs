@@ -20,6 +20,18 @@ use longhorn_guard_webhook::policy::Mode;
 use longhorn_types::{Backup, BackupTarget, Snapshot, Volume, shapes};
 use serde_json::json;
 
+/// These tests exercise the snapshot checks with many Backups of one volume, which the
+/// throttle's default caps would refuse (throttling is tested in tests/throttle.rs).
+fn unthrottled(policy: Policy) -> Policy {
+    Policy {
+        throttle: longhorn_guard_webhook::throttle::policy::ThrottlePolicy {
+            enabled: false,
+            ..Default::default()
+        },
+        ..policy
+    }
+}
+
 /// vol-1 (attached), snap-ok of vol-1 (ready), the `default` target (available).
 async fn fixtures(cluster: &TestCluster, ns: &str) -> Result<()> {
     cluster
@@ -110,7 +122,7 @@ async fn denies_what_longhorn_would_leave_pending_and_admits_the_rest() -> Resul
         )
         .await?;
 
-    let served = serve(cluster.client(), &ns, Policy::default()).await?;
+    let served = serve(cluster.client(), &ns, unthrottled(Policy::default())).await?;
     wait_ready(&served).await?;
     let reg = register(&cluster, &served, &ns).await?;
     let client = cluster.client();
@@ -530,7 +542,7 @@ async fn snapshot_then_backup_race_has_no_false_denials() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("webhook-race").await?;
     fixtures(&cluster, &ns).await?;
-    let served = serve(cluster.client(), &ns, Policy::default()).await?;
+    let served = serve(cluster.client(), &ns, unthrottled(Policy::default())).await?;
     wait_ready(&served).await?;
     let reg = register(&cluster, &served, &ns).await?;
 
@@ -564,10 +576,10 @@ async fn snapshot_then_backup_race_has_no_false_denials() -> Result<()> {
     let served = serve(
         cluster.client(),
         &ns,
-        Policy {
+        unthrottled(Policy {
             live_snapshot_lookup: false,
             ..Policy::default()
-        },
+        }),
     )
     .await?;
     wait_ready(&served).await?;

@@ -18,12 +18,17 @@ use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::snapshot_source::SnapshotSource;
+use crate::throttle::{PolicyCell, Throttle};
 
 pub use review::{Review, ReviewRejection};
 
 /// What every handler shares.
 pub struct Shared {
-    pub policy: Arc<Policy>,
+    /// The policy in force (hot-reloaded); read it with [`AppState::policy`]. Limits fixed at
+    /// start (`maxConcurrentReviews`) come from the policy loaded at start.
+    pub policy: Arc<PolicyCell>,
+    /// Throttling state of this replica: token buckets and reservations.
+    pub throttle: Throttle,
     pub index: Arc<Index>,
     pub metrics: Arc<Metrics>,
     pub snapshots: Arc<dyn SnapshotSource>,
@@ -46,13 +51,41 @@ impl AppState {
     ) -> Self {
         let permits = Semaphore::new(policy.max_concurrent_reviews);
         Self(Arc::new(Shared {
-            policy,
+            policy: Arc::new(PolicyCell::new(policy)),
+            throttle: Throttle::new(),
             index,
             metrics,
             snapshots,
             permits,
             serving: AtomicBool::new(false),
         }))
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.0.policy.get()
+    }
+
+    /// Refreshes the scrape-time throttle and Backup figures of the metrics.
+    pub fn refresh_throttle_metrics(&self) {
+        let policy = self.policy();
+        let now = crate::throttle::Now::system();
+        let view = self.index.view();
+        let namespaces: Vec<Arc<str>> = view.data().backups.namespaces().cloned().collect();
+        let figures =
+            crate::throttle::inflight::figures(&view, namespaces.iter().map(|n| &**n), now.unix);
+        drop(view);
+        // The cluster bucket of the (first) watched namespace; all namespaces share the gauge.
+        let tokens = namespaces
+            .first()
+            .map(|ns| self.throttle.cluster_tokens(&policy.throttle, ns, now.at));
+        self.metrics
+            .throttle
+            .refresh(&figures, tokens, self.throttle.reservations());
+        self.metrics
+            .throttle
+            .policy_generation
+            .set(i64::try_from(self.0.policy.generation()).unwrap_or(i64::MAX));
     }
 
     pub fn set_serving(&self, serving: bool) {

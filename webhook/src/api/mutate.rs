@@ -46,7 +46,7 @@ pub(super) async fn mutate_backup(
             return Json(invalid_review(&req.uid, &problem));
         }
     };
-    let patch = full_backup_patch(&state.policy, &state.index.view(), &backup);
+    let patch = full_backup_patch(&state.policy(), &state.index.view(), &backup);
     let resp = AdmissionResponse::from(req);
     let Some((volume, patch)) = patch else {
         state

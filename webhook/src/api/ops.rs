@@ -32,6 +32,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    state.refresh_throttle_metrics();
     let body = state.metrics.encode(&state.index);
     (
         [(

@@ -80,7 +80,7 @@ impl FromRequest<AppState> for Review {
     type Rejection = ReviewRejection;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let result = read_review(req, state.policy.max_body_bytes).await;
+        let result = read_review(req, state.policy().max_body_bytes).await;
         if let Err(rejection) = &result {
             state.metrics.malformed(rejection.problem());
             match rejection {

@@ -10,7 +10,7 @@ use super::review::{Review, invalid_review};
 use crate::decision::{BackupRequest, Decision, Reason, decide};
 use crate::index::LiveSnapshot;
 use crate::metrics::LookupOutcome;
-use crate::policy::FailMode;
+use crate::policy::{FailMode, Policy};
 
 /// The operation as a metric label.
 pub(super) fn operation_label(op: &Operation) -> &'static str {
@@ -55,6 +55,7 @@ fn k8s_reason(code: u16) -> &'static str {
         409 => "Conflict",
         410 => "Gone",
         422 => "Invalid",
+        429 => "TooManyRequests",
         503 => "ServiceUnavailable",
         _ => "BadRequest",
     }
@@ -90,7 +91,7 @@ pub(super) fn respond(
 
 /// What the deadline or a failed lookup yields, per policy.
 pub(super) fn fail_decision(state: &AppState, reason: Reason, what: String) -> Decision {
-    match state.policy.on_deadline {
+    match state.policy().on_deadline {
         FailMode::Open => Decision::Allow {
             reason,
             warnings: vec![format!(
@@ -117,7 +118,7 @@ pub(super) async fn validate_backup(
     let _timer = state.metrics.time_review("validate");
     let req = &review.request;
     let operation = operation_label(&req.operation);
-    let deadline = state.policy.deadline();
+    let deadline = state.policy().deadline();
 
     if !is_backup_create(req) {
         state
@@ -158,7 +159,13 @@ pub(super) async fn validate_backup(
         }
     };
 
-    let decision = match tokio::time::timeout(deadline, decide_with_lookup(&state, &backup)).await {
+    let policy = state.policy();
+    let decision = match tokio::time::timeout(
+        deadline,
+        decide_with_lookup(&state, &policy, &backup),
+    )
+    .await
+    {
         Ok(d) => d,
         Err(_) => {
             state.metrics.deadline_exceeded.inc();
@@ -167,7 +174,7 @@ pub(super) async fn validate_backup(
                 Reason::DeadlineExceeded,
                 format!(
                     "no decision within the {} ms deadline for {} in namespace {:?} (snapshot {:?})",
-                    state.policy.deadline_ms,
+                    state.policy().deadline_ms,
                     backup.display_name(),
                     backup.namespace,
                     backup.snapshot
@@ -175,6 +182,15 @@ pub(super) async fn validate_backup(
             )
         }
     };
+    let decision = crate::throttle::admission::throttle_decision(
+        &state,
+        &policy,
+        &backup,
+        &req.uid,
+        crate::throttle::recurring_job_of(obj),
+        req.dry_run,
+        decision,
+    );
     let reason = decision.reason().unwrap_or(Reason::Checked);
     state.metrics.review(operation, decision.label(), reason);
     tracing::info!(
@@ -192,10 +208,10 @@ pub(super) async fn validate_backup(
 }
 
 /// Decides, doing the live GET when the index misses the snapshot. Waits for a permit.
-async fn decide_with_lookup(state: &AppState, backup: &BackupRequest) -> Decision {
+async fn decide_with_lookup(state: &AppState, policy: &Policy, backup: &BackupRequest) -> Decision {
     // The semaphore is never closed; if it were, deciding unbounded beats failing.
     let _permit = state.permits.acquire().await.ok();
-    let first = decide(&state.policy, &state.index.view(), backup);
+    let first = decide(policy, &state.index.view(), backup);
     if first != Decision::NeedsLiveSnapshot {
         return first;
     }
@@ -222,7 +238,7 @@ async fn decide_with_lookup(state: &AppState, backup: &BackupRequest) -> Decisio
         .index
         .view()
         .with_live_snapshot(&backup.namespace, &backup.snapshot, live);
-    match decide(&state.policy, &view, backup) {
+    match decide(policy, &view, backup) {
         // Cannot happen with the overlay in place; fail per policy rather than loop.
         Decision::NeedsLiveSnapshot => fail_decision(
             state,

@@ -125,6 +125,11 @@ impl<V> KindTable<V> {
         self.len == 0
     }
 
+    /// Namespaces with at least one entry.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.live.keys()
+    }
+
     /// Entries of one namespace.
     pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = (&Arc<str>, &V)> {
         self.live.get(namespace).into_iter().flat_map(|m| m.iter())

@@ -13,6 +13,7 @@
 //! Throttle denials carry code 429. Backups with an empty `spec.snapshotName` (Longhorn
 //! syncing from the backup target) are never throttled nor counted.
 
+pub mod admission;
 pub mod inflight;
 pub mod metrics;
 pub mod policy;
