@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use longhorn_guard_manager_monitor::{ManagerMonitorConfig, ProcessMatch};
+
 /// Longhorn's engine-proxy server enforces `MinTime: 10s` on keepalive pings; pinging more often
 /// gets the connection closed with GOAWAY `too_many_pings`.
 pub const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -31,6 +33,12 @@ pub struct AgentConfig {
     pub engine_proxy_port: u16,
     /// Pool of channels to the instance managers' engine proxies.
     pub pool: PoolConfig,
+    /// How often `server_cert`, `server_key` and `client_ca` are checked for a change; a
+    /// rotated certificate is served from the next handshake on, without a restart.
+    pub tls_reload_interval: Duration,
+    /// The longhorn-manager leak monitor embedded in the agent (the agent must run with
+    /// `hostPID` or share longhorn-manager's process namespace); `None` turns it off.
+    pub manager_monitor: Option<ManagerMonitorConfig>,
 }
 
 impl AgentConfig {
@@ -47,6 +55,8 @@ impl AgentConfig {
             max_call_timeout: Duration::from_secs(30),
             engine_proxy_port: longhorn_guard_proto::ENGINE_PROXY_PORT,
             pool: PoolConfig::default(),
+            tls_reload_interval: Duration::from_secs(3),
+            manager_monitor: None,
         }
     }
 
@@ -63,8 +73,43 @@ impl AgentConfig {
                 "max call timeout must be > 0".to_string(),
             ));
         }
+        if self.tls_reload_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "TLS reload interval must be > 0".to_string(),
+            ));
+        }
+        if let Some(monitor) = &self.manager_monitor
+            && monitor.node != self.node_name
+        {
+            return Err(ConfigError::Invalid(format!(
+                "the longhorn-manager monitor is set up for node {:?} but the agent serves node {:?}",
+                monitor.node, self.node_name
+            )));
+        }
         self.pool.validate()
     }
+}
+
+/// Parses how the longhorn-manager process is recognised: `name:NAME` (or a bare `NAME`):
+/// `comm` or the basename of `argv[0]`; `cmdline:EXACT`: the whole command line, arguments
+/// joined by single spaces; `regex:RE`: a regex matched anywhere in that command line.
+pub fn parse_process_match(spec: &str) -> Result<ProcessMatch, ConfigError> {
+    let invalid =
+        |why: String| ConfigError::Invalid(format!("manager process match {spec:?}: {why}"));
+    let (kind, value) = match spec.split_once(':') {
+        Some((kind @ ("name" | "cmdline" | "regex"), value)) => (kind, value),
+        _ => ("name", spec),
+    };
+    if value.is_empty() {
+        return Err(invalid("empty".to_string()));
+    }
+    Ok(match kind {
+        "cmdline" => ProcessMatch::CmdlineExact(value.to_string()),
+        "regex" => ProcessMatch::CmdlineRegex(
+            regex::Regex::new(value).map_err(|e| invalid(e.to_string()))?,
+        ),
+        _ => ProcessMatch::Name(value.to_string()),
+    })
 }
 
 /// Caps and timers of the [`crate::LeasePool`].
@@ -227,6 +272,38 @@ mod tests {
         let clamped = pool.with_clamped_keepalive();
         assert_eq!(clamped.keepalive_interval, MIN_KEEPALIVE_INTERVAL);
         assert_eq!(clamped.validate(), Ok(()));
+    }
+
+    #[test]
+    fn process_match_specs() {
+        assert!(matches!(
+            parse_process_match("longhorn-manager"),
+            Ok(ProcessMatch::Name(n)) if n == "longhorn-manager"
+        ));
+        assert!(matches!(
+            parse_process_match("name:lhm"),
+            Ok(ProcessMatch::Name(n)) if n == "lhm"
+        ));
+        assert!(matches!(
+            parse_process_match("cmdline:longhorn-manager -d daemon"),
+            Ok(ProcessMatch::CmdlineExact(c)) if c == "longhorn-manager -d daemon"
+        ));
+        assert!(matches!(
+            parse_process_match("regex:longhorn-manager .*daemon"),
+            Ok(ProcessMatch::CmdlineRegex(_))
+        ));
+        let bad = parse_process_match("regex:(").err().map(|e| e.to_string());
+        assert!(bad.is_some_and(|e| e.contains("regex:(")));
+        assert!(parse_process_match("cmdline:").is_err());
+    }
+
+    #[test]
+    fn monitor_for_another_node_is_refused() {
+        let mut config = AgentConfig::new("node-1");
+        config.manager_monitor = Some(ManagerMonitorConfig::for_node("node-2"));
+        assert!(config.validate().is_err());
+        config.manager_monitor = Some(ManagerMonitorConfig::for_node("node-1"));
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

@@ -17,9 +17,10 @@ pub mod pool;
 pub mod server;
 pub mod snapshot_service;
 
-pub use config::{AgentConfig, ConfigError, PoolConfig};
+pub use config::{AgentConfig, ConfigError, PoolConfig, parse_process_match};
 pub use engine_client::{EngineClient, EngineTarget};
 pub use engine_index::{EngineIndex, LookupError};
+pub use longhorn_guard_manager_monitor::{ManagerMonitorConfig, ProcessMatch};
 pub use metrics::PoolMetrics;
 pub use pool::{EndpointStatus, LeasePool, PoolLiveness};
 pub use server::{Agent, run};

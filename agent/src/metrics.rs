@@ -472,12 +472,18 @@ pub fn process_resident_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Builds the agent's registry with the `longhorn_guard_agent` prefix.
+/// Prefix of every metric the agent itself exports.
+pub const AGENT_PREFIX: &str = "longhorn_guard_agent";
+
+/// Builds the agent's root registry: unprefixed, with the agent's own metrics in a
+/// `longhorn_guard_agent` sub-registry, so that embedded components (the longhorn-manager
+/// monitor registers `longhorn_guard_manager_*`) can register their own prefix beside it.
 pub fn agent_registry(pool: &Arc<PoolMetrics>) -> Registry {
-    let mut registry = Registry::with_prefix("longhorn_guard_agent");
-    pool.register(&mut registry);
-    registry.register_collector(Box::new(ProcessCollector));
-    registry
+    let mut root = Registry::default();
+    let agent = root.sub_registry_with_prefix(AGENT_PREFIX);
+    pool.register(agent);
+    agent.register_collector(Box::new(ProcessCollector));
+    root
 }
 
 /// OpenMetrics text of `registry`.

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use longhorn_guard_manager_monitor::ManagerMonitor;
 use longhorn_guard_proto::agent::snapshot_service_server::SnapshotServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -29,6 +30,8 @@ pub struct Agent {
     pool: LeasePool,
     index: EngineIndex,
     registry: Arc<Registry>,
+    /// Taken (and spawned) by [`Agent::serve`].
+    monitor: Option<ManagerMonitor>,
 }
 
 impl Agent {
@@ -43,12 +46,28 @@ impl Agent {
             config.namespace.clone(),
             config.engine_proxy_port,
         );
-        let registry = Arc::new(agent_registry(&metrics));
+        let mut registry = agent_registry(&metrics);
+        // The monitor registers `longhorn_guard_manager_*` in the unprefixed root registry.
+        let monitor = config
+            .manager_monitor
+            .clone()
+            .map(|monitor| {
+                let proc_root = monitor.proc_root.clone();
+                ManagerMonitor::new(monitor, &mut registry).with_context(|| {
+                    format!(
+                        "longhorn-manager monitor of node {} (procfs at {})",
+                        config.node_name,
+                        proc_root.display()
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Self {
             config,
             pool,
             index,
-            registry,
+            registry: Arc::new(registry),
+            monitor,
         })
     }
 
@@ -85,10 +104,11 @@ impl Agent {
         Ok(tls)
     }
 
-    /// Serves the TLS gRPC API on `grpc` and `/metrics`, `/healthz`, `/readyz` on `http` until
-    /// `shutdown` resolves; then closes every pooled channel.
+    /// Serves the TLS gRPC API on `grpc` and `/metrics`, `/healthz`, `/readyz` on `http`, and
+    /// runs the longhorn-manager monitor when configured, until `shutdown` resolves; then stops
+    /// the monitor and closes every pooled channel.
     pub async fn serve(
-        self,
+        mut self,
         grpc: TcpListener,
         http: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -102,6 +122,13 @@ impl Agent {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+
+        // Stopped once both servers have ended, whether by `shutdown` or by an error.
+        let (monitor_stop, monitor_stopped) = tokio::sync::watch::channel(false);
+        let monitor = self
+            .monitor
+            .take()
+            .map(|monitor| tokio::spawn(monitor.run(stopped(monitor_stopped))));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -140,6 +167,7 @@ impl Agent {
             namespace = %self.config.namespace,
             %grpc_addr,
             %http_addr,
+            manager_monitor = monitor.is_some(),
             "agent serving"
         );
         let (grpc_result, http_result) = tokio::join!(grpc_server, async {
@@ -147,6 +175,13 @@ impl Agent {
         });
         readiness.abort();
         self.pool.shutdown();
+        let _ = monitor_stop.send(true);
+        if let Some(monitor) = monitor {
+            // Ends at the stop signal; a sample in flight (bounded by its HTTP timeout) finishes first.
+            if let Err(e) = monitor.await {
+                tracing::error!(error = %e, "longhorn-manager monitor task failed");
+            }
+        }
         grpc_result.with_context(|| format!("agent gRPC server on {grpc_addr}"))?;
         http_result.with_context(|| format!("agent metrics server on {http_addr}"))?;
         Ok(())

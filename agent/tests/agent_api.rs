@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fake_engine::{Fault, Method};
 use longhorn_guard_agent::metrics::LeaseOutcome;
-use longhorn_guard_agent::{Agent, AgentConfig, EngineIndex};
+use longhorn_guard_agent::{Agent, AgentConfig, EngineIndex, ManagerMonitorConfig, ProcessMatch};
 use longhorn_guard_proto::agent::snapshot_service_client::SnapshotServiceClient;
 use longhorn_guard_proto::agent::{GetSnapshotRequest, ListSnapshotsRequest};
 use longhorn_types::{
@@ -145,12 +145,22 @@ impl RunningAgent {
 }
 
 async fn start_agent(pki: &Pki, client_ca: bool, proxy_port: u16) -> anyhow::Result<RunningAgent> {
+    start_agent_with(pki, client_ca, proxy_port, |_| {}).await
+}
+
+async fn start_agent_with(
+    pki: &Pki,
+    client_ca: bool,
+    proxy_port: u16,
+    adjust: impl FnOnce(&mut AgentConfig),
+) -> anyhow::Result<RunningAgent> {
     let mut config = AgentConfig::new(NODE);
     config.server_cert = pki.dir.join("tls.crt");
     config.server_key = pki.dir.join("tls.key");
     config.client_ca = client_ca.then(|| pki.dir.join("ca.crt"));
     config.engine_proxy_port = proxy_port;
     config.pool = test_pool_config();
+    adjust(&mut config);
     let agent = Agent::new(config)?;
     let index = agent.index().clone();
     let pool = agent.pool().clone();
@@ -409,7 +419,20 @@ async fn without_client_ca_plain_tls_clients_are_served() -> TestResult {
 async fn readyz_waits_for_the_watches_and_metrics_pass_promtool() -> TestResult {
     let pki = pki("metrics")?;
     let (_fake, server) = start_fake().await?;
-    let agent = start_agent(&pki, false, server.local_addr.port()).await?;
+    // The embedded longhorn-manager monitor follows this very test process through the real
+    // /proc (matched by its exact command line), standing in for longhorn-manager.
+    let own_cmdline = std::fs::read_to_string("/proc/self/cmdline")?
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let agent = start_agent_with(&pki, false, server.local_addr.port(), |config| {
+        let mut monitor = ManagerMonitorConfig::for_node(NODE);
+        monitor.process_match = ProcessMatch::CmdlineExact(own_cmdline);
+        monitor.interval = Duration::from_millis(100);
+        config.manager_monitor = Some(monitor);
+    })
+    .await?;
 
     let (code, body) = http_get(agent.http_port, "/readyz").await?;
     assert_eq!(code, 503, "{body}");
@@ -432,8 +455,34 @@ async fn readyz_waits_for_the_watches_and_metrics_pass_promtool() -> TestResult 
         client.get_snapshot(get(VOLUME, "snap-a")).await?;
     }
 
-    let (code, text) = http_get(agent.http_port, "/metrics").await?;
-    assert_eq!(code, 200);
+    // The monitor's first sample runs as it starts; wait for it to have found the process.
+    let up = format!("longhorn_guard_manager_up{{node=\"{NODE}\"}} 1");
+    let mut text = String::new();
+    for _ in 0..100 {
+        let (code, body) = http_get(agent.http_port, "/metrics").await?;
+        assert_eq!(code, 200);
+        text = body;
+        if text.contains(&up) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains(&up), "missing {up:?} in\n{text}");
+    for needle in [
+        "# TYPE longhorn_guard_manager_up gauge",
+        &format!("longhorn_guard_manager_threads{{node=\"{NODE}\"}} "),
+        &format!("longhorn_guard_manager_resident_memory_bytes{{node=\"{NODE}\"}} "),
+        &format!("longhorn_guard_manager_restarts_total{{node=\"{NODE}\"}} 0"),
+        &format!(
+            "longhorn_guard_manager_im_connections{{node=\"{NODE}\",remote_port=\"8501\",state=\"established\"}} 0"
+        ),
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(
+        !text.contains("longhorn_guard_agent_longhorn_guard_manager"),
+        "the monitor's families must not carry the agent prefix:\n{text}"
+    );
     for needle in [
         "longhorn_guard_agent_channels_active 1",
         "longhorn_guard_agent_channels_created_total 1",

@@ -125,6 +125,29 @@ struct AgentArgs {
     /// Require client certificates signed by this CA (webhook<->agent mTLS).
     #[arg(long, env = "LHG_CLIENT_CA")]
     client_ca: Option<PathBuf>,
+    /// Longhorn's gRPC TLS files (`ca.crt`, `tls.crt`, `tls.key` of the `longhorn-grpc-tls`
+    /// Secret): mTLS to instance managers when present, plaintext otherwise (as Longhorn).
+    #[arg(long, env = "LHG_LONGHORN_TLS_DIR", default_value = "/tls-files")]
+    longhorn_tls_dir: PathBuf,
+    /// Do not run the embedded longhorn-manager leak monitor (it needs hostPID or a process
+    /// namespace shared with longhorn-manager).
+    #[arg(long, env = "LHG_NO_MANAGER_MONITOR")]
+    no_manager_monitor: bool,
+    /// How to recognise longhorn-manager: `NAME` / `name:NAME` (comm or argv[0] basename),
+    /// `cmdline:EXACT`, or `regex:RE` on the command line.
+    #[arg(long, env = "LHG_MANAGER_PROCESS_MATCH", default_value = "longhorn-manager",
+          value_parser = longhorn_guard_agent::parse_process_match)]
+    manager_process_match: longhorn_guard_agent::ProcessMatch,
+    /// longhorn-manager's Go pprof goroutine endpoint, e.g.
+    /// `http://127.0.0.1:6060/debug/pprof/goroutine?debug=1`.
+    #[arg(long, env = "LHG_MANAGER_PPROF_URL")]
+    manager_pprof_url: Option<String>,
+    /// longhorn-manager's own metrics, e.g. `http://127.0.0.1:9500/metrics` in sidecar mode.
+    #[arg(long, env = "LHG_MANAGER_METRICS_URL")]
+    manager_metrics_url: Option<String>,
+    /// Where procfs is mounted (the host's with hostPID, the pod's in sidecar mode).
+    #[arg(long, env = "LHG_PROC_ROOT", default_value = "/proc")]
+    proc_root: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -247,6 +270,15 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     config.server_cert = args.tls_cert;
     config.server_key = args.tls_key;
     config.client_ca = args.client_ca;
+    config.pool.longhorn_tls_dir = Some(args.longhorn_tls_dir);
+    if !args.no_manager_monitor {
+        let mut monitor = longhorn_guard_agent::ManagerMonitorConfig::for_node(&config.node_name);
+        monitor.process_match = args.manager_process_match;
+        monitor.pprof_goroutine_url = args.manager_pprof_url;
+        monitor.manager_metrics_url = args.manager_metrics_url;
+        monitor.proc_root = args.proc_root;
+        config.manager_monitor = Some(monitor);
+    }
     longhorn_guard_agent::run(config, shutdown_signal()).await
 }
 
