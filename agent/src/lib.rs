@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod snapshot_service;
+mod tls_server;
 
 pub use config::{AgentConfig, ConfigError, PoolConfig, parse_process_match};
 pub use engine_client::{EngineClient, EngineTarget};

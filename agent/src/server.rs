@@ -14,8 +14,7 @@ use longhorn_guard_manager_monitor::ManagerMonitor;
 use longhorn_guard_proto::agent::snapshot_service_server::SnapshotServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::config::AgentConfig;
 use crate::engine_client::EngineClient;
@@ -23,6 +22,7 @@ use crate::engine_index::EngineIndex;
 use crate::metrics::{PoolMetrics, agent_registry, encode_registry};
 use crate::pool::LeasePool;
 use crate::snapshot_service::SnapshotApi;
+use crate::tls_server::{TlsReloadCollector, reloadable_server_config, tls_incoming};
 
 /// Everything one node's agent runs. Build it with [`Agent::new`] inside a tokio runtime.
 pub struct Agent {
@@ -32,13 +32,19 @@ pub struct Agent {
     registry: Arc<Registry>,
     /// Taken (and spawned) by [`Agent::serve`].
     monitor: Option<ManagerMonitor>,
+    /// Serving certificate that follows its files; the handle keeps the reload watcher alive.
+    tls: Arc<rustls::ServerConfig>,
+    _tls_reload: Arc<longhorn_guard_certs::ReloadHandle>,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig) -> anyhow::Result<Self> {
         config.validate()?;
-        // tonic's TLS server builds its rustls config from the process default provider.
+        // The pool's tonic TLS client may build its rustls config from the process default.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Read (and checked) now: a missing or bad certificate fails start-up, not the first call.
+        let (tls, tls_reload) = reloadable_server_config(&config)?;
+        let tls_reload = Arc::new(tls_reload);
         let metrics = Arc::new(PoolMetrics::new());
         let pool = LeasePool::new(config.pool.clone(), Arc::clone(&metrics))?;
         let index = EngineIndex::new(
@@ -62,12 +68,19 @@ impl Agent {
                 })
             })
             .transpose()?;
+        registry
+            .sub_registry_with_prefix(crate::metrics::AGENT_PREFIX)
+            .register_collector(Box::new(TlsReloadCollector {
+                handle: Arc::clone(&tls_reload),
+            }));
         Ok(Self {
             config,
             pool,
             index,
             registry: Arc::new(registry),
             monitor,
+            tls,
+            _tls_reload: tls_reload,
         })
     }
 
@@ -79,31 +92,6 @@ impl Agent {
         &self.index
     }
 
-    fn tls_config(&self) -> anyhow::Result<ServerTlsConfig> {
-        let cert = std::fs::read(&self.config.server_cert).with_context(|| {
-            format!(
-                "reading the agent's serving certificate {}",
-                self.config.server_cert.display()
-            )
-        })?;
-        let key = std::fs::read(&self.config.server_key).with_context(|| {
-            format!(
-                "reading the agent's serving key {}",
-                self.config.server_key.display()
-            )
-        })?;
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if let Some(ca) = &self.config.client_ca {
-            let ca_pem = std::fs::read(ca)
-                .with_context(|| format!("reading the client CA {}", ca.display()))?;
-            // With a client CA, a client certificate signed by it is required.
-            tls = tls
-                .client_ca_root(Certificate::from_pem(ca_pem))
-                .client_auth_optional(false);
-        }
-        Ok(tls)
-    }
-
     /// Serves the TLS gRPC API on `grpc` and `/metrics`, `/healthz`, `/readyz` on `http`, and
     /// runs the longhorn-manager monitor when configured, until `shutdown` resolves; then stops
     /// the monitor and closes every pooled channel.
@@ -113,7 +101,6 @@ impl Agent {
         http: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let tls = self.tls_config()?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -148,12 +135,13 @@ impl Agent {
             self.config.max_call_timeout,
         );
         let grpc_addr = grpc.local_addr()?;
+        // TLS is terminated here, not by tonic, so the certificate can change under a running
+        // server: every handshake asks the reloading resolver for the pair in force.
+        let incoming = tls_incoming(grpc, tokio_rustls::TlsAcceptor::from(Arc::clone(&self.tls)));
         let grpc_server = Server::builder()
-            .tls_config(tls)
-            .context("agent gRPC TLS configuration")?
             .add_service(health_service)
             .add_service(SnapshotServiceServer::new(api))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
         let http_addr = http.local_addr()?;
         let router = http_router(HttpState {

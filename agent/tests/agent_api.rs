@@ -5,6 +5,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fake_engine::{Fault, Method};
@@ -28,6 +30,7 @@ const NODE: &str = "node-1";
 
 struct Pki {
     dir: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
     ca_pem: String,
     client_cert: String,
     client_key: String,
@@ -74,6 +77,7 @@ fn pki(tag: &str) -> anyhow::Result<Pki> {
     Ok(Pki {
         dir,
         ca_pem: ca.pem(),
+        ca,
         client_cert,
         client_key,
         stranger_cert,
@@ -608,5 +612,195 @@ fn promtool_check(text: &str) -> anyhow::Result<()> {
         "promtool check metrics (exit ok: {ok}) found problems:\n{}\n--- exposition ---\n{text}",
         unexpected.join("\n")
     );
+    Ok(())
+}
+
+/// Writes `content` to `path` atomically (temp file + rename), like a Secret volume update.
+fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A rustls client config for the agent: trusts `ca_pem`, presents the client certificate,
+/// ALPN h2, no session resumption (every connection shows what the server serves now).
+fn rustls_client(ca_pem: &str, cert: &str, key: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(ca?)?;
+    }
+    let chain = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut key.as_bytes())?
+        .ok_or_else(|| anyhow::anyhow!("no private key"))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// One GetSnapshot on a fresh mTLS connection; returns the server's leaf certificate (DER).
+async fn call_on_fresh_connection(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Vec<u8>> {
+    let seen: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+    let connector = {
+        let seen = Arc::clone(&seen);
+        tower::service_fn(move |_uri: http::Uri| {
+            let (tls, seen) = (Arc::clone(&tls), Arc::clone(&seen));
+            async move {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .map_err(std::io::Error::other)?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await?;
+                let leaf = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref().to_vec());
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = leaf;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        })
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://localhost:{port}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_with_connector(connector)
+        .await?;
+    let found = SnapshotServiceClient::new(channel)
+        .get_snapshot(get(VOLUME, "snap-a"))
+        .await?
+        .into_inner();
+    anyhow::ensure!(found.found, "snap-a not found");
+    let leaf = seen.lock().unwrap_or_else(|e| e.into_inner()).take();
+    leaf.ok_or_else(|| anyhow::anyhow!("no server certificate seen"))
+}
+
+fn pem_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    let cert = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no certificate"))??;
+    Ok(cert.as_ref().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_serving_certificate_is_served_without_a_failed_call() -> TestResult {
+    let pki = pki("rotate")?;
+    let (_fake, server) = start_fake().await?;
+    let agent = start_agent_with(&pki, true, server.local_addr.port(), |config| {
+        config.tls_reload_interval = Duration::from_millis(50);
+    })
+    .await?;
+    feed(&agent.index);
+    agent.index.mark_synced();
+    let first = pem_der(&std::fs::read_to_string(pki.dir.join("tls.crt"))?)?;
+    let tls = rustls_client(&pki.ca_pem, &pki.client_cert, &pki.client_key)?;
+    assert_eq!(
+        call_on_fresh_connection(agent.grpc_port, Arc::clone(&tls)).await?,
+        first
+    );
+
+    // Two callers keep calling through the rotation: one on a long-lived mTLS channel, one
+    // opening a fresh mTLS connection (a full handshake) for every call.
+    let stop = Arc::new(AtomicBool::new(false));
+    let long_lived = {
+        let channel = tls_channel(
+            agent.grpc_port,
+            &pki.ca_pem,
+            Some((&pki.client_cert, &pki.client_key)),
+        )
+        .await?;
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut client = SnapshotServiceClient::new(channel);
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match client.get_snapshot(get(VOLUME, "snap-a")).await {
+                    Ok(r) if r.get_ref().found => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let fresh = {
+        let (stop, tls, port) = (Arc::clone(&stop), Arc::clone(&tls), agent.grpc_port);
+        tokio::spawn(async move {
+            let (mut leaves, mut failed) = (Vec::new(), Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match call_on_fresh_connection(port, Arc::clone(&tls)).await {
+                    Ok(leaf) => leaves.push(leaf),
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+            }
+            (leaves, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Rotate: a new serving certificate from the same CA, as a renewal does.
+    let (second_cert, second_key) = leaf(&["localhost", "127.0.0.1"], &pki.ca)?;
+    let second = pem_der(&second_cert)?;
+    assert_ne!(first, second);
+    write_atomic(&pki.dir.join("tls.crt"), &second_cert)?;
+    write_atomic(&pki.dir.join("tls.key"), &second_key)?;
+
+    let mut served_new = false;
+    for _ in 0..100 {
+        if call_on_fresh_connection(agent.grpc_port, Arc::clone(&tls)).await? == second {
+            served_new = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served_new, "the rotated certificate was never served");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (long_ok, long_failed) = long_lived.await?;
+    let (leaves, fresh_failed) = fresh.await?;
+
+    assert!(
+        long_failed.is_empty(),
+        "long-lived channel: {long_failed:?}"
+    );
+    assert!(
+        fresh_failed.is_empty(),
+        "fresh connections: {fresh_failed:?}"
+    );
+    assert!(long_ok > 0);
+    let before = leaves.iter().filter(|l| **l == first).count();
+    let after = leaves.iter().filter(|l| **l == second).count();
+    assert_eq!(
+        before + after,
+        leaves.len(),
+        "a third certificate was served"
+    );
+    assert!(before > 0 && after > 0, "before {before}, after {after}");
+    // Once the new pair is served, the old one never comes back.
+    let switch = leaves
+        .iter()
+        .position(|l| *l == second)
+        .unwrap_or(leaves.len());
+    assert!(leaves[switch..].iter().all(|l| *l == second));
+
+    let (_, text) = http_get(agent.http_port, "/metrics").await?;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("longhorn_guard_agent_tls_reloads_total ") && !l.ends_with(" 0")),
+        "{text}"
+    );
+    eprintln!(
+        "rotation: {long_ok} calls on the long-lived channel, {before} fresh connections before and {after} after, 0 failed"
+    );
+    agent.stop().await?;
+    server.shutdown().await;
     Ok(())
 }
