@@ -1,0 +1,747 @@
+//! The v1.7.2 storm against the real kube-apiserver: thousands of Backups created at once
+//! for ~300 volumes on several nodes, 30 % of them for snapshots that do not exist, while a
+//! small simulated backup controller moves admitted Backups New → InProgress → Completed at
+//! a fixed rate, and — like v1.7.2 — leaves a Backup Pending forever when its snapshot
+//! disappears after admission.
+//!
+//! Recurring-job Backups model the job's price: a denied job exits and its CronJob retries
+//! it, each retry creating a new snapshot and a new Backup, up to `backoffLimit` retries
+//! with exponential backoff (scaled down from the Job controller's 10 s, 20 s, 40 s).
+//!
+//! Size: `LHG_STORM_BACKUPS` (default 4422), `LHG_STORM_VOLUMES` (default 300).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use common::*;
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use longhorn_guard_testkit::TestCluster;
+use longhorn_guard_webhook::Policy;
+use longhorn_guard_webhook::throttle::policy::ThrottlePolicy;
+use longhorn_types::{Backup, BackupState, BackupTarget, Engine, Snapshot, Volume, shapes};
+use serde_json::json;
+
+/// A client that does NOT retry 429s: kube-rs 5 retries 429/503/504 by default (up to 15
+/// times, exponential backoff from 5 ms), which would turn every throttle denial into a
+/// long silent wait. client-go (longhorn-manager) retries a 429 only when the response has
+/// a Retry-After header, which the webhook does not set.
+pub async fn no_retry_client(
+    cluster: &TestCluster,
+    as_user: Option<(&str, &[&str])>,
+) -> Result<Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path())?;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    config.default_retry = false;
+    if let Some((user, groups)) = as_user {
+        config.auth_info.impersonate = Some(user.to_string());
+        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    }
+    Ok(Client::try_from(config)?)
+}
+
+const NODES: usize = 6;
+const CONCURRENCY: usize = 32;
+/// The Job's backoffLimit the simulated recurring job honours.
+const BACKOFF_LIMIT: u32 = 3;
+/// Job-controller backoff 10 s, 20 s, 40 s scaled down 100×.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Simulated controller: Backups started per tick, tick length, how long one runs.
+const STARTS_PER_TICK: usize = 8;
+const TICK: Duration = Duration::from_millis(20);
+const RUN_TIME: Duration = Duration::from_millis(300);
+/// Every Nth admitted recurring-job Backup loses its snapshot right after admission.
+const LOSE_SNAPSHOT_EVERY: usize = 40;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn node_of(volume: usize) -> String {
+    format!("node-{}", volume % NODES)
+}
+
+/// Live in-flight counts as the watch sees them, and their maxima.
+#[derive(Default)]
+pub struct Observer {
+    backups: HashMap<String, (String, BackupState)>,
+    per_volume: HashMap<String, u32>,
+    per_node: HashMap<String, u32>,
+    cluster: u32,
+    pub max_volume: u32,
+    pub max_node: u32,
+    pub max_cluster: u32,
+    pub events: u64,
+    pub nodes: HashMap<String, String>,
+}
+
+impl Observer {
+    fn counts(&mut self, volume: &str, delta: i32) {
+        let node = self.nodes.get(volume).cloned().unwrap_or_default();
+        let v = self.per_volume.entry(volume.to_string()).or_default();
+        *v = v.saturating_add_signed(delta);
+        self.max_volume = self.max_volume.max(*v);
+        let n = self.per_node.entry(node).or_default();
+        *n = n.saturating_add_signed(delta);
+        self.max_node = self.max_node.max(*n);
+        self.cluster = self.cluster.saturating_add_signed(delta);
+        self.max_cluster = self.max_cluster.max(self.cluster);
+    }
+
+    fn apply(&mut self, b: &Backup) {
+        self.events += 1;
+        let name = b.metadata.name.clone().unwrap_or_default();
+        if b.spec.snapshot_name.is_empty() {
+            return;
+        }
+        let volume = b.volume_label().unwrap_or_default().to_string();
+        let state = b.state();
+        let was = self.backups.insert(name, (volume.clone(), state.clone()));
+        let was_in_flight = was.as_ref().is_some_and(|(_, s)| !s.is_terminal());
+        let in_flight = !state.is_terminal();
+        match (was_in_flight, in_flight) {
+            (false, true) => self.counts(&volume, 1),
+            (true, false) => self.counts(&volume, -1),
+            _ => {}
+        }
+    }
+
+    fn delete(&mut self, b: &Backup) {
+        self.events += 1;
+        let name = b.metadata.name.clone().unwrap_or_default();
+        if let Some((volume, s)) = self.backups.remove(&name)
+            && !s.is_terminal()
+        {
+            self.counts(&volume, -1);
+        }
+    }
+}
+
+/// Follows Backups in `ns` into `observer`.
+pub fn observe(
+    client: Client,
+    ns: &str,
+    observer: Arc<Mutex<Observer>>,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<Backup> = Api::namespaced(client, ns);
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default());
+        let mut stream = std::pin::pin!(stream);
+        while let Ok(Some(ev)) = stream.try_next().await {
+            let mut o = observer.lock().unwrap();
+            match ev {
+                watcher::Event::Apply(b) | watcher::Event::InitApply(b) => o.apply(&b),
+                watcher::Event::Delete(b) => o.delete(&b),
+                _ => {}
+            }
+        }
+    })
+}
+
+/// The simulated backup controller: New Backups are started at a fixed rate (InProgress,
+/// or Pending forever when their snapshot is gone, as in v1.7.2), and completed after
+/// [`RUN_TIME`].
+pub struct Controller {
+    pub stuck: Mutex<HashSet<String>>,
+    pub started: AtomicUsize,
+    pub completed: AtomicUsize,
+}
+
+pub fn run_controller(
+    cluster: TestCluster,
+    ns: String,
+    ctl: Arc<Controller>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let api: Api<Backup> = Api::namespaced(cluster.client(), &ns);
+        let snaps: Api<Snapshot> = Api::namespaced(cluster.client(), &ns);
+        let queue: Arc<Mutex<VecDeque<Backup>>> = Arc::default();
+        let q = queue.clone();
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default());
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(ev)) = stream.try_next().await {
+                if let watcher::Event::Apply(b) | watcher::Event::InitApply(b) = ev
+                    && b.state() == BackupState::New
+                    && !b.spec.snapshot_name.is_empty()
+                {
+                    q.lock().unwrap().push_back(b);
+                }
+            }
+        });
+        let mut running: VecDeque<(Instant, String, String, String)> = VecDeque::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            let mut batch = Vec::new();
+            {
+                let mut q = queue.lock().unwrap();
+                while batch.len() < STARTS_PER_TICK {
+                    let Some(b) = q.pop_front() else { break };
+                    let name = b.metadata.name.clone().unwrap_or_default();
+                    if seen.insert(name) {
+                        batch.push(b);
+                    }
+                }
+            }
+            let starts: Vec<(String, &'static str, String, String)> = futures::stream::iter(batch)
+                .map(|b| {
+                    let snaps = snaps.clone();
+                    async move {
+                        let name = b.metadata.name.clone().unwrap_or_default();
+                        let vol = b.volume_label().unwrap_or_default().to_string();
+                        let snap = b.spec.snapshot_name.clone();
+                        let exists = snaps.get_opt(&snap).await.ok().flatten().is_some();
+                        (
+                            name,
+                            if exists { "InProgress" } else { "Pending" },
+                            vol,
+                            snap,
+                        )
+                    }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            let mut work = Vec::new();
+            for (name, state, vol, snap) in starts {
+                if state == "InProgress" {
+                    running.push_back((Instant::now(), name.clone(), vol.clone(), snap.clone()));
+                } else {
+                    ctl.stuck.lock().unwrap().insert(name.clone());
+                }
+                ctl.started.fetch_add(1, Ordering::Relaxed);
+                work.push((name, state, vol, snap));
+            }
+            while running
+                .front()
+                .is_some_and(|(t, ..)| t.elapsed() >= RUN_TIME)
+            {
+                let (_, name, vol, snap) = running.pop_front().unwrap();
+                ctl.completed.fetch_add(1, Ordering::Relaxed);
+                work.push((name, "Completed", vol, snap));
+            }
+            futures::stream::iter(work)
+                .for_each_concurrent(16, |(name, state, vol, snap)| {
+                    let cluster = cluster.clone();
+                    let ns = ns.clone();
+                    async move {
+                        let status = shapes::backup_status(state, "node-0", &vol, &snap);
+                        // A GET + conditional PUT: retried on a 409 Conflict.
+                        let mut tries = 0;
+                        while let Err(e) = cluster
+                            .set_status::<Backup>(&ns, &name, status.clone())
+                            .await
+                        {
+                            tries += 1;
+                            if tries >= 10 {
+                                eprintln!("controller: status {state} of Backup {name}: {e:#}");
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+                .await;
+        }
+    })
+}
+
+async fn create<
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+>(
+    client: &Client,
+    ns: &str,
+    obj: serde_json::Value,
+) -> Result<Result<(), (u16, String)>> {
+    let k: K = serde_json::from_value(obj)?;
+    match Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &k)
+        .await
+    {
+        Ok(_) => Ok(Ok(())),
+        Err(kube::Error::Api(e)) if e.message.contains("denied the request") => {
+            Ok(Err((e.code, e.message)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Volumes, their engines (node-<v % 6>), the default target.
+pub async fn storm_fixtures(cluster: &TestCluster, ns: &str, volumes: usize) -> Result<()> {
+    let client = cluster.client();
+    cluster
+        .create_with_status::<BackupTarget>(
+            ns,
+            shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
+            shapes::backup_target_status("node-0", true),
+        )
+        .await?;
+    futures::stream::iter(0..volumes)
+        .map(|v| {
+            let client = client.clone();
+            async move {
+                let vol = format!("vol-{v}");
+                let node = node_of(v);
+                create::<Volume>(&client, ns, shapes::volume(ns, &vol, &node))
+                    .await?
+                    .created()?;
+                create::<Engine>(&client, ns, shapes::engine(ns, &vol, &node))
+                    .await?
+                    .created()?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+trait Created {
+    fn created(self) -> Result<()>;
+}
+impl Created for Result<(), (u16, String)> {
+    fn created(self) -> Result<()> {
+        self.map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    stale: AtomicU64,
+    stale_denied_404: AtomicU64,
+    jobs: AtomicU64,
+    jobs_admitted: AtomicU64,
+    jobs_gave_up: AtomicU64,
+    denials_429: AtomicU64,
+    retries: AtomicU64,
+    backup_attempts: AtomicU64,
+    snapshots_created: AtomicU64,
+    other_denials: AtomicU64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
+    let total = env_usize("LHG_STORM_BACKUPS", 4422);
+    let volumes = env_usize("LHG_STORM_VOLUMES", 300);
+    let started = Instant::now();
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("storm").await?;
+    storm_fixtures(&cluster, &ns, volumes).await?;
+    // The snapshots the recurring jobs took before asking for their Backups.
+    let setup_client = cluster.client();
+    futures::stream::iter((0..total).filter(|i| i % 10 >= 3))
+        .map(|i| {
+            let client = setup_client.clone();
+            let ns = ns.clone();
+            async move {
+                let vol = format!("vol-{}", i % volumes);
+                create::<Snapshot>(
+                    &client,
+                    &ns,
+                    shapes::snapshot(&ns, &format!("snap-{i}-0"), &vol),
+                )
+                .await?
+                .created()
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let setup = started.elapsed();
+
+    let policy = Policy::default();
+    let caps = policy.throttle.clone();
+    let served = serve(cluster.client(), &ns, policy).await?;
+    wait_ready(&served).await?;
+    let reg = register(&cluster, &served, &ns).await?;
+
+    let observer = Arc::new(Mutex::new(Observer {
+        nodes: (0..volumes)
+            .map(|v| (format!("vol-{v}"), node_of(v)))
+            .collect(),
+        ..Observer::default()
+    }));
+    let obs_task = observe(cluster.client(), &ns, observer.clone());
+    let ctl = Arc::new(Controller {
+        stuck: Mutex::default(),
+        started: AtomicUsize::new(0),
+        completed: AtomicUsize::new(0),
+    });
+    let ctl_task = run_controller(cluster.clone(), ns.clone(), ctl.clone());
+
+    let tally = Arc::new(Tally::default());
+    let admitted_jobs = Arc::new(AtomicUsize::new(0));
+    let client = no_retry_client(&cluster, None).await?;
+    let storm_start = Instant::now();
+    futures::stream::iter(0..total)
+        .map(|i| {
+            let client = client.clone();
+            let ns = ns.clone();
+            let tally = tally.clone();
+            let admitted_jobs = admitted_jobs.clone();
+            async move {
+                let vol = format!("vol-{}", i % volumes);
+                // 30 % stale: Backups of snapshots that do not exist (no retry: not a job).
+                if i % 10 < 3 {
+                    tally.stale.fetch_add(1, Ordering::Relaxed);
+                    tally.backup_attempts.fetch_add(1, Ordering::Relaxed);
+                    let obj = shapes::backup(
+                        &ns,
+                        &format!("stale-{i}"),
+                        &vol,
+                        &format!("gone-{i}"),
+                        None,
+                    );
+                    match create::<Backup>(&client, &ns, obj).await? {
+                        Err((404, _)) => {
+                            tally.stale_denied_404.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err((c, m)) => bail!("stale-{i}: expected 404, got {c}: {m}"),
+                        Ok(()) => bail!("stale-{i}: a Backup of a missing snapshot was admitted"),
+                    }
+                    return Ok(());
+                }
+                // A recurring-job run: snapshot, then Backup; denied → retry with a new one.
+                tally.jobs.fetch_add(1, Ordering::Relaxed);
+                let job = format!("storm-job-{}", i % 10);
+                for attempt in 0..=BACKOFF_LIMIT {
+                    if attempt > 0 {
+                        tally.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(BACKOFF_BASE * 2u32.pow(attempt - 1)).await;
+                    }
+                    let snap = format!("snap-{i}-{attempt}");
+                    // The first run's snapshot was taken before the storm (setup); every
+                    // retry takes a new one, as the recurring job does.
+                    if attempt > 0 {
+                        create::<Snapshot>(&client, &ns, shapes::snapshot(&ns, &snap, &vol))
+                            .await?
+                            .created()?;
+                    }
+                    tally.snapshots_created.fetch_add(1, Ordering::Relaxed);
+                    tally.backup_attempts.fetch_add(1, Ordering::Relaxed);
+                    let name = format!("bk-{i}-{attempt}");
+                    let obj = shapes::backup(&ns, &name, &vol, &snap, Some(&job));
+                    match create::<Backup>(&client, &ns, obj).await? {
+                        Ok(()) => {
+                            tally.jobs_admitted.fetch_add(1, Ordering::Relaxed);
+                            let n = admitted_jobs.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_multiple_of(LOSE_SNAPSHOT_EVERY) {
+                                // The snapshot vanishes after admission (longhorn/longhorn#9934).
+                                Api::<Snapshot>::namespaced(client.clone(), &ns)
+                                    .delete(&snap, &DeleteParams::default())
+                                    .await?;
+                            }
+                            return Ok(());
+                        }
+                        Err((429, _)) => {
+                            tally.denials_429.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err((c, m)) => {
+                            tally.other_denials.fetch_add(1, Ordering::Relaxed);
+                            bail!("{name}: unexpected denial {c}: {m}");
+                        }
+                    }
+                }
+                tally.jobs_gave_up.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let storm_time = storm_start.elapsed();
+
+    // Drain: every admitted Backup either completes or is stuck Pending (snapshot gone).
+    let api: Api<Backup> = Api::namespaced(cluster.client(), &ns);
+    let drain_start = Instant::now();
+    let (non_terminal, pending) = loop {
+        let list = api.list(&Default::default()).await?;
+        let non_terminal: HashSet<String> = list
+            .items
+            .iter()
+            .filter(|b| !b.state().is_terminal() && !b.spec.snapshot_name.is_empty())
+            .filter_map(|b| b.metadata.name.clone())
+            .collect();
+        let stuck = ctl.stuck.lock().unwrap().clone();
+        if non_terminal.is_subset(&stuck) && !non_terminal.is_empty() || non_terminal.is_empty() {
+            let pending: Vec<String> = list
+                .items
+                .iter()
+                .filter(|b| b.state() == BackupState::Pending)
+                .filter_map(|b| b.metadata.name.clone())
+                .collect();
+            break (non_terminal, pending);
+        }
+        if drain_start.elapsed() > Duration::from_secs(60) {
+            let left: Vec<String> = list
+                .items
+                .iter()
+                .filter(|b| {
+                    b.metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| non_terminal.contains(n) && !stuck.contains(n))
+                })
+                .map(|b| {
+                    format!(
+                        "{} ({:?}, snapshot {})",
+                        b.metadata.name.clone().unwrap_or_default(),
+                        b.state(),
+                        b.spec.snapshot_name
+                    )
+                })
+                .take(10)
+                .collect();
+            bail!(
+                "{} still in flight after the storm ({} stuck; controller started {}, completed {}): {left:?}",
+                non_terminal.len(),
+                stuck.len(),
+                ctl.started.load(Ordering::Relaxed),
+                ctl.completed.load(Ordering::Relaxed),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let o = std::mem::take(&mut *observer.lock().unwrap());
+    let stuck = ctl.stuck.lock().unwrap().clone();
+    let t = &*tally;
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let denials = g(&t.denials_429);
+    eprintln!(
+        "storm: {total} initial Backups ({} stale, {} recurring-job runs) on {volumes} volumes / {NODES} nodes; \
+         setup {setup:.1?}, storm {storm_time:.1?}, drain {:.1?}, watch events {}",
+        g(&t.stale),
+        g(&t.jobs),
+        drain_start.elapsed(),
+        o.events
+    );
+    eprintln!(
+        "storm: stale denied 404: {}; jobs admitted {}, gave up after backoffLimit {}: {}; 429 denials {denials}; retries {} \
+         (= extra snapshots and extra Backup attempts); extra snapshots per denial {:.2}; Backup attempts {} for {} initial; snapshots created {}",
+        g(&t.stale_denied_404),
+        g(&t.jobs_admitted),
+        BACKOFF_LIMIT,
+        g(&t.jobs_gave_up),
+        g(&t.retries),
+        if denials > 0 {
+            g(&t.retries) as f64 / denials as f64
+        } else {
+            0.0
+        },
+        g(&t.backup_attempts),
+        total,
+        g(&t.snapshots_created),
+    );
+    eprintln!(
+        "storm: max in flight seen by the watch: volume {} (cap {}), node {} (cap {}), cluster {} (cap {}); stuck Pending {}; controller started {} completed {}",
+        o.max_volume,
+        caps.max_in_flight_per_volume,
+        o.max_node,
+        caps.max_in_flight_per_node,
+        o.max_cluster,
+        caps.max_in_flight_per_cluster,
+        stuck.len(),
+        ctl.started.load(Ordering::Relaxed),
+        ctl.completed.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        g(&t.stale_denied_404),
+        g(&t.stale),
+        "every missing-snapshot Backup denied"
+    );
+    assert!(o.max_volume <= caps.max_in_flight_per_volume, "volume cap");
+    assert!(o.max_node <= caps.max_in_flight_per_node, "node cap");
+    assert!(
+        o.max_cluster <= caps.max_in_flight_per_cluster,
+        "cluster cap"
+    );
+    // Stuck Backups hold their volume's slot: never more than the cap on one volume.
+    let mut stuck_per_volume: HashMap<String, u32> = HashMap::new();
+    for (name, (vol, s)) in &o.backups {
+        if stuck.contains(name) && !s.is_terminal() {
+            *stuck_per_volume.entry(vol.clone()).or_default() += 1;
+        }
+    }
+    assert!(
+        stuck_per_volume
+            .values()
+            .all(|n| *n <= caps.max_in_flight_per_volume),
+        "{stuck_per_volume:?}"
+    );
+    // Nothing but the deliberately stuck ones is left in flight or Pending.
+    assert!(non_terminal.is_subset(&stuck), "{non_terminal:?}");
+    assert!(pending.iter().all(|p| stuck.contains(p)), "{pending:?}");
+    // The price of denying recurring jobs is bounded by backoffLimit.
+    assert!(g(&t.retries) <= g(&t.jobs) * u64::from(BACKOFF_LIMIT));
+    // A hang guard, not a performance target: the figure is printed above.
+    assert!(
+        storm_time < Duration::from_secs(240),
+        "storm took {storm_time:?}"
+    );
+    drop(o);
+    obs_task.abort();
+    ctl_task.abort();
+    reg.remove().await?;
+    served.stop().await
+}
+
+/// Sends one AdmissionReview for `obj` to a replica; true when allowed.
+pub async fn review_at(
+    served: &Served,
+    ns: &str,
+    uid: &str,
+    obj: serde_json::Value,
+) -> Result<bool> {
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "longhorn.io", "version": "v1beta2", "kind": "Backup"},
+            "resource": {"group": "longhorn.io", "version": "v1beta2", "resource": "backups"},
+            "namespace": ns,
+            "name": obj["metadata"]["name"],
+            "operation": "CREATE",
+            "userInfo": {"username": format!("system:serviceaccount:{ns}:longhorn-service-account"), "groups": ["system:serviceaccounts"]},
+            "object": obj,
+            "oldObject": null,
+            "dryRun": false,
+        }
+    });
+    let (status, text) = tls_post(served, "/validate/backups", serde_json::to_vec(&body)?).await?;
+    if status != 200 {
+        bail!("replica answered HTTP {status}: {text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(v["response"]["allowed"].as_bool().unwrap_or(false))
+}
+
+/// Two replicas watching the same namespace, half the load sent straight to each: each
+/// enforces the caps with the other's reservations invisible until its watch delivers the
+/// other's Backups. The overshoot must stay within the documented bound
+/// (R − 1) × cap per scope (THROTTLING.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
+    let total = env_usize("LHG_REPLICA_STORM_BACKUPS", 1500);
+    let volumes = env_usize("LHG_REPLICA_STORM_VOLUMES", 60);
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("storm-replicas").await?;
+    storm_fixtures(&cluster, &ns, volumes).await?;
+    let policy = Policy {
+        throttle: ThrottlePolicy {
+            max_in_flight_per_volume: 1,
+            max_in_flight_per_node: 4,
+            max_in_flight_per_cluster: 12,
+            cluster_rate: longhorn_guard_webhook::throttle::policy::RateLimit::OFF,
+            recurring_job_rate: longhorn_guard_webhook::throttle::policy::RateLimit::OFF,
+            user_rate: longhorn_guard_webhook::throttle::policy::RateLimit::OFF,
+            ..ThrottlePolicy::default()
+        },
+        ..Policy::default()
+    };
+    let caps = policy.throttle.clone();
+    let replicas = [
+        Arc::new(serve(cluster.client(), &ns, policy.clone()).await?),
+        Arc::new(serve(cluster.client(), &ns, policy).await?),
+    ];
+    for r in &replicas {
+        wait_ready(r).await?;
+    }
+    let observer = Arc::new(Mutex::new(Observer {
+        nodes: (0..volumes)
+            .map(|v| (format!("vol-{v}"), node_of(v)))
+            .collect(),
+        ..Observer::default()
+    }));
+    let obs_task = observe(cluster.client(), &ns, observer.clone());
+    let ctl = Arc::new(Controller {
+        stuck: Mutex::default(),
+        started: AtomicUsize::new(0),
+        completed: AtomicUsize::new(0),
+    });
+    let ctl_task = run_controller(cluster.clone(), ns.clone(), ctl.clone());
+    let client = no_retry_client(&cluster, None).await?;
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    futures::stream::iter(0..total)
+        .map(|i| {
+            let client = client.clone();
+            let ns = ns.clone();
+            let replica = replicas[i % 2].clone();
+            let admitted = admitted.clone();
+            async move {
+                let vol = format!("vol-{}", i % volumes);
+                let snap = format!("snap-{i}");
+                create::<Snapshot>(&client, &ns, shapes::snapshot(&ns, &snap, &vol))
+                    .await?
+                    .created()?;
+                let name = format!("bk-{i}");
+                let obj = shapes::backup(&ns, &name, &vol, &snap, None);
+                if review_at(&replica, &ns, &format!("uid-{i}"), obj.clone()).await? {
+                    // No webhook registered here: the create is what the API server would
+                    // do after both replicas... here after the one asked.
+                    create::<Backup>(&client, &ns, obj).await?.created()?;
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let elapsed = start.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let o = std::mem::take(&mut *observer.lock().unwrap());
+    let r = 2u32;
+    eprintln!(
+        "replicas: {total} reviews split over {r} replicas in {elapsed:.1?}, admitted {}; max in flight: volume {} (cap {}), node {} (cap {}), cluster {} (cap {}); overshoot volume {}, node {}, cluster {}",
+        admitted.load(Ordering::Relaxed),
+        o.max_volume,
+        caps.max_in_flight_per_volume,
+        o.max_node,
+        caps.max_in_flight_per_node,
+        o.max_cluster,
+        caps.max_in_flight_per_cluster,
+        o.max_volume.saturating_sub(caps.max_in_flight_per_volume),
+        o.max_node.saturating_sub(caps.max_in_flight_per_node),
+        o.max_cluster.saturating_sub(caps.max_in_flight_per_cluster),
+    );
+    // The documented bound: cap + (R − 1) × min(cap, admissions one replica makes within
+    // one watch-propagation window) ≤ R × cap.
+    assert!(o.max_volume <= r * caps.max_in_flight_per_volume);
+    assert!(o.max_node <= r * caps.max_in_flight_per_node);
+    assert!(o.max_cluster <= r * caps.max_in_flight_per_cluster);
+    drop(o);
+    obs_task.abort();
+    ctl_task.abort();
+    for r in replicas {
+        if let Ok(r) = Arc::try_unwrap(r) {
+            r.stop().await?;
+        }
+    }
+    Ok(())
+}
