@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod decision;
+pub mod engine_truth;
 pub mod index;
 pub mod metrics;
 pub mod policy;
@@ -53,6 +54,9 @@ pub struct WebhookConfig {
     /// How often `policy_path` is re-read for hot reload (content compared, not mtime: a
     /// ConfigMap mount swaps a symlink).
     pub policy_poll_interval: Duration,
+    /// Engine-truth checks through the per-node agents (mTLS, discovery, limits); `None`
+    /// disables them whatever the policy's `engineCheck` says.
+    pub engine_truth: Option<engine_truth::EngineTruthConfig>,
 }
 
 impl Default for WebhookConfig {
@@ -67,6 +71,7 @@ impl Default for WebhookConfig {
             namespace: None,
             shutdown_grace: Duration::from_secs(10),
             policy_poll_interval: Duration::from_secs(5),
+            engine_truth: None,
         }
     }
 }
@@ -173,6 +178,17 @@ pub async fn start_with_source(
     let state = AppState::new(policy.clone(), index.clone(), metrics.clone(), snapshots);
 
     let mut watches = JoinSet::new();
+    if let Some(truth_config) = &config.engine_truth {
+        let truth = engine_truth::EngineTruth::new(truth_config, metrics.engine_checks.clone())?;
+        if let Some(watch) = client
+            .as_ref()
+            .and_then(|c| truth.directory().spawn_watch(c.clone()))
+        {
+            watches.spawn(watch);
+        }
+        tracing::info!(agents = %truth.directory().describe(), "engine checks configured");
+        let _ = state.engine_truth.set(Arc::new(truth));
+    }
     if let Some(client) = client {
         let scope = match &config.namespace {
             Some(ns) => WatchScope::Namespace(ns.clone()),

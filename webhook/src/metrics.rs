@@ -73,6 +73,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Throttling and Backup-index figures (`crate::throttle::metrics`).
     pub throttle: crate::throttle::ThrottleMetrics,
+    /// Engine-truth checks through the agents (`crate::engine_truth::metrics`).
+    pub engine_checks: crate::engine_truth::EngineCheckMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -157,8 +159,10 @@ impl Metrics {
             in_flight.clone(),
         );
         let throttle = crate::throttle::ThrottleMetrics::register(&mut registry);
+        let engine_checks = crate::engine_truth::EngineCheckMetrics::register(&mut registry);
         Self {
             throttle,
+            engine_checks,
             registry,
             reviews,
             review_duration,

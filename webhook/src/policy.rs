@@ -120,6 +120,11 @@ pub struct Policy {
     pub full_backup: FullBackupRule,
     /// Throttling of bulk Backup creation (see `THROTTLING.md`).
     pub throttle: crate::throttle::policy::ThrottlePolicy,
+    /// Ask the volume's engine (through the node's agent) whether the snapshot really exists:
+    /// `off`, `warn` or `enforce` (`crate::engine_truth`).
+    pub engine_check: crate::engine_truth::EngineCheckMode,
+    /// Budget of one engine check in milliseconds (never past the review's deadline).
+    pub engine_check_budget_ms: u64,
 }
 
 impl Default for Policy {
@@ -139,6 +144,8 @@ impl Default for Policy {
             max_body_bytes: 1024 * 1024,
             full_backup: FullBackupRule::default(),
             throttle: crate::throttle::policy::ThrottlePolicy::default(),
+            engine_check: crate::engine_truth::EngineCheckMode::default(),
+            engine_check_budget_ms: crate::engine_truth::DEFAULT_BUDGET_MS,
         }
     }
 }
@@ -197,6 +204,9 @@ impl Policy {
         }
         if self.max_body_bytes < 1024 {
             return Err("maxBodyBytes must be at least 1024".into());
+        }
+        if self.engine_check_budget_ms == 0 {
+            return Err("engineCheckBudgetMs must be > 0".into());
         }
         self.throttle.validate()
     }

@@ -36,6 +36,8 @@ pub struct Shared {
     pub permits: Semaphore,
     /// Set once the admission listener is bound; cleared at shutdown.
     pub serving: AtomicBool,
+    /// Engine-truth checks through the agents; unset when not configured.
+    pub engine_truth: std::sync::OnceLock<Arc<crate::engine_truth::EngineTruth>>,
 }
 
 /// Cheap-to-clone handle on [`Shared`].
@@ -58,6 +60,7 @@ impl AppState {
             snapshots,
             permits,
             serving: AtomicBool::new(false),
+            engine_truth: std::sync::OnceLock::new(),
         }))
     }
 

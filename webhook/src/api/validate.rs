@@ -160,10 +160,19 @@ pub(super) async fn validate_backup(
     };
 
     let policy = state.policy();
-    let decision = match tokio::time::timeout(
-        deadline,
-        decide_with_lookup(&state, &policy, &backup),
-    )
+    let review_deadline = std::time::Instant::now() + deadline;
+    let decision = match tokio::time::timeout(deadline, async {
+        let cr_decision = decide_with_lookup(&state, &policy, &backup).await;
+        crate::engine_truth::verify_review(
+            state.engine_truth.get(),
+            &policy,
+            &state.index,
+            &backup,
+            cr_decision,
+            review_deadline,
+        )
+        .await
+    })
     .await
     {
         Ok(d) => d,

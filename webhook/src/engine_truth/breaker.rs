@@ -108,7 +108,11 @@ mod tests {
         assert_eq!(b.admit("a", t0), Admit::Call);
         assert!(!b.failure("a", t0));
         assert!(!b.failure("a", t0));
-        assert_eq!(b.admit("a", t0), Admit::Call, "2 of 3 failures: still closed");
+        assert_eq!(
+            b.admit("a", t0),
+            Admit::Call,
+            "2 of 3 failures: still closed"
+        );
         assert!(b.failure("a", t0), "the 3rd failure opens it");
         assert_eq!(b.admit("a", t0), Admit::Skip);
         assert_eq!(b.admit("b", t0), Admit::Call, "per agent");
@@ -116,7 +120,10 @@ mod tests {
         let later = t0 + Duration::from_secs(11);
         assert_eq!(b.admit("a", later), Admit::Probe);
         assert_eq!(b.admit("a", later), Admit::Skip, "one probe at a time");
-        assert!(!b.failure("a", later), "a failed probe re-opens (already open)");
+        assert!(
+            !b.failure("a", later),
+            "a failed probe re-opens (already open)"
+        );
         assert_eq!(b.admit("a", later), Admit::Skip);
         let much_later = later + Duration::from_secs(11);
         assert_eq!(b.admit("a", much_later), Admit::Probe);

@@ -207,7 +207,12 @@ fn agent_pod(pod: &Pod) -> Option<(String, AgentPod)> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    let node = pod.spec.as_ref()?.node_name.clone().filter(|n| !n.is_empty())?;
+    let node = pod
+        .spec
+        .as_ref()?
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())?;
     let status = pod.status.as_ref()?;
     let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
     if status.phase.as_deref().is_some_and(|p| p != "Running") {
@@ -326,7 +331,13 @@ mod tests {
             d.agent_for("node-1").as_deref(),
             Some("https://10.0.0.1:9443")
         );
-        let mut terminating = pod("agent-old", "node-1", "10.0.0.1", true, "2026-01-01T00:00:00Z");
+        let mut terminating = pod(
+            "agent-old",
+            "node-1",
+            "10.0.0.1",
+            true,
+            "2026-01-01T00:00:00Z",
+        );
         terminating.metadata.deletion_timestamp = terminating.metadata.creation_timestamp.clone();
         d.apply_pod_event(Event::Apply(terminating));
         assert_eq!(d.agent_for("node-1"), None);

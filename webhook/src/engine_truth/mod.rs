@@ -84,7 +84,10 @@ pub fn engine_target(view: &IndexView<'_>, req: &BackupRequest) -> Result<Engine
         .in_namespace(&req.namespace)
         .filter(|(_, e)| *e.volume == *volume)
         .max_by(|(an, a), (bn, b)| {
-            (a.active, a.node.as_deref() == volume_node && volume_node.is_some())
+            (
+                a.active,
+                a.node.as_deref() == volume_node && volume_node.is_some(),
+            )
                 .cmp(&(
                     b.active,
                     b.node.as_deref() == volume_node && volume_node.is_some(),
@@ -323,8 +326,11 @@ impl EngineTruth {
             );
             return skipped(finding, Outcome::Timeout, detail);
         }
-        let grace = (deadline.saturating_duration_since(now).saturating_sub(budget) / 2)
-            .min(Duration::from_millis(15));
+        let grace = (deadline
+            .saturating_duration_since(now)
+            .saturating_sub(budget)
+            / 2)
+        .min(Duration::from_millis(15));
         let call_deadline = now + budget;
 
         let channel = match self.channels.channel(&agent, now) {

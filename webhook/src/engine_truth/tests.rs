@@ -267,9 +267,18 @@ fn index() -> Index {
     .unwrap();
     idx.apply(Event::Apply(snap));
     // Migration: an inactive engine on node-a, two active ones (node-c first by name).
-    idx.apply(Event::Apply(renamed(engine("vol-1", "node-a", false), "vol-1-e-0")));
-    idx.apply(Event::Apply(renamed(engine("vol-1", "node-c", true), "vol-1-e-1")));
-    idx.apply(Event::Apply(renamed(engine("vol-1", "node-b", true), "vol-1-e-2")));
+    idx.apply(Event::Apply(renamed(
+        engine("vol-1", "node-a", false),
+        "vol-1-e-0",
+    )));
+    idx.apply(Event::Apply(renamed(
+        engine("vol-1", "node-c", true),
+        "vol-1-e-1",
+    )));
+    idx.apply(Event::Apply(renamed(
+        engine("vol-1", "node-b", true),
+        "vol-1-e-2",
+    )));
     idx.apply(Event::Apply(engine("vol-2", "", true)));
     idx
 }
@@ -325,7 +334,11 @@ fn the_lost_track_error_is_denied_by_decide_without_any_agent() {
         serde_json::from_value(with_status(shapes::snapshot(NS, "snap-a", "vol-1"), status))
             .unwrap();
     idx.apply(Event::Apply(snap));
-    let d = decide(&Policy::default(), &idx.view(), &req("snap-a", Some("vol-1")));
+    let d = decide(
+        &Policy::default(),
+        &idx.view(),
+        &req("snap-a", Some("vol-1")),
+    );
     assert!(
         matches!(&d, Decision::Deny(x) if x.reason == Reason::SnapshotLost && x.code == 410),
         "{d:?}"
