@@ -3,10 +3,14 @@
 //! plaintext h2c + health check.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use longhorn_guard_proto::LONGHORN_GRPC_PEER_NAME;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -40,27 +44,79 @@ pub enum DialError {
         transport: Transport,
         message: String,
     },
+    #[error(
+        "engine proxy {endpoint}: mTLS with Longhorn's TLS files failed ({tls}), and the plaintext fallback failed too ({plaintext})"
+    )]
+    TlsAndPlaintext {
+        endpoint: String,
+        tls: Box<DialError>,
+        plaintext: Box<DialError>,
+    },
 }
 
-/// Longhorn's gRPC TLS material (`longhorn-grpc-tls` Secret mounted at `/tls-files/`).
+/// A health-checked channel and how it got there.
+#[derive(Debug, Clone)]
+pub struct Dialed {
+    pub channel: Channel,
+    pub transport: Transport,
+    /// Longhorn's TLS files were present but mTLS failed, so the channel is plaintext.
+    pub tls_fallback: bool,
+}
+
+/// Longhorn's gRPC TLS material (`longhorn-grpc-tls` Secret mounted at `/tls-files/`), as a
+/// client configuration like Longhorn's Go client: TLS 1.3 only, roots = `ca.crt`, client
+/// certificate = `tls.crt` / `tls.key`, server name [`LONGHORN_GRPC_PEER_NAME`], ALPN h2.
 #[derive(Clone)]
 pub(crate) struct LonghornTls {
-    ca: Certificate,
-    identity: Identity,
+    config: Arc<rustls::ClientConfig>,
 }
 
 impl LonghornTls {
     /// `Ok(None)` when the directory or any of `ca.crt`, `tls.crt`, `tls.key` is absent: Longhorn
-    /// then runs its servers without TLS.
+    /// then runs its servers without TLS. Unreadable or unusable files are an error naming them.
     pub(crate) fn load(dir: &Path) -> std::io::Result<Option<Self>> {
         let files: [PathBuf; 3] = [dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key")];
         if files.iter().any(|f| !f.exists()) {
             return Ok(None);
         }
         let [ca, cert, key] = files;
+        let bad = |path: &Path, what: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {what}", path.display()),
+            )
+        };
+        let read =
+            |path: &Path| std::fs::read(path).map_err(|e| bad(path, format!("cannot read: {e}")));
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut read(&ca)?.as_slice()) {
+            let c = c.map_err(|e| bad(&ca, format!("unparseable PEM: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| bad(&ca, format!("unusable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(&ca, "no CERTIFICATE block".to_string()));
+        }
+        let chain = rustls_pemfile::certs(&mut read(&cert)?.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&cert, format!("unparseable PEM: {e}")))?;
+        if chain.is_empty() {
+            return Err(bad(&cert, "no CERTIFICATE block".to_string()));
+        }
+        let private_key = rustls_pemfile::private_key(&mut read(&key)?.as_slice())
+            .map_err(|e| bad(&key, format!("unparseable PEM: {e}")))?
+            .ok_or_else(|| bad(&key, "no PRIVATE KEY block".to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| bad(dir, format!("TLS 1.3: {e}")))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, private_key)
+            .map_err(|e| bad(&key, format!("does not fit {}: {e}", cert.display())))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Some(Self {
-            ca: Certificate::from_pem(std::fs::read(ca)?),
-            identity: Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?),
+            config: Arc::new(config),
         }))
     }
 }
@@ -97,7 +153,17 @@ async fn health_check(
     };
     match tokio::time::timeout(timeout, client.check(request)).await {
         Err(_) => Err(fail(format!("no answer within {timeout:?}"))),
-        Ok(Err(status)) => Err(fail(format!("{:?}: {}", status.code(), status.message()))),
+        Ok(Err(status)) => {
+            // The useful part (a TLS alert, a refused connection) is in the source chain.
+            let mut message = format!("{:?}: {}", status.code(), status.message());
+            if let Some(source) = std::error::Error::source(&status) {
+                let chain = error_chain(source);
+                if !message.contains(&chain) {
+                    message = format!("{message}: {chain}");
+                }
+            }
+            Err(fail(message))
+        }
         Ok(Ok(response)) => {
             let status = response.into_inner().status;
             if status == ServingStatus::Serving as i32 {
@@ -114,26 +180,32 @@ async fn dial_once(
     config: &PoolConfig,
     tls: Option<&LonghornTls>,
 ) -> Result<Channel, DialError> {
-    let (transport, built) = match tls {
+    let built = base_endpoint(format!("http://{endpoint}"), endpoint, config)?;
+    let (transport, connected) = match tls {
         Some(tls) => {
-            let tls_config = ClientTlsConfig::new()
-                .domain_name(LONGHORN_GRPC_PEER_NAME)
-                .ca_certificate(tls.ca.clone())
-                .identity(tls.identity.clone());
-            let built = base_endpoint(format!("https://{endpoint}"), endpoint, config)?
-                .tls_config(tls_config)
-                .map_err(|source| DialError::InvalidEndpoint {
-                    endpoint: endpoint.to_string(),
-                    source,
-                })?;
-            (Transport::MutualTls, built)
+            // TLS by rustls under tonic: TLS 1.3 only, as Longhorn's client and server.
+            let (client, address) = (Arc::clone(&tls.config), endpoint.to_string());
+            let connector = tower::service_fn(move |_: http::Uri| {
+                let (client, address) = (Arc::clone(&client), address.clone());
+                async move {
+                    let tcp = TcpStream::connect(address.as_str()).await?;
+                    let _ = tcp.set_nodelay(true);
+                    let name = ServerName::try_from(LONGHORN_GRPC_PEER_NAME)
+                        .map_err(std::io::Error::other)?;
+                    let stream = tokio_rustls::TlsConnector::from(client)
+                        .connect(name, tcp)
+                        .await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            });
+            (
+                Transport::MutualTls,
+                built.connect_with_connector(connector).await,
+            )
         }
-        None => (
-            Transport::Plaintext,
-            base_endpoint(format!("http://{endpoint}"), endpoint, config)?,
-        ),
+        None => (Transport::Plaintext, built.connect().await),
     };
-    let channel = built.connect().await.map_err(|e| DialError::Connect {
+    let channel = connected.map_err(|e| DialError::Connect {
         endpoint: endpoint.to_string(),
         transport,
         message: error_chain(&e),
@@ -144,31 +216,62 @@ async fn dial_once(
 
 /// Opens a health-checked channel. With TLS material, tries mTLS first and falls back to
 /// plaintext, as longhorn-manager does (the IM serves plaintext when its TLS files fail to load).
-/// A failed attempt's channel is dropped (closed) before the next one.
-pub(crate) async fn dial(
-    endpoint: &str,
-    config: &PoolConfig,
-) -> Result<(Channel, Transport), DialError> {
+/// A failed attempt's channel is dropped (closed) before the next one. When both fail, the error
+/// carries both reasons.
+pub(crate) async fn dial(endpoint: &str, config: &PoolConfig) -> Result<Dialed, DialError> {
     let tls = match &config.longhorn_tls_dir {
         Some(dir) => match LonghornTls::load(dir) {
             Ok(tls) => tls,
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot read Longhorn gRPC TLS files; using plaintext");
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot use Longhorn gRPC TLS files; using plaintext");
                 None
             }
         },
         None => None,
     };
-    if let Some(tls) = tls {
-        match dial_once(endpoint, config, Some(&tls)).await {
-            Ok(channel) => return Ok((channel, Transport::MutualTls)),
-            Err(e) => {
-                tracing::info!(%endpoint, error = %e, "mTLS to engine proxy failed; retrying in plaintext like longhorn-manager");
-            }
+    let Some(tls) = tls else {
+        let channel = dial_once(endpoint, config, None).await?;
+        return Ok(Dialed {
+            channel,
+            transport: Transport::Plaintext,
+            tls_fallback: false,
+        });
+    };
+    let tls_error = match dial_once(endpoint, config, Some(&tls)).await {
+        Ok(channel) => {
+            return Ok(Dialed {
+                channel,
+                transport: Transport::MutualTls,
+                tls_fallback: false,
+            });
         }
+        Err(e) => e,
+    };
+    tracing::info!(%endpoint, error = %tls_error, "mTLS to engine proxy failed; retrying in plaintext like longhorn-manager");
+    match dial_once(endpoint, config, None).await {
+        Ok(channel) => Ok(Dialed {
+            channel,
+            transport: Transport::Plaintext,
+            tls_fallback: true,
+        }),
+        Err(plaintext) => Err(DialError::TlsAndPlaintext {
+            endpoint: endpoint.to_string(),
+            tls: Box::new(tls_error),
+            plaintext: Box::new(plaintext),
+        }),
     }
-    let channel = dial_once(endpoint, config, None).await?;
-    Ok((channel, Transport::Plaintext))
+}
+
+/// One unpooled, health-checked channel opened exactly as longhorn-manager v1.7.2's
+/// `NewEngineClientProxy` opens one: mTLS + health check when Longhorn's TLS files are in
+/// `config.longhorn_tls_dir`, on failure plaintext + health check. The caller owns (and closes,
+/// by dropping) the channel. For baselines and diagnostics only: engine calls go through the
+/// [`crate::LeasePool`].
+pub async fn open_unpooled_channel(
+    endpoint: &str,
+    config: &PoolConfig,
+) -> Result<Dialed, DialError> {
+    dial(endpoint, config).await
 }
 
 /// `e` and its sources, joined: tonic's transport errors hide the useful part in the chain.

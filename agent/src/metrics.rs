@@ -156,6 +156,8 @@ pub struct PoolBook {
     pub channels_active: u64,
     pub lease_wait_overflow: u64,
     pub deadline_exceeded: u64,
+    /// Channels opened in plaintext because mTLS failed although Longhorn's TLS files exist.
+    pub tls_fallbacks: u64,
 }
 
 impl PoolBook {
@@ -190,6 +192,7 @@ pub struct PoolMetrics {
     leases_released: Family<OutcomeLabels, Counter>,
     lease_wait_overflow: Counter,
     deadline_exceeded: Counter,
+    tls_fallbacks: Counter,
     breaker_state: Family<EndpointLabels, Gauge>,
     call_duration: Family<CallLabels, Histogram, fn() -> Histogram>,
     lease_wait: Histogram,
@@ -217,6 +220,7 @@ impl PoolMetrics {
             leases_released: Family::default(),
             lease_wait_overflow: Counter::default(),
             deadline_exceeded: Counter::default(),
+            tls_fallbacks: Counter::default(),
             breaker_state: Family::default(),
             call_duration: Family::new_with_constructor(latency_histogram),
             lease_wait: latency_histogram(),
@@ -272,6 +276,12 @@ impl PoolMetrics {
         let mut book = self.book();
         book.lease_wait_overflow += 1;
         self.lease_wait_overflow.inc();
+    }
+
+    pub(crate) fn tls_fell_back(&self) {
+        let mut book = self.book();
+        book.tls_fallbacks += 1;
+        self.tls_fallbacks.inc();
     }
 
     pub(crate) fn observe_lease_wait(&self, seconds: f64) {
@@ -361,6 +371,11 @@ impl PoolMetrics {
             "deadline_exceeded",
             "Engine calls cut off at their lease deadline",
             self.deadline_exceeded.clone(),
+        );
+        registry.register(
+            "tls_fallbacks",
+            "Engine-proxy channels opened in plaintext after mTLS failed although Longhorn's gRPC TLS files are present (as longhorn-manager falls back)",
+            self.tls_fallbacks.clone(),
         );
         registry.register(
             "breaker_state",

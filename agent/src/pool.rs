@@ -405,10 +405,14 @@ impl LeasePool {
                     .map_err(|_| CheckoutError::ChannelCap)?
             }
         };
-        let (channel, transport) = timeout_at(deadline, dial(&state.endpoint, &inner.config))
+        let dialed = timeout_at(deadline, dial(&state.endpoint, &inner.config))
             .await
             .map_err(|_| CheckoutError::Deadline)?
             .map_err(CheckoutError::Dial)?;
+        if dialed.tls_fallback {
+            inner.metrics.tls_fell_back();
+        }
+        let (channel, transport) = (dialed.channel, dialed.transport);
         let id = inner.next_channel_id.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut channels = lock(&state.channels);

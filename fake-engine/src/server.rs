@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tonic::service::Routes;
 use tonic_health::pb::health_server::HealthServer;
 use tracing::{debug, info, warn};
@@ -25,6 +27,7 @@ use crate::health::AlwaysServing;
 use crate::service::ProxyService;
 use crate::state::FakeEngine;
 use crate::tasks::{TaskRegistry, TrackedExecutor};
+use crate::tls::FakeTls;
 
 /// Per-connection control, put into every request's extensions so a handler can act on the connection
 /// that carries its call.
@@ -86,8 +89,30 @@ impl Drop for RunningServer {
     }
 }
 
-/// Serves `engine` on `addr` (port 0 picks a free port). Only 127.0.0.0/8 addresses are accepted.
+/// Serves `engine` on `addr` (port 0 picks a free port) in plaintext h2c, as an instance manager
+/// without Longhorn's TLS files does. Only 127.0.0.0/8 addresses are accepted.
 pub async fn serve(engine: FakeEngine, addr: SocketAddr) -> anyhow::Result<RunningServer> {
+    serve_with(engine, addr, None).await
+}
+
+/// Serves `engine` on `addr` over TLS as an instance manager with Longhorn's TLS files does:
+/// TLS 1.3 only, a client certificate from `tls.client_ca_path` carrying `tls.client_name` is
+/// required. Completed handshakes count in [`crate::Stats::tls_connections`], refused or
+/// broken ones (a plaintext client included) in [`crate::Stats::tls_handshake_failures`].
+pub async fn serve_tls(
+    engine: FakeEngine,
+    addr: SocketAddr,
+    tls: &FakeTls,
+) -> anyhow::Result<RunningServer> {
+    let acceptor = TlsAcceptor::from(tls.server_config()?);
+    serve_with(engine, addr, Some(acceptor)).await
+}
+
+async fn serve_with(
+    engine: FakeEngine,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) -> anyhow::Result<RunningServer> {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => {}
         ip => bail!(
@@ -111,6 +136,7 @@ pub async fn serve(engine: FakeEngine, addr: SocketAddr) -> anyhow::Result<Runni
         listener,
         routes,
         engine,
+        tls,
         tasks.clone(),
         stopped,
     ));
@@ -127,6 +153,7 @@ async fn accept_loop(
     listener: TcpListener,
     routes: Routes,
     engine: FakeEngine,
+    tls: Option<TlsAcceptor>,
     tasks: Arc<TaskRegistry>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -139,7 +166,7 @@ async fn accept_loop(
             () = stop.as_mut() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let conn = serve_connection(stream, peer, routes.clone(), engine.clone(), tasks.clone());
+                    let conn = serve_connection(stream, peer, tls.clone(), routes.clone(), engine.clone(), tasks.clone());
                     tasks.spawn(conn);
                 }
                 Err(e) => {
@@ -155,14 +182,36 @@ async fn accept_loop(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     routes: Routes,
     engine: FakeEngine,
     tasks: Arc<TaskRegistry>,
 ) {
     let _open = engine.connection_opened();
-    drop(engine);
     let _ = stream.set_nodelay(true);
     debug!(%peer, "fake-engine connection opened");
+    let stream = match tls {
+        None => Stream::Plain(stream),
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    engine.tls_handshake_completed();
+                    Stream::Tls(Box::new(tls))
+                }
+                Ok(Err(e)) => {
+                    engine.tls_handshake_failed();
+                    debug!(%peer, error = %e, "fake-engine TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    engine.tls_handshake_failed();
+                    debug!(%peer, "fake-engine TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    drop(engine);
     let control = ConnControl::default();
     let io = ConnIo {
         inner: stream,
@@ -204,16 +253,91 @@ async fn serve_connection(
     debug!(%peer, "fake-engine connection closed");
 }
 
-/// The TCP stream of one connection; closes with RST (zero linger) when a `Reset` fault asked for it.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection's byte stream, in plaintext (h2c) or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// The stream of one connection; closes with RST (zero linger) when a `Reset` fault asked for it.
 struct ConnIo {
-    inner: TcpStream,
+    inner: Stream,
     reset_on_drop: Arc<AtomicBool>,
 }
 
 impl Drop for ConnIo {
     fn drop(&mut self) {
         if self.reset_on_drop.load(Ordering::SeqCst) {
-            let _ = self.inner.set_zero_linger();
+            let _ = self.inner.tcp().set_zero_linger();
         }
     }
 }

@@ -44,6 +44,11 @@ pub struct Stats {
     pub max_concurrent_calls: u64,
     pub calls_total: u64,
     pub calls_by_method: BTreeMap<String, u64>,
+    /// TLS servers ([`crate::serve_tls`]): handshakes completed (mTLS connections served).
+    pub tls_connections: u64,
+    /// TLS servers: handshakes that failed (bad or missing client certificate, plaintext
+    /// client, timeout).
+    pub tls_handshake_failures: u64,
 }
 
 /// Scriptable state of one fake engine proxy; cheap to clone (all clones share the state).
@@ -71,6 +76,8 @@ pub(crate) struct Inner {
     max_concurrent_calls: AtomicU64,
     calls_total: AtomicU64,
     calls_by_method: Mutex<BTreeMap<String, u64>>,
+    tls_connections: AtomicU64,
+    tls_handshake_failures: AtomicU64,
 }
 
 impl Default for Inner {
@@ -94,6 +101,8 @@ impl Inner {
             max_concurrent_calls: AtomicU64::new(0),
             calls_total: AtomicU64::new(0),
             calls_by_method: Mutex::new(BTreeMap::new()),
+            tls_connections: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
         }
     }
 }
@@ -300,7 +309,19 @@ impl FakeEngine {
             max_concurrent_calls: i.max_concurrent_calls.load(Ordering::SeqCst),
             calls_total: i.calls_total.load(Ordering::SeqCst),
             calls_by_method: lock(&i.calls_by_method).clone(),
+            tls_connections: i.tls_connections.load(Ordering::SeqCst),
+            tls_handshake_failures: i.tls_handshake_failures.load(Ordering::SeqCst),
         }
+    }
+
+    pub(crate) fn tls_handshake_completed(&self) {
+        self.inner.tls_connections.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.inner
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::SeqCst);
     }
 
     /// Sets `max_concurrent_calls` to the number of calls in flight now.
