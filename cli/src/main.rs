@@ -45,6 +45,50 @@ enum Command {
     /// Bootstrap or rotate the guard's CA, certificates and webhook caBundle.
     #[command(subcommand)]
     Certs(longhorn_guard_certs::CertsCommand),
+    /// Replay the Longhorn v1.7.2 Backup storm without and with the guard on a local
+    /// control plane (or --kubeconfig) and report side by side.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Backups the storm creates.
+    #[arg(long, default_value_t = 4422)]
+    backups: usize,
+    #[arg(long, default_value_t = 300)]
+    volumes: usize,
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// Share of the Backups whose snapshot was lost in the outage (0..1).
+    #[arg(long, default_value_t = 0.30)]
+    lost_share: f64,
+    /// Share whose snapshot disappears right after the Backup is admitted (0..1).
+    #[arg(long, default_value_t = 0.03)]
+    mid_storm_loss_share: f64,
+    /// Bound of each run in seconds (storm + observation).
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// The storm's CREATEs start evenly over this many seconds.
+    #[arg(long, default_value_t = 30)]
+    storm_seconds: u64,
+    /// Seconds between two reconciles of a stuck Backup by the simulated v1.7.2 controller.
+    #[arg(long, default_value_t = 15)]
+    resync: u64,
+    /// Backup CREATEs in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Leaked connections at which a run is cut short (keeps the machine alive).
+    #[arg(long, default_value_t = 5000)]
+    leak_cap: usize,
+    /// Report directory (report.json, report.md, in-flight.svg, logs/).
+    #[arg(long, default_value = "demo-out")]
+    out: PathBuf,
+    /// Use this cluster instead of starting a local control plane.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Where control-plane/{build,up,down}.sh are (found next to the repository by default).
+    #[arg(long)]
+    control_plane_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -168,6 +212,28 @@ fn main() -> ExitCode {
         Command::Prune(args) => block_on(run_prune(args)),
         Command::Crds => print_crds(),
         Command::Certs(cmd) => block_on(run_certs(cmd)),
+        Command::Demo(a) => block_on(async move {
+            let report = longhorn_guard_demo::run(longhorn_guard_demo::DemoOptions {
+                backups: a.backups,
+                volumes: a.volumes,
+                nodes: a.nodes,
+                lost_share: a.lost_share,
+                mid_storm_loss_share: a.mid_storm_loss_share,
+                duration: std::time::Duration::from_secs(a.duration),
+                storm_spread: std::time::Duration::from_secs(a.storm_seconds),
+                resync: std::time::Duration::from_secs(a.resync),
+                concurrency: a.concurrency,
+                leak_cap: a.leak_cap,
+                out_dir: a.out.clone(),
+                kubeconfig: a.kubeconfig,
+                control_plane_dir: a.control_plane_dir,
+                ..Default::default()
+            })
+            .await?;
+            print!("{}", report.markdown());
+            println!("\nWritten to {}: report.json, report.md, in-flight.svg, logs/", a.out.display());
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,508 @@
+//! The guard as the demo runs it: the webhook and the agents as child processes of the
+//! same binary (`longhorn-guard webhook ...`, `longhorn-guard agent ...`), their certificates,
+//! the webhook's registration, the engine probe that calls the agents, and the scrape of
+//! their `/metrics`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use kube::api::{DeleteParams, DynamicObject, PostParams};
+use kube::{Api, Client};
+use longhorn_guard_certs::pki::{self, KeyedCert, LeafSpec, LeafUsage};
+use longhorn_guard_proto::agent::GetSnapshotRequest;
+use longhorn_guard_proto::agent::snapshot_service_client::SnapshotServiceClient;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::processes::{Children, free_port};
+use crate::report::AgentFigures;
+
+/// Label on the demo's namespaces; the webhook registration selects on it.
+pub const DEMO_NAMESPACE_LABEL: &str = "longhorn-guard.io/demo";
+
+/// The demo's CA and a serving certificate for 127.0.0.1, written to `dir`.
+pub struct DemoPki {
+    pub ca: KeyedCert,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl DemoPki {
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        let ca = pki::new_ca("longhorn-guard demo CA", Duration::from_secs(24 * 3600))?;
+        let leaf = pki::issue_leaf(
+            &ca,
+            &LeafSpec {
+                common_name: "longhorn-guard-demo".into(),
+                dns_names: vec!["127.0.0.1".into(), "localhost".into()],
+                usage: LeafUsage::Server,
+            },
+            Duration::from_secs(24 * 3600),
+        )?;
+        std::fs::create_dir_all(dir)?;
+        let cert = dir.join("tls.crt");
+        let key = dir.join("tls.key");
+        std::fs::write(&cert, format!("{}{}", leaf.cert_pem, ca.cert_pem))?;
+        std::fs::write(&key, &leaf.key_pem)?;
+        Ok(Self { ca, cert, key })
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: `(status, body)`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        s.take(16 * 1024 * 1024).read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .with_context(|| format!("GET http://{addr}{path}: timed out"))?
+        .with_context(|| format!("GET http://{addr}{path}"))?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+/// Waits until `GET /readyz` answers 200, the child exits, or `timeout` passes.
+pub async fn wait_ready(
+    children: &Children,
+    name: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok((200, _)) = http_get(addr, "/readyz").await {
+            return Ok(());
+        }
+        if let Some(status) = children.exited(name) {
+            bail!("{name} exited ({status}); see {}", log.display());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{name} not ready on http://{addr}/readyz after {timeout:?}; see {}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A child of the demo binary with its ports.
+pub struct Served {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+fn loopback_addr() -> anyhow::Result<SocketAddr> {
+    Ok(SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_port(Ipv4Addr::LOCALHOST)?,
+    )))
+}
+
+/// Starts `longhorn-guard webhook` watching `namespace`, and waits until it is ready.
+pub async fn start_webhook(
+    children: &Children,
+    exe: &Path,
+    kubeconfig: &Path,
+    pki: &DemoPki,
+    policy: &Path,
+    namespace: &str,
+    logs: &Path,
+) -> anyhow::Result<Served> {
+    let listen = loopback_addr()?;
+    let metrics = loopback_addr()?;
+    let log = logs.join("webhook.log");
+    let args = vec![
+        "--log-format".into(),
+        "text".into(),
+        "webhook".into(),
+        "--listen".into(),
+        listen.to_string(),
+        "--metrics-listen".into(),
+        metrics.to_string(),
+        "--tls-cert".into(),
+        pki.cert.display().to_string(),
+        "--tls-key".into(),
+        pki.key.display().to_string(),
+        "--policy".into(),
+        policy.display().to_string(),
+        "--namespace".into(),
+        namespace.to_string(),
+    ];
+    children.spawn(
+        "webhook",
+        exe,
+        &args,
+        &[("KUBECONFIG", kubeconfig.display().to_string())],
+        &log,
+    )?;
+    wait_ready(children, "webhook", metrics, Duration::from_secs(60), &log).await?;
+    Ok(Served {
+        name: "webhook".into(),
+        listen,
+        metrics,
+    })
+}
+
+/// Starts one `longhorn-guard agent` per node for `namespace`, and waits until all are ready.
+pub async fn start_agents(
+    children: &Children,
+    exe: &Path,
+    kubeconfig: &Path,
+    pki: &DemoPki,
+    namespace: &str,
+    nodes: &[String],
+    logs: &Path,
+) -> anyhow::Result<BTreeMap<String, Served>> {
+    let mut agents = BTreeMap::new();
+    for node in nodes {
+        let name = format!("agent-{namespace}-{node}");
+        let listen = loopback_addr()?;
+        let metrics = loopback_addr()?;
+        let log = logs.join(format!("{name}.log"));
+        let args = vec![
+            "--log-format".into(),
+            "text".into(),
+            "agent".into(),
+            "--node".into(),
+            node.clone(),
+            "--namespace".into(),
+            namespace.to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--metrics-listen".into(),
+            metrics.to_string(),
+            "--tls-cert".into(),
+            pki.cert.display().to_string(),
+            "--tls-key".into(),
+            pki.key.display().to_string(),
+        ];
+        children.spawn(
+            &name,
+            exe,
+            &args,
+            &[("KUBECONFIG", kubeconfig.display().to_string())],
+            &log,
+        )?;
+        agents.insert(
+            node.clone(),
+            Served {
+                name,
+                listen,
+                metrics,
+            },
+        );
+    }
+    for served in agents.values() {
+        let log = logs.join(format!("{}.log", served.name));
+        wait_ready(
+            children,
+            &served.name,
+            served.metrics,
+            Duration::from_secs(60),
+            &log,
+        )
+        .await?;
+    }
+    Ok(agents)
+}
+
+/// Registers the webhook for CREATE of longhorn.io/v1beta2 backups in `namespace` only, and
+/// waits until the API server calls it. Returns the configuration's name.
+pub async fn register_webhook(
+    client: &Client,
+    webhook: &Served,
+    ca_pem: &str,
+    namespace: &str,
+) -> anyhow::Result<String> {
+    let name = format!("longhorn-guard-demo-{namespace}");
+    let mut config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": { "name": name },
+        "webhooks": [{
+            "name": "backups.longhorn-guard.io",
+            "clientConfig": { "url": format!("https://{}/validate/backups", webhook.listen) },
+            "rules": [{
+                "apiGroups": [longhorn_types::GROUP],
+                "apiVersions": [longhorn_types::VERSION],
+                "operations": ["CREATE"],
+                "resources": ["backups"],
+                "scope": "Namespaced",
+            }],
+            "namespaceSelector": { "matchLabels": { DEMO_NAMESPACE_LABEL: namespace } },
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+        }],
+    }))?;
+    if let Some(w) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
+        w.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
+    }
+    let api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    match api.create(&PostParams::default(), &config).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("registering webhook configuration {name}"));
+        }
+    }
+    // The API server loads webhook configurations asynchronously: probe until it calls us.
+    let backups: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::api::ApiResource::erase::<longhorn_types::Backup>(&()),
+    );
+    let probe: DynamicObject = serde_json::from_value(longhorn_types::shapes::backup(
+        namespace,
+        "lhg-demo-probe",
+        "pvc-probe",
+        "snapshot-that-never-existed",
+        None,
+    ))?;
+    let start = Instant::now();
+    loop {
+        match backups.create(&PostParams::default(), &probe).await {
+            Err(kube::Error::Api(e)) if e.message.contains("longhorn-guard") => return Ok(name),
+            Ok(_) => {
+                let _ = backups
+                    .delete("lhg-demo-probe", &DeleteParams::default())
+                    .await;
+            }
+            Err(_) => {}
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the API server did not call the webhook within 30 s of registering {name}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn unregister_webhook(client: &Client, name: &str) {
+    let api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        api.delete(name, &DeleteParams::default()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(kube::Error::Api(e))) if e.code == 404 => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, name, "could not delete the webhook configuration")
+        }
+        Err(_) => tracing::warn!(name, "deleting the webhook configuration timed out"),
+    }
+}
+
+/// Counts of the engine probe.
+#[derive(Default, Debug)]
+pub struct ProbeCounts {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// The guard's engine probe: every `every`, asks the node's agent whether each non-terminal
+/// Backup's snapshot exists in its engine, the same access pattern as the v1.7.2 controller's
+/// reconciles, but through the agents' lease-bounded channel pools.
+pub struct EngineProbe {
+    /// Node → its agent's gRPC address.
+    pub agents: BTreeMap<String, SocketAddr>,
+    pub ca_pem: String,
+    pub namespace: String,
+    pub volume_nodes: Arc<HashMap<String, String>>,
+    /// `(volume, snapshot)` of the Backups to check, read at every round.
+    pub targets: Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>,
+    pub every: Duration,
+    pub counts: Arc<ProbeCounts>,
+}
+
+impl EngineProbe {
+    /// Runs rounds until `stop` turns true.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let EngineProbe {
+            agents,
+            ca_pem,
+            namespace,
+            volume_nodes,
+            targets,
+            every,
+            counts,
+        } = self;
+        probe_loop(
+            agents,
+            ca_pem,
+            namespace,
+            volume_nodes,
+            targets,
+            every,
+            counts,
+            stop,
+        )
+        .await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn probe_loop(
+    agents: BTreeMap<String, SocketAddr>,
+    ca_pem: String,
+    namespace: String,
+    volume_nodes: Arc<HashMap<String, String>>,
+    targets: Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>,
+    every: Duration,
+    counts: Arc<ProbeCounts>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut clients: HashMap<String, SnapshotServiceClient<Channel>> = HashMap::new();
+    for (node, addr) in &agents {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem.as_bytes()))
+            .domain_name("127.0.0.1");
+        let Ok(endpoint) = Endpoint::from_shared(format!("https://{addr}")) else {
+            continue;
+        };
+        let Ok(endpoint) = endpoint.tls_config(tls) else {
+            continue;
+        };
+        let channel = endpoint.timeout(Duration::from_secs(5)).connect_lazy();
+        clients.insert(node.clone(), SnapshotServiceClient::new(channel));
+    }
+    loop {
+        let list = targets();
+        let calls = futures::stream::iter(list)
+            .filter_map(|(volume, snapshot)| {
+                let client = volume_nodes
+                    .get(&volume)
+                    .and_then(|n| clients.get(n))
+                    .cloned();
+                let namespace = namespace.clone();
+                async move { client.map(|c| (c, namespace, volume, snapshot)) }
+            })
+            .map(|(mut client, namespace, volume, snapshot)| {
+                let counts = counts.clone();
+                async move {
+                    counts.calls.fetch_add(1, Ordering::Relaxed);
+                    let r = client
+                        .get_snapshot(GetSnapshotRequest {
+                            namespace,
+                            volume,
+                            snapshot,
+                        })
+                        .await;
+                    if r.is_err() {
+                        counts.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<()>>();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = calls => {}
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Sums of the `longhorn_guard_agent_*` samples of an OpenMetrics text, by metric name
+/// (labels dropped).
+pub fn sum_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (name_labels, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let name = name_labels.split('{').next().unwrap_or_default().trim();
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *sums.entry(name.to_string()).or_insert(0.0) += v;
+        }
+    }
+    sums
+}
+
+/// Scrapes every agent's `/metrics` and adds them up.
+pub async fn agent_figures(
+    agents: &BTreeMap<String, Served>,
+    probe: &ProbeCounts,
+) -> anyhow::Result<AgentFigures> {
+    let mut total: BTreeMap<String, f64> = BTreeMap::new();
+    for served in agents.values() {
+        let (code, body) = http_get(served.metrics, "/metrics").await?;
+        if code != 200 {
+            bail!("{} /metrics answered {code}", served.name);
+        }
+        for (k, v) in sum_metrics(&body) {
+            *total.entry(k).or_insert(0.0) += v;
+        }
+    }
+    let get = |k: &str| {
+        total
+            .get(&format!("longhorn_guard_agent_{k}"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(AgentFigures {
+        agents: agents.len() as u64,
+        engine_checks: probe.calls.load(Ordering::Relaxed),
+        engine_check_errors: probe.errors.load(Ordering::Relaxed),
+        channels_created: get("channels_created_total") as u64,
+        channels_active: get("channels_active") as u64,
+        leases_acquired: get("leases_acquired_total") as u64,
+        leases_active: get("leases_active") as u64,
+        leaked_leases: get("leaked_leases") as i64,
+        leaked_channels: get("leaked_channels") as i64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_drop_labels_and_comments() {
+        let text = "# HELP x y\n# TYPE longhorn_guard_agent_channels_created counter\n\
+            longhorn_guard_agent_channels_created_total{endpoint=\"a\"} 2\n\
+            longhorn_guard_agent_channels_created_total{endpoint=\"b\"} 3\n\
+            longhorn_guard_agent_leaked_leases 0\n\
+            broken line without value x\n# EOF\n";
+        let s = sum_metrics(text);
+        assert_eq!(
+            s.get("longhorn_guard_agent_channels_created_total"),
+            Some(&5.0)
+        );
+        assert_eq!(s.get("longhorn_guard_agent_leaked_leases"), Some(&0.0));
+        assert_eq!(s.len(), 2);
+    }
+}

@@ -1,0 +1,309 @@
+//! The Longhorn world of one run: fake instance managers (one fake engine proxy per node on
+//! its own loopback address), and the objects Longhorn would hold for them: InstanceManagers,
+//! Volumes, Engines, the BackupTarget and the recurring jobs' Snapshots (those lost in the
+//! outage created and deleted again, as they were).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::{Context, bail};
+use fake_engine::{EngineSpec, FakeEngine, RunningServer, SnapshotSpec};
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::storm::{PlannedBackup, SnapshotFate, volume_name};
+
+/// Longhorn's engine-proxy port: the agent dials `InstanceManager.status.ip:8501`.
+pub const PREFERRED_PROXY_PORT: u16 = longhorn_guard_proto::ENGINE_PROXY_PORT;
+
+/// One simulated node.
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub instance_manager: String,
+    pub engine: FakeEngine,
+    server: Option<RunningServer>,
+}
+
+impl Node {
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .map_or(SocketAddr::from((self.ip, 0)), |s| s.local_addr)
+    }
+}
+
+/// The fake nodes of a run.
+pub struct Nodes {
+    pub nodes: Vec<Node>,
+    pub port: u16,
+}
+
+impl Nodes {
+    /// Starts a fake engine proxy per node on `base`, `base+1`, ... (all in 127.0.0.0/8), on
+    /// port 8501 when it is free on every address, else on one shared free port.
+    pub async fn start(count: usize, base: Ipv4Addr) -> anyhow::Result<Self> {
+        let ips: Vec<Ipv4Addr> = (0..count)
+            .map(|i| {
+                let b = u32::from(base).saturating_add(i as u32);
+                Ipv4Addr::from(b)
+            })
+            .collect();
+        if let Some(ip) = ips.iter().find(|ip| !ip.is_loopback()) {
+            bail!("node address {ip} is not in 127.0.0.0/8");
+        }
+        match Self::start_on(&ips, PREFERRED_PROXY_PORT).await {
+            Ok(nodes) => Ok(nodes),
+            Err(e) => {
+                tracing::warn!(error = %e, "port 8501 is taken; the agents cannot reach the fake engines");
+                let first = ips.first().copied().unwrap_or(Ipv4Addr::LOCALHOST);
+                let port = crate::processes::free_port(first)?;
+                Self::start_on(&ips, port).await
+            }
+        }
+    }
+
+    async fn start_on(ips: &[Ipv4Addr], port: u16) -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        for (i, ip) in ips.iter().enumerate() {
+            let engine = FakeEngine::new();
+            let server = fake_engine::serve(engine.clone(), SocketAddr::from((*ip, port)))
+                .await
+                .with_context(|| {
+                    format!(
+                        "starting the fake engine proxy of node-{} on {ip}:{port}",
+                        i + 1
+                    )
+                })?;
+            nodes.push(Node {
+                name: format!("node-{}", i + 1),
+                ip: *ip,
+                instance_manager: format!("instance-manager-{:016x}", 0x5eed_0000_u64 + i as u64),
+                engine,
+                server: Some(server),
+            });
+        }
+        Ok(Self { nodes, port })
+    }
+
+    pub fn node_of_volume(&self, volume_index: usize) -> &Node {
+        &self.nodes[volume_index % self.nodes.len()]
+    }
+
+    pub fn proxies(&self) -> BTreeMap<String, SocketAddr> {
+        self.nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.proxy_addr()))
+            .collect()
+    }
+
+    /// Connections open on all the fake engine proxies.
+    pub fn open_connections(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.engine.stats().open_connections)
+            .sum()
+    }
+
+    /// Stops every fake engine proxy and waits for their tasks.
+    pub async fn shutdown(mut self) {
+        for n in &mut self.nodes {
+            if let Some(s) = n.server.take() {
+                s.shutdown().await;
+            }
+        }
+    }
+}
+
+/// The storage address of volume `v`'s engine (`status.storageIP:status.port`).
+fn engine_address(node: &Node, v: usize) -> (String, i64) {
+    (node.ip.to_string(), 10_000 + v as i64)
+}
+
+fn api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let ar = ApiResource {
+        group: longhorn_types::GROUP.into(),
+        version: longhorn_types::VERSION.into(),
+        api_version: longhorn_types::API_VERSION.into(),
+        kind: kind.into(),
+        plural: format!("{}s", kind.to_ascii_lowercase()),
+    };
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// Creates `obj`, then writes `status` (if any) through the status subresource.
+async fn create_with_status(
+    client: &Client,
+    ns: &str,
+    obj: Value,
+    status: Option<Value>,
+) -> anyhow::Result<()> {
+    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let api = api(client, ns, &kind);
+    let dynamic: DynamicObject = serde_json::from_value(obj)?;
+    let mut created = match api.create(&PostParams::default(), &dynamic).await {
+        Ok(c) => c,
+        Err(kube::Error::Api(e)) if e.code == 409 => api
+            .get(&name)
+            .await
+            .with_context(|| format!("reading existing {kind} {ns}/{name}"))?,
+        Err(e) => return Err(e).with_context(|| format!("creating {kind} {ns}/{name}")),
+    };
+    if let Some(status) = status {
+        created.data["status"] = status;
+        api.replace_status(&name, &PostParams::default(), &created)
+            .await
+            .with_context(|| format!("writing status of {kind} {ns}/{name}"))?;
+    }
+    Ok(())
+}
+
+/// Volume → node name, for every volume of the run.
+pub fn volume_nodes(nodes: &Nodes, volumes: usize) -> HashMap<String, String> {
+    (0..volumes)
+        .map(|v| (volume_name(v), nodes.node_of_volume(v).name.clone()))
+        .collect()
+}
+
+/// Creates the run's objects in `ns` and registers the engines and the surviving snapshots
+/// in the fake engine proxies. `concurrency` bounds the API calls in flight.
+pub async fn populate(
+    client: &Client,
+    ns: &str,
+    nodes: &Nodes,
+    volumes: usize,
+    plan: &[PlannedBackup],
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    use longhorn_types::shapes as s;
+    let mut objects: Vec<(Value, Option<Value>)> = Vec::new();
+    objects.push((
+        s::backup_target(
+            ns,
+            longhorn_types::DEFAULT_BACKUP_TARGET,
+            "s3://backupbucket@us-east-1/",
+        ),
+        Some(s::backup_target_status("node-1", true)),
+    ));
+    for n in &nodes.nodes {
+        objects.push((
+            s::instance_manager(ns, &n.instance_manager, &n.name),
+            Some(s::instance_manager_status(&n.name, &n.ip.to_string())),
+        ));
+    }
+    for v in 0..volumes {
+        let node = nodes.node_of_volume(v);
+        let vol = volume_name(v);
+        let (ip, port) = engine_address(node, v);
+        objects.push((
+            s::volume(ns, &vol, &node.name),
+            Some(s::volume_status(&node.name)),
+        ));
+        objects.push((
+            s::engine(ns, &vol, &node.name),
+            Some(s::engine_status(
+                &node.name,
+                &node.instance_manager,
+                &ip,
+                port,
+            )),
+        ));
+        node.engine.add_engine(EngineSpec {
+            address: format!("{ip}:{port}"),
+            engine_name: format!("{vol}-e-0"),
+            volume_name: vol.clone(),
+        });
+    }
+    let mut chains: HashMap<&str, Vec<SnapshotSpec>> = HashMap::new();
+    for b in plan {
+        let owner = volume_owner(nodes, &b.volume);
+        let status =
+            (b.fate != SnapshotFate::LostBeforeStorm).then(|| s::snapshot_status(&owner, ""));
+        objects.push((s::snapshot(ns, &b.snapshot, &b.volume), status));
+        if b.fate != SnapshotFate::LostBeforeStorm {
+            chains
+                .entry(b.volume.as_str())
+                .or_default()
+                .push(SnapshotSpec {
+                    name: b.snapshot.clone(),
+                    user_created: true,
+                    created: "2026-11-24T10:00:00Z".into(),
+                    size: 4096,
+                    ..SnapshotSpec::default()
+                });
+        }
+    }
+    for v in 0..volumes {
+        let node = nodes.node_of_volume(v);
+        let (ip, port) = engine_address(node, v);
+        let chain = chains.remove(volume_name(v).as_str()).unwrap_or_default();
+        node.engine.set_snapshots(&format!("{ip}:{port}"), chain);
+    }
+    futures::stream::iter(objects)
+        .map(|(obj, status)| create_with_status(client, ns, obj, status))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    // The outage: these snapshots are gone.
+    let snapshots = api(client, ns, "Snapshot");
+    futures::stream::iter(
+        plan.iter()
+            .filter(|b| b.fate == SnapshotFate::LostBeforeStorm),
+    )
+    .map(|b| {
+        let snapshots = snapshots.clone();
+        async move {
+            match snapshots
+                .delete(&b.snapshot, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Err(e) => Err(anyhow::Error::from(e))
+                    .with_context(|| format!("deleting lost Snapshot {ns}/{}", b.snapshot)),
+            }
+        }
+    })
+    .buffer_unordered(concurrency.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
+}
+
+fn volume_owner(nodes: &Nodes, volume: &str) -> String {
+    volume
+        .strip_prefix("pvc-")
+        .and_then(|i| i.parse::<usize>().ok())
+        .map_or_else(
+            || "node-1".to_string(),
+            |v| nodes.node_of_volume(v).name.clone(),
+        )
+}
+
+/// The snapshot of an admitted Backup disappears (Snapshot object and engine entry).
+pub async fn lose_snapshot(
+    client: &Client,
+    ns: &str,
+    nodes: &Nodes,
+    volume_index: usize,
+    snapshot: &str,
+) -> anyhow::Result<()> {
+    let node = nodes.node_of_volume(volume_index);
+    let (ip, port) = engine_address(node, volume_index);
+    node.engine
+        .remove_snapshot(&format!("{ip}:{port}"), snapshot);
+    match api(client, ns, "Snapshot")
+        .delete(snapshot, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting Snapshot {ns}/{snapshot}")),
+    }
+}
