@@ -7,7 +7,18 @@ use longhorn_guard_agent::snapshot_service::parse_grpc_timeout;
 
 #[test]
 fn ascii_garbage_is_none() {
-    for v in ["", "S", "1", "1x", "+1S", " 1S", "1S ", "0x1S", "999999999S", "1.5S"] {
+    for v in [
+        "",
+        "S",
+        "1",
+        "1x",
+        "+1S",
+        " 1S",
+        "1S ",
+        "0x1S",
+        "999999999S",
+        "1.5S",
+    ] {
         assert_eq!(parse_grpc_timeout(v), None, "{v:?}");
     }
 }
