@@ -156,7 +156,10 @@ pub async fn start_webhook(
         "webhook",
         exe,
         &args,
-        &[("KUBECONFIG", kubeconfig.display().to_string())],
+        &[
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("RUST_LOG", "info".to_string()),
+        ],
         &log,
     )?;
     wait_ready(children, "webhook", metrics, Duration::from_secs(60), &log).await?;
@@ -204,7 +207,10 @@ pub async fn start_agents(
             &name,
             exe,
             &args,
-            &[("KUBECONFIG", kubeconfig.display().to_string())],
+            &[
+                ("KUBECONFIG", kubeconfig.display().to_string()),
+                ("RUST_LOG", "info".to_string()),
+            ],
             &log,
         )?;
         agents.insert(

@@ -595,6 +595,11 @@ async fn run_once(
         Some(a) => Some(guard::agent_figures(a, &probe_counts).await?),
         None => None,
     };
+    // Stop the controller (it finishes its writes), then read the final states.
+    if let Some(p) = probe {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
+    controller.stop().await;
     let by_state = backups_by_state(&backups_api).await?;
     let peak = tracker.peak();
     let in_flight_end: u64 = by_state
@@ -604,11 +609,7 @@ async fn run_once(
         .sum();
     let timeline = tracker.timeline();
 
-    // Stop the run's pieces.
-    if let Some(p) = probe {
-        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-    }
-    controller.stop().await;
+    // Stop the rest of the run's pieces.
     tracker.stop().await;
     if let Some(agents) = &agents {
         for a in agents.values() {

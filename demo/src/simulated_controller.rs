@@ -232,6 +232,12 @@ async fn main_loop(
             stopped.clone(),
         ));
     }
+    // Let every reconcile finish the write it is in (each returns at its next sleep), so
+    // nothing changes a Backup after `stop` returns; abort what is left after 5 s.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     tasks.shutdown().await;
 }
 
