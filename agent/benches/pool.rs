@@ -3,15 +3,28 @@
 //! cargo bench -p longhorn-guard-agent --bench pool -- [--calls N] [--connect-calls N]
 //!     [--soak N] [--concurrency C]
 //!
-//! 1. Pooled SnapshotList calls vs connect-per-call (a new tonic Channel per call, never reused,
-//!    as longhorn-manager v1.7.2 does — but dropped after the call so the machine survives).
-//! 2. Soak: N calls with ~30 % injected faults; fds, channels, tasks and RSS before / after.
+//! 1. Plaintext instance manager (Longhorn's default: no `longhorn-grpc-tls` Secret on the IM):
+//!    pooled SnapshotList calls vs
+//!    - the v1.7.2 pattern (primary baseline): per call, a new client exactly as
+//!      `NewEngineClientProxy` builds it when the manager has Longhorn's TLS files: mTLS +
+//!      health check (fails against the plaintext IM) → close → plaintext + health check → call
+//!      → close;
+//!    - plaintext connect + health check + call per call (the same without TLS files);
+//!    - plain connect-per-call (dial, call, close: no health check, no TLS attempt).
+//! 2. TLS instance manager (Longhorn's TLS files on both sides): pooled mTLS vs mTLS per call
+//!    (TLS 1.3 handshake + health check + call, then close).
+//! 3. Soak: N calls with ~30 % injected faults; fds, channels, tasks and RSS before / after.
+//!
+//! Per-call clients are dropped after their call so the machine survives (v1.7.2 leaked them).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fake_engine::{EngineSpec, FakeEngine, Fault, Method, SnapshotSpec};
+use fake_engine::{
+    EngineSpec, FakeEngine, FakeTls, Fault, LONGHORN_PEER_NAME, Method, SnapshotSpec,
+};
+use longhorn_guard_agent::connect::open_unpooled_channel;
 use longhorn_guard_agent::metrics::{process_open_fds, process_resident_memory_bytes};
 use longhorn_guard_agent::{EngineClient, EngineTarget, LeasePool, PoolConfig, PoolMetrics};
 use longhorn_guard_proto::imrpc::proxy_engine_service_client::ProxyEngineServiceClient;
@@ -93,16 +106,15 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(bench(args()))
 }
 
-async fn bench(args: Args) -> anyhow::Result<()> {
+fn new_fake() -> FakeEngine {
     let fake = FakeEngine::new();
-    let address = "10.42.1.17:10010";
     fake.add_engine(EngineSpec {
-        address: address.into(),
+        address: ENGINE_ADDRESS.into(),
         engine_name: "pvc-1-e-0".into(),
         volume_name: "pvc-1".into(),
     });
     fake.set_snapshots(
-        address,
+        ENGINE_ADDRESS,
         (0..8)
             .map(|i| SnapshotSpec {
                 name: format!("snap-{i}"),
@@ -112,18 +124,43 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             })
             .collect(),
     );
-    let server = fake_engine::serve(fake.clone(), "127.0.0.1:0".parse()?).await?;
-    let endpoint = server.local_addr.to_string();
-    let target = EngineTarget {
-        proxy_endpoint: endpoint.clone(),
+    fake
+}
+
+const ENGINE_ADDRESS: &str = "10.42.1.17:10010";
+
+fn target_for(endpoint: &str) -> EngineTarget {
+    EngineTarget {
+        proxy_endpoint: endpoint.to_string(),
         instance_manager: "im-bench".into(),
         node: "node-1".into(),
         engine_name: "pvc-1-e-0".into(),
         volume_name: "pvc-1".into(),
-        engine_address: address.into(),
+        engine_address: ENGINE_ADDRESS.into(),
         data_engine: "v1".into(),
-    };
-    let config = PoolConfig {
+    }
+}
+
+/// Longhorn's `/tls-files/` (one CA, one certificate named `longhorn-backend.longhorn-system`
+/// used by both sides, as the `longhorn-grpc-tls` Secret), in a fresh temp directory.
+fn longhorn_tls_files() -> anyhow::Result<std::path::PathBuf> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("longhorn-guard-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert =
+        CertificateParams::new(vec![LONGHORN_PEER_NAME.to_string()])?.signed_by(&key, &ca)?;
+    std::fs::write(dir.join("ca.crt"), ca.pem())?;
+    std::fs::write(dir.join("tls.crt"), cert.pem())?;
+    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    Ok(dir)
+}
+
+fn bench_pool_config() -> PoolConfig {
+    PoolConfig {
         max_leases_per_endpoint: 32,
         max_channels_per_endpoint: 2,
         idle_timeout: Duration::from_millis(500),
@@ -131,134 +168,184 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         breaker_failure_threshold: 64,
         breaker_cool_down: Duration::from_millis(20),
         ..PoolConfig::default()
-    };
-    let pool = LeasePool::new(config, Arc::new(PoolMetrics::new()))?;
-    let client = EngineClient::new(pool.clone());
+    }
+}
+
+/// `calls` SnapshotList calls through `client`; returns calls/s and failures.
+async fn run_pooled(
+    client: &EngineClient,
+    target: &EngineTarget,
+    calls: usize,
+    c: usize,
+) -> (f64, usize) {
+    let (client, target) = (client.clone(), target.clone());
+    let (elapsed, failed) = drive(calls, c, move |_| {
+        let (client, target) = (client.clone(), target.clone());
+        async move {
+            client
+                .snapshot_list(
+                    &target,
+                    tokio::time::Instant::now() + Duration::from_secs(5),
+                )
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    (calls as f64 / elapsed.as_secs_f64(), failed)
+}
+
+/// How a per-call client is opened.
+#[derive(Clone, Copy)]
+enum PerCall {
+    /// `Endpoint::connect`, the call, close: no health check, no TLS attempt.
+    PlainConnect,
+    /// As longhorn-manager's `NewEngineClientProxy` with `config`'s TLS directory: mTLS + health
+    /// check when TLS files are there, on failure plaintext + health check; then the call.
+    LonghornManager,
+}
+
+async fn run_per_call(
+    mode: PerCall,
+    endpoint: &str,
+    config: &PoolConfig,
+    target: &EngineTarget,
+    calls: usize,
+    c: usize,
+) -> (f64, usize) {
+    let (endpoint, config, request) =
+        (endpoint.to_string(), config.clone(), target.proxy_request());
+    let (elapsed, failed) = drive(calls, c, move |_| {
+        let (endpoint, config, request) = (endpoint.clone(), config.clone(), request.clone());
+        async move {
+            let channel = match mode {
+                PerCall::PlainConnect => {
+                    let Ok(built) = Endpoint::from_shared(format!("http://{endpoint}")) else {
+                        return false;
+                    };
+                    match built.connect().await {
+                        Ok(channel) => channel,
+                        Err(_) => return false,
+                    }
+                }
+                PerCall::LonghornManager => match open_unpooled_channel(&endpoint, &config).await {
+                    Ok(dialed) => dialed.channel,
+                    Err(_) => return false,
+                },
+            };
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(Duration::from_secs(5));
+            // The channel is dropped (closed) when this returns.
+            ProxyEngineServiceClient::new(channel)
+                .snapshot_list(request)
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    (calls as f64 / elapsed.as_secs_f64(), failed)
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
     let c = args.concurrency;
+    let tls_dir = longhorn_tls_files()?;
+    let fake = new_fake();
+    let server = fake_engine::serve(fake.clone(), "127.0.0.1:0".parse()?).await?;
+    let endpoint = server.local_addr.to_string();
+    let target = target_for(&endpoint);
+    let pool = LeasePool::new(bench_pool_config(), Arc::new(PoolMetrics::new()))?;
+    let client = EngineClient::new(pool.clone());
     println!(
-        "machine: {} cores; concurrency {c}; fake engine on {endpoint}",
+        "machine: {} cores; concurrency {c}; plaintext fake engine on {endpoint}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("RSS at start: {:.1} MiB", rss_mib());
 
     // Warm-up.
-    {
-        let (client, target) = (client.clone(), target.clone());
-        drive(1_000, c, move |_| {
-            let (client, target) = (client.clone(), target.clone());
-            async move {
-                client
-                    .snapshot_list(
-                        &target,
-                        tokio::time::Instant::now() + Duration::from_secs(5),
-                    )
-                    .await
-                    .is_ok()
-            }
-        })
-        .await;
-    }
+    run_pooled(&client, &target, 1_000, c).await;
 
-    // 1a. pooled
-    let (pooled, pooled_failed) = {
-        let (client, target) = (client.clone(), target.clone());
-        drive(args.calls, c, move |_| {
-            let (client, target) = (client.clone(), target.clone());
-            async move {
-                client
-                    .snapshot_list(
-                        &target,
-                        tokio::time::Instant::now() + Duration::from_secs(5),
-                    )
-                    .await
-                    .is_ok()
-            }
-        })
-        .await
-    };
-    let pooled_rate = args.calls as f64 / pooled.as_secs_f64();
+    println!("--- plaintext instance manager (no longhorn-grpc-tls on the IM) ---");
+    let (pooled_rate, failed) = run_pooled(&client, &target, args.calls, c).await;
     println!(
-        "pooled:           {} calls in {:.2?} = {:.0} calls/s ({pooled_failed} failed); channels opened {}; RSS {:.1} MiB",
+        "pooled:                                  {:>7} calls = {pooled_rate:>8.0} calls/s ({failed} failed); channels opened {}; RSS {:.1} MiB",
         args.calls,
-        pooled,
-        pooled_rate,
         pool.book().channels_created,
         rss_mib()
     );
-
-    // 1b. connect per call
-    let connections_before = fake.stats().total_connections;
-    let (per_call, per_call_failed) = {
-        let (endpoint, target) = (endpoint.clone(), target.clone());
-        drive(args.connect_calls, c, move |_| {
-            let (endpoint, request) = (endpoint.clone(), target.proxy_request());
-            async move {
-                let Ok(built) = Endpoint::from_shared(format!("http://{endpoint}")) else {
-                    return false;
-                };
-                let Ok(channel) = built.connect().await else {
-                    return false;
-                };
-                let mut request = tonic::Request::new(request);
-                request.set_timeout(Duration::from_secs(5));
-                // The channel is dropped (closed) when this returns.
-                ProxyEngineServiceClient::new(channel)
-                    .snapshot_list(request)
-                    .await
-                    .is_ok()
-            }
-        })
-        .await
+    let with_tls_files = PoolConfig {
+        longhorn_tls_dir: Some(tls_dir.clone()),
+        ..bench_pool_config()
     };
-    let per_call_rate = args.connect_calls as f64 / per_call.as_secs_f64();
+    let baselines = [
+        (
+            "v1.7.2 pattern (mTLS+health fails, plaintext+health, call)",
+            PerCall::LonghornManager,
+            &with_tls_files,
+        ),
+        (
+            "plaintext connect+health+call per call",
+            PerCall::LonghornManager,
+            &bench_pool_config(),
+        ),
+        (
+            "plain connect+call per call",
+            PerCall::PlainConnect,
+            &bench_pool_config(),
+        ),
+    ];
+    for (name, mode, config) in baselines {
+        let before = fake.stats().total_connections;
+        let (rate, failed) =
+            run_per_call(mode, &endpoint, config, &target, args.connect_calls, c).await;
+        println!(
+            "{name}: {} calls = {rate:.0} calls/s ({failed} failed); connections opened {}; RSS {:.1} MiB; ratio pooled / this: {:.1}x",
+            args.connect_calls,
+            fake.stats().total_connections - before,
+            rss_mib(),
+            pooled_rate / rate
+        );
+    }
+
+    println!("--- TLS instance manager (longhorn-grpc-tls on both sides) ---");
+    let tls_fake = new_fake();
+    let tls_server = fake_engine::serve_tls(
+        tls_fake.clone(),
+        "127.0.0.1:0".parse()?,
+        &FakeTls::longhorn_dir(&tls_dir),
+    )
+    .await?;
+    let tls_endpoint = tls_server.local_addr.to_string();
+    let tls_target = target_for(&tls_endpoint);
+    let tls_pool = LeasePool::new(with_tls_files.clone(), Arc::new(PoolMetrics::new()))?;
+    let tls_client = EngineClient::new(tls_pool.clone());
+    run_pooled(&tls_client, &tls_target, 1_000, c).await;
+    let (tls_pooled_rate, failed) = run_pooled(&tls_client, &tls_target, args.calls, c).await;
     println!(
-        "connect-per-call: {} calls in {:.2?} = {:.0} calls/s ({per_call_failed} failed); connections opened {}; RSS {:.1} MiB",
-        args.connect_calls,
-        per_call,
-        per_call_rate,
-        fake.stats().total_connections - connections_before,
+        "pooled mTLS:                             {:>7} calls = {tls_pooled_rate:>8.0} calls/s ({failed} failed); TLS handshakes {}; RSS {:.1} MiB",
+        args.calls,
+        tls_fake.stats().tls_connections,
         rss_mib()
     );
-    println!(
-        "ratio pooled / connect-per-call: {:.1}x",
-        pooled_rate / per_call_rate
-    );
-
-    // 1c. connect per call exactly as longhorn-manager's NewEngineClientProxy: dial, health
-    // check, then the call.
-    let (per_call_health, _) = {
-        let (endpoint, target) = (endpoint.clone(), target.clone());
-        drive(args.connect_calls, c, move |_| {
-            let (endpoint, request) = (endpoint.clone(), target.proxy_request());
-            async move {
-                let Ok(built) = Endpoint::from_shared(format!("http://{endpoint}")) else {
-                    return false;
-                };
-                let Ok(channel) = built.connect().await else {
-                    return false;
-                };
-                let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await;
-                if health.is_err() {
-                    return false;
-                }
-                ProxyEngineServiceClient::new(channel)
-                    .snapshot_list(tonic::Request::new(request))
-                    .await
-                    .is_ok()
-            }
-        })
-        .await
-    };
-    let per_call_health_rate = args.connect_calls as f64 / per_call_health.as_secs_f64();
-    println!(
-        "connect+health-check-per-call (longhorn-manager v1.7.2 pattern): {} calls in {:.2?} = {:.0} calls/s; ratio pooled / this: {:.1}x",
+    let handshakes = tls_fake.stats().tls_connections;
+    let (rate, failed) = run_per_call(
+        PerCall::LonghornManager,
+        &tls_endpoint,
+        &with_tls_files,
+        &tls_target,
         args.connect_calls,
-        per_call_health,
-        per_call_health_rate,
-        pooled_rate / per_call_health_rate
+        c,
+    )
+    .await;
+    println!(
+        "mTLS+health+call per call (v1.7.2 with TLS on the IM): {} calls = {rate:.0} calls/s ({failed} failed); TLS handshakes {}; RSS {:.1} MiB; ratio pooled mTLS / this: {:.1}x",
+        args.connect_calls,
+        tls_fake.stats().tls_connections - handshakes,
+        rss_mib(),
+        tls_pooled_rate / rate
     );
+    tls_pool.shutdown();
+    tls_server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&tls_dir);
 
     // Let the per-call connections and pooled channels close, then take the soak baseline.
     tokio::time::sleep(Duration::from_secs(2)).await;
