@@ -1,6 +1,7 @@
 //! Circuit breaker of one engine-proxy endpoint: closed → open after K consecutive failures →
 //! half-open (one probe) after a cool-down → closed on the probe's success, open again on failure.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -32,11 +33,17 @@ pub enum Admission {
     Probe,
 }
 
+/// How many recently failed connections are remembered (a few per endpoint at most are open).
+const FAILED_CONNECTIONS_REMEMBERED: usize = 16;
+
 #[derive(Debug)]
 pub struct CircuitBreaker {
     failure_threshold: u32,
     cool_down: Duration,
     state: Inner,
+    /// Connections whose failure has already been counted: every call in flight on a connection
+    /// that breaks fails, but that is one failure of the endpoint, not one per call.
+    failed_connections: VecDeque<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +61,7 @@ impl CircuitBreaker {
             state: Inner::Closed {
                 consecutive_failures: 0,
             },
+            failed_connections: VecDeque::new(),
         }
     }
 
@@ -138,6 +146,23 @@ impl CircuitBreaker {
         };
     }
 
+    /// A call failed because its connection (pooled channel `connection`) broke. Counts as one
+    /// failure per connection while the breaker is closed: the other calls that were in flight
+    /// on it report the same break. A half-open probe's failure always counts.
+    pub fn on_connection_failure(&mut self, now: Instant, connection: u64) {
+        let counted = self.failed_connections.contains(&connection);
+        if !counted {
+            if self.failed_connections.len() >= FAILED_CONNECTIONS_REMEMBERED {
+                self.failed_connections.pop_front();
+            }
+            self.failed_connections.push_back(connection);
+        }
+        if counted && matches!(self.state, Inner::Closed { .. }) {
+            return;
+        }
+        self.on_failure(now);
+    }
+
     /// A probe that ended without a verdict (cancelled, shed by the lease queue): let the next
     /// call probe instead.
     pub fn on_probe_abandoned(&mut self) {
@@ -184,5 +209,28 @@ mod tests {
         breaker.on_success();
         assert_eq!(breaker.state(), BreakerState::Closed);
         assert_eq!(breaker.admit(again), Some(Admission::Pass));
+    }
+
+    #[test]
+    fn one_broken_connection_counts_once() {
+        let t0 = Instant::now();
+        let mut breaker = CircuitBreaker::new(3, Duration::from_secs(5));
+        // 16 calls in flight on connection 7 fail together: one failure.
+        for _ in 0..16 {
+            breaker.on_connection_failure(t0, 7);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.describe(t0).contains("1 consecutive"));
+        // Two more distinct connections break: K = 3 reached.
+        breaker.on_connection_failure(t0, 8);
+        breaker.on_connection_failure(t0, 8);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        breaker.on_connection_failure(t0, 9);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        // A half-open probe failing on an already-counted connection still re-opens.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(breaker.admit(later), Some(Admission::Probe));
+        breaker.on_connection_failure(later, 9);
+        assert_eq!(breaker.state(), BreakerState::Open);
     }
 }

@@ -302,14 +302,17 @@ impl LeasePool {
             }
             Ok(Err(status)) => {
                 let transport = is_transport_error(&status);
+                let connection = lease.channel_id;
                 if transport {
                     lease.evict_channel(CloseReason::TransportError);
                 }
-                let (outcome, verdict) = if transport || endpoint_failure(status.code()) {
-                    (LeaseOutcome::Error, Verdict::Failure)
-                } else {
-                    (LeaseOutcome::Error, Verdict::Success)
+                let verdict = match connection {
+                    // Every call in flight on a broken connection fails: one failure for all.
+                    Some(id) if transport => Verdict::ConnectionFailure(id),
+                    _ if transport || endpoint_failure(status.code()) => Verdict::Failure,
+                    _ => Verdict::Success,
                 };
+                let outcome = LeaseOutcome::Error;
                 lease.finish(outcome, verdict);
                 Err(Status::new(
                     status.code(),
@@ -441,6 +444,8 @@ enum CheckoutError {
 enum Verdict {
     Success,
     Failure,
+    /// The call failed because pooled channel `id` broke.
+    ConnectionFailure(u64),
     None,
 }
 
@@ -604,6 +609,7 @@ impl Lease {
         match verdict {
             Verdict::Success => breaker.on_success(),
             Verdict::Failure => breaker.on_failure(Instant::now()),
+            Verdict::ConnectionFailure(id) => breaker.on_connection_failure(Instant::now(), id),
             Verdict::None => {}
         }
         self.verdict_recorded = true;

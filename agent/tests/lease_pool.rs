@@ -510,3 +510,70 @@ async fn unreachable_endpoint_fails_with_unavailable_naming_it() -> TestResult {
     assert_eq!(book.leaked_leases(), 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reset_connection_counts_once_toward_the_breaker() -> TestResult {
+    let config = PoolConfig {
+        max_channels_per_endpoint: 1,
+        max_leases_per_endpoint: 16,
+        breaker_failure_threshold: 3,
+        breaker_cool_down: Duration::from_secs(30),
+        ..test_pool_config()
+    };
+    let fx = fixture(config).await?;
+    let breaker = || fx.pool.endpoint_status(&fx.endpoint).map(|s| s.breaker);
+    // Eight slow calls in flight on the endpoint's one connection...
+    fx.fake
+        .set_fault(Method::SnapshotList, Fault::Delay(Duration::from_secs(2)));
+    let in_flight: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, target) = (fx.client.clone(), fx.target.clone());
+            tokio::spawn(async move {
+                client
+                    .snapshot_list(&target, deadline_in(Duration::from_secs(5)))
+                    .await
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(2), || fx.fake.stats().concurrent_calls
+            == 8)
+        .await,
+        "{:?}",
+        fx.fake.stats()
+    );
+    assert_eq!(fx.fake.stats().total_connections, 1);
+    // ...then a ninth call on it makes the server reset that connection: nine calls fail.
+    fx.fake.set_fault(Method::VolumeGet, Fault::Reset);
+    let reset = fx
+        .client
+        .volume_get(&fx.target, deadline_in(Duration::from_secs(2)))
+        .await;
+    assert!(reset.is_err());
+    let mut failed = 1;
+    for call in in_flight {
+        if call.await?.is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 9, "every call on the reset connection fails");
+    let book = fx.pool.book();
+    assert_eq!(book.closed(CloseReason::TransportError), 1, "{book:?}");
+    // One broken connection is one failure, not nine: K = 3 is not reached.
+    assert_eq!(breaker(), Some(BreakerState::Closed));
+    fx.fake.clear_faults();
+    assert_balanced_and_recovers(&fx).await;
+
+    // Three connections that break one after the other do open it.
+    fx.fake.set_fault(Method::SnapshotList, Fault::Reset);
+    for _ in 0..3 {
+        let r = fx
+            .client
+            .snapshot_list(&fx.target, deadline_in(Duration::from_secs(2)))
+            .await;
+        assert!(r.is_err());
+    }
+    assert_eq!(breaker(), Some(BreakerState::Open));
+    assert_eq!(fx.pool.book().leaked_leases(), 0);
+    Ok(())
+}
