@@ -146,6 +146,42 @@ struct WebhookArgs {
     /// Namespace of the Longhorn objects to watch; all namespaces when absent.
     #[arg(long, env = "LHG_NAMESPACE")]
     namespace: Option<String>,
+    /// CA of the agents' serving certificates. Setting it turns on engine-truth checks
+    /// through the agents (policy `engineCheck`), over mTLS with the client certificate below.
+    #[arg(long, env = "LHG_AGENT_CA")]
+    agent_ca: Option<PathBuf>,
+    /// The webhook's client certificate and key for mTLS to the agents.
+    #[arg(
+        long,
+        env = "LHG_AGENT_CLIENT_CERT",
+        default_value = "/client-certs/tls.crt"
+    )]
+    agent_client_cert: PathBuf,
+    #[arg(
+        long,
+        env = "LHG_AGENT_CLIENT_KEY",
+        default_value = "/client-certs/tls.key"
+    )]
+    agent_client_key: PathBuf,
+    /// DNS name the agent certificate must carry (agents are dialled by pod IP).
+    #[arg(long, env = "LHG_AGENT_SERVER_NAME", default_value = longhorn_guard_webhook::engine_truth::DEFAULT_AGENT_SERVER_NAME)]
+    agent_server_name: String,
+    /// Agent pods: their namespace, label selector and gRPC port (`spec.nodeName` →
+    /// `status.podIP:port`).
+    #[arg(long, env = "LHG_AGENT_NAMESPACE", default_value = "longhorn-guard")]
+    agent_namespace: String,
+    #[arg(
+        long,
+        env = "LHG_AGENT_SELECTOR",
+        default_value = "app.kubernetes.io/name=longhorn-guard,app.kubernetes.io/component=agent"
+    )]
+    agent_selector: String,
+    #[arg(long, env = "LHG_AGENT_PORT", default_value_t = 9443)]
+    agent_port: u16,
+    /// Instead of pod discovery: an address pattern with `{node}`, e.g.
+    /// `https://{node}.agents.example:9443`.
+    #[arg(long, env = "LHG_AGENT_ADDRESS_PATTERN")]
+    agent_address_pattern: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -315,6 +351,21 @@ async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
 }
 
 async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
+    use longhorn_guard_webhook::engine_truth::{AgentDiscovery, EngineTruthConfig};
+    let engine_truth = args.agent_ca.map(|ca| {
+        let discovery = match args.agent_address_pattern {
+            Some(pattern) => AgentDiscovery::Pattern(pattern),
+            None => AgentDiscovery::Pods {
+                namespace: args.agent_namespace,
+                selector: args.agent_selector,
+                port: args.agent_port,
+            },
+        };
+        let mut c =
+            EngineTruthConfig::new(args.agent_client_cert, args.agent_client_key, ca, discovery);
+        c.server_name = args.agent_server_name;
+        c
+    });
     let config = longhorn_guard_webhook::WebhookConfig {
         listen: args.listen,
         metrics_listen: args.metrics_listen,
@@ -322,6 +373,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
         tls_key: args.tls_key,
         policy_path: args.policy,
         namespace: args.namespace,
+        engine_truth,
         ..Default::default()
     };
     let client = kube_client().await?;
