@@ -293,6 +293,7 @@ pub fn known_metric_names() -> std::collections::BTreeSet<String> {
     for n in [
         // webhook (longhorn_guard_webhook_*)
         "longhorn_guard_webhook_reviews_total",
+        "longhorn_guard_webhook_deadline_exceeded_total",
         "longhorn_guard_webhook_review_duration_seconds_bucket",
         "longhorn_guard_webhook_index_objects",
         "longhorn_guard_webhook_throttled_reviews_total",
