@@ -91,7 +91,14 @@ fn every_kustomization_renders_with_the_expected_objects() {
             "--tls-cert=/certs/tls.crt",
             "--tls-key=/certs/tls.key",
             "--policy=/etc/longhorn-guard/policy.yaml",
-            "--namespace=longhorn-system"
+            "--namespace=longhorn-system",
+            "--agent-ca=/client-certs/ca.crt",
+            "--agent-client-cert=/client-certs/tls.crt",
+            "--agent-client-key=/client-certs/tls.key",
+            "--agent-server-name=longhorn-guard-agent.longhorn-guard.svc",
+            "--agent-namespace=longhorn-guard",
+            "--agent-selector=app.kubernetes.io/name=longhorn-guard,app.kubernetes.io/component=agent",
+            "--agent-port=9443"
         ])
     );
     let sc = &c["securityContext"];

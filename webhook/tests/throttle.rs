@@ -229,6 +229,24 @@ async fn each_cap_and_duplicates_deny_with_429_and_free_up_on_completion() -> Re
     })
     .await?;
 
+    // The gauges are computed from the watch-fed index at scrape time: wait until the watch
+    // has delivered b1's completion and b1-next before reading them.
+    wait_for(
+        Duration::from_secs(10),
+        "in-flight gauge to catch up",
+        || {
+            let served = &served;
+            async move {
+                let text = served.metrics().await?;
+                Ok(metric(
+                    &text,
+                    "longhorn_guard_webhook_inflight_backups",
+                    "scope=\"cluster\"",
+                ) == 3)
+            }
+        },
+    )
+    .await?;
     let text = served.metrics().await?;
     for scope in ["volume", "node", "cluster", "duplicate"] {
         assert!(
