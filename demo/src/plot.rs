@@ -50,7 +50,8 @@ pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
     let max_y = series
         .iter()
         .flat_map(|s| s.samples.iter().map(|p| p.in_flight as f64))
-        .fold(1.0f64, f64::max);
+        .fold(1.0f64, f64::max)
+        * 1.15; // headroom for the legend
     let x_step = nice_step(max_t, 10);
     let y_step = nice_step(max_y, 8);
     let x_top = (max_t / x_step).ceil() * x_step;

@@ -58,7 +58,8 @@ pub struct RunReport {
     pub snapshots_lost_mid_storm: u64,
     /// gRPC connections the simulated v1.7.2 controller opened and never closed.
     pub leaked_manager_connections: u64,
-    /// Connections open on the fake engine proxies at the end (leaks + the agents' channels).
+    /// Connections open on the fake engine proxies at the end: the leaks, plus the connections
+    /// of Backups waiting for or holding a backup slot, plus the agents' channels.
     pub engine_proxy_open_connections: u64,
     /// The leak reached the demo's safety cap and the run was cut short.
     pub leak_cap_hit: bool,
