@@ -267,7 +267,10 @@ fn main() -> ExitCode {
             })
             .await?;
             print!("{}", report.markdown());
-            println!("\nWritten to {}: report.json, report.md, in-flight.svg, logs/", a.out.display());
+            println!(
+                "\nWritten to {}: report.json, report.md, in-flight.svg, logs/",
+                a.out.display()
+            );
             Ok(())
         }),
     };
