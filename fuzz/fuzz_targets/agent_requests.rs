@@ -45,6 +45,14 @@ fn api() -> &'static SnapshotApi {
     })
 }
 
+/// The request with `grpc-timeout` set from the fuzz bytes, when they are a valid value.
+fn with_meta<T>(mut req: tonic::Request<T>, timeout: &[u8]) -> tonic::Request<T> {
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(timeout) {
+        req.metadata_mut().insert("grpc-timeout", v);
+    }
+    req
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -63,20 +71,15 @@ fuzz_target!(|data: &[u8]| {
         let _ = parse_grpc_timeout(s);
     }
 
-    let with_meta = |mut req: tonic::Request<_>| {
-        if let Ok(v) = tonic::metadata::MetadataValue::try_from(timeout) {
-            req.metadata_mut().insert("grpc-timeout", v);
-        }
-        req
-    };
     let api = api();
-    let get = runtime().block_on(api.get_snapshot(with_meta(tonic::Request::new(
-        GetSnapshotRequest {
+    let get = runtime().block_on(api.get_snapshot(with_meta(
+        tonic::Request::new(GetSnapshotRequest {
             namespace: namespace.clone(),
             volume: volume.clone(),
             snapshot: snapshot.clone(),
-        },
-    ))));
+        }),
+        timeout,
+    )));
     let status = get
         .err()
         .expect("no engine is indexed: GetSnapshot must fail");
@@ -85,9 +88,10 @@ fuzz_target!(|data: &[u8]| {
     if invalid || snapshot.is_empty() {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
-    let list = runtime().block_on(api.list_snapshots(with_meta(tonic::Request::new(
-        ListSnapshotsRequest { namespace, volume },
-    ))));
+    let list = runtime().block_on(api.list_snapshots(with_meta(
+        tonic::Request::new(ListSnapshotsRequest { namespace, volume }),
+        timeout,
+    )));
     let status = list
         .err()
         .expect("no engine is indexed: ListSnapshots must fail");
