@@ -149,7 +149,8 @@ impl SnapshotService for SnapshotApi {
 
 /// Parses a `grpc-timeout` header value: 1–8 digits and a unit (`H M S m u n`).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    // ASCII only: splitting off the unit byte of a non-ASCII value would not be a char boundary.
+    if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);

@@ -23,12 +23,10 @@ fn ascii_garbage_is_none() {
     }
 }
 
-/// BUG (latent): `value.split_at(value.len() - 1)` slices inside a multi-byte last character
-/// and panics ("byte index 2 is not a char boundary"). Fix in agent/src/snapshot_service.rs:
-/// return `None` unless `value.is_ascii()` before splitting. Ignored so the suite stays green
-/// until the owner of agent/src lands the one-line fix; run with `--ignored` to see it fail.
+/// Was a latent bug: `value.split_at(value.len() - 1)` sliced inside a multi-byte last character
+/// and panicked ("byte index 2 is not a char boundary") until `parse_grpc_timeout` refused
+/// non-ASCII values before splitting.
 #[test]
-#[ignore = "latent bug in parse_grpc_timeout: panics on a non-ASCII last character (see RELIABILITY.md)"]
 fn non_ascii_values_are_none_not_a_panic() {
     for v in ["1é", "5€", "12\u{00b5}", "9\u{1F600}"] {
         assert_eq!(parse_grpc_timeout(v), None, "{v:?}");
