@@ -54,6 +54,8 @@ pub struct WebhookConfig {
     /// How often `policy_path` is re-read for hot reload (content compared, not mtime: a
     /// ConfigMap mount swaps a symlink).
     pub policy_poll_interval: Duration,
+    /// How often the serving certificate files are checked for a renewal.
+    pub tls_poll_interval: Duration,
     /// Engine-truth checks through the per-node agents (mTLS, discovery, limits); `None`
     /// disables them whatever the policy's `engineCheck` says.
     pub engine_truth: Option<engine_truth::EngineTruthConfig>,
@@ -71,6 +73,7 @@ impl Default for WebhookConfig {
             namespace: None,
             shutdown_grace: Duration::from_secs(10),
             policy_poll_interval: Duration::from_secs(5),
+            tls_poll_interval: Duration::from_secs(3),
             engine_truth: None,
         }
     }
@@ -104,6 +107,8 @@ pub fn index_options(policy: &Policy) -> IndexOptions {
 /// A running webhook. Dropping it without [`WebhookHandle::shutdown`] aborts its tasks.
 pub struct WebhookHandle {
     addr: SocketAddr,
+    /// Keeps the certificate reloader running as long as the server.
+    tls_reload: longhorn_guard_certs::ReloadHandle,
     metrics_addr: SocketAddr,
     state: AppState,
     tls_handle: axum_server::Handle<SocketAddr>,
@@ -114,6 +119,11 @@ pub struct WebhookHandle {
 }
 
 impl WebhookHandle {
+    /// Serving-certificate reloads so far (and failed attempts, which keep the old pair).
+    pub fn tls_reload_stats(&self) -> longhorn_guard_certs::ReloadStats {
+        self.tls_reload.stats()
+    }
+
     /// Where the admission endpoints listen (TLS).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -222,7 +232,8 @@ pub async fn start_with_source(
     }
     metrics.throttle.policy_generation.set(1);
 
-    let tls_config = tls::server_config(&config.tls_cert, &config.tls_key)?;
+    let (tls_config, tls_reload) =
+        tls::reloading_server_config(&config.tls_cert, &config.tls_key, config.tls_poll_interval)?;
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {} (admission, TLS)", config.listen))?;
     listener.set_nonblocking(true)?;
@@ -260,6 +271,7 @@ pub async fn start_with_source(
     tracing::info!(%addr, %metrics_addr, namespace = ?config.namespace, "webhook listening");
     Ok(WebhookHandle {
         addr,
+        tls_reload,
         metrics_addr,
         state,
         tls_handle,

@@ -1,5 +1,7 @@
 //! The serving TLS configuration: rustls with the ring provider, TLS 1.2 and 1.3, ALPN h2
-//! and http/1.1.
+//! and http/1.1. The webhook serves through [`reloading_server_config`], so certificates
+//! renewed by `longhorn-guard certs rotate` (or cert-manager) are picked up without a restart;
+//! a bad new pair keeps the last good one serving.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +15,25 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Builds the server config from PEM files.
+/// The server config over `longhorn_guard_certs`' reloading resolver: the files are polled
+/// every `poll_interval` and swapped atomically. Keep the handle alive as long as the server.
+pub fn reloading_server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    poll_interval: std::time::Duration,
+) -> anyhow::Result<(Arc<ServerConfig>, longhorn_guard_certs::ReloadHandle)> {
+    let opts = longhorn_guard_certs::ServerTlsOptions::new(cert_path, key_path)
+        .with_poll_interval(poll_interval);
+    longhorn_guard_certs::server_config(&opts).map_err(|e| {
+        anyhow::anyhow!(
+            "TLS certificate {} / key {}: {e}",
+            cert_path.display(),
+            key_path.display()
+        )
+    })
+}
+
+/// Builds a fixed (non-reloading) server config from PEM files.
 pub fn server_config(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let cert_pem = std::fs::read(cert_path)
         .with_context(|| format!("cannot read TLS certificate {}", cert_path.display()))?;
