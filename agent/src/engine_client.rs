@@ -7,8 +7,11 @@ use longhorn_guard_proto::imrpc::{
     EngineSnapshotBackupStatusRequest, EngineSnapshotListProxyResponse, EngineVersionProxyResponse,
     EngineVolumeGetProxyResponse, ProxyEngineRequest,
 };
+use std::future::Future;
 use tokio::time::Instant;
+
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::pool::LeasePool;
 
@@ -124,22 +127,14 @@ impl EngineClient {
         const METHOD: &str = "SnapshotList";
         target.check(METHOD)?;
         let request = target.proxy_request();
-        self.pool
-            .call(
-                &target.proxy_endpoint,
-                METHOD,
-                deadline,
-                |channel, timeout| async move {
-                    let mut request = tonic::Request::new(request);
-                    request.set_timeout(timeout);
-                    ProxyEngineServiceClient::new(channel)
-                        .snapshot_list(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                },
-            )
-            .await
-            .map_err(|s| target.annotate(s))
+        self.proxy_call(
+            target,
+            METHOD,
+            deadline,
+            request,
+            |mut client, request| async move { client.snapshot_list(request).await },
+        )
+        .await
     }
 
     pub async fn volume_get(
@@ -150,22 +145,14 @@ impl EngineClient {
         const METHOD: &str = "VolumeGet";
         target.check(METHOD)?;
         let request = target.proxy_request();
-        self.pool
-            .call(
-                &target.proxy_endpoint,
-                METHOD,
-                deadline,
-                |channel, timeout| async move {
-                    let mut request = tonic::Request::new(request);
-                    request.set_timeout(timeout);
-                    ProxyEngineServiceClient::new(channel)
-                        .volume_get(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                },
-            )
-            .await
-            .map_err(|s| target.annotate(s))
+        self.proxy_call(
+            target,
+            METHOD,
+            deadline,
+            request,
+            |mut client, request| async move { client.volume_get(request).await },
+        )
+        .await
     }
 
     /// `ServerVersionGet`, sent like longhorn-manager sends it: only `address` is set.
@@ -180,22 +167,14 @@ impl EngineClient {
             address: target.engine_address.clone(),
             ..ProxyEngineRequest::default()
         };
-        self.pool
-            .call(
-                &target.proxy_endpoint,
-                METHOD,
-                deadline,
-                |channel, timeout| async move {
-                    let mut request = tonic::Request::new(request);
-                    request.set_timeout(timeout);
-                    ProxyEngineServiceClient::new(channel)
-                        .server_version_get(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                },
-            )
-            .await
-            .map_err(|s| target.annotate(s))
+        self.proxy_call(
+            target,
+            METHOD,
+            deadline,
+            request,
+            |mut client, request| async move { client.server_version_get(request).await },
+        )
+        .await
     }
 
     /// `SnapshotBackupStatus` of `backup_name` on the replica that runs it (`replica_address` as
@@ -221,16 +200,39 @@ impl EngineClient {
             replica_address: replica_address.to_string(),
             replica_name: String::new(),
         };
+        self.proxy_call(
+            target,
+            METHOD,
+            deadline,
+            request,
+            |mut client, request| async move { client.snapshot_backup_status(request).await },
+        )
+        .await
+    }
+
+    /// One proxy RPC under a lease: the lease's time left becomes the call's `grpc-timeout`,
+    /// errors are annotated with the engine, volume and endpoint.
+    async fn proxy_call<Req, Resp, F, Fut>(
+        &self,
+        target: &EngineTarget,
+        method: &'static str,
+        deadline: Instant,
+        request: Req,
+        rpc: F,
+    ) -> Result<Resp, Status>
+    where
+        F: FnOnce(ProxyEngineServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
         self.pool
             .call(
                 &target.proxy_endpoint,
-                METHOD,
+                method,
                 deadline,
                 |channel, timeout| async move {
                     let mut request = tonic::Request::new(request);
                     request.set_timeout(timeout);
-                    ProxyEngineServiceClient::new(channel)
-                        .snapshot_backup_status(request)
+                    rpc(ProxyEngineServiceClient::new(channel), request)
                         .await
                         .map(tonic::Response::into_inner)
                 },
