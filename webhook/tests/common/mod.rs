@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster, wait_for};
@@ -164,20 +167,59 @@ pub async fn tls_post(served: &Served, path: &str, body: Vec<u8>) -> Result<(u16
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// A registered ValidatingWebhookConfiguration, deleted by [`Registration::remove`].
+/// A registered Validating- or MutatingWebhookConfiguration, deleted by
+/// [`Registration::remove`].
 pub struct Registration {
     pub name: String,
+    mutating: bool,
     client: Client,
 }
 
 impl Registration {
     pub async fn remove(self) -> Result<()> {
-        Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::default())
-            .await
-            .with_context(|| format!("deleting webhook configuration {}", self.name))?;
-        Ok(())
+        let dp = DeleteParams::default();
+        let deleted = if self.mutating {
+            Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+                .delete(&self.name, &dp)
+                .await
+                .map(|_| ())
+        } else {
+            Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
+                .delete(&self.name, &dp)
+                .await
+                .map(|_| ())
+        };
+        deleted.with_context(|| format!("deleting webhook configuration {}", self.name))
     }
+}
+
+/// Standard base64, as `caBundle` wants it.
+pub fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// The one webhook entry of a test registration: `path` of `served` by URL with its CA,
+/// CREATE of longhorn.io/v1beta2 backups in namespace `ns` only.
+pub fn webhook_entry(served: &Served, path: &str, ns: &str) -> serde_json::Value {
+    json!({
+        "name": "backups.longhorn-guard.io",
+        "clientConfig": {
+            "url": served.url(path),
+            "caBundle": b64(served.cert.pem.as_bytes()),
+        },
+        "rules": [{
+            "apiGroups": ["longhorn.io"],
+            "apiVersions": ["v1beta2"],
+            "operations": ["CREATE"],
+            "resources": ["backups"],
+            "scope": "Namespaced",
+        }],
+        "namespaceSelector": { "matchLabels": { TEST_NAMESPACE_LABEL: ns } },
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "failurePolicy": "Fail",
+        "timeoutSeconds": 5,
+    })
 }
 
 /// Registers `/validate/backups` of `served` for CREATE of longhorn.io/v1beta2 backups in
@@ -227,38 +269,90 @@ pub async fn register_no_probe(
     served: &Served,
     ns: &str,
 ) -> Result<Registration> {
-    use base64_engine::encode;
     let name = format!("lhg-test-{ns}");
     let config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": { "name": name },
-        "webhooks": [{
-            "name": "backups.longhorn-guard.io",
-            "clientConfig": {
-                "url": served.url("/validate/backups"),
-                "caBundle": encode(served.cert.pem.as_bytes()),
-            },
-            "rules": [{
-                "apiGroups": ["longhorn.io"],
-                "apiVersions": ["v1beta2"],
-                "operations": ["CREATE"],
-                "resources": ["backups"],
-                "scope": "Namespaced",
-            }],
-            "namespaceSelector": { "matchLabels": { TEST_NAMESPACE_LABEL: ns } },
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-        }],
+        "webhooks": [webhook_entry(served, "/validate/backups", ns)],
     }))?;
     let client = cluster.client();
     Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &config)
         .await
         .with_context(|| format!("registering webhook configuration {name}"))?;
-    Ok(Registration { name, client })
+    Ok(Registration {
+        name,
+        mutating: false,
+        client,
+    })
+}
+
+/// Registers `/mutate/backups` of `served` as a MutatingWebhookConfiguration (same scope as
+/// [`register`]) and waits until the API server calls it: a dry-run Backup CREATE in `ns`
+/// (of `volume`, snapshot `snapshot`) is counted by the webhook's mutate endpoint.
+pub async fn register_mutating(
+    cluster: &TestCluster,
+    served: &Served,
+    ns: &str,
+    volume: &str,
+    snapshot: &str,
+) -> Result<Registration> {
+    let name = format!("lhg-test-mutate-{ns}");
+    let mut entry = webhook_entry(served, "/mutate/backups", ns);
+    entry["reinvocationPolicy"] = json!("Never");
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": { "name": name },
+        "webhooks": [entry],
+    }))?;
+    let client = cluster.client();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .with_context(|| format!("registering webhook configuration {name}"))?;
+    let reg = Registration {
+        name,
+        mutating: true,
+        client: client.clone(),
+    };
+    // The API server loads webhook configurations asynchronously: probe with dry runs (they
+    // store nothing) until the mutate endpoint has seen one.
+    let api: Api<Backup> = Api::namespaced(client, ns);
+    let calls = || async {
+        let text = served.metrics().await?;
+        anyhow::Ok(metric(
+            &text,
+            "longhorn_guard_webhook_review_duration_seconds_count",
+            "endpoint=\"mutate\"",
+        ))
+    };
+    let before = calls().await?;
+    wait_for(
+        Duration::from_secs(20),
+        "the API server to call the mutating webhook",
+        || {
+            let api = api.clone();
+            async move {
+                let b: Backup = serde_json::from_value(longhorn_types::shapes::backup(
+                    ns,
+                    "lhg-mutate-probe",
+                    volume,
+                    snapshot,
+                    None,
+                ))?;
+                let dry = PostParams {
+                    dry_run: true,
+                    ..PostParams::default()
+                };
+                api.create(&dry, &b).await?;
+                Ok(calls().await? > before)
+            }
+        },
+    )
+    .await?;
+    Ok(reg)
 }
 
 /// The message of a denial, or `None` when the create succeeded.
@@ -289,28 +383,4 @@ pub fn metric(text: &str, name: &str, filter: &str) -> u64 {
         .filter(|l| l.starts_with(name) && l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-mod base64_engine {
-    /// Standard base64 (for the caBundle) without another dependency.
-    pub fn encode(data: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-        for chunk in data.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
 }
