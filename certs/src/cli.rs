@@ -26,6 +26,11 @@ pub struct CertsArgs {
     pub agent_service: String,
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Extra subject alternative name (DNS name or IP address) for the webhook serving
+    /// certificate, for a webhook the API server calls by `url` (host network, out of cluster,
+    /// a local control plane). Repeatable.
+    #[arg(long = "webhook-san")]
+    pub webhook_extra_sans: Vec<String>,
     /// ValidatingWebhookConfiguration whose entries for our Service get the CA bundle.
     #[arg(long, default_value = "longhorn-guard")]
     pub validating_webhook_configuration: String,
@@ -73,6 +78,7 @@ impl CertsArgs {
             webhook_service: self.webhook_service.clone(),
             agent_service: self.agent_service.clone(),
             cluster_domain: self.cluster_domain.clone(),
+            webhook_extra_sans: self.webhook_extra_sans.clone(),
             validating_webhook_configuration: self.validating_webhook_configuration.clone(),
             mutating_webhook_configuration: Some(self.mutating_webhook_configuration.clone())
                 .filter(|m| !m.is_empty()),

@@ -45,7 +45,8 @@ pub enum LeafUsage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafSpec {
     pub common_name: String,
-    /// DNS subject alternative names (wildcards allowed, e.g. `*.ns.pod.cluster.local`).
+    /// Subject alternative names: DNS names (wildcards allowed, e.g.
+    /// `*.ns.pod.cluster.local`) and IP addresses (a name that parses as one, e.g. `127.0.0.1`).
     pub dns_names: Vec<String>,
     pub usage: LeafUsage,
 }
@@ -178,6 +179,7 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, String> {
             .iter()
             .filter_map(|n| match n {
                 GeneralName::DNSName(d) => Some(d.to_string()),
+                GeneralName::IPAddress(ip) => ip_text(ip),
                 _ => None,
             })
             .collect(),
@@ -192,6 +194,19 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, String> {
         dns_names,
         is_ca: cert.is_ca(),
     })
+}
+
+/// An IP address SAN (4 or 16 bytes) in the text form `CertificateParams::new` parses.
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::IpAddr::from(b).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::IpAddr::from(b).to_string()),
+        _ => None,
+    }
 }
 
 /// Whether `leaf_der` carries a valid signature by the key of `ca_der`.
@@ -252,6 +267,8 @@ mod tests {
                 "svc".into(),
                 "svc.ns.svc".into(),
                 "*.ns.pod.cluster.local".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
             ],
             usage: LeafUsage::Server,
         }

@@ -38,6 +38,8 @@ pub struct Options {
     pub webhook_service: String,
     pub agent_service: String,
     pub cluster_domain: String,
+    /// Extra names (DNS or IP) on the webhook serving certificate, for `url` registrations.
+    pub webhook_extra_sans: Vec<String>,
     pub validating_webhook_configuration: String,
     /// Patched too when it exists.
     pub mutating_webhook_configuration: Option<String>,
@@ -64,6 +66,7 @@ impl Default for Options {
             webhook_service: "longhorn-guard-webhook".into(),
             agent_service: "longhorn-guard-agent".into(),
             cluster_domain: "cluster.local".into(),
+            webhook_extra_sans: Vec::new(),
             validating_webhook_configuration: "longhorn-guard".into(),
             mutating_webhook_configuration: Some("longhorn-guard".into()),
             webhook_names: Vec::new(),
@@ -92,15 +95,14 @@ pub fn service_dns_names(service: &str, namespace: &str, cluster_domain: &str) -
 }
 
 impl Options {
-    /// The webhook serving certificate's subject.
+    /// The webhook serving certificate's subject: the Service names plus any extra names.
     pub fn webhook_leaf(&self) -> LeafSpec {
+        let mut dns_names =
+            service_dns_names(&self.webhook_service, &self.namespace, &self.cluster_domain);
+        dns_names.extend(self.webhook_extra_sans.iter().cloned());
         LeafSpec {
             common_name: format!("{}.{}.svc", self.webhook_service, self.namespace),
-            dns_names: service_dns_names(
-                &self.webhook_service,
-                &self.namespace,
-                &self.cluster_domain,
-            ),
+            dns_names,
             usage: LeafUsage::Server,
         }
     }
@@ -555,7 +557,7 @@ fn judge_leaf(
     have.sort();
     want.sort();
     if have != want {
-        return Err(format!("DNS names {have:?} differ from {want:?}"));
+        return Err(format!("names {have:?} differ from {want:?}"));
     }
     let left = info.remaining(now);
     if left < opts.leaf_renew_before {
