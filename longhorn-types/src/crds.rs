@@ -4,15 +4,68 @@
 //! Schemas are structural: the fields the guard reads are typed, and `spec`/`status` keep
 //! every other field (`x-kubernetes-preserve-unknown-fields`) so objects written by any
 //! Longhorn release survive a round trip. On a real cluster Longhorn's own CRDs are used.
+//!
+//! [`for_release`] gives the set of one Longhorn release, typed the way that release's CRDs
+//! type them (written from the reference's version tags): 1.7 has no backup-target fields,
+//! 1.8 adds `Backup.status.backupTargetName`, `Volume.spec.backupTargetName` and
+//! `BackupVolume.spec.{backupTargetName,volumeName}`, 1.10 adds `Backup.spec.backupBlockSize`.
+//! These are the fields longhorn-guard's version detection reads. [`all`] is the 1.7 set
+//! (the incident release), which the local control plane and the demo install.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use serde_json::json;
 
+use crate::release::Release;
 use crate::{Backup, BackupTarget, BackupVolume, Engine, InstanceManager, Snapshot, Volume};
 
-/// Every CRD, Setting last.
+/// Every CRD of Longhorn 1.7 (the incident release), Setting last.
 pub fn all() -> Vec<CustomResourceDefinition> {
+    for_release(Release::V1_7)
+}
+
+/// Fields (CRD name, path of properties below the version's `openAPIV3Schema`) that exist
+/// from 1.8 on.
+pub const SINCE_1_8: &[(&str, &[&str])] = &[
+    ("backups.longhorn.io", &["status", "backupTargetName"]),
+    ("volumes.longhorn.io", &["spec", "backupTargetName"]),
+    ("backupvolumes.longhorn.io", &["spec", "backupTargetName"]),
+    ("backupvolumes.longhorn.io", &["spec", "volumeName"]),
+];
+
+/// Fields that exist from 1.10 on.
+pub const SINCE_1_10: &[(&str, &[&str])] = &[("backups.longhorn.io", &["spec", "backupBlockSize"])];
+
+/// `Backup.spec.backupBlockSize` on 1.10+: an int64 Longhorn encodes as a string.
+pub const BACKUP_BLOCK_SIZES: [&str; 3] = ["-1", "2097152", "16777216"];
+
+/// Every CRD as Longhorn `release` types it, Setting last.
+pub fn for_release(release: Release) -> Vec<CustomResourceDefinition> {
+    let mut crds = superset();
+    for crd in &mut crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        if release < Release::V1_8 {
+            for (_, path) in SINCE_1_8.iter().filter(|(n, _)| *n == name) {
+                edit_schema(crd, |schema| remove_property(schema, path));
+            }
+        }
+        if release >= Release::V1_10 {
+            for (_, path) in SINCE_1_10.iter().filter(|(n, _)| *n == name) {
+                edit_schema(crd, |schema| {
+                    add_property(
+                        schema,
+                        path,
+                        json!({ "type": "string", "enum": BACKUP_BLOCK_SIZES }),
+                    )
+                });
+            }
+        }
+    }
+    crds
+}
+
+/// The types' own schemas: every field any release has that the guard reads.
+fn superset() -> Vec<CustomResourceDefinition> {
     vec![
         without_defaults(Backup::crd()),
         without_defaults(Snapshot::crd()),
@@ -52,6 +105,65 @@ fn without_defaults(mut crd: CustomResourceDefinition) -> CustomResourceDefiniti
         }
     }
     crd
+}
+
+/// Applies `edit` to the `openAPIV3Schema` of every version of `crd`.
+fn edit_schema(crd: &mut CustomResourceDefinition, edit: impl Fn(&mut serde_json::Value)) {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            && let Ok(mut v) = serde_json::to_value(&*schema)
+        {
+            edit(&mut v);
+            if let Ok(edited) = serde_json::from_value(v) {
+                *schema = edited;
+            }
+        }
+    }
+}
+
+/// The schema object of the property at `path` (below `properties` at every level).
+fn property_mut<'a>(
+    schema: &'a mut serde_json::Value,
+    path: &[&str],
+) -> Option<&'a mut serde_json::Value> {
+    path.iter().try_fold(schema, |node, key| {
+        node.get_mut("properties")?.get_mut(*key)
+    })
+}
+
+fn remove_property(schema: &mut serde_json::Value, path: &[&str]) {
+    if let Some((last, parent)) = path.split_last()
+        && let Some(props) = property_mut(schema, parent)
+            .and_then(|p| p.get_mut("properties"))
+            .and_then(serde_json::Value::as_object_mut)
+    {
+        props.remove(*last);
+    }
+}
+
+fn add_property(schema: &mut serde_json::Value, path: &[&str], property: serde_json::Value) {
+    if let Some((last, parent)) = path.split_last()
+        && let Some(props) = property_mut(schema, parent)
+            .and_then(|p| p.get_mut("properties"))
+            .and_then(serde_json::Value::as_object_mut)
+    {
+        props.insert((*last).to_string(), property);
+    }
+}
+
+/// Whether the `openAPIV3Schema` of `crd`'s version `version` declares the property at
+/// `path` (what version detection reads on a cluster).
+pub fn declares(crd: &CustomResourceDefinition, version: &str, path: &[&str]) -> bool {
+    crd.spec
+        .versions
+        .iter()
+        .filter(|v| v.name == version)
+        .filter_map(|v| v.schema.as_ref()?.open_api_v3_schema.as_ref())
+        .filter_map(|s| serde_json::to_value(s).ok())
+        .any(|mut s| property_mut(&mut s, path).is_some())
 }
 
 /// All CRDs as one multi-document YAML stream (what `manifests/local/` carries).
@@ -99,4 +211,43 @@ fn setting() -> CustomResourceDefinition {
     });
     // A literal that always matches the type: a failure here is a bug in this file.
     serde_json::from_value(v).unwrap_or_else(|e| unreachable!("settings CRD literal: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(crds: &'a [CustomResourceDefinition], name: &str) -> &'a CustomResourceDefinition {
+        crds.iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing"))
+    }
+
+    #[test]
+    fn each_release_declares_exactly_its_own_fields() {
+        for release in Release::ALL {
+            let crds = for_release(release);
+            assert_eq!(crds.len(), 8, "{release}");
+            for (name, path) in SINCE_1_8 {
+                assert_eq!(
+                    declares(find(&crds, name), "v1beta2", path),
+                    release >= Release::V1_8,
+                    "{release}: {name} {path:?}"
+                );
+            }
+            for (name, path) in SINCE_1_10 {
+                assert_eq!(
+                    declares(find(&crds, name), "v1beta2", path),
+                    release >= Release::V1_10,
+                    "{release}: {name} {path:?}"
+                );
+            }
+            // Fields every release has stay.
+            let backups = find(&crds, "backups.longhorn.io");
+            assert!(declares(backups, "v1beta2", &["spec", "snapshotName"]));
+            assert!(declares(backups, "v1beta2", &["status", "state"]));
+            assert!(!declares(backups, "v1", &["spec", "snapshotName"]));
+        }
+        assert_eq!(all(), for_release(Release::V1_7));
+    }
 }

@@ -9,7 +9,10 @@
 //! object shapes exactly as Longhorn writes them ([`shapes`]) for tests and the demo.
 
 pub mod crds;
+pub mod release;
 pub mod shapes;
+
+pub use release::{LonghornVersion, Release};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -223,6 +226,17 @@ impl Backup {
     /// The `backup-target` label (1.8+), if set.
     pub fn backup_target_label(&self) -> Option<&str> {
         label(&self.metadata, labels::BACKUP_TARGET)
+    }
+
+    /// The BackupTarget this Backup goes to on 1.8+: the `backup-target` label, else
+    /// `status.backupTargetName`. `None` on 1.7 objects (their target is `default`).
+    pub fn backup_target(&self) -> Option<&str> {
+        self.backup_target_label().or_else(|| {
+            self.status
+                .as_ref()
+                .map(|s| s.backup_target_name.as_str())
+                .filter(|s| !s.is_empty())
+        })
     }
 
     /// The RecurringJob that asked for this Backup, from `spec.labels`.

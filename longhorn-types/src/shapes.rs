@@ -4,9 +4,15 @@
 //! Tests, benchmarks and the demo create these on the local control plane; a compatibility
 //! test checks that Longhorn's own v1.7.2 CRDs accept them unchanged. Status is returned
 //! separately because it is written through the status subresource.
+//!
+//! The `*_of(release, ..)` variants give the same objects as a later release writes them
+//! (the reference's **[1.8+]** / **[1.10+]** fields): the Backup's `backup-target` label
+//! and `status.backupTargetName`, the Volume's `spec.backupTargetName`, BackupVolumes named
+//! apart from their volume, `spec.backupBlockSize` on 1.10.
 
 use serde_json::{Value, json};
 
+use crate::release::Release;
 use crate::{API_VERSION, labels};
 
 /// A Backup as longhorn-manager's `snapshotBackup` action creates it (before the mutator
@@ -38,6 +44,43 @@ pub fn backup(
             "backupMode": "incremental",
         },
     })
+}
+
+/// [`backup`] as `release` stores it once Longhorn's mutator has run: on 1.8+ the
+/// `backup-target` label names `target` (the mutator fills it from the volume's
+/// `spec.backupTargetName`), on 1.10+ `spec.backupBlockSize` is set from the volume.
+pub fn backup_of(
+    release: Release,
+    namespace: &str,
+    name: &str,
+    volume: &str,
+    snapshot: &str,
+    target: &str,
+) -> Value {
+    let mut b = backup(namespace, name, volume, snapshot, None);
+    if release.has_backup_targets() {
+        b["metadata"]["labels"][labels::BACKUP_TARGET] = json!(target);
+    }
+    if release >= Release::V1_10 {
+        b["spec"]["backupBlockSize"] = json!("2097152");
+    }
+    b
+}
+
+/// [`backup_status`] as `release` writes it: 1.8+ adds `backupTargetName`.
+pub fn backup_status_of(
+    release: Release,
+    state: &str,
+    owner: &str,
+    volume: &str,
+    snapshot: &str,
+    target: &str,
+) -> Value {
+    let mut st = backup_status(state, owner, volume, snapshot);
+    if release.has_backup_targets() {
+        st["backupTargetName"] = json!(if state.is_empty() { "" } else { target });
+    }
+    st
 }
 
 /// `Backup.status` in a given state, as the backup controller writes it. `""` is New.
@@ -150,6 +193,15 @@ pub fn volume(namespace: &str, name: &str, node: &str) -> Value {
             "unmapMarkSnapChainRemoved": "ignored",
         },
     })
+}
+
+/// [`volume`] as `release` writes it: 1.8+ names the volume's BackupTarget.
+pub fn volume_of(release: Release, namespace: &str, name: &str, node: &str, target: &str) -> Value {
+    let mut v = volume(namespace, name, node);
+    if release.has_backup_targets() {
+        v["spec"]["backupTargetName"] = json!(target);
+    }
+    v
 }
 
 /// `Volume.status` of an attached, healthy volume.
@@ -332,6 +384,19 @@ pub fn backup_volume(namespace: &str, volume: &str) -> Value {
     })
 }
 
+/// The BackupVolume of `volume` in `target` as `release` writes it: named after the volume
+/// on 1.7; on 1.8+ named apart from it (`<volume>-<target>` here: the reference only says
+/// the names differ) with `spec.backupTargetName` and `spec.volumeName`.
+pub fn backup_volume_of(release: Release, namespace: &str, volume: &str, target: &str) -> Value {
+    let mut bv = backup_volume(namespace, volume);
+    if release.has_backup_targets() {
+        bv["metadata"]["name"] = json!(format!("{volume}-{target}"));
+        bv["spec"]["backupTargetName"] = json!(target);
+        bv["spec"]["volumeName"] = json!(volume);
+    }
+    bv
+}
+
 /// A Setting: `value` at the top level, always a string.
 pub fn setting(namespace: &str, name: &str, value: &str) -> Value {
     json!({
@@ -394,5 +459,40 @@ mod tests {
 
         let st: Setting = serde_json::from_value(setting("ns", "backup-target", "")).unwrap();
         assert_eq!(st.value, "");
+    }
+
+    #[test]
+    fn release_shapes_carry_their_release_fields() {
+        for release in Release::ALL {
+            let b: Backup = serde_json::from_value(with_status(
+                backup_of(release, "ns", "backup-1", "vol-1", "snap-1", "offsite"),
+                backup_status_of(release, "Pending", "node-1", "vol-1", "snap-1", "offsite"),
+            ))
+            .unwrap();
+            let v: Volume =
+                serde_json::from_value(volume_of(release, "ns", "vol-1", "node-1", "offsite"))
+                    .unwrap();
+            let bv: BackupVolume =
+                serde_json::from_value(backup_volume_of(release, "ns", "vol-1", "offsite"))
+                    .unwrap();
+            assert_eq!(b.volume_label(), Some("vol-1"), "{release}");
+            if release == Release::V1_7 {
+                assert_eq!(b.backup_target(), None);
+                assert_eq!(v.spec.backup_target_name, "");
+                assert_eq!(bv.metadata.name.as_deref(), Some("vol-1"));
+            } else {
+                assert_eq!(b.backup_target(), Some("offsite"), "{release}");
+                let st = b.status.as_ref().unwrap();
+                assert_eq!(st.backup_target_name, "offsite");
+                assert_eq!(v.spec.backup_target_name, "offsite");
+                assert_ne!(bv.metadata.name.as_deref(), Some("vol-1"), "{release}");
+                assert_eq!(bv.spec.volume_name, "vol-1");
+            }
+            let raw = backup_of(release, "ns", "b", "v", "s", "t");
+            assert_eq!(
+                raw["spec"].get("backupBlockSize").is_some(),
+                release == Release::V1_10
+            );
+        }
     }
 }

@@ -84,15 +84,9 @@ async fn longhorn_v1_7_2_crds_accept_our_objects_unchanged() {
     }
 }
 
-/// Fields our CRDs carry for Longhorn 1.8+ (reference tags **[1.8+]**): absent from 1.7.2's
-/// schema, and must stay absent there (else this list is stale).
-const SINCE_1_8: &[&str] = &[
-    "backups.longhorn.io: .status.backupTargetName",
-    "volumes.longhorn.io: .spec.backupTargetName",
-    "backupvolumes.longhorn.io: .spec.backupTargetName",
-    "backupvolumes.longhorn.io: .spec.volumeName",
-];
-
+/// Our 1.7 CRDs (`crds::all()`) type every field as Longhorn 1.7.2 does and declare nothing
+/// it lacks; our 1.8 CRDs differ from 1.7.2 by exactly the fields `crds::SINCE_1_8` lists
+/// (the reference's **[1.8+]** tags), so version detection's 1.8 markers are absent on 1.7.2.
 #[test]
 fn our_crds_type_fields_as_longhorn_does() {
     let Some(theirs) = longhorn_crds() else {
@@ -102,9 +96,34 @@ fn our_crds_type_fields_as_longhorn_does() {
         );
         return;
     };
+    let (mismatches, compared) = schema_mismatches(&theirs, longhorn_types::crds::all());
+    assert!(compared > 80, "compared only {compared} fields");
+    assert!(
+        mismatches.is_empty(),
+        "our 1.7 CRDs disagree with Longhorn 1.7.2's:\n{}",
+        mismatches.join("\n")
+    );
+
+    let (mut later, _) = schema_mismatches(
+        &theirs,
+        longhorn_types::crds::for_release(longhorn_types::Release::V1_8),
+    );
+    let mut expected: Vec<String> = longhorn_types::crds::SINCE_1_8
+        .iter()
+        .map(|(crd, path)| format!("{crd}: .{} not in Longhorn's schema", path.join(".")))
+        .collect();
+    later.sort();
+    expected.sort();
+    assert_eq!(later, expected, "1.8 fields vs Longhorn 1.7.2");
+}
+
+fn schema_mismatches(
+    theirs: &[CustomResourceDefinition],
+    ours: Vec<CustomResourceDefinition>,
+) -> (Vec<String>, usize) {
     let mut mismatches = Vec::new();
     let mut compared = 0;
-    for ours in longhorn_types::crds::all() {
+    for ours in ours {
         let name = ours.metadata.name.clone().unwrap_or_default();
         let Some(lh) = theirs
             .iter()
@@ -130,26 +149,13 @@ fn our_crds_type_fields_as_longhorn_does() {
                     .is_some(),
                 "{name}: status subresource"
             );
-            serde_json::to_value(&v.schema.as_ref().expect("schema").open_api_v3_schema).unwrap()
+            serde_json::to_value(&v.schema.as_ref().expect("schema").open_api_v3_schema)
+                .expect("schema serializes")
         };
         let (o, l) = (schema(&ours), schema(lh));
         compare(&name, "", &o, &l, &mut mismatches, &mut compared);
     }
-    assert!(compared > 80, "compared only {compared} fields");
-    for later in SINCE_1_8 {
-        let expected = format!("{later} not in Longhorn's schema");
-        let pos = mismatches.iter().position(|m| *m == expected);
-        assert!(
-            pos.is_some(),
-            "{later} is listed as 1.8+ but Longhorn 1.7.2 has it"
-        );
-        mismatches.remove(pos.unwrap_or_default());
-    }
-    assert!(
-        mismatches.is_empty(),
-        "our CRDs disagree with Longhorn's:\n{}",
-        mismatches.join("\n")
-    );
+    (mismatches, compared)
 }
 
 /// Every property ours declares must exist in Longhorn's with the same type.
