@@ -857,3 +857,103 @@ async fn after_k_failures_the_breaker_skips_the_agent_without_dialling_it() -> R
     served.stop().await?;
     setup.shutdown().await
 }
+
+/// Graceful shutdown, the way `longhorn-guard webhook` does it on SIGTERM
+/// (`WebhookHandle::shutdown`): a review held in flight for real — its engine check waits on
+/// node-a's fake engine, which answers `SnapshotList` only after `HOLD` — still gets its
+/// full answer (the engine's verdict, not a fallback), while new connections are refused as
+/// soon as shutdown has begun; then the server tasks end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_review_in_flight_and_refuses_new_connections() -> Result<()> {
+    const HOLD: Duration = Duration::from_secs(1);
+    let setup = Setup::new("truth-shutdown").await?;
+    let policy = Policy {
+        engine_check_budget_ms: 4_000,
+        deadline_ms: 5_000,
+        ..enforce()
+    };
+    let served = setup
+        .serve(policy, setup.truth_config("client.crt", "client.key"))
+        .await?;
+    let node = &setup.nodes[0];
+    let ns = setup.ns.clone();
+    node.fake
+        .set_fault(Method::SnapshotList, Fault::Delay(HOLD));
+    let engine_calls = || {
+        node.fake
+            .stats()
+            .calls_by_method
+            .get("SnapshotList")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = engine_calls();
+
+    let addr = served.handle.local_addr();
+    let ops_addr = served.handle.metrics_addr();
+    let pem = served.cert.pem.clone();
+    let body = serde_json::to_vec(&admission_review(
+        &ns,
+        "uid-held",
+        "alice",
+        shapes::backup(&ns, "b-held", &node.volume, "snap-gone-node-a", None),
+    ))?;
+    let sent = Instant::now();
+    let in_flight =
+        tokio::spawn(async move { tls_post_to(addr, &pem, "/validate/backups", body).await });
+    wait_for(
+        Duration::from_secs(10),
+        "the review's engine call to reach the fake engine",
+        || async move { Ok(engine_calls() > before) },
+    )
+    .await?;
+    assert!(!in_flight.is_finished(), "the review was not held");
+
+    let stopping = tokio::spawn(served.stop());
+    wait_for(
+        Duration::from_secs(1),
+        "new connections to the admission port to be refused",
+        || async move {
+            Ok(matches!(
+                tokio::net::TcpStream::connect(addr).await,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            ))
+        },
+    )
+    .await?;
+    assert!(
+        !in_flight.is_finished(),
+        "the review ended before new connections were refused: nothing was in flight"
+    );
+
+    let (status, text) = in_flight.await??;
+    let took = sent.elapsed();
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text)?;
+    let resp = &v["response"];
+    assert_eq!(resp["uid"], "uid-held", "{text}");
+    assert_eq!(resp["allowed"], false, "{text}");
+    assert_eq!(resp["status"]["code"], 410, "{text}");
+    let message = resp["status"]["message"].as_str().unwrap_or_default();
+    for needle in [
+        "Backup \"b-held\"",
+        "snapshot \"snap-gone-node-a\"",
+        "engine \"vol-node-a-e-0\"",
+        "[snapshot_lost]",
+    ] {
+        assert!(message.contains(needle), "{needle} not in {message}");
+    }
+    assert!(
+        took >= HOLD,
+        "answered after {took:?}, before the engine did"
+    );
+
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .context("shutdown did not end")???;
+    assert!(
+        tokio::net::TcpStream::connect(ops_addr).await.is_err(),
+        "the ops listener outlived shutdown"
+    );
+    setup.shutdown().await
+}

@@ -134,9 +134,22 @@ pub async fn tls_connect(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     Option<Vec<u8>>,
 )> {
+    tls_connect_to(served.handle.local_addr(), &served.cert.pem, alpn).await
+}
+
+/// A TLS connection to `addr` trusting only `ca_pem` (as 127.0.0.1); returns the ALPN
+/// protocol negotiated.
+pub async fn tls_connect_to(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Option<Vec<u8>>,
+)> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut served.cert.pem.as_bytes()) {
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(c?)?;
     }
     let mut config = rustls::ClientConfig::builder()
@@ -144,7 +157,7 @@ pub async fn tls_connect(
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(served.handle.local_addr()).await?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
     let tls = connector.connect(name, tcp).await?;
     let proto = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
@@ -153,7 +166,18 @@ pub async fn tls_connect(
 
 /// POSTs `body` over TLS (HTTP/1.1) and returns status and body text.
 pub async fn tls_post(served: &Served, path: &str, body: Vec<u8>) -> Result<(u16, String)> {
-    let (tls, _) = tls_connect(served, &[b"http/1.1"]).await?;
+    tls_post_to(served.handle.local_addr(), &served.cert.pem, path, body).await
+}
+
+/// [`tls_post`] to `addr` trusting `ca_pem`: needs no borrow of the [`Served`] (a request
+/// that outlives its shutdown).
+pub async fn tls_post_to(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, String)> {
+    let (tls, _) = tls_connect_to(addr, ca_pem, &[b"http/1.1"]).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
     tokio::spawn(conn);
@@ -165,6 +189,35 @@ pub async fn tls_post(served: &Served, path: &str, body: Vec<u8>) -> Result<(u16
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// An `admission.k8s.io/v1` AdmissionReview of a CREATE of the Backup `object` in `ns`, as
+/// the API server sends it, from `username`.
+pub fn admission_review(
+    ns: &str,
+    uid: &str,
+    username: &str,
+    object: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": { "group": "longhorn.io", "version": "v1beta2", "kind": "Backup" },
+            "resource": { "group": "longhorn.io", "version": "v1beta2", "resource": "backups" },
+            "requestKind": { "group": "longhorn.io", "version": "v1beta2", "kind": "Backup" },
+            "requestResource": { "group": "longhorn.io", "version": "v1beta2", "resource": "backups" },
+            "name": object["metadata"]["name"],
+            "namespace": ns,
+            "operation": "CREATE",
+            "userInfo": { "username": username, "groups": ["system:authenticated"] },
+            "object": object,
+            "oldObject": null,
+            "dryRun": false,
+            "options": null,
+        },
+    })
 }
 
 /// A registered Validating- or MutatingWebhookConfiguration, deleted by
