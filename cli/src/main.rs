@@ -146,6 +146,10 @@ struct WebhookArgs {
     /// Namespace of the Longhorn objects to watch; all namespaces when absent.
     #[arg(long, env = "LHG_NAMESPACE")]
     namespace: Option<String>,
+    /// Judge Backups by this Longhorn release (`1.7`, `1.8`, `1.10` or a version such as
+    /// `v1.9.2`) instead of detecting it from the cluster's Setting and CRDs.
+    #[arg(long, env = "LHG_LONGHORN_VERSION")]
+    longhorn_version: Option<longhorn_types::Release>,
     /// CA of the agents' serving certificates. Setting it turns on engine-truth checks
     /// through the agents (policy `engineCheck`), over mTLS with the client certificate below.
     #[arg(long, env = "LHG_AGENT_CA")]
@@ -377,6 +381,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
         policy_path: args.policy,
         namespace: args.namespace,
         engine_truth,
+        longhorn_version: args.longhorn_version,
         ..Default::default()
     };
     let client = kube_client().await?;

@@ -17,6 +17,18 @@
 //! | `empty_snapshot_name` | 403 | empty `spec.snapshotName` from someone other than Longhorn (only with `denyUnlessLonghorn`) |
 //! | `deadline_exceeded`, `lookup_failed` | 503 | fail-closed answers when no decision could be made in time |
 //! | `throttled` | 429 | the throttle (`crate::throttle`): an in-flight cap, a creation rate or a duplicate |
+//!
+//! # Longhorn releases
+//!
+//! [`BackupRequest::longhorn`] carries the detected release (`crate::version`); `None` =
+//! unknown. The Backup's BackupTarget is `default` on 1.7 (one target); on 1.8+ and when
+//! unknown it is the Backup's `backup-target` label, else its volume's
+//! `spec.backupTargetName`, else `default`. On 1.10+ Longhorn's own validator also refuses
+//! a Backup whose Snapshot is missing (from its informer cache) or of another volume: the
+//! guard gives the same verdict there, and every snapshot denial Longhorn would not also
+//! make says so and why ([`longhorn_note`]). A Snapshot the guard found only by its live
+//! GET (created moments ago) is allowed with a warning that Longhorn 1.10+ may still refuse
+//! it from its cache ("snapshot <nil> is invalid", longhorn/longhorn#11451).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,7 +36,7 @@ use std::fmt;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use kube::core::DynamicObject;
-use longhorn_types::{DEFAULT_BACKUP_TARGET, labels};
+use longhorn_types::{DEFAULT_BACKUP_TARGET, Release, labels};
 
 use crate::index::{IndexView, SnapshotLookup};
 use crate::policy::{CheckAction, EmptySnapshotRule, Mode, Policy};
@@ -52,6 +64,9 @@ pub enum Reason {
     FullBackupPatched,
     /// Mutating endpoint: nothing to change.
     Unchanged,
+    /// Allowed with a warning: the Snapshot was found only by the live GET, and Longhorn
+    /// 1.10+'s validator, which reads its cache, may still refuse the Backup.
+    SnapshotNotYetCached,
     /// Denied (or, allowed, warned) by the throttle; the scope is in the message and in
     /// `throttled_reviews_total{scope}`.
     Throttled,
@@ -76,6 +91,7 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::FullBackupPatched => "full_backup_patched",
             Reason::Unchanged => "unchanged",
+            Reason::SnapshotNotYetCached => "snapshot_not_yet_cached",
             Reason::Throttled => "throttled",
         }
     }
@@ -118,6 +134,9 @@ pub struct BackupRequest {
     pub labels: BTreeMap<String, String>,
     pub username: String,
     pub groups: Vec<String>,
+    /// The cluster's Longhorn release (`crate::version`), `None` when unknown. Not read from
+    /// the object: the caller sets it.
+    pub longhorn: Option<Release>,
 }
 
 impl BackupRequest {
@@ -166,6 +185,7 @@ impl BackupRequest {
                 .collect(),
             username: username.to_string(),
             groups: groups.to_vec(),
+            longhorn: None,
         })
     }
 
@@ -331,11 +351,14 @@ impl Subject<'_> {
     }
 
     fn deny(&self, reason: Reason, what: &str, todo: &str) -> Denial {
+        let note = longhorn_note(self.req.longhorn, reason)
+            .map(|n| format!(" {n}"))
+            .unwrap_or_default();
         Denial {
             reason,
             code: reason.status_code(),
             message: format!(
-                "longhorn-guard denied {}: {what} [{}]. {todo}",
+                "longhorn-guard denied {}: {what} [{}]. {todo}{note}",
                 self.describe(),
                 reason.as_str()
             ),
@@ -350,6 +373,60 @@ impl Subject<'_> {
             reason.as_str()
         )
     }
+}
+
+/// What a denial means next to Longhorn's own validator, on releases that have one that
+/// checks snapshots (1.10+): whether Longhorn refuses the Backup too, or, when it would
+/// admit it, why the guard does not. `None` on other releases and for other reasons.
+pub fn longhorn_note(release: Option<Release>, reason: Reason) -> Option<&'static str> {
+    if !release.is_some_and(Release::validates_snapshots) {
+        return None;
+    }
+    Some(match reason {
+        Reason::SnapshotMissing => {
+            "Longhorn 1.10+ refuses this Backup too (its validator answers \"snapshot <nil> is invalid\")."
+        }
+        Reason::SnapshotOtherVolume => {
+            "Longhorn 1.10+ refuses this Backup too (its validator: \"snapshot volume name ... and label volume name ... does not match\")."
+        }
+        Reason::SnapshotRemoved | Reason::SnapshotLost => {
+            "Longhorn 1.10+ alone would admit it (its validator only checks that the Snapshot object exists); longhorn-guard refuses it because such a Backup never completes: it waits in Pending, then Error, keeping the volume attached meanwhile."
+        }
+        Reason::SnapshotNotReady => {
+            "Longhorn 1.10+ alone would admit it and wait for the snapshot; longhorn-guard refuses it because its policy says snapshotNotReady: deny."
+        }
+        Reason::EmptySnapshotName => {
+            "Longhorn 1.10+ alone would admit it (an empty snapshotName is allowed); longhorn-guard refuses it because its policy says emptySnapshotName: deny-unless-longhorn."
+        }
+        _ => return None,
+    })
+}
+
+/// The BackupTarget a Backup goes to, and why: `default` on 1.7 (Longhorn 1.7 has one
+/// target and ignores any `backup-target` label); else the Backup's `backup-target` label
+/// (which Longhorn 1.8+'s mutator fills from the volume before validators run), else the
+/// volume's `spec.backupTargetName`, else `default`.
+pub fn backup_target(
+    view: &IndexView<'_>,
+    req: &BackupRequest,
+    volume: Option<&str>,
+) -> (String, &'static str) {
+    if req.longhorn.is_some_and(|r| !r.has_backup_targets()) {
+        return (
+            DEFAULT_BACKUP_TARGET.to_string(),
+            "Longhorn 1.7 has one backup target",
+        );
+    }
+    if let Some(label) = req.target_label() {
+        return (label.to_string(), "the Backup's backup-target label");
+    }
+    if let Some(t) = volume
+        .and_then(|v| view.volume(&req.namespace, v))
+        .and_then(|v| v.backup_target.as_deref())
+    {
+        return (t.to_string(), "the volume's spec.backupTargetName");
+    }
+    (DEFAULT_BACKUP_TARGET.to_string(), "the default target")
 }
 
 fn decide_enforced(policy: &Policy, view: &IndexView<'_>, req: &BackupRequest) -> Decision {
@@ -382,8 +459,13 @@ fn decide_enforced(policy: &Policy, view: &IndexView<'_>, req: &BackupRequest) -
         };
     }
 
+    let mut found_live = false;
     let facts = match view.snapshot(&req.namespace, &req.snapshot) {
-        SnapshotLookup::Indexed(f) | SnapshotLookup::Live(f) => f,
+        SnapshotLookup::Indexed(f) => f,
+        SnapshotLookup::Live(f) => {
+            found_live = true;
+            f
+        }
         SnapshotLookup::NotIndexed if policy.live_snapshot_lookup => {
             return Decision::NeedsLiveSnapshot;
         }
@@ -444,6 +526,16 @@ fn decide_enforced(policy: &Policy, view: &IndexView<'_>, req: &BackupRequest) -
 
     let mut warnings = Vec::new();
     let mut first_warning: Option<Reason> = None;
+    if found_live && req.longhorn.is_some_and(Release::validates_snapshots) {
+        warnings.push(subject.warning(
+            Reason::SnapshotNotYetCached,
+            &format!(
+                "Snapshot {:?} exists (the API server has it) but was created moments ago; Longhorn 1.10+'s own validator reads its cache and may still refuse this Backup with \"snapshot <nil> is invalid\" (longhorn/longhorn#11451): if it does, retry in a few seconds",
+                req.snapshot
+            ),
+        ));
+        first_warning = Some(Reason::SnapshotNotYetCached);
+    }
     let mut check = |action: CheckAction,
                      reason: Reason,
                      what: String,
@@ -487,14 +579,14 @@ fn decide_enforced(policy: &Policy, view: &IndexView<'_>, req: &BackupRequest) -
     {
         return Decision::Deny(d);
     }
-    let target = req.target_label().unwrap_or(DEFAULT_BACKUP_TARGET);
-    let target_problem = match view.target(&req.namespace, target) {
+    let (target, why) = backup_target(view, req, subject.volume.as_deref());
+    let target_problem = match view.target(&req.namespace, &target) {
         None => Some(format!(
-            "BackupTarget {target:?} does not exist in namespace {:?}",
+            "BackupTarget {target:?} does not exist in namespace {:?} (the target of this Backup: {why})",
             req.namespace
         )),
         Some(t) if !t.available => Some(format!(
-            "BackupTarget {target:?} is not available (status.available is false)"
+            "BackupTarget {target:?} is not available (status.available is false; the target of this Backup: {why})"
         )),
         Some(_) => None,
     };

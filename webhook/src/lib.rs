@@ -16,6 +16,7 @@ pub mod policy;
 pub mod snapshot_source;
 pub mod throttle;
 pub mod tls;
+pub mod version;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,6 +60,10 @@ pub struct WebhookConfig {
     /// Engine-truth checks through the per-node agents (mTLS, discovery, limits); `None`
     /// disables them whatever the policy's `engineCheck` says.
     pub engine_truth: Option<engine_truth::EngineTruthConfig>,
+    /// Judge by this Longhorn release instead of detecting it (`--longhorn-version`).
+    pub longhorn_version: Option<longhorn_types::Release>,
+    /// How often the Longhorn version is re-detected (an upgrade changes it).
+    pub longhorn_version_poll_interval: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -75,6 +80,8 @@ impl Default for WebhookConfig {
             policy_poll_interval: Duration::from_secs(5),
             tls_poll_interval: Duration::from_secs(3),
             engine_truth: None,
+            longhorn_version: None,
+            longhorn_version_poll_interval: Duration::from_secs(60),
         }
     }
 }
@@ -183,9 +190,21 @@ pub async fn start_with_source(
 ) -> anyhow::Result<WebhookHandle> {
     tls::install_crypto_provider();
     let policy = Arc::new(config.load_policy()?);
+    // Refuses to start when Longhorn's CRDs are missing; an unknown version only warns.
+    let longhorn = match &client {
+        Some(c) => Some(
+            version::check_at_start(c, config.namespace.as_deref(), config.longhorn_version)
+                .await?,
+        ),
+        None => config.longhorn_version.map(version::LonghornInfo::pinned),
+    };
     let index = Arc::new(Index::new(index_options(&policy)));
     let metrics = Arc::new(Metrics::new());
     let state = AppState::new(policy.clone(), index.clone(), metrics.clone(), snapshots);
+    if let Some(info) = longhorn {
+        metrics.longhorn.set(&info);
+        state.longhorn.set(info);
+    }
 
     let mut watches = JoinSet::new();
     if let Some(truth_config) = &config.engine_truth {
@@ -204,6 +223,15 @@ pub async fn start_with_source(
             Some(ns) => WatchScope::Namespace(ns.clone()),
             None => WatchScope::AllNamespaces,
         };
+        if config.longhorn_version.is_none() {
+            watches.spawn(version::run_redetection(
+                client.clone(),
+                config.namespace.clone(),
+                state.longhorn.clone(),
+                metrics.longhorn.clone(),
+                config.longhorn_version_poll_interval,
+            ));
+        }
         index::run_watches(&mut watches, client, &scope, index.clone(), metrics.clone());
     }
     if config.policy.is_none()

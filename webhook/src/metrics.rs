@@ -75,6 +75,8 @@ pub struct Metrics {
     pub throttle: crate::throttle::ThrottleMetrics,
     /// Engine-truth checks through the agents (`crate::engine_truth::metrics`).
     pub engine_checks: crate::engine_truth::EngineCheckMetrics,
+    /// The detected Longhorn (`crate::version`).
+    pub longhorn: crate::version::VersionMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,7 +162,9 @@ impl Metrics {
         );
         let throttle = crate::throttle::ThrottleMetrics::register(&mut registry);
         let engine_checks = crate::engine_truth::EngineCheckMetrics::register(&mut registry);
+        let longhorn = crate::version::VersionMetrics::register(&mut registry);
         Self {
+            longhorn,
             throttle,
             engine_checks,
             registry,

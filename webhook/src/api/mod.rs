@@ -38,6 +38,8 @@ pub struct Shared {
     pub serving: AtomicBool,
     /// Engine-truth checks through the agents; unset when not configured.
     pub engine_truth: std::sync::OnceLock<Arc<crate::engine_truth::EngineTruth>>,
+    /// The detected Longhorn release (`crate::version`); unknown until set.
+    pub longhorn: Arc<crate::version::LonghornCell>,
 }
 
 /// Cheap-to-clone handle on [`Shared`].
@@ -61,6 +63,7 @@ impl AppState {
             permits,
             serving: AtomicBool::new(false),
             engine_truth: std::sync::OnceLock::new(),
+            longhorn: Arc::default(),
         }))
     }
 

@@ -137,7 +137,7 @@ pub(super) async fn validate_backup(
             .review(operation, "invalid", Reason::Malformed);
         return Json(invalid_review(&req.uid, "CREATE review carries no object"));
     };
-    let backup = match BackupRequest::from_object(
+    let mut backup = match BackupRequest::from_object(
         obj,
         req.namespace.as_deref(),
         req.user_info.username.as_deref().unwrap_or_default(),
@@ -159,6 +159,7 @@ pub(super) async fn validate_backup(
         }
     };
 
+    backup.longhorn = state.longhorn.release();
     let policy = state.policy();
     let review_deadline = std::time::Instant::now() + deadline;
     let decision = match tokio::time::timeout(deadline, async {

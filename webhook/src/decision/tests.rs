@@ -592,3 +592,329 @@ fn full_backup_patch_for_listed_and_labelled_volumes() {
     assert_eq!(doc["spec"]["backupMode"], "full");
     let _: Backup = serde_json::from_value(doc).unwrap();
 }
+
+/// Longhorn 1.10's validator on a Backup CREATE, as the reference describes it, for the
+/// snapshot checks only: refuses when the Snapshot is not in its cache or belongs to another
+/// volume than the `backup-volume` label; admits an empty `snapshotName`.
+fn longhorn_1_10_refuses(snapshot_in_cache: Option<&str>, label: Option<&str>, name: &str) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    match (snapshot_in_cache, label) {
+        (None, _) => true,
+        (Some(vol), Some(label)) => vol != label,
+        (Some(_), None) => false,
+    }
+}
+
+#[test]
+fn decide_by_release() {
+    use longhorn_types::Release;
+    let idx = index();
+    // vol-t (1.8 shape) sends its backups to "offsite", which is unavailable.
+    let vol: Volume = serde_json::from_value(with_status(
+        shapes::volume_of(Release::V1_8, NS, "vol-t", "node-1", "offsite"),
+        shapes::volume_status("node-1"),
+    ))
+    .unwrap();
+    idx.apply(Event::Apply(vol));
+    idx.apply(Event::Apply(snapshot("snap-t", "vol-t", json!({}))));
+    let t: BackupTarget = serde_json::from_value(with_status(
+        shapes::backup_target(NS, "offsite", "nfs://offsite:/backups"),
+        shapes::backup_target_status("node-1", false),
+    ))
+    .unwrap();
+    idx.apply(Event::Apply(t));
+
+    let deny_targets = |p: &mut Policy| p.target_unavailable = CheckAction::Deny;
+    let labelled_target = |name: &str, volume: &str, snap: &str, target: &str| {
+        let mut r = request(name, Some(volume), snap);
+        r.labels
+            .insert(longhorn_types::labels::BACKUP_TARGET.into(), target.into());
+        r
+    };
+    let releases = [
+        None,
+        Some(Release::V1_7),
+        Some(Release::V1_8),
+        Some(Release::V1_10),
+    ];
+
+    // Per release: reason, denial code, texts the message/warnings must and must not contain.
+    type Expect = (
+        Option<Reason>,
+        Option<u16>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+    );
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(
+        &str,
+        fn(&mut Policy),
+        BackupRequest,
+        Option<LiveSnapshot>,
+        fn(Option<Release>) -> Expect,
+    )> = vec![
+        (
+            "backup-target label names an unavailable target",
+            deny_targets,
+            labelled_target("b-label", "vol-1", "snap-ok", "broken"),
+            None,
+            |r| {
+                if r == Some(Release::V1_7) {
+                    (Some(Reason::Checked), None, vec![], vec![])
+                } else {
+                    (
+                        Some(Reason::TargetUnavailable),
+                        Some(503),
+                        vec![
+                            "BackupTarget \"broken\" is not available",
+                            "the target of this Backup: the Backup's backup-target label",
+                        ],
+                        vec![],
+                    )
+                }
+            },
+        ),
+        (
+            "no label: the volume's own target (1.8+), not default",
+            deny_targets,
+            request("b-vol", Some("vol-t"), "snap-t"),
+            None,
+            |r| {
+                if r == Some(Release::V1_7) {
+                    (Some(Reason::Checked), None, vec![], vec![])
+                } else {
+                    (
+                        Some(Reason::TargetUnavailable),
+                        Some(503),
+                        vec![
+                            "BackupTarget \"offsite\" is not available",
+                            "the target of this Backup: the volume's spec.backupTargetName",
+                        ],
+                        vec![],
+                    )
+                }
+            },
+        ),
+        (
+            "the label wins over the volume's target",
+            deny_targets,
+            labelled_target("b-both", "vol-t", "snap-t", "default"),
+            None,
+            |_| (Some(Reason::Checked), None, vec![], vec![]),
+        ),
+        (
+            "missing snapshot (live 404): Longhorn 1.10 refuses too",
+            keep,
+            request("b-missing", Some("vol-1"), "snap-nope"),
+            Some(LiveSnapshot::NotFound),
+            |r| {
+                if r == Some(Release::V1_10) {
+                    (
+                        Some(Reason::SnapshotMissing),
+                        Some(404),
+                        vec![
+                            "Longhorn 1.10+ refuses this Backup too",
+                            "snapshot <nil> is invalid",
+                        ],
+                        vec![],
+                    )
+                } else {
+                    (
+                        Some(Reason::SnapshotMissing),
+                        Some(404),
+                        vec![],
+                        vec!["1.10"],
+                    )
+                }
+            },
+        ),
+        (
+            "snapshot of another volume: Longhorn 1.10 refuses too",
+            keep,
+            request("b-other", Some("vol-1"), "snap-v2"),
+            None,
+            |r| {
+                if r == Some(Release::V1_10) {
+                    (
+                        Some(Reason::SnapshotOtherVolume),
+                        Some(422),
+                        vec!["Longhorn 1.10+ refuses this Backup too"],
+                        vec![],
+                    )
+                } else {
+                    (
+                        Some(Reason::SnapshotOtherVolume),
+                        Some(422),
+                        vec![],
+                        vec!["1.10"],
+                    )
+                }
+            },
+        ),
+        (
+            "removed snapshot: Longhorn 1.10 alone would admit it, the message says why",
+            keep,
+            request("b-removed", Some("vol-1"), "snap-removed"),
+            None,
+            |r| {
+                if r == Some(Release::V1_10) {
+                    (
+                        Some(Reason::SnapshotRemoved),
+                        Some(410),
+                        vec!["Longhorn 1.10+ alone would admit it", "never completes"],
+                        vec![],
+                    )
+                } else {
+                    (
+                        Some(Reason::SnapshotRemoved),
+                        Some(410),
+                        vec![],
+                        vec!["1.10"],
+                    )
+                }
+            },
+        ),
+        (
+            "lost snapshot: same explanation",
+            keep,
+            request("b-lost", Some("vol-1"), "snap-lost"),
+            None,
+            |r| {
+                if r == Some(Release::V1_10) {
+                    (
+                        Some(Reason::SnapshotLost),
+                        Some(410),
+                        vec!["alone would admit it"],
+                        vec![],
+                    )
+                } else {
+                    (Some(Reason::SnapshotLost), Some(410), vec![], vec!["1.10"])
+                }
+            },
+        ),
+        (
+            "snapshot only the live GET found (the create race): allowed; on 1.10 a warning explains Longhorn's own refusal",
+            keep,
+            request("b-race", Some("vol-1"), "snap-fresh"),
+            Some(LiveSnapshot::Found(SnapshotFacts {
+                volume: Some("vol-1".into()),
+                mark_removed: false,
+                ready_to_use: true,
+                lost_in_engine: false,
+            })),
+            |r| {
+                if r == Some(Release::V1_10) {
+                    (
+                        Some(Reason::SnapshotNotYetCached),
+                        None,
+                        vec![
+                            "snapshot <nil> is invalid",
+                            "retry in a few seconds",
+                            "longhorn/longhorn#11451",
+                        ],
+                        vec![],
+                    )
+                } else {
+                    (Some(Reason::Checked), None, vec![], vec![])
+                }
+            },
+        ),
+        (
+            "empty snapshotName denied by policy: on 1.10 the message says Longhorn allows it",
+            |p| p.empty_snapshot_name = EmptySnapshotRule::DenyUnlessLonghorn,
+            request("b-empty", Some("vol-1"), ""),
+            None,
+            |r| {
+                if r == Some(Release::V1_10) {
+                    (
+                        Some(Reason::EmptySnapshotName),
+                        Some(403),
+                        vec!["Longhorn 1.10+ alone would admit it"],
+                        vec![],
+                    )
+                } else {
+                    (
+                        Some(Reason::EmptySnapshotName),
+                        Some(403),
+                        vec![],
+                        vec!["1.10"],
+                    )
+                }
+            },
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, policy_fn, req, live, expect) in &cases {
+        for release in releases {
+            let mut policy = Policy::default();
+            policy_fn(&mut policy);
+            let req = BackupRequest {
+                longhorn: release,
+                ..req.clone()
+            };
+            let mut view = idx.view();
+            if let Some(live) = live.clone() {
+                view = view.with_live_snapshot(&req.namespace, &req.snapshot, live);
+            }
+            let d = decide(&policy, &view, &req);
+            let (reason, code, contains, absent) = expect(release);
+            let (text, got_code) = match &d {
+                Decision::Allow { warnings, .. } => (warnings.join(" | "), None),
+                Decision::Deny(den) => (den.message.clone(), Some(den.code)),
+                Decision::NeedsLiveSnapshot => (String::new(), None),
+            };
+            let ok = d.reason() == reason
+                && got_code == code
+                && contains.iter().all(|c| text.contains(c))
+                && !absent.iter().any(|c| text.contains(c));
+            if !ok {
+                failures.push(format!("{name} [{release:?}]: got {d:?}"));
+            }
+
+            // Where Longhorn 1.10 judges the snapshot too, the verdicts agree; a snapshot
+            // denial it would not make carries the explanation.
+            if release == Some(Release::V1_10) {
+                let in_cache = cached_snapshot_volume(&idx, &req);
+                let lh =
+                    longhorn_1_10_refuses(in_cache.as_deref(), req.volume_label(), &req.snapshot);
+                let snapshot_denial = matches!(
+                    d.reason(),
+                    Some(
+                        Reason::SnapshotMissing
+                            | Reason::SnapshotRemoved
+                            | Reason::SnapshotLost
+                            | Reason::SnapshotOtherVolume
+                            | Reason::SnapshotNotReady
+                            | Reason::EmptySnapshotName
+                    )
+                ) && d.label() == "denied";
+                if lh && d.label() != "denied" && d.reason() != Some(Reason::SnapshotNotYetCached) {
+                    failures.push(format!(
+                        "{name}: Longhorn 1.10 refuses, the guard admits silently: {d:?}"
+                    ));
+                }
+                if snapshot_denial && !lh && !text.contains("alone would admit it") {
+                    failures.push(format!(
+                        "{name}: denial Longhorn 1.10 would not make, unexplained: {text}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing cases:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The snapshot's volume as Longhorn 1.10's cache would see it: indexed objects only (a
+/// Snapshot found only live is the create race: not in Longhorn's cache either).
+fn cached_snapshot_volume(idx: &Index, req: &BackupRequest) -> Option<String> {
+    match idx.view().snapshot(&req.namespace, &req.snapshot) {
+        crate::index::SnapshotLookup::Indexed(f) => f.volume,
+        _ => None,
+    }
+}

@@ -51,11 +51,14 @@ impl SnapshotEntry {
     }
 }
 
-/// A Volume: that it exists, its node, and whether its labels ask for full backups.
+/// A Volume: that it exists, its node, its BackupTarget (1.8+), and whether its labels ask
+/// for full backups.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeEntry {
     pub node: Option<Arc<str>>,
     pub full_backup_label: bool,
+    /// `spec.backupTargetName` (1.8+); `None` on 1.7 volumes.
+    pub backup_target: Option<Arc<str>>,
 }
 
 /// An Engine: its volume and node (for the node of a volume).
@@ -186,12 +189,14 @@ impl IndexedKind for Volume {
                 Some(v) => want.as_ref().is_none_or(|w| w == v),
             },
         };
+        let backup_target = opt_intern(interner, &self.spec.backup_target_name);
         Some((
             ns,
             name,
             VolumeEntry {
                 node,
                 full_backup_label,
+                backup_target,
             },
         ))
     }
