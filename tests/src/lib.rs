@@ -5,11 +5,15 @@
 //! to it through [`TestCluster::connect`], which installs the Longhorn CRDs once, and each
 //! test works in its own labelled namespace from [`TestCluster::namespace`].
 //!
-//! This crate never starts a cluster of its own (nextest runs every test in its own
-//! process: a cluster per test would leave orphans behind) and never reads `KUBECONFIG`, so
-//! a developer's real cluster cannot be touched by a test.
+//! Tests share that one cluster; only a test that must install cluster-scoped objects that
+//! would clash with the others (Longhorn CRDs of another release) starts its own through
+//! [`ControlPlane`], which stops it on drop. This crate never reads `KUBECONFIG`, so a
+//! developer's real cluster cannot be touched by a test.
 
 #![allow(clippy::unwrap_used)]
+
+pub mod control_plane;
+pub use control_plane::ControlPlane;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -59,11 +63,20 @@ impl TestCluster {
                  `bash scripts/test.sh` (or start one with control-plane/up.sh and export {env})"
             )
         })?;
-        let kubeconfig = Kubeconfig::read_from(&path)
-            .with_context(|| format!("reading {env}={}", path.display()))?;
+        Self::connect_kubeconfig(&path)
+            .await
+            .with_context(|| format!("{env}={}", path.display()))
+    }
+
+    /// Connects to the control plane of the kubeconfig at `path` (a [`ControlPlane`] of the
+    /// test's own), installing nothing.
+    pub async fn connect_kubeconfig(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        let kubeconfig =
+            Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
-            .with_context(|| format!("loading {env}={}", path.display()))?;
+            .with_context(|| format!("loading {}", path.display()))?;
         let client = Client::try_from(config.clone()).context("building a kube client")?;
         Ok(Self {
             client,
@@ -92,6 +105,20 @@ impl TestCluster {
         config.auth_info.impersonate = Some(user.to_string());
         config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
         Client::try_from(config).context("building an impersonating kube client")
+    }
+
+    /// A client that does not retry: kube-rs retries 429/503/504 by default (up to 15 times
+    /// with exponential backoff), which turns every throttle denial (429) into a long silent
+    /// wait. Impersonates `as_user` (name, groups) when given.
+    pub fn client_without_retry(&self, as_user: Option<(&str, &[&str])>) -> Result<Client> {
+        let mut config = self.config.clone();
+        config.default_retry = false;
+        if let Some((user, groups)) = as_user {
+            config.auth_info.impersonate = Some(user.to_string());
+            config.auth_info.impersonate_groups =
+                Some(groups.iter().map(|g| g.to_string()).collect());
+        }
+        Client::try_from(config).context("building a kube client without retries")
     }
 
     /// Creates a fresh namespace `<prefix>-<random>` labelled [`TEST_NAMESPACE_LABEL`]=name.
