@@ -182,6 +182,8 @@ fn neither_the_api_token_nor_the_tls_key_appear_in_trace_logs() -> Result<()> {
     let Ok(kubeconfig) = std::env::var("LHG_TEST_KUBECONFIG") else {
         bail!("no local control plane: LHG_TEST_KUBECONFIG is not set (run scripts/test.sh)");
     };
+    // The webhook refuses to start without Longhorn's CRDs: install them (once per run).
+    tokio::runtime::Runtime::new()?.block_on(longhorn_guard_testkit::TestCluster::connect())?;
     let dir = std::env::temp_dir().join(format!("lhg-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
