@@ -381,6 +381,36 @@ pub fn longhorn_fixture_objects(ns: &str) -> Vec<(Value, Option<Value>)> {
     ]
 }
 
+/// Longhorn's own v1.7.2 CRDs (test data outside the project, never copied into it):
+/// `LHG_LONGHORN_CRDS`, else `../shared/longhorn/crds-v1.7.2.yaml` next to the repository.
+pub fn longhorn_crds_file() -> PathBuf {
+    std::env::var_os("LHG_LONGHORN_CRDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/longhorn/crds-v1.7.2.yaml")
+        })
+}
+
+/// Longhorn's CRDs from [`longhorn_crds_file`], with webhook conversion turned off (only
+/// v1beta2 is stored, so reading as v1beta2 needs no conversion; the webhook Service does not
+/// exist); `None` when the file is absent (a user's clone).
+pub fn longhorn_crds() -> Option<Vec<CustomResourceDefinition>> {
+    let path = longhorn_crds_file();
+    let text = std::fs::read_to_string(&path).ok()?;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut v: Value = serde::Deserialize::deserialize(doc).expect("CRD YAML parses");
+        if v.is_null() {
+            continue;
+        }
+        if v["spec"]["conversion"]["strategy"] == "Webhook" {
+            v["spec"]["conversion"] = json!({ "strategy": "None" });
+        }
+        out.push(serde_json::from_value(v).expect("a CustomResourceDefinition"));
+    }
+    Some(out)
+}
+
 fn from_dynamic<K: DeserializeOwned>(obj: DynamicObject) -> Result<K> {
     Ok(serde_json::from_value(serde_json::to_value(obj)?)?)
 }

@@ -7,38 +7,12 @@
 //! definitions of the same CRD) and exports `LHG_TEST_LONGHORN_KUBECONFIG`. A user's clone
 //! has no `../shared`: then this test says so and checks nothing.
 
-use std::path::PathBuf;
-
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use longhorn_guard_testkit::{LONGHORN_KUBECONFIG_ENV, TestCluster, longhorn_fixture_objects};
+use longhorn_guard_testkit::{
+    LONGHORN_KUBECONFIG_ENV, TestCluster, longhorn_crds, longhorn_crds_file as crds_file,
+    longhorn_fixture_objects,
+};
 use serde_json::Value;
-
-fn crds_file() -> PathBuf {
-    std::env::var_os("LHG_LONGHORN_CRDS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/longhorn/crds-v1.7.2.yaml")
-        })
-}
-
-/// Longhorn's CRDs from the file, with webhook conversion turned off (only v1beta2 is
-/// stored, so reading as v1beta2 needs no conversion; the webhook Service does not exist).
-fn longhorn_crds() -> Option<Vec<CustomResourceDefinition>> {
-    let path = crds_file();
-    let text = std::fs::read_to_string(&path).ok()?;
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let mut v: Value = serde::Deserialize::deserialize(doc).expect("CRD YAML parses");
-        if v.is_null() {
-            continue;
-        }
-        if v["spec"]["conversion"]["strategy"] == "Webhook" {
-            v["spec"]["conversion"] = serde_json::json!({ "strategy": "None" });
-        }
-        out.push(serde_json::from_value(v).expect("a CustomResourceDefinition"));
-    }
-    Some(out)
-}
 
 #[tokio::test]
 async fn longhorn_v1_7_2_crds_accept_our_objects_unchanged() {
