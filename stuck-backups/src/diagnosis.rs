@@ -193,8 +193,9 @@ fn diagnose_one(
     if !volume.is_empty() && !state.volumes.contains_key(&volume) {
         reasons.push(StuckReason::VolumeMissing);
     }
+    // 1.8+: the Backup's own target (label, else status.backupTargetName); 1.7: `default`.
     let target = backup
-        .backup_target_label()
+        .backup_target()
         .unwrap_or(longhorn_types::DEFAULT_BACKUP_TARGET)
         .to_string();
     if !state.targets.get(&target).is_some_and(|t| t.available()) {
@@ -462,5 +463,45 @@ mod tests {
             engine: "vol-1-e-0".into()
         }));
         assert!(f.prune_eligible && f.needs_attention);
+    }
+
+    #[test]
+    fn a_1_8_backup_is_checked_against_its_own_target() {
+        use longhorn_types::Release;
+        let mut s = state();
+        s.targets.insert(
+            "offsite".into(),
+            obj(
+                shapes::backup_target("ns", "offsite", "nfs://o:/b"),
+                Some(shapes::backup_target_status("node-1", false)),
+                100,
+            ),
+        );
+        // Only status.backupTargetName names the target (a Backup written before the label).
+        let mut b = shapes::backup_of(Release::V1_8, "ns", "b18", "vol-1", "snap-ok", "offsite");
+        b["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("backup-target");
+        let status = shapes::backup_status_of(
+            Release::V1_8,
+            "Pending",
+            "node-1",
+            "vol-1",
+            "snap-ok",
+            "offsite",
+        );
+        s.backups = vec![obj(b, Some(status), 5)];
+        let r = diagnose(
+            &s,
+            Timestamp::from_second(1_000_000).unwrap(),
+            Duration::from_secs(900),
+        );
+        assert_eq!(
+            finding(&r, "b18").reasons,
+            vec![StuckReason::BackupTargetUnavailable {
+                target: "offsite".into()
+            }]
+        );
     }
 }
