@@ -1,4 +1,6 @@
-# longhorn-guard: one static binary, one image (webhook, agent, certs, crds subcommands).
+# longhorn-guard: one image with two static executables: `longhorn-guard` (webhook, agent,
+# certs, doctor, prune, demo, crds subcommands) and `longhorn-guard-agent` (the agent alone,
+# what the DaemonSet and the sidecar run: less code mapped on every node).
 # Not built on the project's machines (no docker daemon there); checked by eye only.
 # The binary is static musl, so the final image is distroless/static running as nonroot
 # (65532); the agent DaemonSet overrides runAsUser to 0 (see manifests/base/agent-daemonset.yaml).
@@ -8,10 +10,12 @@ RUN rustup target add x86_64-unknown-linux-musl \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p longhorn-guard \
- && cp target/x86_64-unknown-linux-musl/release/longhorn-guard /longhorn-guard
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
+      -p longhorn-guard -p longhorn-guard-agent \
+ && cp target/x86_64-unknown-linux-musl/release/longhorn-guard \
+       target/x86_64-unknown-linux-musl/release/longhorn-guard-agent /
 
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /longhorn-guard /usr/local/bin/longhorn-guard
+COPY --from=build /longhorn-guard /longhorn-guard-agent /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/longhorn-guard"]

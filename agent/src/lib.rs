@@ -8,12 +8,14 @@
 //! write to the cluster: it only reads Engines and InstanceManagers.
 
 pub mod breaker;
+pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod engine_client;
 pub mod engine_index;
 pub mod metrics;
 pub mod pool;
+pub mod process;
 pub mod server;
 pub mod snapshot_service;
 mod tls_server;

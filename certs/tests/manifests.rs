@@ -112,7 +112,11 @@ fn every_kustomization_renders_with_the_expected_objects() {
     let agent = find(&base, "DaemonSet", "longhorn-guard-agent");
     let spec = &agent["spec"]["template"]["spec"];
     assert_eq!(spec["hostPID"], true);
-    assert_eq!(spec["containers"][0]["args"][1], "--node=$(NODE_NAME)");
+    assert_eq!(
+        spec["containers"][0]["command"],
+        json!(["/usr/local/bin/longhorn-guard-agent"])
+    );
+    assert_eq!(spec["containers"][0]["args"][0], "--node=$(NODE_NAME)");
     assert_eq!(
         spec["containers"][0]["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"

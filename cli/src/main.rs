@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use longhorn_guard_agent::cli::AgentArgs;
+use longhorn_guard_agent::process::{LogFormat, init_logs, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -20,12 +22,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
 }
 
 #[derive(Subcommand)]
@@ -188,58 +184,12 @@ struct WebhookArgs {
     agent_address_pattern: Option<String>,
 }
 
-#[derive(clap::Args)]
-struct AgentArgs {
-    /// The node this agent serves (from the downward API in a DaemonSet).
-    #[arg(long, env = "NODE_NAME")]
-    node: String,
-    /// Longhorn's namespace.
-    #[arg(long, env = "LHG_NAMESPACE", default_value = longhorn_types::DEFAULT_NAMESPACE)]
-    namespace: String,
-    /// The agent's gRPC API (TLS).
-    #[arg(long, env = "LHG_AGENT_LISTEN", default_value = "0.0.0.0:9443")]
-    listen: SocketAddr,
-    /// `/healthz`, `/readyz`, `/metrics` (plain HTTP).
-    #[arg(long, env = "LHG_AGENT_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
-    metrics_listen: SocketAddr,
-    #[arg(long, env = "LHG_TLS_CERT", default_value = "/certs/tls.crt")]
-    tls_cert: PathBuf,
-    #[arg(long, env = "LHG_TLS_KEY", default_value = "/certs/tls.key")]
-    tls_key: PathBuf,
-    /// Require client certificates signed by this CA (webhook<->agent mTLS).
-    #[arg(long, env = "LHG_CLIENT_CA")]
-    client_ca: Option<PathBuf>,
-    /// Longhorn's gRPC TLS files (`ca.crt`, `tls.crt`, `tls.key` of the `longhorn-grpc-tls`
-    /// Secret): mTLS to instance managers when present, plaintext otherwise (as Longhorn).
-    #[arg(long, env = "LHG_LONGHORN_TLS_DIR", default_value = "/tls-files")]
-    longhorn_tls_dir: PathBuf,
-    /// Do not run the embedded longhorn-manager leak monitor (it needs hostPID or a process
-    /// namespace shared with longhorn-manager).
-    #[arg(long, env = "LHG_NO_MANAGER_MONITOR")]
-    no_manager_monitor: bool,
-    /// How to recognise longhorn-manager: `NAME` / `name:NAME` (comm or argv[0] basename),
-    /// `cmdline:EXACT`, or `regex:RE` on the command line.
-    #[arg(long, env = "LHG_MANAGER_PROCESS_MATCH", default_value = "longhorn-manager",
-          value_parser = longhorn_guard_agent::parse_process_match)]
-    manager_process_match: longhorn_guard_agent::ProcessMatch,
-    /// longhorn-manager's Go pprof goroutine endpoint, e.g.
-    /// `http://127.0.0.1:6060/debug/pprof/goroutine?debug=1`.
-    #[arg(long, env = "LHG_MANAGER_PPROF_URL")]
-    manager_pprof_url: Option<String>,
-    /// longhorn-manager's own metrics, e.g. `http://127.0.0.1:9500/metrics` in sidecar mode.
-    #[arg(long, env = "LHG_MANAGER_METRICS_URL")]
-    manager_metrics_url: Option<String>,
-    /// Where procfs is mounted (the host's with hostPID, the pod's in sidecar mode).
-    #[arg(long, env = "LHG_PROC_ROOT", default_value = "/proc")]
-    proc_root: PathBuf,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let result = match cli.command {
         Command::Webhook(args) => block_on(run_webhook(args)),
-        Command::Agent(args) => block_on(run_agent(args)),
+        Command::Agent(args) => args.run(),
         Command::Doctor(args) => {
             return match block_on_value(run_doctor(args)) {
                 Ok(code) => code,
@@ -388,44 +338,6 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
     longhorn_guard_webhook::run(config, client, shutdown_signal()).await
 }
 
-async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let mut config = longhorn_guard_agent::AgentConfig::new(args.node);
-    config.namespace = args.namespace;
-    config.grpc_listen = args.listen;
-    config.metrics_listen = args.metrics_listen;
-    config.server_cert = args.tls_cert;
-    config.server_key = args.tls_key;
-    config.client_ca = args.client_ca;
-    config.pool.longhorn_tls_dir = Some(args.longhorn_tls_dir);
-    if !args.no_manager_monitor {
-        let mut monitor = longhorn_guard_agent::ManagerMonitorConfig::for_node(&config.node_name);
-        monitor.process_match = args.manager_process_match;
-        monitor.pprof_goroutine_url = args.manager_pprof_url;
-        monitor.manager_metrics_url = args.manager_metrics_url;
-        monitor.proc_root = args.proc_root;
-        config.manager_monitor = Some(monitor);
-    }
-    longhorn_guard_agent::run(config, shutdown_signal()).await
-}
-
-/// Resolves on SIGINT or SIGTERM (what the kubelet sends).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutdown signal received");
-}
-
 fn print_crds() -> anyhow::Result<()> {
     print!("{}", longhorn_types::crds::yaml()?);
     Ok(())
@@ -435,16 +347,4 @@ async fn run_certs(cmd: longhorn_guard_certs::CertsCommand) -> anyhow::Result<()
     let report = cmd.run().await?;
     tracing::info!(changed = report.changed(), "certs: done");
     Ok(())
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }

@@ -1,0 +1,95 @@
+//! The agent's flags, shared by the dedicated `longhorn-guard-agent` binary (what the
+//! DaemonSet and the sidecar run: a smaller executable, so a smaller resident footprint on
+//! every node) and the `longhorn-guard agent` subcommand of the all-in-one binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::{AgentConfig, ManagerMonitorConfig, ProcessMatch, parse_process_match};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// The node this agent serves (from the downward API in a DaemonSet).
+    #[arg(long, env = "NODE_NAME")]
+    pub node: String,
+    /// Longhorn's namespace.
+    #[arg(long, env = "LHG_NAMESPACE", default_value = longhorn_types::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// The agent's gRPC API (TLS).
+    #[arg(long, env = "LHG_AGENT_LISTEN", default_value = "0.0.0.0:9443")]
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics` (plain HTTP).
+    #[arg(long, env = "LHG_AGENT_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
+    pub metrics_listen: SocketAddr,
+    #[arg(long, env = "LHG_TLS_CERT", default_value = "/certs/tls.crt")]
+    pub tls_cert: PathBuf,
+    #[arg(long, env = "LHG_TLS_KEY", default_value = "/certs/tls.key")]
+    pub tls_key: PathBuf,
+    /// Require client certificates signed by this CA (webhook<->agent mTLS).
+    #[arg(long, env = "LHG_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Longhorn's gRPC TLS files (`ca.crt`, `tls.crt`, `tls.key` of the `longhorn-grpc-tls`
+    /// Secret): mTLS to instance managers when present, plaintext otherwise (as Longhorn).
+    #[arg(long, env = "LHG_LONGHORN_TLS_DIR", default_value = "/tls-files")]
+    pub longhorn_tls_dir: PathBuf,
+    /// Do not run the embedded longhorn-manager leak monitor (it needs hostPID or a process
+    /// namespace shared with longhorn-manager).
+    #[arg(long, env = "LHG_NO_MANAGER_MONITOR")]
+    pub no_manager_monitor: bool,
+    /// How to recognise longhorn-manager: `NAME` / `name:NAME` (comm or argv[0] basename),
+    /// `cmdline:EXACT`, or `regex:RE` on the command line.
+    #[arg(long, env = "LHG_MANAGER_PROCESS_MATCH", default_value = "longhorn-manager",
+          value_parser = parse_process_match)]
+    pub manager_process_match: ProcessMatch,
+    /// longhorn-manager's Go pprof goroutine endpoint, e.g.
+    /// `http://127.0.0.1:6060/debug/pprof/goroutine?debug=1`.
+    #[arg(long, env = "LHG_MANAGER_PPROF_URL")]
+    pub manager_pprof_url: Option<String>,
+    /// longhorn-manager's own metrics, e.g. `http://127.0.0.1:9500/metrics` in sidecar mode.
+    #[arg(long, env = "LHG_MANAGER_METRICS_URL")]
+    pub manager_metrics_url: Option<String>,
+    /// Where procfs is mounted (the host's with hostPID, the pod's in sidecar mode).
+    #[arg(long, env = "LHG_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// Async runtime worker threads. The agent's work is a few calls at a time, so it does
+    /// not follow the node's core count (a 64-core node would otherwise get 64 threads and
+    /// their allocator arenas).
+    #[arg(long, env = "LHG_AGENT_WORKER_THREADS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
+}
+
+impl AgentArgs {
+    /// The agent's configuration; the manager monitor is on unless `--no-manager-monitor`.
+    pub fn config(self) -> AgentConfig {
+        let mut config = AgentConfig::new(self.node);
+        config.namespace = self.namespace;
+        config.grpc_listen = self.listen;
+        config.metrics_listen = self.metrics_listen;
+        config.server_cert = self.tls_cert;
+        config.server_key = self.tls_key;
+        config.client_ca = self.client_ca;
+        config.pool.longhorn_tls_dir = Some(self.longhorn_tls_dir);
+        if !self.no_manager_monitor {
+            let mut monitor = ManagerMonitorConfig::for_node(&config.node_name);
+            monitor.process_match = self.manager_process_match;
+            monitor.pprof_goroutine_url = self.manager_pprof_url;
+            monitor.manager_metrics_url = self.manager_metrics_url;
+            monitor.proc_root = self.proc_root;
+            config.manager_monitor = Some(monitor);
+        }
+        config
+    }
+
+    /// Runs the agent until SIGINT/SIGTERM on a runtime of `--worker-threads` workers.
+    pub fn run(self) -> anyhow::Result<()> {
+        // The ring provider, installed before anything builds a TLS config.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(self.worker_threads))
+            .enable_all()
+            .build()?;
+        let config = self.config();
+        runtime.block_on(crate::run(config, crate::process::shutdown_signal()))
+    }
+}
