@@ -1,38 +1,32 @@
-//! Latency of a Backup CREATE through the real kube-apiserver, without and with the webhook
-//! registered (same namespace shape, sequential creates). Needs the test control plane:
-//! `LHG_TEST_KUBECONFIG` (see control-plane/README.md). `LHG_BENCH_CREATES` sets the count.
+//! Latency of a Backup CREATE through the real kube-apiserver, in one run, in three
+//! namespaces shaped alike: no webhook, the floor registered (a minimal axum + rustls server
+//! echoing `allowed: true`, see `webhook_vs_floor`), and our webhook registered (started the
+//! way the binary starts it: watches, index, reloading TLS). Both are registered the same way
+//! (`clientConfig.url` + `caBundle`, namespaceSelector). Sequential creates, interleaved in
+//! rounds whose order rotates, so drift on the shared machine hits all three alike.
+//!
+//! Needs the test control plane: `LHG_TEST_KUBECONFIG` (see control-plane/README.md).
+//! `LHG_BENCH_CREATES` sets the creates per namespace (default 300).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster, wait_for};
-use longhorn_guard_webhook::{Policy, WebhookConfig};
+use longhorn_guard_webhook::throttle::policy::{RateLimit, ThrottlePolicy};
+use longhorn_guard_webhook::{Policy, WebhookConfig, tls};
 use longhorn_types::{Backup, BackupTarget, Snapshot, Volume, shapes};
 use serde_json::json;
 
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                T[(n >> (18 - 6 * i)) as usize & 63] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
+use base64::Engine as _;
+
+const WARM: usize = 20;
+const ROUND: usize = 25;
 
 async fn fixtures(cluster: &TestCluster, ns: &str, n: usize) {
     cluster
@@ -63,24 +57,137 @@ async fn fixtures(cluster: &TestCluster, ns: &str, n: usize) {
     }
 }
 
-async fn creates(cluster: &TestCluster, ns: &str, n: usize, prefix: &str) -> (f64, f64) {
-    let api: Api<Backup> = Api::namespaced(cluster.client(), ns);
-    let mut ms = Vec::with_capacity(n);
-    for i in 0..n {
-        let b: Backup = serde_json::from_value(shapes::backup(
-            ns,
-            &format!("{prefix}-{i}"),
-            "vol-1",
-            &format!("snap-{i}"),
-            None,
-        ))
-        .unwrap();
-        let t = Instant::now();
-        api.create(&PostParams::default(), &b).await.unwrap();
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+/// The webhook's policy: the default one, with the throttle on (every review counts the
+/// namespace's Backups in flight and takes a reservation) but its caps and rates off, so
+/// that hundreds of sequential Backups of one volume are all admitted.
+fn policy() -> Policy {
+    Policy {
+        throttle: ThrottlePolicy {
+            max_in_flight_per_volume: 0,
+            max_in_flight_per_node: 0,
+            max_in_flight_per_cluster: 0,
+            cluster_rate: RateLimit::OFF,
+            recurring_job_rate: RateLimit::OFF,
+            user_rate: RateLimit::OFF,
+            ..ThrottlePolicy::default()
+        },
+        ..Policy::default()
     }
-    ms.sort_by(|a, b| a.total_cmp(b));
-    (ms[n / 2], ms[(n * 99 / 100).min(n - 1)])
+}
+
+/// Registers `url` (trusting `ca_pem`) for Backup CREATEs in `ns`.
+async fn register(cluster: &TestCluster, ns: &str, url: String, ca_pem: &str) -> String {
+    let name = format!("lhg-bench-{ns}");
+    let vwc: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "backups.longhorn-guard.io",
+            "clientConfig": {
+                "url": url,
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+            },
+            "rules": [{"apiGroups": ["longhorn.io"], "apiVersions": ["v1beta2"], "operations": ["CREATE"], "resources": ["backups"]}],
+            "namespaceSelector": {"matchLabels": {TEST_NAMESPACE_LABEL: ns}},
+            "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Fail", "timeoutSeconds": 5,
+        }],
+    }))
+    .unwrap();
+    Api::<ValidatingWebhookConfiguration>::all(cluster.client())
+        .create(&PostParams::default(), &vwc)
+        .await
+        .unwrap();
+    name
+}
+
+/// Waits until the API server calls the webhook of `ns`: dry-run creates until `calls`
+/// (the server's own count of reviews) moves.
+async fn wait_called(cluster: &TestCluster, ns: &str, calls: impl Fn() -> u64) {
+    let api: Api<Backup> = Api::namespaced(cluster.client(), ns);
+    let before = calls();
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    wait_for(Duration::from_secs(20), "webhook called", || {
+        let api = api.clone();
+        let dry = dry.clone();
+        let called = calls() > before;
+        async move {
+            let b: Backup =
+                serde_json::from_value(shapes::backup(ns, "probe", "vol-1", "snap-0", None))?;
+            let _ = api.create(&dry, &b).await;
+            Ok(called)
+        }
+    })
+    .await
+    .unwrap();
+}
+
+struct Target {
+    label: &'static str,
+    ns: String,
+    ms: Vec<f64>,
+}
+
+impl Target {
+    async fn creates(&mut self, cluster: &TestCluster, from: usize, to: usize, prefix: &str) {
+        let api: Api<Backup> = Api::namespaced(cluster.client(), &self.ns);
+        for i in from..to {
+            let b: Backup = serde_json::from_value(shapes::backup(
+                &self.ns,
+                &format!("{prefix}-{i}"),
+                "vol-1",
+                &format!("snap-{i}"),
+                None,
+            ))
+            .unwrap();
+            let t = Instant::now();
+            api.create(&PostParams::default(), &b).await.unwrap();
+            if prefix != "warm" {
+                self.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        let mut v = self.ms.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    }
+}
+
+/// Sum and count of our webhook's `review_duration_seconds{endpoint="validate"}`.
+fn review_time(text: &str) -> (f64, f64) {
+    let sample = |suffix: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "longhorn_guard_webhook_review_duration_seconds_{suffix}{{"
+                )) && l.contains("endpoint=\"validate\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (sample("sum"), sample("count"))
+}
+
+/// Established TCP connections on the server side of `port` (`ss` from iproute2).
+fn connections(port: u16) -> String {
+    std::process::Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .count()
+                .to_string()
+        })
+        .unwrap_or_else(|_| "?".into())
 }
 
 #[tokio::main]
@@ -92,12 +199,46 @@ async fn main() {
     let cluster = TestCluster::connect()
         .await
         .expect("set LHG_TEST_KUBECONFIG to a running control plane");
+    tls::install_crypto_provider();
 
-    let plain_ns = cluster.namespace("bench-plain").await.unwrap();
-    fixtures(&cluster, &plain_ns, n).await;
-    let hook_ns = cluster.namespace("bench-webhook").await.unwrap();
-    fixtures(&cluster, &hook_ns, n).await;
+    let mut targets = Vec::new();
+    for label in ["no webhook", "floor", "our webhook"] {
+        let ns = cluster
+            .namespace(&format!("bench-{}", label.replace(' ', "-")))
+            .await
+            .unwrap();
+        fixtures(&cluster, &ns, n + WARM).await;
+        targets.push(Target {
+            label,
+            ns,
+            ms: Vec::with_capacity(n),
+        });
+    }
 
+    // The floor, with its own certificate.
+    let floor_ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let floor_tls = tls::server_config_from_pem(
+        floor_ck.cert.pem().as_bytes(),
+        floor_ck.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let (floor_app, floor_stats) = common::floor_router();
+    let (floor_addr, floor_handle) = common::serve(floor_app, floor_tls).await;
+    let floor_reg = register(
+        &cluster,
+        &targets[1].ns,
+        format!("https://{floor_addr}/validate/backups"),
+        &floor_ck.cert.pem(),
+    )
+    .await;
+    let stats = floor_stats.clone();
+    wait_called(&cluster, &targets[1].ns, move || {
+        let s = stats.lock().unwrap();
+        s.http1 + s.http2
+    })
+    .await;
+
+    // Our webhook, started as the binary starts it.
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
     let dir = std::env::temp_dir().join(format!("lhg-bench-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -109,8 +250,8 @@ async fn main() {
             metrics_listen: "127.0.0.1:0".parse().unwrap(),
             tls_cert: dir.join("tls.crt"),
             tls_key: dir.join("tls.key"),
-            policy: Some(Policy::default()),
-            namespace: Some(hook_ns.clone()),
+            policy: Some(policy()),
+            namespace: Some(targets[2].ns.clone()),
             ..WebhookConfig::default()
         },
         cluster.client(),
@@ -122,53 +263,91 @@ async fn main() {
     })
     .await
     .unwrap();
-    let name = format!("lhg-bench-{hook_ns}");
-    let vwc: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "backups.longhorn-guard.io",
-            "clientConfig": {"url": format!("https://{}/validate/backups", handle.local_addr()), "caBundle": b64(ck.cert.pem().as_bytes())},
-            "rules": [{"apiGroups": ["longhorn.io"], "apiVersions": ["v1beta2"], "operations": ["CREATE"], "resources": ["backups"]}],
-            "namespaceSelector": {"matchLabels": {TEST_NAMESPACE_LABEL: hook_ns}},
-            "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Fail", "timeoutSeconds": 5,
-        }],
-    }))
-    .unwrap();
-    let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(cluster.client());
-    vwcs.create(&PostParams::default(), &vwc).await.unwrap();
-    // Wait until the API server calls the webhook (a missing snapshot is denied).
-    let api: Api<Backup> = Api::namespaced(cluster.client(), &hook_ns);
-    wait_for(Duration::from_secs(20), "webhook active", || {
-        let api = api.clone();
-        let ns = hook_ns.clone();
-        async move {
-            let b: Backup =
-                serde_json::from_value(shapes::backup(&ns, "probe", "vol-1", "missing", None))?;
-            Ok(match api.create(&PostParams::default(), &b).await {
-                Err(_) => true,
-                Ok(_) => {
-                    api.delete("probe", &DeleteParams::default()).await?;
-                    false
-                }
-            })
-        }
-    })
-    .await
-    .unwrap();
+    let ours_reg = register(
+        &cluster,
+        &targets[2].ns,
+        format!("https://{}/validate/backups", handle.local_addr()),
+        &ck.cert.pem(),
+    )
+    .await;
+    let state = handle.state().clone();
+    let reviews = Arc::new(move || review_time(&state.metrics.encode(&state.index)).1 as u64);
+    let r = reviews.clone();
+    wait_called(&cluster, &targets[2].ns, move || r()).await;
 
-    // Warm-up, then interleave halves so drift on the shared machine hits both alike.
-    let _ = creates(&cluster, &plain_ns, 20.min(n), "warm").await;
-    let (p50_plain, p99_plain) = creates(&cluster, &plain_ns, n, "b").await;
-    let (p50_hook, p99_hook) = creates(&cluster, &hook_ns, n, "b").await;
-    println!("Backup CREATE through kube-apiserver v1.20, {n} sequential creates each:");
-    println!("  without webhook: p50 {p50_plain:.2} ms  p99 {p99_plain:.2} ms");
-    println!("  with webhook:    p50 {p50_hook:.2} ms  p99 {p99_hook:.2} ms");
+    // Warm-up, then rounds of ROUND creates per namespace, the order rotating each round.
+    for t in targets.iter_mut() {
+        t.creates(&cluster, n, n + WARM, "warm").await;
+    }
+    let state = handle.state().clone();
+    let (sum0, count0) = review_time(&state.metrics.encode(&state.index));
+    let mut from = 0;
+    let mut round = 0;
+    while from < n {
+        let to = (from + ROUND).min(n);
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            targets[i].creates(&cluster, from, to, "b").await;
+        }
+        from = to;
+        round += 1;
+    }
+    let (sum1, count1) = review_time(&state.metrics.encode(&state.index));
+
     println!(
-        "  ratio p50 {:.2} (goal <= 1.2), p99 {:.2}",
-        p50_hook / p50_plain,
-        p99_hook / p99_plain
+        "Backup CREATE through kube-apiserver v1.20, {n} sequential creates per namespace, interleaved in rounds of {ROUND}:"
     );
-    vwcs.delete(&name, &DeleteParams::default()).await.unwrap();
+    for t in &targets {
+        println!(
+            "  {:<12} p50 {:.2} ms  p99 {:.2} ms",
+            t.label,
+            t.pct(0.50),
+            t.pct(0.99)
+        );
+    }
+    let (none, floor, ours) = (&targets[0], &targets[1], &targets[2]);
+    for (what, a, b) in [
+        ("ours/none ", ours, none),
+        ("floor/none", floor, none),
+        ("ours/floor", ours, floor),
+    ] {
+        println!(
+            "  {what}: p50 {:.2}x ({:+.2} ms)  p99 {:.2}x",
+            a.pct(0.5) / b.pct(0.5),
+            a.pct(0.5) - b.pct(0.5),
+            a.pct(0.99) / b.pct(0.99)
+        );
+    }
+    println!("  (goal: ours/none <= 1.2 at p50)");
+    let reviewed = count1 - count0;
+    println!(
+        "  our webhook's own time per review (review_duration_seconds, handler only): mean {:.3} ms over {reviewed} reviews",
+        if reviewed > 0.0 {
+            (sum1 - sum0) / reviewed * 1000.0
+        } else {
+            0.0
+        }
+    );
+    {
+        let s = floor_stats.lock().unwrap();
+        println!(
+            "  the API server called the floor over HTTP/2 {} times, HTTP/1.1 {} times, from {} client connection(s)",
+            s.http2,
+            s.http1,
+            s.peers.len()
+        );
+    }
+    println!(
+        "  established connections now: floor {}, our webhook {}",
+        connections(floor_addr.port()),
+        connections(handle.local_addr().port())
+    );
+
+    let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(cluster.client());
+    for name in [floor_reg, ours_reg] {
+        vwcs.delete(&name, &DeleteParams::default()).await.unwrap();
+    }
+    floor_handle.shutdown();
     handle.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

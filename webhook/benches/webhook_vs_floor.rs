@@ -8,14 +8,12 @@
 //! override the load.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 
-use axum::Json;
-use axum::routing::post;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::runtime::watcher::Event;
 use longhorn_guard_webhook::{AppState, Index, Metrics, NoSnapshotSource, Policy, router, tls};
 use longhorn_types::{BackupTarget, Snapshot, Volume, shapes};
@@ -33,36 +31,6 @@ fn env(name: &str, default: usize) -> usize {
 fn with_status(mut obj: serde_json::Value, status: serde_json::Value) -> serde_json::Value {
     obj["status"] = status;
     obj
-}
-
-async fn floor(
-    review: Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    match review.0.try_into() {
-        Ok(req) => {
-            let req: AdmissionRequest<DynamicObject> = req;
-            Json(AdmissionResponse::from(&req).into_review())
-        }
-        Err(_) => Json(AdmissionResponse::invalid("no request").into_review()),
-    }
-}
-
-async fn serve(
-    app: axum::Router,
-    config: Arc<rustls::ServerConfig>,
-) -> (SocketAddr, axum_server::Handle<SocketAddr>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(
-        listener,
-        axum_server::tls_rustls::RustlsConfig::from_config(config),
-    )
-    .unwrap()
-    .handle(handle.clone());
-    tokio::spawn(async move { server.serve(app.into_make_service()).await });
-    (addr, handle)
 }
 
 struct Run {
@@ -163,12 +131,9 @@ async fn main() {
         Arc::new(Metrics::new()),
         Arc::new(NoSnapshotSource),
     );
-    let (webhook_addr, h1) = serve(router(state.clone()), config.clone()).await;
-    let (floor_addr, h2) = serve(
-        axum::Router::new().route("/validate/backups", post(floor)),
-        config,
-    )
-    .await;
+    let (webhook_addr, h1) = common::serve(router(state.clone()), config.clone()).await;
+    let (floor_app, _) = common::floor_router();
+    let (floor_addr, h2) = common::serve(floor_app, config).await;
 
     let dir = std::env::temp_dir().join(format!("lhg-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
