@@ -7,7 +7,7 @@ use kube::Resource;
 use longhorn_types::{Backup, BackupState, BackupTarget, Engine, Snapshot, Volume};
 use serde::de::DeserializeOwned;
 
-use super::{IndexData, IndexOptions, Interner, Kind, KindTable};
+use super::{Grouped, IndexData, IndexOptions, Interner, Kind, KindTable};
 
 const MARK_REMOVED: u8 = 1;
 const READY_TO_USE: u8 = 1 << 1;
@@ -107,6 +107,33 @@ fn state_code(s: &BackupState) -> u8 {
     }
 }
 
+impl Grouped for SnapshotEntry {}
+impl Grouped for VolumeEntry {}
+impl Grouped for TargetEntry {}
+
+/// Engines are grouped by volume (the node of a volume without scanning every Engine).
+impl Grouped for EngineEntry {
+    fn group(&self) -> Option<Arc<str>> {
+        Some(self.volume.clone())
+    }
+}
+
+/// Backups in flight (non-terminal, with a snapshot name) are grouped by volume (`""` when
+/// the Backup names none); the others are not grouped.
+impl Grouped for BackupEntry {
+    fn group(&self) -> Option<Arc<str>> {
+        self.in_flight()
+            .then(|| self.volume.clone().unwrap_or_else(|| Arc::from("")))
+    }
+}
+
+impl BackupEntry {
+    /// Non-terminal and with a snapshot name: what the throttle counts.
+    pub fn in_flight(&self) -> bool {
+        self.snapshot.is_some() && !self.state().is_terminal()
+    }
+}
+
 /// A BackupTarget: whether Longhorn says it is available.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetEntry {
@@ -118,7 +145,7 @@ pub trait IndexedKind:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
     const KIND: Kind;
-    type Entry;
+    type Entry: Grouped;
     /// (namespace, name, entry), or `None` for an object without a name.
     fn extract(
         &self,

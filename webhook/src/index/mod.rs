@@ -5,6 +5,7 @@
 //! in at `InitDone`, so readers see either the old or the new complete table.
 
 mod entries;
+mod groups;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -17,6 +18,7 @@ use kube::runtime::watcher::Event;
 pub use entries::{
     BackupEntry, EngineEntry, IndexedKind, SnapshotEntry, SnapshotFacts, TargetEntry, VolumeEntry,
 };
+pub use groups::{Grouped, Groups};
 pub use watch::{WatchScope, run_watches};
 
 /// The kinds the index follows.
@@ -100,6 +102,8 @@ pub struct KindTable<V> {
     live: Table<V>,
     len: usize,
     relist: Option<(Table<V>, usize)>,
+    /// The live entries by their [`Grouped::group`] key.
+    groups: Groups,
 }
 
 impl<V> Default for KindTable<V> {
@@ -108,11 +112,12 @@ impl<V> Default for KindTable<V> {
             live: HashMap::new(),
             len: 0,
             relist: None,
+            groups: Groups::default(),
         }
     }
 }
 
-impl<V> KindTable<V> {
+impl<V: Grouped> KindTable<V> {
     pub fn get(&self, namespace: &str, name: &str) -> Option<&V> {
         self.live.get(namespace)?.get(name)
     }
@@ -135,6 +140,27 @@ impl<V> KindTable<V> {
         self.live.get(namespace).into_iter().flat_map(|m| m.iter())
     }
 
+    /// Entries of one group of a namespace (see [`Grouped`]).
+    pub fn in_group<'a>(
+        &'a self,
+        namespace: &'a str,
+        group: &str,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a V)> {
+        self.groups
+            .names(namespace, group)
+            .filter_map(move |n| Some((n, self.get(namespace, n)?)))
+    }
+
+    /// (group, name, entry) of every grouped entry of a namespace.
+    pub fn grouped<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a Arc<str>, &'a V)> {
+        self.groups
+            .in_namespace(namespace)
+            .filter_map(move |(g, n)| Some((g, n, self.get(namespace, n)?)))
+    }
+
     fn insert_into(table: &mut Table<V>, len: &mut usize, ns: Arc<str>, name: Arc<str>, v: V) {
         if table.entry(ns).or_default().insert(name, v).is_none() {
             *len += 1;
@@ -142,6 +168,14 @@ impl<V> KindTable<V> {
     }
 
     fn apply(&mut self, ns: Arc<str>, name: Arc<str>, v: V) {
+        if let Some(old) = self.live.get(&ns).and_then(|m| m.get(&name))
+            && let Some(g) = old.group()
+        {
+            self.groups.remove(&ns, &g, &name);
+        }
+        if let Some(g) = v.group() {
+            self.groups.add(&ns, g, &name);
+        }
         Self::insert_into(&mut self.live, &mut self.len, ns, name, v);
     }
 
@@ -149,7 +183,15 @@ impl<V> KindTable<V> {
         let Some(m) = self.live.get_mut(ns) else {
             return false;
         };
-        let removed = m.remove(name).is_some();
+        let removed = match m.remove(name) {
+            Some(old) => {
+                if let Some(g) = old.group() {
+                    self.groups.remove(ns, &g, name);
+                }
+                true
+            }
+            None => false,
+        };
         if removed {
             self.len -= 1;
             if m.is_empty() {
@@ -173,6 +215,7 @@ impl<V> KindTable<V> {
 
     fn relist_done(&mut self) {
         if let Some((table, len)) = self.relist.take() {
+            self.groups = Groups::of(&table);
             self.live = table;
             self.len = len;
         }

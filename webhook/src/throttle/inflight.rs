@@ -10,39 +10,68 @@ use std::sync::Arc;
 use longhorn_types::BackupState;
 
 use super::reservations::Reservations;
-use crate::index::{IndexView, SnapshotLookup};
+use crate::index::{EngineEntry, IndexView, SnapshotLookup};
 
-/// The node of each volume of a namespace, built once per decision.
-#[derive(Debug, Default)]
-pub struct NodeMap {
-    by_volume: HashMap<Arc<str>, Arc<str>>,
+/// The node of a volume: its engines' (the active one's first), else the Volume's own.
+/// `Built` holds a whole namespace (scrape-time figures); `Lookup` answers from the index's
+/// Engines-by-volume grouping, a few hash lookups per volume (decisions).
+pub enum NodeMap<'v, 'a> {
+    Built(HashMap<Arc<str>, Arc<str>>),
+    Lookup {
+        view: &'v IndexView<'a>,
+        namespace: &'v str,
+    },
 }
 
-impl NodeMap {
-    pub fn build(view: &IndexView<'_>, namespace: &str) -> Self {
-        let mut by_volume: HashMap<Arc<str>, (bool, Arc<str>)> = HashMap::new();
-        for (_, e) in view.data().engines.in_namespace(namespace) {
-            let Some(node) = &e.node else { continue };
-            match by_volume.get(&e.volume) {
-                Some((true, _)) => {}
-                Some((false, _)) if !e.active => {}
-                _ => {
-                    by_volume.insert(e.volume.clone(), (e.active, node.clone()));
-                }
-            }
+/// The node of one volume from its engines (the active one's first, else any with a node).
+fn engine_node<'e>(engines: impl Iterator<Item = &'e EngineEntry>) -> Option<Arc<str>> {
+    let mut pick: Option<(bool, &Arc<str>)> = None;
+    for e in engines {
+        let Some(node) = &e.node else { continue };
+        match pick {
+            Some((true, _)) => {}
+            Some((false, _)) if !e.active => {}
+            _ => pick = Some((e.active, node)),
         }
-        let mut out: HashMap<Arc<str>, Arc<str>> =
-            by_volume.into_iter().map(|(v, (_, n))| (v, n)).collect();
+    }
+    pick.map(|(_, n)| n.clone())
+}
+
+impl<'v, 'a> NodeMap<'v, 'a> {
+    /// Every volume of `namespace` (a scan of its Engines and Volumes).
+    pub fn build(view: &IndexView<'_>, namespace: &str) -> Self {
+        let mut engines: HashMap<&Arc<str>, Vec<&EngineEntry>> = HashMap::new();
+        for (_, e) in view.data().engines.in_namespace(namespace) {
+            engines.entry(&e.volume).or_default().push(e);
+        }
+        let mut out: HashMap<Arc<str>, Arc<str>> = engines
+            .into_iter()
+            .filter_map(|(v, es)| Some((v.clone(), engine_node(es.into_iter())?)))
+            .collect();
         for (name, v) in view.data().volumes.in_namespace(namespace) {
             if let Some(node) = &v.node {
                 out.entry(name.clone()).or_insert_with(|| node.clone());
             }
         }
-        Self { by_volume: out }
+        NodeMap::Built(out)
     }
 
-    pub fn node_of(&self, volume: &str) -> Option<&Arc<str>> {
-        self.by_volume.get(volume)
+    /// Answers per volume from the index, without a scan.
+    pub fn lookup(view: &'v IndexView<'a>, namespace: &'v str) -> Self {
+        NodeMap::Lookup { view, namespace }
+    }
+
+    pub fn node_of(&self, volume: &str) -> Option<Arc<str>> {
+        match self {
+            NodeMap::Built(m) => m.get(volume).cloned(),
+            NodeMap::Lookup { view, namespace } => engine_node(
+                view.data()
+                    .engines
+                    .in_group(namespace, volume)
+                    .map(|(_, e)| e),
+            )
+            .or_else(|| view.volume(namespace, volume)?.node.clone()),
+        }
     }
 }
 
@@ -71,15 +100,17 @@ pub struct ScopeCount {
 impl ScopeCount {
     pub const KEEP: usize = 3;
 
-    fn add(&mut self, h: &Holder) {
+    /// Counts a holder of `age_seconds`; builds it (strings, a snapshot lookup) only when it
+    /// is among the oldest kept.
+    fn add(&mut self, age_seconds: i64, holder: &dyn Fn() -> Holder) {
         self.count += 1;
         let pos = self
             .oldest
             .iter()
-            .position(|o| o.age_seconds < h.age_seconds)
+            .position(|o| o.age_seconds < age_seconds)
             .unwrap_or(self.oldest.len());
         if pos < Self::KEEP {
-            self.oldest.insert(pos, h.clone());
+            self.oldest.insert(pos, holder());
             self.oldest.truncate(Self::KEEP);
         }
     }
@@ -118,20 +149,21 @@ pub fn count(
 ) -> Counts {
     let mut c = Counts::default();
     let stuck_after = i64::try_from(stuck_after_seconds).unwrap_or(i64::MAX);
-    let mut visit = |h: Holder, b_volume: Option<&str>| {
-        let b_node = b_volume.and_then(|v| nodes.node_of(v)).map(|n| &**n);
-        c.cluster.add(&h);
-        if volume.is_some() && b_volume == volume {
-            c.volume.add(&h);
-        }
-        if node.is_some() && b_node == node {
-            c.node.add(&h);
-        }
-        if h.snapshot == snapshot && c.duplicate.is_none() {
-            c.duplicate = Some(h);
-        }
-    };
-    for (name, b) in view.data().backups.in_namespace(namespace) {
+    let mut visit =
+        |age: i64, b_snapshot: &str, b_volume: Option<&str>, holder: &dyn Fn() -> Holder| {
+            c.cluster.add(age, holder);
+            if volume.is_some() && b_volume == volume {
+                c.volume.add(age, holder);
+            }
+            if node.is_some() && b_volume.and_then(|v| nodes.node_of(v)).as_deref() == node {
+                c.node.add(age, holder);
+            }
+            if b_snapshot == snapshot && c.duplicate.is_none() {
+                c.duplicate = Some(holder());
+            }
+        };
+    // Only the Backups in flight, from the index's grouping (not a scan of the namespace).
+    for (_, name, b) in view.data().backups.grouped(namespace) {
         let state = b.state();
         if state.is_terminal() {
             continue;
@@ -144,36 +176,32 @@ pub fn count(
         } else {
             0
         };
-        let snapshot_gone = match view.snapshot(namespace, snap) {
-            SnapshotLookup::Indexed(f) | SnapshotLookup::Live(f) => {
-                f.mark_removed || f.lost_in_engine
-            }
-            SnapshotLookup::NotIndexed | SnapshotLookup::ConfirmedMissing => true,
-        };
-        visit(
-            Holder {
-                name: name.to_string(),
-                state: state_name(&state),
-                age_seconds: age,
-                snapshot: snap.to_string(),
-                stuck: age >= stuck_after,
-                snapshot_gone,
+        let holder = || Holder {
+            name: name.to_string(),
+            state: state_name(&state),
+            age_seconds: age,
+            snapshot: snap.to_string(),
+            stuck: age >= stuck_after,
+            snapshot_gone: match view.snapshot(namespace, snap) {
+                SnapshotLookup::Indexed(f) | SnapshotLookup::Live(f) => {
+                    f.mark_removed || f.lost_in_engine
+                }
+                SnapshotLookup::NotIndexed | SnapshotLookup::ConfirmedMissing => true,
             },
-            b.volume.as_deref(),
-        );
+        };
+        visit(age, snap, b.volume.as_deref(), &holder);
     }
     for r in reservations.in_namespace(namespace) {
-        visit(
-            Holder {
-                name: r.display(),
-                state: "admitted".to_string(),
-                age_seconds: (now_unix - r.at_unix).max(0),
-                snapshot: r.snapshot.to_string(),
-                stuck: false,
-                snapshot_gone: false,
-            },
-            r.volume.as_deref(),
-        );
+        let age = (now_unix - r.at_unix).max(0);
+        let holder = || Holder {
+            name: r.display(),
+            state: "admitted".to_string(),
+            age_seconds: age,
+            snapshot: r.snapshot.to_string(),
+            stuck: false,
+            snapshot_gone: false,
+        };
+        visit(age, &r.snapshot, r.volume.as_deref(), &holder);
     }
     c
 }

@@ -298,12 +298,8 @@ impl Throttle {
             return ThrottleOutcome::Skipped;
         }
         let exempt = is_exempt(&policy.exemptions, req);
-        let nodes = NodeMap::build(view, &req.namespace);
-        let node = req
-            .volume
-            .as_deref()
-            .and_then(|v| nodes.node_of(v))
-            .cloned();
+        let nodes = NodeMap::lookup(view, &req.namespace);
+        let node = req.volume.as_deref().and_then(|v| nodes.node_of(v));
         let ns: Arc<str> = Arc::from(req.namespace.as_str());
         let job_key = req.recurring_job.as_ref().map(|j| (ns.clone(), j.clone()));
 
