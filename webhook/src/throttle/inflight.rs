@@ -136,11 +136,11 @@ fn state_name(s: &BackupState) -> String {
 
 /// Counts in-flight Backups in `namespace` against the request's volume, node and snapshot.
 #[allow(clippy::too_many_arguments)]
-pub fn count(
-    view: &IndexView<'_>,
+pub fn count<'x>(
+    view: &'x IndexView<'_>,
     nodes: &NodeMap,
-    reservations: &Reservations,
-    namespace: &str,
+    reservations: &'x Reservations,
+    namespace: &'x str,
     volume: Option<&str>,
     node: Option<&str>,
     snapshot: &str,
@@ -149,14 +149,25 @@ pub fn count(
 ) -> Counts {
     let mut c = Counts::default();
     let stuck_after = i64::try_from(stuck_after_seconds).unwrap_or(i64::MAX);
+    // Many Backups in flight may share a volume: look each volume's node up once.
+    let mut node_of: HashMap<&'x str, Option<Arc<str>>> = HashMap::new();
     let mut visit =
-        |age: i64, b_snapshot: &str, b_volume: Option<&str>, holder: &dyn Fn() -> Holder| {
+        |age: i64, b_snapshot: &str, b_volume: Option<&'x str>, holder: &dyn Fn() -> Holder| {
             c.cluster.add(age, holder);
-            if volume.is_some() && b_volume == volume {
+            let same_volume = volume.is_some() && b_volume == volume;
+            if same_volume {
                 c.volume.add(age, holder);
             }
-            if node.is_some() && b_volume.and_then(|v| nodes.node_of(v)).as_deref() == node {
-                c.node.add(age, holder);
+            if let (Some(node), Some(v)) = (node, b_volume) {
+                let on_node = same_volume
+                    || node_of
+                        .entry(v)
+                        .or_insert_with(|| nodes.node_of(v))
+                        .as_deref()
+                        == Some(node);
+                if on_node {
+                    c.node.add(age, holder);
+                }
             }
             if b_snapshot == snapshot && c.duplicate.is_none() {
                 c.duplicate = Some(holder());
