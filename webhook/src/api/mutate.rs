@@ -7,9 +7,8 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
 
 use super::AppState;
-use super::review::{Review, invalid_review};
-use super::validate::{is_backup_create, operation_label, unexpected};
-use crate::decision::{BackupRequest, Reason, full_backup_patch};
+use super::review::{Review, backup_create, operation_label};
+use crate::decision::{Reason, full_backup_patch};
 
 pub(super) async fn mutate_backup(
     State(state): State<AppState>,
@@ -18,33 +17,9 @@ pub(super) async fn mutate_backup(
     let _timer = state.metrics.time_review("mutate");
     let req = &review.request;
     let operation = operation_label(&req.operation);
-    if !is_backup_create(req) {
-        state
-            .metrics
-            .review(operation, "warned", Reason::Unexpected);
-        return Json(unexpected(req).into_review());
-    }
-    let Some(obj) = req.object.as_ref() else {
-        state.metrics.malformed("invalid_object");
-        state
-            .metrics
-            .review(operation, "invalid", Reason::Malformed);
-        return Json(invalid_review(&req.uid, "CREATE review carries no object"));
-    };
-    let backup = match BackupRequest::from_object(
-        obj,
-        req.namespace.as_deref(),
-        req.user_info.username.as_deref().unwrap_or_default(),
-        req.user_info.groups.as_deref().unwrap_or_default(),
-    ) {
-        Ok(b) => b,
-        Err(problem) => {
-            state.metrics.malformed("invalid_object");
-            state
-                .metrics
-                .review(operation, "invalid", Reason::Malformed);
-            return Json(invalid_review(&req.uid, &problem));
-        }
+    let (_, backup) = match backup_create(&state, req) {
+        Ok(checked) => checked,
+        Err(answer) => return Json(*answer),
     };
     let patch = full_backup_patch(&state.policy(), &state.index.view(), &backup);
     let resp = AdmissionResponse::from(req);

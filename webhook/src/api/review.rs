@@ -8,9 +8,10 @@ use axum::extract::{FromRequest, Request};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use super::AppState;
+use crate::decision::{BackupRequest, Reason};
 
 pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 
@@ -173,4 +174,86 @@ fn readable_uid(bytes: &[u8]) -> Option<String> {
         .as_str()
         .filter(|s| !s.is_empty())
         .map(str::to_string)
+}
+
+/// The operation as a metric label.
+pub(super) fn operation_label(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// True for CREATE of `longhorn.io/v1beta2` `backups` (no subresource).
+pub(super) fn is_backup_create(req: &AdmissionRequest<DynamicObject>) -> bool {
+    req.operation == Operation::Create
+        && req.resource.group == longhorn_types::GROUP
+        && req.resource.version == longhorn_types::VERSION
+        && req.resource.resource == "backups"
+        && req.sub_resource.as_deref().unwrap_or_default().is_empty()
+}
+
+/// The answer to a request the registration should never send.
+pub(super) fn unexpected(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    let mut resp = AdmissionResponse::from(req);
+    resp.warnings = Some(vec![format!(
+        "longhorn-guard only checks CREATE of longhorn.io/v1beta2 backups; allowed {} of {}/{}/{}{} unchecked (check the webhook registration's rules)",
+        operation_label(&req.operation),
+        req.resource.group,
+        req.resource.version,
+        req.resource.resource,
+        req.sub_resource
+            .as_deref()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default(),
+    )]);
+    resp
+}
+
+/// What every Backup endpoint checks before its own work: a CREATE of `longhorn.io/v1beta2`
+/// backups (else allowed with a warning, counted `unexpected`) carrying an object that reads
+/// as a Backup (else an invalid answer, counted `malformed`). `Err` is the answer to send as
+/// is; `Ok` is the object and the request the decision reads (with the Longhorn release the
+/// cluster runs).
+pub(super) fn backup_create<'r>(
+    state: &AppState,
+    req: &'r AdmissionRequest<DynamicObject>,
+) -> Result<(&'r DynamicObject, BackupRequest), Box<AdmissionReview<DynamicObject>>> {
+    let operation = operation_label(&req.operation);
+    if !is_backup_create(req) {
+        state
+            .metrics
+            .review(operation, "warned", Reason::Unexpected);
+        tracing::warn!(
+            uid = %req.uid, operation, resource = %req.resource.resource,
+            group = %req.resource.group, "unexpected review allowed with a warning"
+        );
+        return Err(Box::new(unexpected(req).into_review()));
+    }
+    let malformed = |message: &str| {
+        state.metrics.malformed("invalid_object");
+        state
+            .metrics
+            .review(operation, "invalid", Reason::Malformed);
+        Box::new(invalid_review(&req.uid, message))
+    };
+    let Some(obj) = req.object.as_ref() else {
+        return Err(malformed("CREATE review carries no object"));
+    };
+    let mut backup = BackupRequest::from_object(
+        obj,
+        req.namespace.as_deref(),
+        req.user_info.username.as_deref().unwrap_or_default(),
+        req.user_info.groups.as_deref().unwrap_or_default(),
+    )
+    .map_err(|problem| {
+        malformed(&format!(
+            "Backup {:?}: {problem}",
+            obj.metadata.name.as_deref().unwrap_or_default()
+        ))
+    })?;
+    backup.longhorn = state.longhorn.release();
+    Ok((obj, backup))
 }

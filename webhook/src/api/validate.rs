@@ -3,50 +3,14 @@
 use axum::Json;
 use axum::extract::State;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 
 use super::AppState;
-use super::review::{Review, invalid_review};
+use super::review::{Review, backup_create, operation_label};
 use crate::decision::{BackupRequest, Decision, Reason, decide};
 use crate::index::LiveSnapshot;
 use crate::metrics::LookupOutcome;
 use crate::policy::{FailMode, Policy};
-
-/// The operation as a metric label.
-pub(super) fn operation_label(op: &Operation) -> &'static str {
-    match op {
-        Operation::Create => "CREATE",
-        Operation::Update => "UPDATE",
-        Operation::Delete => "DELETE",
-        Operation::Connect => "CONNECT",
-    }
-}
-
-/// True for CREATE of `longhorn.io/v1beta2` `backups` (no subresource).
-pub(super) fn is_backup_create(req: &AdmissionRequest<DynamicObject>) -> bool {
-    req.operation == Operation::Create
-        && req.resource.group == longhorn_types::GROUP
-        && req.resource.version == longhorn_types::VERSION
-        && req.resource.resource == "backups"
-        && req.sub_resource.as_deref().unwrap_or_default().is_empty()
-}
-
-/// The answer to a request the registration should never send.
-pub(super) fn unexpected(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-    let mut resp = AdmissionResponse::from(req);
-    resp.warnings = Some(vec![format!(
-        "longhorn-guard only checks CREATE of longhorn.io/v1beta2 backups; allowed {} of {}/{}/{}{} unchecked (check the webhook registration's rules)",
-        operation_label(&req.operation),
-        req.resource.group,
-        req.resource.version,
-        req.resource.resource,
-        req.sub_resource
-            .as_deref()
-            .map(|s| format!("/{s}"))
-            .unwrap_or_default(),
-    )]);
-    resp
-}
 
 fn k8s_reason(code: u16) -> &'static str {
     match code {
@@ -119,47 +83,10 @@ pub(super) async fn validate_backup(
     let req = &review.request;
     let operation = operation_label(&req.operation);
     let deadline = state.policy().deadline();
-
-    if !is_backup_create(req) {
-        state
-            .metrics
-            .review(operation, "warned", Reason::Unexpected);
-        tracing::warn!(
-            uid = %req.uid, operation, resource = %req.resource.resource,
-            group = %req.resource.group, "unexpected review allowed with a warning"
-        );
-        return Json(unexpected(req).into_review());
-    }
-    let Some(obj) = req.object.as_ref() else {
-        state.metrics.malformed("invalid_object");
-        state
-            .metrics
-            .review(operation, "invalid", Reason::Malformed);
-        return Json(invalid_review(&req.uid, "CREATE review carries no object"));
+    let (obj, backup) = match backup_create(&state, req) {
+        Ok(checked) => checked,
+        Err(answer) => return Json(*answer),
     };
-    let mut backup = match BackupRequest::from_object(
-        obj,
-        req.namespace.as_deref(),
-        req.user_info.username.as_deref().unwrap_or_default(),
-        req.user_info.groups.as_deref().unwrap_or_default(),
-    ) {
-        Ok(b) => b,
-        Err(problem) => {
-            state.metrics.malformed("invalid_object");
-            state
-                .metrics
-                .review(operation, "invalid", Reason::Malformed);
-            return Json(invalid_review(
-                &req.uid,
-                &format!(
-                    "Backup {:?}: {problem}",
-                    obj.metadata.name.as_deref().unwrap_or_default()
-                ),
-            ));
-        }
-    };
-
-    backup.longhorn = state.longhorn.release();
     let policy = state.policy();
     let review_deadline = std::time::Instant::now() + deadline;
     let decision = match tokio::time::timeout(deadline, async {
