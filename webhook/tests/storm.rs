@@ -28,7 +28,6 @@ use longhorn_guard_testkit::TestCluster;
 use longhorn_guard_webhook::Policy;
 use longhorn_guard_webhook::throttle::policy::ThrottlePolicy;
 use longhorn_types::{Backup, BackupState, BackupTarget, Engine, Snapshot, Volume, shapes};
-use serde_json::json;
 
 /// A client that does NOT retry 429s: kube-rs 5 retries 429/503/504 by default (up to 15
 /// times, exponential backoff from 5 ms), which would turn every throttle denial into a
@@ -616,22 +615,12 @@ pub async fn review_at(
     uid: &str,
     obj: serde_json::Value,
 ) -> Result<bool> {
-    let body = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "longhorn.io", "version": "v1beta2", "kind": "Backup"},
-            "resource": {"group": "longhorn.io", "version": "v1beta2", "resource": "backups"},
-            "namespace": ns,
-            "name": obj["metadata"]["name"],
-            "operation": "CREATE",
-            "userInfo": {"username": format!("system:serviceaccount:{ns}:longhorn-service-account"), "groups": ["system:serviceaccounts"]},
-            "object": obj,
-            "oldObject": null,
-            "dryRun": false,
-        }
-    });
+    let body = admission_review(
+        ns,
+        uid,
+        &format!("system:serviceaccount:{ns}:longhorn-service-account"),
+        obj,
+    );
     let (status, text) = tls_post(served, "/validate/backups", serde_json::to_vec(&body)?).await?;
     if status != 200 {
         bail!("replica answered HTTP {status}: {text}");
