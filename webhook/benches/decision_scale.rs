@@ -140,6 +140,8 @@ struct Case {
     picks: Vec<DynamicObject>,
     /// p50 and p99 of each round.
     rounds: Vec<(f64, f64)>,
+    /// Duration of each scrape-time refresh of the throttle figures (ms).
+    scrapes: Vec<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -177,6 +179,7 @@ impl Case {
             policy,
             picks,
             rounds: Vec::new(),
+            scrapes: Vec::new(),
         };
         for i in 0..1000 {
             case.review(i);
@@ -212,6 +215,10 @@ impl Case {
         us.sort_by(|a, b| a.total_cmp(b));
         let pct = |p: f64| us[((us.len() as f64 * p) as usize).min(us.len() - 1)];
         self.rounds.push((pct(0.50), pct(0.99)));
+        // A /metrics scrape recomputes the Backup figures over the whole index (read lock).
+        let t = Instant::now();
+        self.state.refresh_throttle_metrics();
+        self.scrapes.push(t.elapsed().as_secs_f64() * 1e3);
     }
 }
 
@@ -251,4 +258,12 @@ fn main() {
         );
     }
     println!("  (goal: p99 within 1.2x of the first size)");
+    println!("scrape-time throttle figures (/metrics), median of the rounds:");
+    for r in &cases {
+        println!(
+            "  {:>7} objects: {:8.2} ms",
+            r.objects,
+            median(r.scrapes.clone())
+        );
+    }
 }
