@@ -99,6 +99,15 @@ impl TestCluster {
         self.config.cluster_url.to_string()
     }
 
+    /// A client of this control plane that connects to `url` instead of the API server's own
+    /// address, e.g. a loopback proxy in front of it (the server certificate is still checked:
+    /// it names 127.0.0.1, whatever the port).
+    pub fn client_via(&self, url: &str) -> Result<Client> {
+        let mut config = self.config.clone();
+        config.cluster_url = url.parse().with_context(|| format!("not a URL: {url}"))?;
+        Client::try_from(config).context("building a kube client for another address")
+    }
+
     /// A client that impersonates `user` with `groups` (the admin may impersonate anyone).
     pub fn client_as(&self, user: &str, groups: &[&str]) -> Result<Client> {
         let mut config = self.config.clone();

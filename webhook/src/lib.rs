@@ -199,6 +199,7 @@ pub async fn start_with_source(
         None => config.longhorn_version.map(version::LonghornInfo::pinned),
     };
     let index = Arc::new(Index::new(index_options(&policy)));
+    index.set_staleness(policy.index_staleness());
     let metrics = Arc::new(Metrics::new());
     let state = AppState::new(policy.clone(), index.clone(), metrics.clone(), snapshots);
     if let Some(info) = longhorn {
@@ -240,6 +241,7 @@ pub async fn start_with_source(
         let initial = std::fs::read(path).ok();
         let watch = throttle::PolicyFileWatch::new(path.clone(), initial.as_deref());
         let reload_metrics = metrics.clone();
+        let (reload_index, reload_policy) = (index.clone(), state.policy.clone());
         watches.spawn(throttle::reload::run_reloader(
             watch,
             state.policy.clone(),
@@ -249,6 +251,7 @@ pub async fn start_with_source(
                     reload_metrics.throttle.policy_reload_errors.inc();
                 }
                 throttle::ReloadOutcome::Reloaded { generation } => {
+                    reload_index.set_staleness(reload_policy.get().index_staleness());
                     reload_metrics
                         .throttle
                         .policy_generation

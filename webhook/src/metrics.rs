@@ -68,6 +68,10 @@ pub struct Metrics {
     pub watch_restarts: Family<KindLabels, Counter>,
     pub watch_errors: Family<KindLabels, Counter>,
     pub last_sync_age: Family<KindLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while the kind is listed and its watch has not failed past the staleness bound.
+    pub index_trusted: Family<KindLabels, Gauge>,
+    /// Times the kind's watch failed for longer than the staleness bound (each forces a relist).
+    pub index_stale: Family<KindLabels, Counter>,
     pub deadline_exceeded: Counter,
     pub malformed: Family<MalformedLabels, Counter>,
     pub in_flight: Gauge,
@@ -142,6 +146,19 @@ impl Metrics {
             "Seconds since the kind's watch last delivered an event (-1 before the first)",
             last_sync_age.clone(),
         );
+        let index_trusted = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "index_trusted",
+            "1 when the kind is listed and its watch has not been failing for longer than the \
+             staleness bound (what /readyz requires of every kind), else 0",
+            index_trusted.clone(),
+        );
+        let index_stale = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "index_stale",
+            "Times the kind's watch failed for longer than the staleness bound (each forces a relist)",
+            index_stale.clone(),
+        );
         let deadline_exceeded = Counter::default();
         registry.register(
             "deadline_exceeded",
@@ -175,6 +192,8 @@ impl Metrics {
             watch_restarts,
             watch_errors,
             last_sync_age,
+            index_trusted,
+            index_stale,
             deadline_exceeded,
             malformed,
             in_flight,
@@ -219,6 +238,14 @@ impl Metrics {
             .inc();
     }
 
+    pub fn index_went_stale(&self, kind: Kind) {
+        self.index_stale
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
     /// Total reviews counted so far (all labels); for tests.
     pub fn reviews_total(&self) -> u64 {
         // prometheus-client has no iteration over a family; encode and sum instead.
@@ -239,6 +266,11 @@ impl Metrics {
                     kind: kind.as_str(),
                 })
                 .set(index.last_event_age_seconds(kind).unwrap_or(-1.0));
+            self.index_trusted
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(i64::from(index.trust(kind).is_trusted()));
         }
         self.encode_text()
     }

@@ -125,6 +125,9 @@ pub struct Policy {
     pub engine_check: crate::engine_truth::EngineCheckMode,
     /// Budget of one engine check in milliseconds (never past the review's deadline).
     pub engine_check_budget_ms: u64,
+    /// How long a listed kind's watch may keep failing before the index is no longer trusted
+    /// for it and `/readyz` answers 503 (until a relist completes).
+    pub index_staleness_ms: u64,
 }
 
 impl Default for Policy {
@@ -146,6 +149,7 @@ impl Default for Policy {
             throttle: crate::throttle::policy::ThrottlePolicy::default(),
             engine_check: crate::engine_truth::EngineCheckMode::default(),
             engine_check_budget_ms: crate::engine_truth::DEFAULT_BUDGET_MS,
+            index_staleness_ms: crate::index::DEFAULT_STALENESS.as_millis() as u64,
         }
     }
 }
@@ -208,11 +212,19 @@ impl Policy {
         if self.engine_check_budget_ms == 0 {
             return Err("engineCheckBudgetMs must be > 0".into());
         }
+        if self.index_staleness_ms == 0 {
+            return Err("indexStalenessMs must be > 0".into());
+        }
         self.throttle.validate()
     }
 
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms)
+    }
+
+    /// The index's staleness bound (`indexStalenessMs`).
+    pub fn index_staleness(&self) -> Duration {
+        Duration::from_millis(self.index_staleness_ms)
     }
 }
 

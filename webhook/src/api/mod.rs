@@ -98,8 +98,11 @@ impl AppState {
         self.0.serving.store(serving, Ordering::Release);
     }
 
+    /// Ready = the admission listener serves and every kind of the index can be trusted:
+    /// listed, and its watch not failing for longer than the staleness bound
+    /// (`crate::index::Trust`).
     pub fn is_ready(&self) -> bool {
-        self.0.serving.load(Ordering::Acquire) && self.0.index.all_synced()
+        self.0.serving.load(Ordering::Acquire) && self.0.index.all_trusted()
     }
 }
 

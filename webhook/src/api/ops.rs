@@ -1,11 +1,12 @@
-//! Health, readiness (gated on every watch's initial list) and metrics.
+//! Health, readiness (every kind of the index listed and its watch not failing past the
+//! staleness bound) and metrics.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 
 use super::AppState;
-use crate::index::Kind;
+use crate::index::{Kind, Trust};
 
 pub(super) async fn healthz() -> &'static str {
     "ok\n"
@@ -15,19 +16,35 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         return (StatusCode::OK, "ready\n").into_response();
     }
-    let waiting: Vec<&str> = Kind::ALL
-        .iter()
-        .filter(|k| !state.index.synced(**k))
-        .map(|k| k.as_str())
-        .collect();
-    let body = if !state.0.serving.load(std::sync::atomic::Ordering::Acquire) {
-        "not ready: the admission listener is not serving\n".to_string()
-    } else {
-        format!(
-            "not ready: initial list not indexed yet for {}\n",
-            waiting.join(", ")
-        )
-    };
+    if !state.0.serving.load(std::sync::atomic::Ordering::Acquire) {
+        let body = "not ready: the admission listener is not serving\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    let mut listing = Vec::new();
+    let mut stale = Vec::new();
+    for kind in Kind::ALL {
+        match state.index.trust(kind) {
+            Trust::Listing { .. } => listing.push(kind.as_str()),
+            Trust::Stale { failing_ms } => stale.push(format!(
+                "{} (watch failing for {:.1} s)",
+                kind.as_str(),
+                failing_ms as f64 / 1000.0
+            )),
+            Trust::Trusted { .. } => {}
+        }
+    }
+    let mut parts = Vec::new();
+    if !listing.is_empty() {
+        parts.push(format!("list not indexed yet for {}", listing.join(", ")));
+    }
+    if !stale.is_empty() {
+        parts.push(format!(
+            "index stale for {} (staleness bound {} ms, policy indexStalenessMs)",
+            stale.join(", "),
+            state.index.staleness().as_millis()
+        ));
+    }
+    let body = format!("not ready: {}\n", parts.join("; "));
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 

@@ -3,9 +3,13 @@
 //!
 //! A relist (`Init` … `InitApply`* … `InitDone`) builds the kind's table aside and swaps it
 //! in at `InitDone`, so readers see either the old or the new complete table.
+//!
+//! Each kind also records whether it can be trusted (`health`): not while it (re)lists, and
+//! not once its watch has been failing for longer than the staleness bound. Readiness follows.
 
 mod entries;
 mod groups;
+mod health;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +23,12 @@ pub use entries::{
     BackupEntry, EngineEntry, IndexedKind, SnapshotEntry, SnapshotFacts, TargetEntry, VolumeEntry,
 };
 pub use groups::{Grouped, Groups};
+pub use health::{Trust, WatchState};
 pub use watch::{WatchScope, run_watches};
+
+/// Default staleness bound: how long a listed kind's watch may fail before the kind is no
+/// longer trusted (policy `indexStalenessMs`).
+pub const DEFAULT_STALENESS: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The kinds the index follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -201,8 +210,10 @@ impl<V: Grouped> KindTable<V> {
         removed
     }
 
-    fn relist_start(&mut self) {
-        self.relist = Some((HashMap::new(), 0));
+    /// Starts building a relist aside; true when none was in progress (a retry of a failed
+    /// list is not a new relist).
+    fn relist_start(&mut self) -> bool {
+        self.relist.replace((HashMap::new(), 0)).is_none()
     }
 
     fn relist_apply(&mut self, ns: Arc<str>, name: Arc<str>, v: V) {
@@ -255,8 +266,11 @@ impl IndexData {
 #[derive(Debug)]
 struct KindSync {
     synced: AtomicBool,
-    /// Milliseconds since the index was created at the last event, 0 = never.
+    /// Milliseconds since the index was created at the last event that carried data from the
+    /// API server (not `Init`, which the watcher emits before each list attempt), 0 = never.
     last_event_ms: AtomicU64,
+    /// Same clock: when the current run of watch errors began, 0 = not failing.
+    failing_since_ms: AtomicU64,
     inits: AtomicU64,
 }
 
@@ -265,7 +279,15 @@ impl KindSync {
         Self {
             synced: AtomicBool::new(false),
             last_event_ms: AtomicU64::new(0),
+            failing_since_ms: AtomicU64::new(0),
             inits: AtomicU64::new(0),
+        }
+    }
+
+    fn state(&self) -> WatchState {
+        WatchState {
+            synced: self.synced.load(Ordering::Acquire),
+            failing_since_ms: self.failing_since_ms.load(Ordering::Acquire),
         }
     }
 }
@@ -276,6 +298,8 @@ pub struct Index {
     data: RwLock<IndexData>,
     sync: [KindSync; 5],
     options: IndexOptions,
+    /// Staleness bound in milliseconds (policy `indexStalenessMs`, hot-reloadable).
+    staleness_ms: AtomicU64,
     created: Instant,
 }
 
@@ -306,8 +330,26 @@ impl Index {
                 KindSync::new(),
             ],
             options,
+            staleness_ms: AtomicU64::new(DEFAULT_STALENESS.as_millis() as u64),
             created: Instant::now(),
         }
+    }
+
+    /// Milliseconds on the index's clock, never 0 (0 means "unset" in [`KindSync`]).
+    fn now_ms(&self) -> u64 {
+        (self.created.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// Sets the staleness bound (how long a listed kind's watch may fail and still be trusted).
+    pub fn set_staleness(&self, bound: std::time::Duration) {
+        self.staleness_ms.store(
+            u64::try_from(bound.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn staleness(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.staleness_ms.load(Ordering::Relaxed))
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, IndexData> {
@@ -327,16 +369,24 @@ impl Index {
     /// Applies one watcher event for kind `K`.
     pub fn apply<K: IndexedKind>(&self, event: Event<K>) -> Applied {
         let sync = &self.sync[K::KIND.slot()];
-        sync.last_event_ms.store(
-            (self.created.elapsed().as_millis() as u64).max(1),
-            Ordering::Relaxed,
-        );
+        if !matches!(event, Event::Init) {
+            // Data from the API server: the watch works (again).
+            sync.last_event_ms.store(self.now_ms(), Ordering::Relaxed);
+            sync.failing_since_ms.store(0, Ordering::Release);
+        }
         let mut data = self.write();
         let data = &mut *data;
         match event {
             Event::Init => {
-                K::table(data).relist_start();
-                let n = sync.inits.fetch_add(1, Ordering::Relaxed);
+                // The watcher relists: events were missed (or this is the start), so the
+                // kind is not trusted until the new list is complete.
+                sync.synced.store(false, Ordering::Release);
+                let new_relist = K::table(data).relist_start();
+                let n = if new_relist {
+                    sync.inits.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    0
+                };
                 Applied::RelistStarted { restart: n > 0 }
             }
             Event::InitApply(obj) => {
@@ -375,23 +425,55 @@ impl Index {
         }
     }
 
-    /// True once the initial list of `kind` has been indexed.
+    /// True when the last (re)list of `kind` is indexed and no relist has started since.
     pub fn synced(&self, kind: Kind) -> bool {
         self.sync[kind.slot()].synced.load(Ordering::Acquire)
     }
 
-    /// True once every kind's initial list has been indexed.
+    /// True when every kind's last (re)list is indexed.
     pub fn all_synced(&self) -> bool {
         Kind::ALL.iter().all(|k| self.synced(*k))
+    }
+
+    /// Records a watch error of `kind`; the first of a run starts its failure clock.
+    pub fn watch_failed(&self, kind: Kind) {
+        let _ = self.sync[kind.slot()].failing_since_ms.compare_exchange(
+            0,
+            self.now_ms(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// The kind's watch state now.
+    pub fn watch_state(&self, kind: Kind) -> WatchState {
+        self.sync[kind.slot()].state()
+    }
+
+    /// Whether `kind` can be trusted now (see [`Trust`]).
+    pub fn trust(&self, kind: Kind) -> Trust {
+        self.watch_state(kind)
+            .trust(self.now_ms(), self.staleness_ms.load(Ordering::Relaxed))
+    }
+
+    /// True when every kind is listed and none has a watch failing past the staleness bound:
+    /// what `/readyz` reports.
+    pub fn all_trusted(&self) -> bool {
+        Kind::ALL.iter().all(|k| self.trust(*k).is_trusted())
+    }
+
+    /// How long until `kind` turns stale if its watch keeps failing; `None` when it is not
+    /// listed or its watch is not failing.
+    pub fn until_stale(&self, kind: Kind) -> Option<std::time::Duration> {
+        self.watch_state(kind)
+            .ms_until_stale(self.now_ms(), self.staleness_ms.load(Ordering::Relaxed))
+            .map(std::time::Duration::from_millis)
     }
 
     /// Seconds since the last watch event of `kind`, `None` before the first.
     pub fn last_event_age_seconds(&self, kind: Kind) -> Option<f64> {
         let at = self.sync[kind.slot()].last_event_ms.load(Ordering::Relaxed);
-        (at > 0).then(|| {
-            let now = self.created.elapsed().as_millis() as u64;
-            now.saturating_sub(at) as f64 / 1000.0
-        })
+        (at > 0).then(|| self.now_ms().saturating_sub(at) as f64 / 1000.0)
     }
 
     /// Entry counts per kind.

@@ -120,5 +120,111 @@ fn last_event_age_and_restart_counting() {
         idx.apply::<Volume>(Event::Init),
         Applied::RelistStarted { restart: false }
     );
+    // Init comes before the list request: it is no news from the API server.
+    assert_eq!(idx.last_event_age_seconds(Kind::Volume), None);
+    // The list failed and the watcher retries: the same relist, not a restart.
+    assert_eq!(
+        idx.apply::<Volume>(Event::Init),
+        Applied::RelistStarted { restart: false }
+    );
+    idx.apply::<Volume>(Event::InitDone);
     assert!(idx.last_event_age_seconds(Kind::Volume).is_some());
+    assert_eq!(
+        idx.apply::<Volume>(Event::Init),
+        Applied::RelistStarted { restart: true }
+    );
+    assert_eq!(
+        idx.apply::<Volume>(Event::Init),
+        Applied::RelistStarted { restart: false }
+    );
+}
+
+fn list_all(idx: &Index) {
+    idx.apply::<Snapshot>(Event::Init);
+    idx.apply::<Snapshot>(Event::InitDone);
+    idx.apply::<Volume>(Event::Init);
+    idx.apply::<Volume>(Event::InitDone);
+    idx.apply::<Engine>(Event::Init);
+    idx.apply::<Engine>(Event::InitDone);
+    idx.apply::<Backup>(Event::Init);
+    idx.apply::<Backup>(Event::InitDone);
+    idx.apply::<longhorn_types::BackupTarget>(Event::Init);
+    idx.apply::<longhorn_types::BackupTarget>(Event::InitDone);
+}
+
+#[test]
+fn a_relist_untrusts_the_kind_until_it_is_done() {
+    let idx = Index::default();
+    assert!(!idx.all_trusted());
+    list_all(&idx);
+    assert!(idx.all_trusted());
+    idx.apply(Event::Apply(snap("a", "s1", "v1")));
+    // A relist (e.g. after 410 Gone): the old table still answers, but is not trusted.
+    idx.apply::<Snapshot>(Event::Init);
+    assert_eq!(
+        idx.trust(Kind::Snapshot),
+        Trust::Listing { failing_ms: None }
+    );
+    assert!(!idx.all_trusted());
+    assert!(idx.trust(Kind::Volume).is_trusted());
+    assert!(idx.view().data().snapshots.get("a", "s1").is_some());
+    idx.apply::<Snapshot>(Event::InitDone);
+    assert!(idx.all_trusted());
+    assert!(idx.view().data().snapshots.get("a", "s1").is_none());
+}
+
+#[test]
+fn a_watch_failing_past_the_bound_untrusts_the_kind_until_news_arrives() {
+    let idx = Index::default();
+    list_all(&idx);
+    idx.set_staleness(std::time::Duration::from_secs(3600));
+    idx.watch_failed(Kind::Engine);
+    idx.watch_failed(Kind::Engine);
+    assert!(matches!(
+        idx.trust(Kind::Engine),
+        Trust::Trusted {
+            failing_ms: Some(_)
+        }
+    ));
+    assert!(idx.all_trusted(), "within the bound");
+    let left = idx.until_stale(Kind::Engine).unwrap();
+    assert!(left > std::time::Duration::from_secs(3590), "{left:?}");
+    assert_eq!(idx.until_stale(Kind::Volume), None, "not failing");
+
+    // The bound shrinks (policy reload) below the time already failed.
+    idx.set_staleness(std::time::Duration::from_millis(1));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert!(matches!(idx.trust(Kind::Engine), Trust::Stale { .. }));
+    assert!(!idx.all_trusted());
+    assert_eq!(
+        idx.until_stale(Kind::Engine),
+        Some(std::time::Duration::ZERO)
+    );
+
+    // The watch task then relists: failures of the list keep the clock running, the
+    // relist's objects and InitDone end it.
+    idx.apply::<Engine>(Event::Init);
+    idx.watch_failed(Kind::Engine);
+    assert!(matches!(
+        idx.trust(Kind::Engine),
+        Trust::Listing { failing_ms: Some(f) } if f >= 1
+    ));
+    assert_eq!(
+        idx.until_stale(Kind::Engine),
+        None,
+        "listing: nothing to time"
+    );
+    idx.apply(Event::InitApply(
+        serde_json::from_value::<Engine>(shapes::engine("a", "v1", "node-7")).unwrap(),
+    ));
+    idx.apply::<Engine>(Event::InitDone);
+    assert_eq!(idx.trust(Kind::Engine), Trust::Trusted { failing_ms: None });
+    assert!(idx.all_trusted());
+
+    // A watch event ends a failure run too (the watch resumed and delivered news).
+    idx.watch_failed(Kind::Snapshot);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert!(!idx.all_trusted());
+    idx.apply(Event::Apply(snap("a", "s2", "v1")));
+    assert!(idx.all_trusted());
 }

@@ -1,10 +1,12 @@
 //! The watches that feed the index: one kube-runtime `watcher` per kind (list+watch with
-//! the default config: the API server may be as old as 1.20, so no streaming lists).
+//! the default config: the API server may be as old as 1.20, so no streaming lists), and the
+//! staleness rule: a kind whose watch fails for longer than the bound is relisted.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use longhorn_types::{Backup, BackupTarget, Engine, Snapshot, Volume};
 use tokio::task::JoinSet;
@@ -69,28 +71,131 @@ pub fn run_watches(
 
 async fn watch_kind<K: IndexedKind>(api: Api<K>, index: Arc<Index>, metrics: Arc<Metrics>) {
     let kind = K::KIND;
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    let mut stream = std::pin::pin!(stream);
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(event) => match index.apply(event) {
-                Applied::RelistStarted { restart: true } => {
-                    metrics.watch_restarted(kind);
-                    tracing::info!(kind = kind.as_str(), "watch restarted: relisting");
+    // One watcher per pass. A pass ends when the kind's watch has failed for longer than the
+    // staleness bound: the kind is then untrusted, and since a watch that resumes quietly
+    // would never say it works again, the next pass relists (trust returns at `InitDone`).
+    loop {
+        let stream = watcher(api.clone(), watcher::Config::default());
+        let mut stream = std::pin::pin!(stream);
+        let mut backoff = WatchBackoff::new();
+        loop {
+            let item = match index.until_stale(kind) {
+                None => stream.next().await,
+                Some(left) => tokio::select! {
+                    item = stream.next() => item,
+                    () = tokio::time::sleep(left) => {
+                        metrics.index_went_stale(kind);
+                        tracing::warn!(
+                            kind = kind.as_str(),
+                            bound_ms = index.staleness().as_millis() as u64,
+                            "watch failing for longer than the staleness bound: \
+                             index not trusted for this kind until a relist completes"
+                        );
+                        break;
+                    }
+                },
+            };
+            let Some(item) = item else {
+                break;
+            };
+            match item {
+                Ok(event) => {
+                    if !matches!(event, watcher::Event::Init) {
+                        // News from the API server (`Init` comes before each list attempt).
+                        backoff.reset();
+                    }
+                    match index.apply(event) {
+                        Applied::RelistStarted { restart: true } => {
+                            metrics.watch_restarted(kind);
+                            tracing::info!(kind = kind.as_str(), "watch restarted: relisting");
+                        }
+                        Applied::RelistDone => {
+                            tracing::info!(
+                                kind = kind.as_str(),
+                                objects = index.view().data().len(kind),
+                                "list indexed"
+                            );
+                        }
+                        _ => {}
+                    }
                 }
-                Applied::RelistDone => {
-                    tracing::info!(
-                        kind = kind.as_str(),
-                        objects = index.view().data().len(kind),
-                        "initial list indexed"
-                    );
+                Err(error) => {
+                    index.watch_failed(kind);
+                    metrics.watch_failed(kind);
+                    let delay = backoff.next().unwrap_or(WatchBackoff::MAX);
+                    if is_gone(&error) {
+                        tracing::info!(kind = kind.as_str(), %error, "watch expired (410 Gone): relisting");
+                    } else {
+                        tracing::warn!(
+                            kind = kind.as_str(),
+                            %error,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "watch error; retrying with backoff"
+                        );
+                    }
+                    // Not past the moment the kind turns stale: the timer above handles that.
+                    let delay = index
+                        .until_stale(kind)
+                        .map_or(delay, |left| left.min(delay));
+                    tokio::time::sleep(delay).await;
                 }
-                _ => {}
-            },
-            Err(error) => {
-                metrics.watch_failed(kind);
-                tracing::warn!(kind = kind.as_str(), %error, "watch error; retrying with backoff");
             }
         }
+    }
+}
+
+/// Retry delays of one kind's watch: 0.5 s doubling to 8 s, back to 0.5 s after an event with
+/// data from the API server.
+///
+/// Not kube-runtime's `default_backoff`: it goes up to 30 s (after a 410 Gone the watcher
+/// waits one more delay before it relists: up to a minute before an index that was cut off is
+/// trusted again), and it resets on every event, `Init` included, which the watcher emits
+/// before each list attempt, so a failing list is retried every 0.8 s forever. Five watches
+/// per replica retrying every 8 s at most are nothing to an API server.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(8);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (delay * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// The API server no longer has the watch's resourceVersion: the watcher relists.
+fn is_gone(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = WatchBackoff::new();
+        let delays: Vec<u64> = b.by_ref().take(7).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 }
