@@ -12,10 +12,21 @@
 #      restarted processes are ready, their metrics start from zero, no listener is left over.
 # Every phase is bounded; everything started is stopped by a trap. Results: stdout and
 # $LHG_REL_OUT (default /tmp/lhg-reliability), summarised in RELIABILITY.md.
+#
+# `scripts/reliability.sh engine-faults` instead runs only the engine-fault soak: the agent's
+# real pool against the fake engine over loopback gRPC, each fault (black-hole, reset, error)
+# for LHG_REL_ENGINE_FAULT_SECS (default 60) then recovery, with fds, RSS, the lease book and
+# breaker transitions sampled at each fault's start, middle and end (~3.3 min at 60 s).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "${ROOT}"
+
+if [[ ${1:-} == engine-faults ]]; then
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ROOT}/target}"
+  LHG_ENGINE_FAULT_SECS="${LHG_REL_ENGINE_FAULT_SECS:-60}" exec cargo nextest run --locked \
+    -p longhorn-guard-agent -E 'binary(engine_faults)' --no-capture
+fi
 
 OUT="${LHG_REL_OUT:-/tmp/lhg-reliability}"
 OUTAGE_SECONDS="${LHG_REL_OUTAGE_SECONDS:-20}"
@@ -79,7 +90,8 @@ obj BackupTarget default '{"backupTargetURL":"s3://b@r/"}' | k create -f - >/dev
 # --- TLS, policy, the webhook and the agent ---------------------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=127.0.0.1 \
   -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout "${STATE}/tls.key" -out "${STATE}/tls.crt" 2>/dev/null
-printf 'throttle:\n  enabled: false\n' > "${STATE}/policy.yaml"
+# A 5 s staleness bound (default 30 s) so the 20 s outage shows readiness turning false.
+printf 'throttle:\n  enabled: false\nindexStalenessMs: 5000\n' > "${STATE}/policy.yaml"
 WH_PORT="$(free_port)"; WH_OPS="$(free_port)"; AG_PORT="$(free_port)"; AG_OPS="$(free_port)"
 start_webhook() {
   KUBECONFIG="${KC}" RUST_LOG=info "${BIN}" --log-format text webhook --namespace "${NS}" \
@@ -227,6 +239,14 @@ for (t0, name), (t1, _) in zip(bounds, bounds[1:]):
     miss_warn = sorted({r["missing_msg"][:60] for r in rs if r["missing"] != "denied"})[:2]
     print(f"{name}: {len(rs)} rounds over {rs[-1]['t'] - rs[0]['t']:.1f} s; /readyz {ready}; "
           f"snap-ok {count('ok')} (warnings {warn}); snap-missing {count('missing')}")
+# Readiness transitions relative to the phase marks.
+down = next((t for t, n in phases if n.startswith("apiserver+etcd down")), None)
+up = next((t for t, n in phases if n == "apiserver+etcd up"), None)
+if down and up:
+    first_503 = next((r["t"] for r in rows if r["t"] >= down and r["ready"] != 200), None)
+    back = next((r["t"] for r in rows if r["t"] >= up and r["ready"] == 200), None)
+    print("readiness: first non-200 " + (f"{first_503 - down:.1f} s after the outage began" if first_503 else "never")
+          + "; 200 again " + (f"{back - up:.1f} s after the restart began" if back else "never"))
 PY
 cat <<EOF | tee -a "${OUT}/summary.txt"
 watch_restarts_total: ${restarts0} before the outage, ${restarts1} after the restart

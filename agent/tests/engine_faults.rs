@@ -1,8 +1,13 @@
-//! Sustained engine faults under the agent's pool (the script-sized version runs for minutes;
-//! this one ~12 s): the engine black-holes, then resets every connection, then errors, then
-//! recovers. Every call ends by its deadline (its lease released with it), the breaker opens
-//! during each fault and closes after recovery, nothing leaks, and the process's fds and RSS
-//! are back near their baseline. Alone in its own test binary so fd counts are undisturbed.
+//! Sustained engine faults under the agent's pool: the engine black-holes, then resets every
+//! connection, then errors, each followed by recovery. Every call ends by its deadline (its
+//! lease released with it), the breaker opens during each fault and closes after recovery,
+//! nothing leaks, and the process's fds and RSS are back near their baseline. Alone in its own
+//! test binary so fd counts are undisturbed.
+//!
+//! In the suite each fault lasts 3 s (~13 s in all). `LHG_ENGINE_FAULT_SECS=60` makes it the
+//! minutes-long run (`bash scripts/reliability.sh engine-faults`, ~3.3 min; capped at 600 s per
+//! fault): fds, RSS and the lease book are sampled at the start, middle and end of each fault
+//! and breaker transitions are counted, all printed as a table (`--no-capture`).
 
 mod support;
 
@@ -31,6 +36,42 @@ fn config() -> PoolConfig {
     }
 }
 
+/// Seconds per fault: `LHG_ENGINE_FAULT_SECS` (1..=600), else 3.
+fn fault_secs() -> u64 {
+    match std::env::var("LHG_ENGINE_FAULT_SECS") {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=600).contains(s))
+            .unwrap_or_else(|| panic!("LHG_ENGINE_FAULT_SECS={v:?}: want whole seconds, 1..=600")),
+        Err(_) => 3,
+    }
+}
+
+/// The process and the pool at one instant.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    at: Duration,
+    fds: usize,
+    rss_kib: u64,
+    acquired: u64,
+    released: u64,
+    active: u64,
+}
+
+fn sample(f: &Fixture, start: Instant) -> Sample {
+    let book = f.pool.book();
+    Sample {
+        at: start.elapsed(),
+        fds: process_open_fds().unwrap_or(0),
+        rss_kib: process_resident_memory_bytes().unwrap_or(0) / 1024,
+        acquired: book.leases_acquired,
+        released: book.leases_released,
+        active: book.leases_active,
+    }
+}
+
 #[derive(Default)]
 struct Phase {
     calls: u64,
@@ -38,11 +79,16 @@ struct Phase {
     shed_or_failed: u64,
     late: Vec<Duration>,
     breaker_opened: bool,
+    /// Breaker state changes seen by the 20 ms sampler (short-lived states can be missed).
+    transitions: u64,
+    /// Start, middle and end of the phase.
+    samples: Vec<Sample>,
 }
 
 /// Runs WORKERS callers for `secs`, sampling the breaker every 20 ms.
-async fn phase(f: &Arc<Fixture>, secs: u64) -> Phase {
-    let until = Instant::now() + Duration::from_secs(secs);
+async fn phase(f: &Arc<Fixture>, secs: u64, run_start: Instant) -> Phase {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..WORKERS {
         let f = Arc::clone(f);
@@ -70,18 +116,25 @@ async fn phase(f: &Arc<Fixture>, secs: u64) -> Phase {
             p
         }));
     }
-    let mut opened = false;
+    let breaker = || f.pool.endpoint_status(&f.endpoint).map(|s| s.breaker);
+    let (mut opened, mut transitions, mut last) = (false, 0, breaker());
+    let mut samples = vec![sample(f, run_start)];
+    let middle = started + Duration::from_secs(secs) / 2;
     while Instant::now() < until {
-        if f.pool
-            .endpoint_status(&f.endpoint)
-            .is_some_and(|s| s.breaker == BreakerState::Open)
-        {
-            opened = true;
+        let now = breaker();
+        opened |= now == Some(BreakerState::Open);
+        if now != last {
+            transitions += 1;
+            last = now;
+        }
+        if samples.len() == 1 && Instant::now() >= middle {
+            samples.push(sample(f, run_start));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut total = Phase {
         breaker_opened: opened,
+        transitions,
         ..Phase::default()
     };
     for t in tasks {
@@ -91,15 +144,46 @@ async fn phase(f: &Arc<Fixture>, secs: u64) -> Phase {
         total.shed_or_failed += p.shed_or_failed;
         total.late.extend(p.late);
     }
+    samples.push(sample(f, run_start));
+    total.samples = samples;
     total
+}
+
+fn row(name: &str, p: &Phase) -> String {
+    let s = |i: usize| {
+        p.samples.get(i).map_or(String::from("-"), |s| {
+            format!(
+                "{:.0}s fds {} RSS {} KiB leases {}/{}/{}",
+                s.at.as_secs_f64(),
+                s.fds,
+                s.rss_kib,
+                s.acquired,
+                s.released,
+                s.active
+            )
+        })
+    };
+    format!(
+        "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        p.calls,
+        p.ok,
+        p.shed_or_failed,
+        p.late.len(),
+        p.transitions,
+        s(0),
+        s(1),
+        s(p.samples.len().saturating_sub(1)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_black_hole_reset_and_errors_end_by_deadlines_and_leak_nothing()
 -> anyhow::Result<()> {
+    let secs = fault_secs();
     let f = Arc::new(fixture(config()).await?);
+    let run_start = Instant::now();
     // Warm up: channels open, allocator settled.
-    let warm = phase(&f, 1).await;
+    let warm = phase(&f, 1, run_start).await;
     assert!(warm.ok > 0 && warm.late.is_empty());
     let fds0 = process_open_fds().unwrap_or(0);
     let rss0 = process_resident_memory_bytes().unwrap_or(0);
@@ -115,14 +199,20 @@ async fn sustained_black_hole_reset_and_errors_end_by_deadlines_and_leak_nothing
             },
         ),
     ];
-    let mut report = Vec::new();
+    let mut report = vec![
+        format!(
+            "{secs} s per fault, {WORKERS} callers, {} ms deadlines; leases = acquired/released/active",
+            CALL_DEADLINE.as_millis()
+        ),
+        "| phase | calls | ok | failed/shed | late | breaker transitions | start | middle | end |"
+            .to_string(),
+        "|---|---|---|---|---|---|---|---|---|".to_string(),
+        row("warm-up", &warm),
+    ];
     for (name, fault) in faults {
         f.fake.set_fault(Method::SnapshotList, fault);
-        let p = phase(&f, 3).await;
-        report.push(format!(
-            "{name}: {} calls, {} ok, {} failed/shed, breaker opened {}, late {:?}",
-            p.calls, p.ok, p.shed_or_failed, p.breaker_opened, p.late
-        ));
+        let p = phase(&f, secs, run_start).await;
+        report.push(row(name, &p));
         assert!(
             p.late.is_empty(),
             "{name}: calls past their deadline: {:?}",
@@ -132,7 +222,8 @@ async fn sustained_black_hole_reset_and_errors_end_by_deadlines_and_leak_nothing
         assert_eq!(p.ok, 0, "{name}: a call succeeded through the fault");
         f.fake.clear_faults();
         // Recovery: the breaker lets a probe through after its cool-down and closes.
-        let r = phase(&f, 1).await;
+        let r = phase(&f, 1, run_start).await;
+        report.push(row(&format!("{name} recovery"), &r));
         assert!(r.ok > 0, "{name}: no success after recovery");
         let closed = eventually(Duration::from_secs(3), || {
             f.pool
@@ -141,7 +232,6 @@ async fn sustained_black_hole_reset_and_errors_end_by_deadlines_and_leak_nothing
         })
         .await;
         assert!(closed, "{name}: breaker did not close after recovery");
-        report.push(format!("{name} recovery: {} ok of {}", r.ok, r.calls));
     }
 
     // Every lease ended: none active, none unaccounted for.
@@ -158,7 +248,7 @@ async fn sustained_black_hole_reset_and_errors_end_by_deadlines_and_leak_nothing
     let fds1 = process_open_fds().unwrap_or(0);
     let rss1 = process_resident_memory_bytes().unwrap_or(0);
     report.push(format!(
-        "fds {fds0} -> {fds1}; RSS {} -> {} KiB; book {book:?}",
+        "after warm-up -> end: fds {fds0} -> {fds1}; RSS {} -> {} KiB; book {book:?}",
         rss0 / 1024,
         rss1 / 1024
     ));
