@@ -101,7 +101,9 @@ async fn main() {
     .unwrap();
 
     // The webhook with an index holding the Backup's Snapshot, Volume and target: the
-    // common path (an index hit, every check run).
+    // common path (an index hit, every check run). The same review is sent every time, so
+    // it is a dry run: the throttle checks every limit but takes no slot (otherwise every
+    // review after the first would be a 429 for the volume's cap and a duplicate).
     let policy = Arc::new(Policy::default());
     let index = Arc::new(Index::default());
     index.apply(Event::Apply(
@@ -150,7 +152,7 @@ async fn main() {
             "userInfo": {"username": "system:serviceaccount:longhorn-system:longhorn-service-account",
                          "groups": ["system:serviceaccounts", "system:authenticated"]},
             "object": shapes::backup(NS, "backup-1a2b3c4d5e6f7a8b", "vol-1", "snap-1", Some("daily")),
-            "oldObject": null, "dryRun": false,
+            "oldObject": null, "dryRun": true,
             "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
         }
     });
@@ -208,7 +210,13 @@ async fn main() {
             .join("\n"),
         "longhorn_guard_webhook_reviews_total",
     );
-    println!("webhook reviews counted as allowed: {allowed}");
+    let total =
+        longhorn_guard_webhook::metrics::sum_samples(&text, "longhorn_guard_webhook_reviews_total");
+    println!("webhook reviews counted as allowed: {allowed} of {total}");
+    assert_eq!(
+        allowed, total,
+        "the webhook path measured is not the allowed one"
+    );
     h1.shutdown();
     h2.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
