@@ -156,7 +156,7 @@ async fn main() -> Result<()> {
             all_in_one.display()
         );
     }
-    println!("\nexecutable              text size   VmRSS end   VmHWM");
+    println!("\nexecutable              file size   VmRSS end   VmHWM");
     for (name, paths, (rss, hwm)) in &runs {
         let size = std::fs::metadata(&paths[0]).map(|m| m.len()).unwrap_or(0);
         println!(

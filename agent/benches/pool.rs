@@ -13,6 +13,7 @@
 //!    - plain connect-per-call (dial, call, close: no health check, no TLS attempt).
 //! 2. TLS instance manager (Longhorn's TLS files on both sides): pooled mTLS vs mTLS per call
 //!    (TLS 1.3 handshake + health check + call, then close).
+//!    Also the ceiling: one raw tonic channel shared by every caller, no pool (the pool's cost).
 //! 3. Soak: N calls with ~30 % injected faults; fds, channels, tasks and RSS before / after.
 //!
 //! Per-call clients are dropped after their call so the machine survives (v1.7.2 leaked them).
@@ -246,6 +247,36 @@ async fn run_per_call(
     (calls as f64 / elapsed.as_secs_f64(), failed)
 }
 
+/// The ceiling: one tonic channel dialled once and shared by every caller, no pool (no lease,
+/// breaker, metrics or deadline bookkeeping). `pooled / this` is the pool's own cost.
+async fn run_raw_reused(
+    endpoint: &str,
+    target: &EngineTarget,
+    calls: usize,
+    c: usize,
+) -> (f64, usize) {
+    let Ok(channel) = Endpoint::from_shared(format!("http://{endpoint}")) else {
+        return (0.0, calls);
+    };
+    let Ok(channel) = channel.connect().await else {
+        return (0.0, calls);
+    };
+    let request = target.proxy_request();
+    let (elapsed, failed) = drive(calls, c, move |_| {
+        let (channel, request) = (channel.clone(), request.clone());
+        async move {
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(Duration::from_secs(5));
+            ProxyEngineServiceClient::new(channel)
+                .snapshot_list(request)
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    (calls as f64 / elapsed.as_secs_f64(), failed)
+}
+
 async fn bench(args: Args) -> anyhow::Result<()> {
     let c = args.concurrency;
     let tls_dir = longhorn_tls_files()?;
@@ -271,6 +302,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.calls,
         pool.book().channels_created,
         rss_mib()
+    );
+    let (raw_rate, failed) = run_raw_reused(&endpoint, &target, args.calls, c).await;
+    println!(
+        "raw tonic channel, reused, no pool:      {:>7} calls = {raw_rate:>8.0} calls/s ({failed} failed); pooled / raw: {:.2}x",
+        args.calls,
+        pooled_rate / raw_rate
     );
     let with_tls_files = PoolConfig {
         longhorn_tls_dir: Some(tls_dir.clone()),
