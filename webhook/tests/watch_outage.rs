@@ -248,14 +248,14 @@ async fn readiness_follows_the_index_through_a_cut_and_an_expired_watch_relists(
     let bt_api: Api<BackupTarget> = Api::namespaced(client.clone(), &ns_b);
     proxy.cut();
     let t_cut = Instant::now();
+    // Within the bound A is still ready: one failed watch does not flap readiness.
+    assert_eq!(readyz(&a).await.0, 200, "A unready before its bound");
     let rv_cut = bt_api
         .list(&ListParams::default().limit(1))
         .await?
         .metadata
         .resource_version
         .context("list without resourceVersion")?;
-    // Within the bound A is still ready: one failed watch does not flap readiness.
-    assert_eq!(readyz(&a).await.0, 200, "A unready before its bound");
     // Changes the webhooks cannot see while cut.
     for ns in [&ns_a, &ns_b] {
         cluster
