@@ -154,20 +154,17 @@ pub fn count<'x>(
     let mut visit =
         |age: i64, b_snapshot: &str, b_volume: Option<&'x str>, holder: &dyn Fn() -> Holder| {
             c.cluster.add(age, holder);
-            let same_volume = volume.is_some() && b_volume == volume;
-            if same_volume {
+            if volume.is_some() && b_volume == volume {
                 c.volume.add(age, holder);
             }
-            if let (Some(node), Some(v)) = (node, b_volume) {
-                let on_node = same_volume
-                    || node_of
-                        .entry(v)
-                        .or_insert_with(|| nodes.node_of(v))
-                        .as_deref()
-                        == Some(node);
-                if on_node {
-                    c.node.add(age, holder);
-                }
+            if let (Some(node), Some(v)) = (node, b_volume)
+                && node_of
+                    .entry(v)
+                    .or_insert_with(|| nodes.node_of(v))
+                    .as_deref()
+                    == Some(node)
+            {
+                c.node.add(age, holder);
             }
             if b_snapshot == snapshot && c.duplicate.is_none() {
                 c.duplicate = Some(holder());
