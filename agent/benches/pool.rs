@@ -204,7 +204,13 @@ enum PerCall {
     /// As longhorn-manager's `NewEngineClientProxy` with `config`'s TLS directory: mTLS + health
     /// check when TLS files are there, on failure plaintext + health check; then the call.
     LonghornManager,
+    /// The same, and the client is never closed (v1.7.2's error paths): kept in `LEAKED` until
+    /// the phase ends.
+    LonghornManagerLeaking,
 }
+
+/// The clients the leaking baseline never closes (dropped after its phase).
+static LEAKED: std::sync::Mutex<Vec<tonic::transport::Channel>> = std::sync::Mutex::new(Vec::new());
 
 async fn run_per_call(
     mode: PerCall,
@@ -229,11 +235,16 @@ async fn run_per_call(
                         Err(_) => return false,
                     }
                 }
-                PerCall::LonghornManager => match open_unpooled_channel(&endpoint, &config).await {
-                    Ok(dialed) => dialed.channel,
-                    Err(_) => return false,
-                },
+                PerCall::LonghornManager | PerCall::LonghornManagerLeaking => {
+                    match open_unpooled_channel(&endpoint, &config).await {
+                        Ok(dialed) => dialed.channel,
+                        Err(_) => return false,
+                    }
+                }
             };
+            if let (PerCall::LonghornManagerLeaking, Ok(mut leaked)) = (mode, LEAKED.lock()) {
+                leaked.push(channel.clone());
+            }
             let mut request = tonic::Request::new(request);
             request.set_timeout(Duration::from_secs(5));
             // The channel is dropped (closed) when this returns.
@@ -329,18 +340,38 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             PerCall::PlainConnect,
             &bench_pool_config(),
         ),
+        // Last: the glibc heap it grows is not returned, so later RSS figures include it.
+        (
+            "v1.7.2 pattern, leaking (clients never closed, as on its error paths)",
+            PerCall::LonghornManagerLeaking,
+            &with_tls_files,
+        ),
     ];
     for (name, mode, config) in baselines {
         let before = fake.stats().total_connections;
         let (rate, failed) =
             run_per_call(mode, &endpoint, config, &target, args.connect_calls, c).await;
+        let leaked = LEAKED
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default();
+        let held = if leaked.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; clients held open {}, process fds {}",
+                leaked.len(),
+                process_open_fds().unwrap_or(0)
+            )
+        };
         println!(
-            "{name}: {} calls = {rate:.0} calls/s ({failed} failed); connections opened {}; RSS {:.1} MiB; ratio pooled / this: {:.1}x",
+            "{name}: {} calls = {rate:.0} calls/s ({failed} failed); connections opened {}; RSS {:.1} MiB{held}; ratio pooled / this: {:.1}x",
             args.connect_calls,
             fake.stats().total_connections - before,
             rss_mib(),
             pooled_rate / rate
         );
+        drop(leaked);
     }
 
     println!("--- TLS instance manager (longhorn-grpc-tls on both sides) ---");
