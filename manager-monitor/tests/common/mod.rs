@@ -296,6 +296,7 @@ pub fn known_metric_names() -> std::collections::BTreeSet<String> {
         "longhorn_guard_webhook_deadline_exceeded_total",
         "longhorn_guard_webhook_review_duration_seconds_bucket",
         "longhorn_guard_webhook_index_objects",
+        "longhorn_guard_webhook_index_trusted",
         "longhorn_guard_webhook_throttled_reviews_total",
         "longhorn_guard_webhook_backups",
         "longhorn_guard_webhook_backups_oldest_non_terminal_age_seconds",
