@@ -1,6 +1,7 @@
 //! Key and certificate generation (rcgen) and inspection (x509-parser): the guard's CA,
 //! the leaves it signs, and the checks that decide whether a stored certificate is still good.
 
+use base64::Engine as _;
 use std::time::Duration;
 
 use rcgen::{
@@ -152,7 +153,7 @@ pub fn to_pem(certs: &[CertificateDer<'_>]) -> String {
     certs
         .iter()
         .map(|c| {
-            let b64 = base64_encode(c.as_ref());
+            let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
             let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
             for chunk in b64.as_bytes().chunks(64) {
                 out.push_str(&String::from_utf8_lossy(chunk));
@@ -231,28 +232,6 @@ pub fn key_matches(cert_der: &[u8], key_pem: &str) -> bool {
     cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
 }
 
-/// Standard base64 (RFC 4648, with padding); only for PEM output.
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -304,14 +283,5 @@ mod tests {
         assert_eq!(pem_certs(&to_pem(&certs)).unwrap(), certs);
         assert!(pem_certs("garbage").is_err());
         assert!(pem_certs("").is_err());
-    }
-
-    #[test]
-    fn base64_matches_known_vectors() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
     }
 }
