@@ -7,11 +7,16 @@
 //!
 //! Needs the test control plane: `LHG_TEST_KUBECONFIG` (see control-plane/README.md).
 //! `LHG_BENCH_CREATES` sets the creates per namespace (default 300).
+//!
+//! Scale (issue #12, "one real run at 100k through the API server"):
+//! `LHG_BENCH_INDEXED_NAMESPACE=NS` adds a fourth target, a second webhook of ours watching
+//! `NS`, a namespace already filled with many objects (`scripts/bench-webhook-memory.sh` with
+//! `LHG_BENCH_STATE` fills `lhg-bench-memory` with 100k Backups + 100k Snapshots + 10k
+//! Volumes), measured in the same rounds: `ours@NS / ours` is the cost of the index's size.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
@@ -124,7 +129,7 @@ async fn wait_called(cluster: &TestCluster, ns: &str, calls: impl Fn() -> u64) {
 }
 
 struct Target {
-    label: &'static str,
+    label: String,
     ns: String,
     ms: Vec<f64>,
 }
@@ -190,6 +195,59 @@ fn connections(port: u16) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Starts our webhook watching `ns` (as the binary does), waits until its index is synced,
+/// registers it for `ns` and waits until the API server calls it. Returns the handle and the
+/// registration's name.
+async fn start_ours(
+    cluster: &TestCluster,
+    ns: &str,
+    dir: &std::path::Path,
+    ca_pem: &str,
+) -> (longhorn_guard_webhook::WebhookHandle, String) {
+    let started = Instant::now();
+    let handle = longhorn_guard_webhook::start(
+        WebhookConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+            tls_cert: dir.join("tls.crt"),
+            tls_key: dir.join("tls.key"),
+            policy: Some(policy()),
+            namespace: Some(ns.to_string()),
+            ..WebhookConfig::default()
+        },
+        cluster.client(),
+    )
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(600), "index synced", || async {
+        Ok(handle.state().is_ready())
+    })
+    .await
+    .unwrap();
+    let state = handle.state().clone();
+    let objects: u64 = state
+        .metrics
+        .encode(&state.index)
+        .lines()
+        .filter(|l| l.starts_with("longhorn_guard_webhook_index_objects{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64;
+    println!(
+        "  our webhook for {ns}: {objects} objects indexed, ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let reg = register(
+        cluster,
+        ns,
+        format!("https://{}/validate/backups", handle.local_addr()),
+        ca_pem,
+    )
+    .await;
+    let reviews = move || review_time(&state.metrics.encode(&state.index)).1 as u64;
+    wait_called(cluster, ns, reviews).await;
+    (handle, reg)
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::var("LHG_BENCH_CREATES")
@@ -209,7 +267,28 @@ async fn main() {
             .unwrap();
         fixtures(&cluster, &ns, n + WARM).await;
         targets.push(Target {
-            label,
+            label: label.to_string(),
+            ns,
+            ms: Vec::with_capacity(n),
+        });
+    }
+    if let Ok(ns) = std::env::var("LHG_BENCH_INDEXED_NAMESPACE") {
+        // The filled namespace: labelled like a test namespace so a registration can select
+        // it, given the same fixtures (their names differ from the filled objects').
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client());
+        namespaces
+            .patch(
+                &ns,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"metadata": {"labels": {TEST_NAMESPACE_LABEL: ns}}}),
+                ),
+            )
+            .await
+            .expect("LHG_BENCH_INDEXED_NAMESPACE names an existing namespace");
+        fixtures(&cluster, &ns, n + WARM).await;
+        targets.push(Target {
+            label: format!("ours@{ns}"),
             ns,
             ms: Vec::with_capacity(n),
         });
@@ -238,49 +317,28 @@ async fn main() {
     })
     .await;
 
-    // Our webhook, started as the binary starts it.
+    // Our webhook(s), started as the binary starts it.
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
     let dir = std::env::temp_dir().join(format!("lhg-bench-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("tls.crt"), ck.cert.pem()).unwrap();
     std::fs::write(dir.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
-    let handle = longhorn_guard_webhook::start(
-        WebhookConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            metrics_listen: "127.0.0.1:0".parse().unwrap(),
-            tls_cert: dir.join("tls.crt"),
-            tls_key: dir.join("tls.key"),
-            policy: Some(policy()),
-            namespace: Some(targets[2].ns.clone()),
-            ..WebhookConfig::default()
-        },
-        cluster.client(),
-    )
-    .await
-    .unwrap();
-    wait_for(Duration::from_secs(30), "index synced", || async {
-        Ok(handle.state().is_ready())
-    })
-    .await
-    .unwrap();
-    let ours_reg = register(
-        &cluster,
-        &targets[2].ns,
-        format!("https://{}/validate/backups", handle.local_addr()),
-        &ck.cert.pem(),
-    )
-    .await;
-    let state = handle.state().clone();
-    let reviews = Arc::new(move || review_time(&state.metrics.encode(&state.index)).1 as u64);
-    let r = reviews.clone();
-    wait_called(&cluster, &targets[2].ns, move || r()).await;
+    let mut ours = Vec::new();
+    for t in &targets[2..] {
+        ours.push(start_ours(&cluster, &t.ns, &dir, &ck.cert.pem()).await);
+    }
+    let handle = &ours[0].0;
 
     // Warm-up, then rounds of ROUND creates per namespace, the order rotating each round.
     for t in targets.iter_mut() {
         t.creates(&cluster, n, n + WARM, "warm").await;
     }
-    let state = handle.state().clone();
-    let (sum0, count0) = review_time(&state.metrics.encode(&state.index));
+    let times = |ours: &[(longhorn_guard_webhook::WebhookHandle, String)]| -> Vec<(f64, f64)> {
+        ours.iter()
+            .map(|(h, _)| review_time(&h.state().metrics.encode(&h.state().index)))
+            .collect()
+    };
+    let before = times(&ours);
     let mut from = 0;
     let mut round = 0;
     while from < n {
@@ -292,7 +350,7 @@ async fn main() {
         from = to;
         round += 1;
     }
-    let (sum1, count1) = review_time(&state.metrics.encode(&state.index));
+    let after = times(&ours);
 
     println!(
         "Backup CREATE through kube-apiserver v1.20, {n} sequential creates per namespace, interleaved in rounds of {ROUND}:"
@@ -305,11 +363,11 @@ async fn main() {
             t.pct(0.99)
         );
     }
-    let (none, floor, ours) = (&targets[0], &targets[1], &targets[2]);
+    let (none, floor, mine) = (&targets[0], &targets[1], &targets[2]);
     for (what, a, b) in [
-        ("ours/none ", ours, none),
+        ("ours/none ", mine, none),
         ("floor/none", floor, none),
-        ("ours/floor", ours, floor),
+        ("ours/floor", mine, floor),
     ] {
         println!(
             "  {what}: p50 {:.2}x ({:+.2} ms)  p99 {:.2}x",
@@ -319,15 +377,29 @@ async fn main() {
         );
     }
     println!("  (goal: ours/none <= 1.2 at p50)");
-    let reviewed = count1 - count0;
-    println!(
-        "  our webhook's own time per review (review_duration_seconds, handler only): mean {:.3} ms over {reviewed} reviews",
-        if reviewed > 0.0 {
-            (sum1 - sum0) / reviewed * 1000.0
-        } else {
-            0.0
-        }
-    );
+    for (k, ((sum0, count0), (sum1, count1))) in before.iter().zip(&after).enumerate() {
+        let reviewed = count1 - count0;
+        println!(
+            "  {}: own time per review (review_duration_seconds, handler only): mean {:.3} ms over {reviewed} reviews",
+            targets[2 + k].label,
+            if reviewed > 0.0 {
+                (sum1 - sum0) / reviewed * 1000.0
+            } else {
+                0.0
+            }
+        );
+    }
+    if let Some(big) = targets.get(3) {
+        let small = &targets[2];
+        println!(
+            "  {} / {}: p50 {:.2}x ({:+.2} ms)  p99 {:.2}x  (goal: flat, p99 within 1.2x)",
+            big.label,
+            small.label,
+            big.pct(0.5) / small.pct(0.5),
+            big.pct(0.5) - small.pct(0.5),
+            big.pct(0.99) / small.pct(0.99)
+        );
+    }
     {
         let s = floor_stats.lock().unwrap();
         println!(
@@ -344,10 +416,13 @@ async fn main() {
     );
 
     let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(cluster.client());
-    for name in [floor_reg, ours_reg] {
-        vwcs.delete(&name, &DeleteParams::default()).await.unwrap();
-    }
+    vwcs.delete(&floor_reg, &DeleteParams::default())
+        .await
+        .unwrap();
     floor_handle.shutdown();
-    handle.shutdown().await.unwrap();
+    for (handle, reg) in ours {
+        vwcs.delete(&reg, &DeleteParams::default()).await.unwrap();
+        handle.shutdown().await.unwrap();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
