@@ -13,6 +13,8 @@
 //! volumes); the same number with 30 % injected engine faults (errors, connection resets,
 //! delays past the deadline); 3 s idle. VmRSS, VmHWM, threads and fds of the agent after each.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,19 +37,10 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut parsed = Args {
-        volumes: 50,
-        calls: 100_000,
-    };
-    let argv: Vec<String> = std::env::args().collect();
-    for pair in argv.windows(2) {
-        match (pair[0].as_str(), pair[1].parse().ok()) {
-            ("--volumes", Some(v)) => parsed.volumes = v,
-            ("--calls", Some(v)) => parsed.calls = v,
-            _ => {}
-        }
+    Args {
+        volumes: common::flag("--volumes").unwrap_or(50),
+        calls: common::flag("--calls").unwrap_or(100_000),
     }
-    parsed
 }
 
 struct Agent(Child);

@@ -18,6 +18,8 @@
 //!
 //! Per-call clients are dropped after their call so the machine survives (v1.7.2 leaked them).
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -39,29 +41,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut parsed = Args {
-        calls: 50_000,
-        connect_calls: 5_000,
-        soak: 200_000,
-        concurrency: 16,
-    };
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        let value = argv.get(i + 1).and_then(|v| v.parse().ok());
-        match (argv[i].as_str(), value) {
-            ("--calls", Some(v)) => parsed.calls = v,
-            ("--connect-calls", Some(v)) => parsed.connect_calls = v,
-            ("--soak", Some(v)) => parsed.soak = v,
-            ("--concurrency", Some(v)) => parsed.concurrency = v,
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
+    Args {
+        calls: common::flag("--calls").unwrap_or(50_000),
+        connect_calls: common::flag("--connect-calls").unwrap_or(5_000),
+        soak: common::flag("--soak").unwrap_or(200_000),
+        concurrency: common::flag("--concurrency").unwrap_or(16),
     }
-    parsed
 }
 
 fn rss_mib() -> f64 {
@@ -245,17 +230,25 @@ async fn run_per_call(
             if let (PerCall::LonghornManagerLeaking, Ok(mut leaked)) = (mode, LEAKED.lock()) {
                 leaked.push(channel.clone());
             }
-            let mut request = tonic::Request::new(request);
-            request.set_timeout(Duration::from_secs(5));
             // The channel is dropped (closed) when this returns.
-            ProxyEngineServiceClient::new(channel)
-                .snapshot_list(request)
-                .await
-                .is_ok()
+            snapshot_list_on(channel, request).await
         }
     })
     .await;
     (calls as f64 / elapsed.as_secs_f64(), failed)
+}
+
+/// One SnapshotList through `channel` with a 5 s timeout; true when it succeeded.
+async fn snapshot_list_on(
+    channel: tonic::transport::Channel,
+    request: longhorn_guard_proto::imrpc::ProxyEngineRequest,
+) -> bool {
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(Duration::from_secs(5));
+    ProxyEngineServiceClient::new(channel)
+        .snapshot_list(request)
+        .await
+        .is_ok()
 }
 
 /// The ceiling: one tonic channel dialled once and shared by every caller, no pool (no lease,
@@ -275,14 +268,7 @@ async fn run_raw_reused(
     let request = target.proxy_request();
     let (elapsed, failed) = drive(calls, c, move |_| {
         let (channel, request) = (channel.clone(), request.clone());
-        async move {
-            let mut request = tonic::Request::new(request);
-            request.set_timeout(Duration::from_secs(5));
-            ProxyEngineServiceClient::new(channel)
-                .snapshot_list(request)
-                .await
-                .is_ok()
-        }
+        async move { snapshot_list_on(channel, request).await }
     })
     .await;
     (calls as f64 / elapsed.as_secs_f64(), failed)
