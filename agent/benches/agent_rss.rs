@@ -232,7 +232,8 @@ async fn measure(
     std::fs::write(dir.join("tls.key"), signing_key.serialize_pem())?;
     let (listen, ops) = (free_port()?, free_port()?);
     let agent = Agent(
-        Command::new(bin)
+        cluster
+            .command(bin)
             .args(["--log-format", "json"])
             .args(subcommand)
             .args(["--node", NODE, "--namespace", &ns])
@@ -242,11 +243,7 @@ async fn measure(
             .arg(dir.join("tls.crt"))
             .arg("--tls-key")
             .arg(dir.join("tls.key"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", cluster.kubeconfig_path())
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("agent.log"))?)
             .spawn()?,

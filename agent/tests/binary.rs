@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -85,12 +85,9 @@ async fn the_manifests_agent_args_run_the_dedicated_executable_until_sigterm() -
         })
         .collect();
     let log = std::fs::File::create(dir.join("agent.log"))?;
-    let mut child = Command::new(BIN)
+    let mut child = cluster
+        .command(BIN)
         .args(&args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KUBECONFIG", cluster.kubeconfig_path())
-        .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()

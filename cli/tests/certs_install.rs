@@ -20,7 +20,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -98,13 +98,10 @@ impl Drop for Webhook {
 }
 
 fn certs(cluster: &TestCluster, args: &[&str]) -> Result<String> {
-    let out = Command::new(BIN)
+    let out = cluster
+        .command(BIN)
         .args(["--log-format", "text", "certs"])
         .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KUBECONFIG", cluster.kubeconfig_path())
-        .stdin(Stdio::null())
         .output()
         .context("running longhorn-guard certs")?;
     let text = format!(
@@ -314,7 +311,8 @@ async fn bootstrapped_certificates_are_served_called_by_the_api_server_and_rotat
     let metrics = free_port()?;
     let log = std::fs::File::create(volume_dir.join("webhook.log"))?;
     let webhook = Webhook {
-        child: Command::new(BIN)
+        child: cluster
+            .command(BIN)
             .args(["--log-format", "text", "webhook", "--namespace", &ns])
             .args(["--listen", &format!("127.0.0.1:{listen}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
@@ -324,10 +322,6 @@ async fn bootstrapped_certificates_are_served_called_by_the_api_server_and_rotat
             .arg(volume.file("tls.key"))
             .arg("--policy")
             .arg(&policy)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", cluster.kubeconfig_path())
-            .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?,

@@ -94,6 +94,18 @@ impl TestCluster {
         &self.kubeconfig
     }
 
+    /// A command for one of the guard's executables, run against this control plane only:
+    /// an empty environment but `PATH` and `KUBECONFIG` (never a developer's own cluster or
+    /// settings), stdin closed.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut cmd = std::process::Command::new(program);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
     /// The API server's URL, e.g. `https://127.0.0.1:16443`.
     pub fn api_url(&self) -> String {
         self.config.cluster_url.to_string()
