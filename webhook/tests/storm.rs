@@ -12,8 +12,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod storm_common;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,310 +22,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use common::*;
 use futures::{StreamExt, TryStreamExt};
-use kube::api::{DeleteParams, PostParams};
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::Api;
+use kube::api::DeleteParams;
 use longhorn_guard_testkit::TestCluster;
 use longhorn_guard_webhook::Policy;
 use longhorn_guard_webhook::throttle::policy::ThrottlePolicy;
-use longhorn_types::{Backup, BackupState, BackupTarget, Engine, Snapshot, Volume, shapes};
+use longhorn_types::{Backup, BackupState, Snapshot, shapes};
+use storm_common::*;
 
-/// A client that does NOT retry 429s: kube-rs 5 retries 429/503/504 by default (up to 15
-/// times, exponential backoff from 5 ms), which would turn every throttle denial into a
-/// long silent wait. client-go (longhorn-manager) retries a 429 only when the response has
-/// a Retry-After header, which the webhook does not set.
-pub async fn no_retry_client(
-    cluster: &TestCluster,
-    as_user: Option<(&str, &[&str])>,
-) -> Result<Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path())?;
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    config.default_retry = false;
-    if let Some((user, groups)) = as_user {
-        config.auth_info.impersonate = Some(user.to_string());
-        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
-    }
-    Ok(Client::try_from(config)?)
-}
-
-const NODES: usize = 6;
-const CONCURRENCY: usize = 32;
 /// The Job's backoffLimit the simulated recurring job honours.
 const BACKOFF_LIMIT: u32 = 3;
 /// Job-controller backoff 10 s, 20 s, 40 s scaled down 100×.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Simulated controller: Backups started per tick, tick length, how long one runs.
-const STARTS_PER_TICK: usize = 8;
-const TICK: Duration = Duration::from_millis(20);
-const RUN_TIME: Duration = Duration::from_millis(300);
 /// Every Nth admitted recurring-job Backup loses its snapshot right after admission.
 const LOSE_SNAPSHOT_EVERY: usize = 40;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn node_of(volume: usize) -> String {
-    format!("node-{}", volume % NODES)
-}
-
-/// Live in-flight counts as the watch sees them, and their maxima.
-#[derive(Default)]
-pub struct Observer {
-    backups: HashMap<String, (String, BackupState)>,
-    per_volume: HashMap<String, u32>,
-    per_node: HashMap<String, u32>,
-    cluster: u32,
-    pub max_volume: u32,
-    pub max_node: u32,
-    pub max_cluster: u32,
-    pub events: u64,
-    pub nodes: HashMap<String, String>,
-}
-
-impl Observer {
-    fn counts(&mut self, volume: &str, delta: i32) {
-        let node = self.nodes.get(volume).cloned().unwrap_or_default();
-        let v = self.per_volume.entry(volume.to_string()).or_default();
-        *v = v.saturating_add_signed(delta);
-        self.max_volume = self.max_volume.max(*v);
-        let n = self.per_node.entry(node).or_default();
-        *n = n.saturating_add_signed(delta);
-        self.max_node = self.max_node.max(*n);
-        self.cluster = self.cluster.saturating_add_signed(delta);
-        self.max_cluster = self.max_cluster.max(self.cluster);
-    }
-
-    fn apply(&mut self, b: &Backup) {
-        self.events += 1;
-        let name = b.metadata.name.clone().unwrap_or_default();
-        if b.spec.snapshot_name.is_empty() {
-            return;
-        }
-        let volume = b.volume_label().unwrap_or_default().to_string();
-        let state = b.state();
-        let was = self.backups.insert(name, (volume.clone(), state.clone()));
-        let was_in_flight = was.as_ref().is_some_and(|(_, s)| !s.is_terminal());
-        let in_flight = !state.is_terminal();
-        match (was_in_flight, in_flight) {
-            (false, true) => self.counts(&volume, 1),
-            (true, false) => self.counts(&volume, -1),
-            _ => {}
-        }
-    }
-
-    fn delete(&mut self, b: &Backup) {
-        self.events += 1;
-        let name = b.metadata.name.clone().unwrap_or_default();
-        if let Some((volume, s)) = self.backups.remove(&name)
-            && !s.is_terminal()
-        {
-            self.counts(&volume, -1);
-        }
-    }
-}
-
-/// Follows Backups in `ns` into `observer`.
-pub fn observe(
-    client: Client,
-    ns: &str,
-    observer: Arc<Mutex<Observer>>,
-) -> tokio::task::JoinHandle<()> {
-    let api: Api<Backup> = Api::namespaced(client, ns);
-    tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default());
-        let mut stream = std::pin::pin!(stream);
-        while let Ok(Some(ev)) = stream.try_next().await {
-            let mut o = observer.lock().unwrap();
-            match ev {
-                watcher::Event::Apply(b) | watcher::Event::InitApply(b) => o.apply(&b),
-                watcher::Event::Delete(b) => o.delete(&b),
-                _ => {}
-            }
-        }
-    })
-}
-
-/// The simulated backup controller: New Backups are started at a fixed rate (InProgress,
-/// or Pending forever when their snapshot is gone, as in v1.7.2), and completed after
-/// [`RUN_TIME`].
-pub struct Controller {
-    pub stuck: Mutex<HashSet<String>>,
-    pub started: AtomicUsize,
-    pub completed: AtomicUsize,
-}
-
-pub fn run_controller(
-    cluster: TestCluster,
-    ns: String,
-    ctl: Arc<Controller>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let api: Api<Backup> = Api::namespaced(cluster.client(), &ns);
-        let snaps: Api<Snapshot> = Api::namespaced(cluster.client(), &ns);
-        let queue: Arc<Mutex<VecDeque<Backup>>> = Arc::default();
-        let q = queue.clone();
-        tokio::spawn(async move {
-            let stream = watcher(api, watcher::Config::default());
-            let mut stream = std::pin::pin!(stream);
-            while let Ok(Some(ev)) = stream.try_next().await {
-                if let watcher::Event::Apply(b) | watcher::Event::InitApply(b) = ev
-                    && b.state() == BackupState::New
-                    && !b.spec.snapshot_name.is_empty()
-                {
-                    q.lock().unwrap().push_back(b);
-                }
-            }
-        });
-        let mut running: VecDeque<(Instant, String, String, String)> = VecDeque::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut tick = tokio::time::interval(TICK);
-        loop {
-            tick.tick().await;
-            let mut batch = Vec::new();
-            {
-                let mut q = queue.lock().unwrap();
-                while batch.len() < STARTS_PER_TICK {
-                    let Some(b) = q.pop_front() else { break };
-                    let name = b.metadata.name.clone().unwrap_or_default();
-                    if seen.insert(name) {
-                        batch.push(b);
-                    }
-                }
-            }
-            let starts: Vec<(String, &'static str, String, String)> = futures::stream::iter(batch)
-                .map(|b| {
-                    let snaps = snaps.clone();
-                    async move {
-                        let name = b.metadata.name.clone().unwrap_or_default();
-                        let vol = b.volume_label().unwrap_or_default().to_string();
-                        let snap = b.spec.snapshot_name.clone();
-                        let exists = snaps.get_opt(&snap).await.ok().flatten().is_some();
-                        (
-                            name,
-                            if exists { "InProgress" } else { "Pending" },
-                            vol,
-                            snap,
-                        )
-                    }
-                })
-                .buffer_unordered(16)
-                .collect()
-                .await;
-            let mut work = Vec::new();
-            for (name, state, vol, snap) in starts {
-                if state == "InProgress" {
-                    running.push_back((Instant::now(), name.clone(), vol.clone(), snap.clone()));
-                } else {
-                    ctl.stuck.lock().unwrap().insert(name.clone());
-                }
-                ctl.started.fetch_add(1, Ordering::Relaxed);
-                work.push((name, state, vol, snap));
-            }
-            while running
-                .front()
-                .is_some_and(|(t, ..)| t.elapsed() >= RUN_TIME)
-            {
-                let (_, name, vol, snap) = running.pop_front().unwrap();
-                ctl.completed.fetch_add(1, Ordering::Relaxed);
-                work.push((name, "Completed", vol, snap));
-            }
-            futures::stream::iter(work)
-                .for_each_concurrent(16, |(name, state, vol, snap)| {
-                    let cluster = cluster.clone();
-                    let ns = ns.clone();
-                    async move {
-                        let status = shapes::backup_status(state, "node-0", &vol, &snap);
-                        // A GET + conditional PUT: retried on a 409 Conflict.
-                        let mut tries = 0;
-                        while let Err(e) = cluster
-                            .set_status::<Backup>(&ns, &name, status.clone())
-                            .await
-                        {
-                            tries += 1;
-                            if tries >= 10 {
-                                eprintln!("controller: status {state} of Backup {name}: {e:#}");
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                })
-                .await;
-        }
-    })
-}
-
-async fn create<
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
->(
-    client: &Client,
-    ns: &str,
-    obj: serde_json::Value,
-) -> Result<Result<(), (u16, String)>> {
-    let k: K = serde_json::from_value(obj)?;
-    match Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &k)
-        .await
-    {
-        Ok(_) => Ok(Ok(())),
-        Err(kube::Error::Api(e)) if e.message.contains("denied the request") => {
-            Ok(Err((e.code, e.message)))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Volumes, their engines (node-<v % 6>), the default target.
-pub async fn storm_fixtures(cluster: &TestCluster, ns: &str, volumes: usize) -> Result<()> {
-    let client = cluster.client();
-    cluster
-        .create_with_status::<BackupTarget>(
-            ns,
-            shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
-            shapes::backup_target_status("node-0", true),
-        )
-        .await?;
-    futures::stream::iter(0..volumes)
-        .map(|v| {
-            let client = client.clone();
-            async move {
-                let vol = format!("vol-{v}");
-                let node = node_of(v);
-                create::<Volume>(&client, ns, shapes::volume(ns, &vol, &node))
-                    .await?
-                    .created()?;
-                create::<Engine>(&client, ns, shapes::engine(ns, &vol, &node))
-                    .await?
-                    .created()?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
-}
-
-trait Created {
-    fn created(self) -> Result<()>;
-}
-impl Created for Result<(), (u16, String)> {
-    fn created(self) -> Result<()> {
-        self.map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))
-    }
-}
 
 #[derive(Default)]
 struct Tally {
@@ -376,12 +87,7 @@ async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
     wait_ready(&served).await?;
     let reg = register(&cluster, &served, &ns).await?;
 
-    let observer = Arc::new(Mutex::new(Observer {
-        nodes: (0..volumes)
-            .map(|v| (format!("vol-{v}"), node_of(v)))
-            .collect(),
-        ..Observer::default()
-    }));
+    let observer = Arc::new(Mutex::new(Observer::new(volumes)));
     let obs_task = observe(cluster.client(), &ns, observer.clone());
     let ctl = Arc::new(Controller {
         stuck: Mutex::default(),
@@ -392,7 +98,7 @@ async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
 
     let tally = Arc::new(Tally::default());
     let admitted_jobs = Arc::new(AtomicUsize::new(0));
-    let client = no_retry_client(&cluster, None).await?;
+    let client = cluster.client_without_retry(None)?;
     let storm_start = Instant::now();
     futures::stream::iter(0..total)
         .map(|i| {
@@ -660,12 +366,7 @@ async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
     for r in &replicas {
         wait_ready(r).await?;
     }
-    let observer = Arc::new(Mutex::new(Observer {
-        nodes: (0..volumes)
-            .map(|v| (format!("vol-{v}"), node_of(v)))
-            .collect(),
-        ..Observer::default()
-    }));
+    let observer = Arc::new(Mutex::new(Observer::new(volumes)));
     let obs_task = observe(cluster.client(), &ns, observer.clone());
     let ctl = Arc::new(Controller {
         stuck: Mutex::default(),
@@ -673,7 +374,7 @@ async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
         completed: AtomicUsize::new(0),
     });
     let ctl_task = run_controller(cluster.clone(), ns.clone(), ctl.clone());
-    let client = no_retry_client(&cluster, None).await?;
+    let client = cluster.client_without_retry(None)?;
     let admitted = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     futures::stream::iter(0..total)

@@ -53,6 +53,26 @@ impl TestCert {
             pem,
         })
     }
+
+    /// The same certificate and key in a fresh directory: replicas serving one name.
+    pub fn copy(&self) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "lhg-webhook-test-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let cert = dir.join("tls.crt");
+        let key = dir.join("tls.key");
+        std::fs::copy(&self.cert, &cert)?;
+        std::fs::copy(&self.key, &key)?;
+        Ok(Self {
+            dir,
+            cert,
+            key,
+            pem: self.pem.clone(),
+        })
+    }
 }
 
 impl Drop for TestCert {
@@ -87,7 +107,16 @@ impl Served {
 
 /// Starts the webhook watching `ns` with `policy`, using `client` for watches and lookups.
 pub async fn serve(client: Client, ns: &str, policy: Policy) -> Result<Served> {
-    let cert = TestCert::new()?;
+    serve_with_cert(client, ns, policy, TestCert::new()?).await
+}
+
+/// [`serve`] with a given certificate (see [`TestCert::copy`]).
+pub async fn serve_with_cert(
+    client: Client,
+    ns: &str,
+    policy: Policy,
+    cert: TestCert,
+) -> Result<Served> {
     let config = WebhookConfig {
         listen: "127.0.0.1:0".parse()?,
         metrics_listen: "127.0.0.1:0".parse()?,
@@ -280,6 +309,13 @@ pub fn webhook_entry(served: &Served, path: &str, ns: &str) -> serde_json::Value
 /// that does not exist is denied).
 pub async fn register(cluster: &TestCluster, served: &Served, ns: &str) -> Result<Registration> {
     let reg = register_no_probe(cluster, served, ns).await?;
+    wait_until_called(cluster, ns).await?;
+    Ok(reg)
+}
+
+/// Waits until the API server calls the webhook registered for `ns`: a Backup of a snapshot
+/// that does not exist is denied by longhorn-guard.
+pub async fn wait_until_called(cluster: &TestCluster, ns: &str) -> Result<()> {
     let client = cluster.client();
     // The API server loads webhook configurations asynchronously: probe until it calls us.
     let probe = longhorn_types::shapes::backup(
@@ -312,8 +348,7 @@ pub async fn register(cluster: &TestCluster, served: &Served, ns: &str) -> Resul
             }
         },
     )
-    .await?;
-    Ok(reg)
+    .await
 }
 
 /// Registers without waiting for the API server to use the configuration.
@@ -322,12 +357,22 @@ pub async fn register_no_probe(
     served: &Served,
     ns: &str,
 ) -> Result<Registration> {
+    register_entry(cluster, ns, webhook_entry(served, "/validate/backups", ns)).await
+}
+
+/// Registers the validating webhook `entry` (see [`webhook_entry`]) for `ns`, without
+/// waiting for the API server to use it.
+pub async fn register_entry(
+    cluster: &TestCluster,
+    ns: &str,
+    entry: serde_json::Value,
+) -> Result<Registration> {
     let name = format!("lhg-test-{ns}");
     let config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": { "name": name },
-        "webhooks": [webhook_entry(served, "/validate/backups", ns)],
+        "webhooks": [entry],
     }))?;
     let client = cluster.client();
     Api::<ValidatingWebhookConfiguration>::all(client.clone())

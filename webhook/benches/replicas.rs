@@ -1,0 +1,78 @@
+//! The v1.7.2-sized storm (4,422 Backups on 300 volumes / 6 nodes, 30 % for missing
+//! snapshots, recurring-job Backups, default policy) through the real kube-apiserver against
+//! one webhook and then five replicas behind one round-robin loopback proxy (a Service with
+//! five endpoints), in the same run: the in-flight maxima per volume / node / cluster as a
+//! watch sees them, against the caps and the bound R × cap (THROTTLING.md).
+//!
+//! Needs the test control plane: `LHG_TEST_KUBECONFIG` (see control-plane/README.md).
+//! Sizes: `LHG_REPLICAS_BACKUPS` (default 4422), `LHG_REPLICAS_VOLUMES` (default 300),
+//! replica counts `LHG_REPLICAS_COUNTS` (default "1,5").
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/storm_common/mod.rs"]
+mod storm_common;
+
+use longhorn_guard_testkit::TestCluster;
+use longhorn_guard_webhook::Policy;
+use storm_common::{ReplicaStorm, env_usize, replica_storm};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cluster = TestCluster::connect().await.unwrap();
+    let counts: Vec<usize> = std::env::var("LHG_REPLICAS_COUNTS")
+        .unwrap_or_else(|_| "1,5".into())
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    let mut rows = Vec::new();
+    for replicas in counts {
+        let run = ReplicaStorm {
+            replicas,
+            backups: env_usize("LHG_REPLICAS_BACKUPS", 4422),
+            volumes: env_usize("LHG_REPLICAS_VOLUMES", 300),
+            policy: Policy::default(),
+        };
+        let f = replica_storm(&cluster, &run).await.unwrap();
+        println!("{}", f.summary());
+        rows.push(f);
+    }
+    println!();
+    println!(
+        "| replicas | creates/s | admitted / 429 / 404 | reviews per replica | max in flight volume / node / cluster | caps | bound R × cap | overshoot | within bound |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for f in &rows {
+        let bound = f.bound();
+        let over = [0, 1, 2].map(|i| f.max[i].saturating_sub(f.caps[i]));
+        let creates = f.admitted + f.throttled + f.stale_denied;
+        println!(
+            "| {} | {:.0} | {} / {} / {} | {:?} | {} / {} / {} | {} / {} / {} | {} / {} / {} | {} / {} / {} | {} |",
+            f.reviews.len(),
+            creates as f64 / f.elapsed.as_secs_f64(),
+            f.admitted,
+            f.throttled,
+            f.stale_denied,
+            f.reviews,
+            f.max[0],
+            f.max[1],
+            f.max[2],
+            f.caps[0],
+            f.caps[1],
+            f.caps[2],
+            bound[0],
+            bound[1],
+            bound[2],
+            over[0],
+            over[1],
+            over[2],
+            if (0..3).all(|i| f.max[i] <= bound[i]) {
+                "yes"
+            } else {
+                "NO"
+            },
+        );
+    }
+}
