@@ -72,6 +72,12 @@ async fn main() {
     };
     let cluster = TestCluster::connect().await.unwrap();
     fill(&cluster, &sizes).await;
+    if args.iter().any(|a| a == "--fill-only") {
+        // For other benches over a filled namespace (apiserver_latency's
+        // LHG_BENCH_INDEXED_NAMESPACE), with LHG_BENCH_STATE keeping the control plane.
+        println!("namespace {NS} filled; --fill-only: nothing measured");
+        return;
+    }
 
     let dir = std::env::temp_dir().join(format!("lhg-bench-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
