@@ -19,28 +19,6 @@ use longhorn_guard_webhook::{Policy, WebhookConfig};
 use longhorn_types::{Backup, BackupTarget, Engine, Snapshot, Volume, shapes};
 use serde_json::json;
 
-/// A client that does NOT retry 429s: kube-rs 5 retries 429/503/504 by default (up to 15
-/// times, exponential backoff from 5 ms), which would turn every throttle denial into a
-/// long silent wait. client-go (longhorn-manager) retries a 429 only when the response has
-/// a Retry-After header, which the webhook does not set.
-pub async fn no_retry_client(
-    cluster: &TestCluster,
-    as_user: Option<(&str, &[&str])>,
-) -> Result<Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path())?;
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    config.default_retry = false;
-    if let Some((user, groups)) = as_user {
-        config.auth_info.impersonate = Some(user.to_string());
-        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
-    }
-    Ok(Client::try_from(config)?)
-}
-
 /// vol-1..vol-3 on node-1 (vol-3 only through its active engine: its Volume says node-9),
 /// vol-4, vol-5 on node-2; snapshots snap-<vol>-<n> (n in 0..4), target `default`.
 async fn fixtures(cluster: &TestCluster, ns: &str) -> Result<()> {
@@ -173,7 +151,7 @@ async fn each_cap_and_duplicates_deny_with_429_and_free_up_on_completion() -> Re
     let served = serve(cluster.client(), &ns, caps_only(1, 2, 3)).await?;
     wait_ready(&served).await?;
     let reg = register(&cluster, &served, &ns).await?;
-    let c = no_retry_client(&cluster, None).await?;
+    let c = cluster.client_without_retry(None)?;
 
     expect_allowed(&c, &ns, "b1", "vol-1", "snap-vol-1-0").await?;
     // Same snapshot again: duplicate. Another snapshot of vol-1: the volume cap.
@@ -301,7 +279,7 @@ async fn generate_name_backups_hold_their_slot_before_and_after_the_watch() -> R
     let served = serve(cluster.client(), &ns, caps_only(1, 0, 0)).await?;
     wait_ready(&served).await?;
     let reg = register(&cluster, &served, &ns).await?;
-    let c = no_retry_client(&cluster, None).await?;
+    let c = cluster.client_without_retry(None)?;
     let generated = |snap: &str| {
         let mut o = shapes::backup(&ns, "", "vol-1", snap, None);
         o["metadata"].as_object_mut().unwrap().remove("name");
@@ -373,14 +351,13 @@ async fn rates_exemptions_recurring_jobs_and_warn_only() -> Result<()> {
     let served = serve(cluster.client(), &ns, policy).await?;
     wait_ready(&served).await?;
     let reg = register(&cluster, &served, &ns).await?;
-    let admin = no_retry_client(&cluster, None).await?;
-    let alice = no_retry_client(&cluster, Some(("alice", &["system:authenticated"]))).await?;
+    let admin = cluster.client_without_retry(None)?;
+    let alice = cluster.client_without_retry(Some(("alice", &["system:authenticated"])))?;
     let sa = format!("system:serviceaccount:{ns}:longhorn-service-account");
-    let longhorn = no_retry_client(
-        &cluster,
-        Some((&sa, &["system:serviceaccounts", "system:authenticated"])),
-    )
-    .await?;
+    let longhorn = cluster.client_without_retry(Some((
+        &sa,
+        &["system:serviceaccounts", "system:authenticated"],
+    )))?;
 
     // Per user: alice's bucket (burst 2) is empty after two Backups.
     expect_allowed(&alice, &ns, "a1", "vol-1", "snap-vol-1-0").await?;
@@ -534,7 +511,7 @@ async fn policy_file_is_hot_reloaded_and_a_bad_one_keeps_the_last_good() -> Resu
     let served = Served { handle, cert };
     wait_ready(&served).await?;
     let reg = register(&cluster, &served, &ns).await?;
-    let c = no_retry_client(&cluster, None).await?;
+    let c = cluster.client_without_retry(None)?;
     let gauge = |text: &str, name: &str| metric(text, name, "");
 
     expect_allowed(&c, &ns, "r1", "vol-1", "snap-vol-1-0").await?;
