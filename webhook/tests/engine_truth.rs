@@ -740,7 +740,8 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_webhook_falls_b
     let err = refused.expect_err("a certificate from another CA must be refused");
     // A transport failure (the status has a client-side source), never an answer: rustls
     // reports the agent's alert ("received fatal alert: UnknownCA") or, when the TLS 1.3
-    // alert races the first request, the connection closed under it.
+    // alert races the first request, the connection closed under it (read: "connection
+    // closed"/reset; write: "broken pipe", seen under load).
     assert!(
         std::error::Error::source(&err).is_some(),
         "not a handshake refusal: {err:?}"
@@ -749,6 +750,8 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_webhook_falls_b
     assert!(
         text.contains("unknownca")
             || text.contains("connection closed")
+            || text.contains("connection reset")
+            || text.contains("broken pipe")
             || text.contains("certificate"),
         "not a handshake refusal: {text}"
     );

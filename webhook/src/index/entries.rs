@@ -118,12 +118,40 @@ impl Grouped for EngineEntry {
     }
 }
 
-/// Backups in flight (non-terminal, with a snapshot name) are grouped by volume (`""` when
-/// the Backup names none); the others are not grouped.
+/// The group of non-terminal Backups without a snapshot name (synced from a target): never
+/// a volume name (volume names cannot contain `/`), so no volume's lookup meets them.
+pub const NO_SNAPSHOT_GROUP: &str = "/no-snapshot";
+
+/// Non-terminal Backups are grouped: those in flight (with a snapshot name) by volume (`""`
+/// when the Backup names none), the others under [`NO_SNAPSHOT_GROUP`]; terminal ones are
+/// not grouped. Every Backup is counted by its state.
 impl Grouped for BackupEntry {
     fn group(&self) -> Option<Arc<str>> {
-        self.in_flight()
-            .then(|| self.volume.clone().unwrap_or_else(|| Arc::from("")))
+        if self.in_flight() {
+            Some(self.volume.clone().unwrap_or_else(|| Arc::from("")))
+        } else if !self.state().is_terminal() {
+            Some(Arc::from(NO_SNAPSHOT_GROUP))
+        } else {
+            None
+        }
+    }
+
+    fn tally(&self) -> Option<&'static str> {
+        Some(state_label(&self.state()))
+    }
+}
+
+/// A Backup state's metric label (`New` for the empty state, `Other` for unknown values).
+pub fn state_label(s: &BackupState) -> &'static str {
+    match s {
+        BackupState::New => "New",
+        BackupState::Pending => "Pending",
+        BackupState::InProgress => "InProgress",
+        BackupState::Completed => "Completed",
+        BackupState::Error => "Error",
+        BackupState::Unknown => "Unknown",
+        BackupState::Deleting => "Deleting",
+        BackupState::Other(_) => "Other",
     }
 }
 

@@ -11,6 +11,66 @@ pub trait Grouped {
     fn group(&self) -> Option<Arc<str>> {
         None
     }
+
+    /// A label the entries are counted by, per namespace (e.g. a Backup's state), so a
+    /// figure over every entry needs no scan; `None` = not counted.
+    fn tally(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// Namespace → tally label → entries, kept up to date with every change.
+#[derive(Debug, Default)]
+pub struct Tallies {
+    by_namespace: HashMap<Arc<str>, HashMap<&'static str, u64>>,
+}
+
+impl Tallies {
+    pub(super) fn add(&mut self, namespace: &Arc<str>, label: &'static str) {
+        *self
+            .by_namespace
+            .entry(namespace.clone())
+            .or_default()
+            .entry(label)
+            .or_default() += 1;
+    }
+
+    pub(super) fn remove(&mut self, namespace: &str, label: &'static str) {
+        let Some(counts) = self.by_namespace.get_mut(namespace) else {
+            return;
+        };
+        if let Some(n) = counts.get_mut(label) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(label);
+            }
+        }
+        if counts.is_empty() {
+            self.by_namespace.remove(namespace);
+        }
+    }
+
+    /// The tallies of `table`, from scratch (after a relist).
+    pub(super) fn of<V: Grouped>(table: &HashMap<Arc<str>, HashMap<Arc<str>, V>>) -> Self {
+        let mut tallies = Self::default();
+        for (ns, entries) in table {
+            for v in entries.values() {
+                if let Some(label) = v.tally() {
+                    tallies.add(ns, label);
+                }
+            }
+        }
+        tallies
+    }
+
+    /// (label, count) of one namespace.
+    pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .map(|(label, n)| (*label, *n))
+    }
 }
 
 /// Group key → names, in one namespace.
@@ -148,6 +208,67 @@ mod tests {
         );
         idx.apply::<Backup>(Event::InitDone);
         assert_eq!(in_flight(&idx), pairs(&[("v9", "b9")]));
+    }
+
+    fn tallies(idx: &Index) -> Vec<(String, u64)> {
+        let view = idx.view();
+        let mut v: Vec<_> = view
+            .data()
+            .backups
+            .tallies("ns")
+            .map(|(l, n)| (l.to_string(), n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn backups_are_counted_by_state_through_every_change_and_relist() {
+        let idx = Index::default();
+        idx.apply(Event::Apply(backup("b1", Some("v1"), "InProgress")));
+        idx.apply(Event::Apply(backup("b2", Some("v1"), "Completed")));
+        idx.apply(Event::Apply(backup("b3", Some("v2"), "Completed")));
+        let t = |p: &[(&str, u64)]| -> Vec<(String, u64)> {
+            p.iter().map(|(l, n)| (l.to_string(), *n)).collect()
+        };
+        assert_eq!(tallies(&idx), t(&[("Completed", 2), ("InProgress", 1)]));
+        idx.apply(Event::Apply(backup("b1", Some("v1"), "Completed")));
+        idx.apply(Event::Delete(backup("b2", Some("v1"), "Completed")));
+        assert_eq!(tallies(&idx), t(&[("Completed", 2)]));
+        idx.apply::<Backup>(Event::Init);
+        idx.apply(Event::InitApply(backup("b9", Some("v9"), "Error")));
+        assert_eq!(tallies(&idx), t(&[("Completed", 2)]), "not before InitDone");
+        idx.apply::<Backup>(Event::InitDone);
+        assert_eq!(tallies(&idx), t(&[("Error", 1)]));
+        idx.apply(Event::Delete(backup("b9", Some("v9"), "Error")));
+        assert!(tallies(&idx).is_empty());
+    }
+
+    #[test]
+    fn non_terminal_backups_without_a_snapshot_are_grouped_apart_from_every_volume() {
+        let idx = Index::default();
+        let mut synced = shapes::backup("ns", "synced", "v1", "", None);
+        synced["status"] = shapes::backup_status("Pending", "node-1", "v1", "");
+        idx.apply(Event::Apply(
+            serde_json::from_value::<Backup>(synced).unwrap(),
+        ));
+        idx.apply(Event::Apply(backup("b1", Some("v1"), "Pending")));
+        assert_eq!(
+            in_flight(&idx),
+            pairs(&[(super::super::NO_SNAPSHOT_GROUP, "synced"), ("v1", "b1")])
+        );
+        let view = idx.view();
+        let v1: Vec<_> = view
+            .data()
+            .backups
+            .in_group("ns", "v1")
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(
+            v1,
+            ["b1"],
+            "a volume's lookup never meets a Backup without a snapshot"
+        );
     }
 
     #[test]

@@ -20,9 +20,10 @@ use std::time::Instant;
 use kube::runtime::watcher::Event;
 
 pub use entries::{
-    BackupEntry, EngineEntry, IndexedKind, SnapshotEntry, SnapshotFacts, TargetEntry, VolumeEntry,
+    BackupEntry, EngineEntry, IndexedKind, NO_SNAPSHOT_GROUP, SnapshotEntry, SnapshotFacts,
+    TargetEntry, VolumeEntry, state_label,
 };
-pub use groups::{Grouped, Groups};
+pub use groups::{Grouped, Groups, Tallies};
 pub use health::{Trust, WatchState};
 pub use watch::{WatchScope, run_watches};
 
@@ -113,6 +114,8 @@ pub struct KindTable<V> {
     relist: Option<(Table<V>, usize)>,
     /// The live entries by their [`Grouped::group`] key.
     groups: Groups,
+    /// The live entries counted by their [`Grouped::tally`] label.
+    tallies: Tallies,
 }
 
 impl<V> Default for KindTable<V> {
@@ -122,6 +125,7 @@ impl<V> Default for KindTable<V> {
             len: 0,
             relist: None,
             groups: Groups::default(),
+            tallies: Tallies::default(),
         }
     }
 }
@@ -160,6 +164,11 @@ impl<V: Grouped> KindTable<V> {
             .filter_map(move |n| Some((n, self.get(namespace, n)?)))
     }
 
+    /// (label, count) of the entries of a namespace (see [`Grouped::tally`]).
+    pub fn tallies(&self, namespace: &str) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.tallies.in_namespace(namespace)
+    }
+
     /// (group, name, entry) of every grouped entry of a namespace.
     pub fn grouped<'a>(
         &'a self,
@@ -177,13 +186,19 @@ impl<V: Grouped> KindTable<V> {
     }
 
     fn apply(&mut self, ns: Arc<str>, name: Arc<str>, v: V) {
-        if let Some(old) = self.live.get(&ns).and_then(|m| m.get(&name))
-            && let Some(g) = old.group()
-        {
-            self.groups.remove(&ns, &g, &name);
+        if let Some(old) = self.live.get(&ns).and_then(|m| m.get(&name)) {
+            if let Some(g) = old.group() {
+                self.groups.remove(&ns, &g, &name);
+            }
+            if let Some(label) = old.tally() {
+                self.tallies.remove(&ns, label);
+            }
         }
         if let Some(g) = v.group() {
             self.groups.add(&ns, g, &name);
+        }
+        if let Some(label) = v.tally() {
+            self.tallies.add(&ns, label);
         }
         Self::insert_into(&mut self.live, &mut self.len, ns, name, v);
     }
@@ -196,6 +211,9 @@ impl<V: Grouped> KindTable<V> {
             Some(old) => {
                 if let Some(g) = old.group() {
                     self.groups.remove(ns, &g, name);
+                }
+                if let Some(label) = old.tally() {
+                    self.tallies.remove(ns, label);
                 }
                 true
             }
@@ -227,6 +245,7 @@ impl<V: Grouped> KindTable<V> {
     fn relist_done(&mut self) {
         if let Some((table, len)) = self.relist.take() {
             self.groups = Groups::of(&table);
+            self.tallies = Tallies::of(&table);
             self.live = table;
             self.len = len;
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use longhorn_types::BackupState;
 
 use super::reservations::Reservations;
-use crate::index::{EngineEntry, IndexView, SnapshotLookup};
+use crate::index::{EngineEntry, IndexView, SnapshotLookup, state_label};
 
 /// The node of a volume: its engines' (the active one's first), else the Volume's own.
 /// `Built` holds a whole namespace (scrape-time figures); `Lookup` answers from the index's
@@ -227,20 +227,9 @@ pub struct BackupFigures {
     pub oldest_non_terminal_age_seconds: f64,
 }
 
-fn state_label(s: &BackupState) -> &'static str {
-    match s {
-        BackupState::New => "New",
-        BackupState::Pending => "Pending",
-        BackupState::InProgress => "InProgress",
-        BackupState::Completed => "Completed",
-        BackupState::Error => "Error",
-        BackupState::Unknown => "Unknown",
-        BackupState::Deleting => "Deleting",
-        BackupState::Other(_) => "Other",
-    }
-}
-
-/// Computes [`BackupFigures`] over the given namespaces of the index.
+/// Computes [`BackupFigures`] over the given namespaces of the index, without a scan: the
+/// counts by state are the index's tallies, and only non-terminal Backups (the index's
+/// grouping) are visited, their nodes looked up per volume.
 pub fn figures<'n>(
     view: &IndexView<'_>,
     namespaces: impl IntoIterator<Item = &'n str>,
@@ -261,11 +250,14 @@ pub fn figures<'n>(
     }
     let mut oldest: Option<i64> = None;
     for ns in namespaces {
-        let nodes = NodeMap::build(view, ns);
-        for (_, b) in view.data().backups.in_namespace(ns) {
-            let state = b.state();
-            *f.by_state.entry(state_label(&state)).or_default() += 1;
-            if state.is_terminal() {
+        let backups = &view.data().backups;
+        for (label, n) in backups.tallies(ns) {
+            *f.by_state.entry(label).or_default() += n;
+        }
+        let nodes = NodeMap::lookup(view, ns);
+        let mut node_of_volume: HashMap<&str, Option<Arc<str>>> = HashMap::new();
+        for (_, _, b) in backups.grouped(ns) {
+            if b.state().is_terminal() {
                 continue;
             }
             if b.created_unix > 0 {
@@ -275,12 +267,15 @@ pub fn figures<'n>(
                 continue;
             }
             f.in_flight += 1;
-            let node = b
-                .volume
-                .as_deref()
-                .and_then(|v| nodes.node_of(v))
-                .map(|n| n.to_string())
-                .unwrap_or_default();
+            let node = match b.volume.as_deref() {
+                Some(v) => node_of_volume
+                    .entry(v)
+                    .or_insert_with(|| nodes.node_of(v))
+                    .as_deref()
+                    .map(str::to_string),
+                None => None,
+            }
+            .unwrap_or_default();
             *f.in_flight_by_node.entry(node).or_default() += 1;
         }
     }
