@@ -122,6 +122,30 @@ fn loopback_addr() -> anyhow::Result<SocketAddr> {
     )))
 }
 
+/// `longhorn-guard <subcommand> <own flags>` with text logs, the two loopback listeners and the
+/// demo's serving certificate: the flags the webhook and the agent share.
+fn serving_args(
+    subcommand: &str,
+    own: [String; 4],
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    pki: &DemoPki,
+) -> Vec<String> {
+    let mut args = vec!["--log-format".into(), "text".into(), subcommand.into()];
+    args.extend(own);
+    args.extend([
+        "--listen".into(),
+        listen.to_string(),
+        "--metrics-listen".into(),
+        metrics.to_string(),
+        "--tls-cert".into(),
+        pki.cert.display().to_string(),
+        "--tls-key".into(),
+        pki.key.display().to_string(),
+    ]);
+    args
+}
+
 /// Starts `longhorn-guard webhook` watching `namespace`, and waits until it is ready.
 pub async fn start_webhook(
     children: &Children,
@@ -135,23 +159,18 @@ pub async fn start_webhook(
     let listen = loopback_addr()?;
     let metrics = loopback_addr()?;
     let log = logs.join("webhook.log");
-    let args = vec![
-        "--log-format".into(),
-        "text".into(),
-        "webhook".into(),
-        "--listen".into(),
-        listen.to_string(),
-        "--metrics-listen".into(),
-        metrics.to_string(),
-        "--tls-cert".into(),
-        pki.cert.display().to_string(),
-        "--tls-key".into(),
-        pki.key.display().to_string(),
-        "--policy".into(),
-        policy.display().to_string(),
-        "--namespace".into(),
-        namespace.to_string(),
-    ];
+    let args = serving_args(
+        "webhook",
+        [
+            "--policy".into(),
+            policy.display().to_string(),
+            "--namespace".into(),
+            namespace.to_string(),
+        ],
+        listen,
+        metrics,
+        pki,
+    );
     children.spawn(
         "webhook",
         exe,
@@ -186,23 +205,18 @@ pub async fn start_agents(
         let listen = loopback_addr()?;
         let metrics = loopback_addr()?;
         let log = logs.join(format!("{name}.log"));
-        let args = vec![
-            "--log-format".into(),
-            "text".into(),
-            "agent".into(),
-            "--node".into(),
-            node.clone(),
-            "--namespace".into(),
-            namespace.to_string(),
-            "--listen".into(),
-            listen.to_string(),
-            "--metrics-listen".into(),
-            metrics.to_string(),
-            "--tls-cert".into(),
-            pki.cert.display().to_string(),
-            "--tls-key".into(),
-            pki.key.display().to_string(),
-        ];
+        let args = serving_args(
+            "agent",
+            [
+                "--node".into(),
+                node.clone(),
+                "--namespace".into(),
+                namespace.to_string(),
+            ],
+            listen,
+            metrics,
+            pki,
+        );
         children.spawn(
             &name,
             exe,

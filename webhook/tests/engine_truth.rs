@@ -360,15 +360,8 @@ impl Setup {
     async fn serve(&self, policy: Policy, truth: EngineTruthConfig) -> Result<Served> {
         let cert = TestCert::new()?;
         let config = WebhookConfig {
-            listen: "127.0.0.1:0".parse()?,
-            metrics_listen: "127.0.0.1:0".parse()?,
-            tls_cert: cert.cert.clone(),
-            tls_key: cert.key.clone(),
-            policy: Some(policy),
-            namespace: Some(self.ns.clone()),
-            shutdown_grace: Duration::from_secs(5),
             engine_truth: Some(truth),
-            ..WebhookConfig::default()
+            ..cert.config(Some(policy), Some(&self.ns))
         };
         let handle = longhorn_guard_webhook::start(config, self.cluster.client()).await?;
         let served = Served { handle, cert };

@@ -181,15 +181,8 @@ async fn start(cluster: &TestCluster) -> anyhow::Result<common::Served> {
     policy.throttle.max_in_flight_per_cluster = 0;
     let cert = common::TestCert::new()?;
     let config = WebhookConfig {
-        listen: "127.0.0.1:0".parse()?,
-        metrics_listen: "127.0.0.1:0".parse()?,
-        tls_cert: cert.cert.clone(),
-        tls_key: cert.key.clone(),
-        policy: Some(policy),
-        namespace: None,
-        shutdown_grace: Duration::from_secs(5),
         longhorn_version_poll_interval: Duration::from_millis(200),
-        ..WebhookConfig::default()
+        ..cert.config(Some(policy), None)
     };
     let handle = longhorn_guard_webhook::start(config, cluster.client()).await?;
     Ok(common::Served { handle, cert })

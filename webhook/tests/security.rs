@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use common::*;
-use longhorn_guard_webhook::{NoSnapshotSource, Policy, WebhookConfig};
+use longhorn_guard_webhook::{NoSnapshotSource, Policy};
 use rustls::CipherSuite;
 use tls_probe::*;
 
@@ -20,14 +20,7 @@ async fn serve_without_cluster(
     policy: Policy,
 ) -> Result<(longhorn_guard_webhook::WebhookHandle, TestCert)> {
     let cert = TestCert::new()?;
-    let config = WebhookConfig {
-        listen: "127.0.0.1:0".parse()?,
-        metrics_listen: "127.0.0.1:0".parse()?,
-        tls_cert: cert.cert.clone(),
-        tls_key: cert.key.clone(),
-        policy: Some(policy),
-        ..WebhookConfig::default()
-    };
+    let config = cert.config(Some(policy), None);
     let handle =
         longhorn_guard_webhook::start_with_source(config, None, Arc::new(NoSnapshotSource)).await?;
     Ok((handle, cert))

@@ -497,15 +497,9 @@ async fn policy_file_is_hot_reloaded_and_a_bad_one_keeps_the_last_good() -> Resu
     };
     std::fs::write(&policy_path, yaml("1"))?;
     let config = WebhookConfig {
-        listen: "127.0.0.1:0".parse()?,
-        metrics_listen: "127.0.0.1:0".parse()?,
-        tls_cert: cert.cert.clone(),
-        tls_key: cert.key.clone(),
         policy_path: Some(policy_path.clone()),
-        namespace: Some(ns.clone()),
-        shutdown_grace: Duration::from_secs(5),
         policy_poll_interval: Duration::from_millis(100),
-        ..WebhookConfig::default()
+        ..cert.config(None, Some(&ns))
     };
     let handle = longhorn_guard_webhook::start(config, cluster.client()).await?;
     let served = Served { handle, cert };

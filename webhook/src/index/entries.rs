@@ -1,7 +1,7 @@
 //! What the index keeps per object, and how each kind is reduced to it.
 
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use kube::Resource;
 use longhorn_types::{Backup, BackupState, BackupTarget, Engine, Snapshot, Volume};
@@ -127,10 +127,13 @@ pub const NO_SNAPSHOT_GROUP: &str = "/no-snapshot";
 /// not grouped. Every Backup is counted by its state.
 impl Grouped for BackupEntry {
     fn group(&self) -> Option<Arc<str>> {
+        // Shared keys: grouping runs on every Backup event, no allocation for these two.
+        static NO_VOLUME: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+        static NO_SNAPSHOT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(NO_SNAPSHOT_GROUP));
         if self.in_flight() {
-            Some(self.volume.clone().unwrap_or_else(|| Arc::from("")))
+            Some(self.volume.clone().unwrap_or_else(|| NO_VOLUME.clone()))
         } else if !self.state().is_terminal() {
-            Some(Arc::from(NO_SNAPSHOT_GROUP))
+            Some(NO_SNAPSHOT.clone())
         } else {
             None
         }

@@ -111,22 +111,30 @@ pub async fn serve(client: Client, ns: &str, policy: Policy) -> Result<Served> {
 }
 
 /// [`serve`] with a given certificate (see [`TestCert::copy`]).
+impl TestCert {
+    /// The webhook's configuration for a test: both listeners on 127.0.0.1 (free ports), this
+    /// certificate, `policy`, the watched `namespace` (all when `None`), a 5 s shutdown grace.
+    pub fn config(&self, policy: Option<Policy>, namespace: Option<&str>) -> WebhookConfig {
+        WebhookConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_cert: self.cert.clone(),
+            tls_key: self.key.clone(),
+            policy,
+            namespace: namespace.map(str::to_string),
+            shutdown_grace: Duration::from_secs(5),
+            ..WebhookConfig::default()
+        }
+    }
+}
+
 pub async fn serve_with_cert(
     client: Client,
     ns: &str,
     policy: Policy,
     cert: TestCert,
 ) -> Result<Served> {
-    let config = WebhookConfig {
-        listen: "127.0.0.1:0".parse()?,
-        metrics_listen: "127.0.0.1:0".parse()?,
-        tls_cert: cert.cert.clone(),
-        tls_key: cert.key.clone(),
-        policy: Some(policy),
-        namespace: Some(ns.to_string()),
-        shutdown_grace: Duration::from_secs(5),
-        ..WebhookConfig::default()
-    };
+    let config = cert.config(Some(policy), Some(ns));
     let handle = longhorn_guard_webhook::start(config, client).await?;
     Ok(Served { handle, cert })
 }
