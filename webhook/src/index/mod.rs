@@ -10,6 +10,7 @@
 mod entries;
 mod groups;
 mod health;
+mod list;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -390,8 +391,7 @@ impl Index {
         let sync = &self.sync[K::KIND.slot()];
         if !matches!(event, Event::Init) {
             // Data from the API server: the watch works (again).
-            sync.last_event_ms.store(self.now_ms(), Ordering::Relaxed);
-            sync.failing_since_ms.store(0, Ordering::Release);
+            self.watch_alive(K::KIND);
         }
         let mut data = self.write();
         let data = &mut *data;
@@ -442,6 +442,14 @@ impl Index {
                 Applied::Deleted
             }
         }
+    }
+
+    /// Records that `kind`'s watch works though it brought no object (a bookmark): like an
+    /// event with data, it ends a run of watch errors.
+    pub fn watch_alive(&self, kind: Kind) {
+        let sync = &self.sync[kind.slot()];
+        sync.last_event_ms.store(self.now_ms(), Ordering::Relaxed);
+        sync.failing_since_ms.store(0, Ordering::Release);
     }
 
     /// True when the last (re)list of `kind` is indexed and no relist has started since.

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::api::{WatchEvent, WatchParams};
 use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use longhorn_types::{Backup, BackupTarget, Engine, Snapshot, Volume};
 use tokio::task::JoinSet;
 
+use super::list::list_into;
 use super::{Applied, Index, IndexedKind};
 use crate::metrics::Metrics;
 
@@ -32,6 +34,13 @@ impl WatchScope {
             WatchScope::Namespace(ns) => Api::namespaced(client, ns),
         }
     }
+
+    fn namespace(&self) -> Option<&str> {
+        match self {
+            WatchScope::AllNamespaces => None,
+            WatchScope::Namespace(ns) => Some(ns),
+        }
+    }
 }
 
 /// Starts one watch task per kind into `tasks`. They run until aborted.
@@ -42,125 +51,190 @@ pub fn run_watches(
     index: Arc<Index>,
     metrics: Arc<Metrics>,
 ) {
-    tasks.spawn(watch_kind::<Snapshot>(
-        scope.api(client.clone()),
-        index.clone(),
-        metrics.clone(),
-    ));
-    tasks.spawn(watch_kind::<Volume>(
-        scope.api(client.clone()),
-        index.clone(),
-        metrics.clone(),
-    ));
-    tasks.spawn(watch_kind::<Engine>(
-        scope.api(client.clone()),
-        index.clone(),
-        metrics.clone(),
-    ));
-    tasks.spawn(watch_kind::<Backup>(
-        scope.api(client.clone()),
-        index.clone(),
-        metrics.clone(),
-    ));
-    tasks.spawn(watch_kind::<BackupTarget>(
-        scope.api(client),
-        index,
-        metrics,
-    ));
+    let c = || client.clone();
+    let s = || scope.clone();
+    let i = || index.clone();
+    let m = || metrics.clone();
+    tasks.spawn(watch_kind::<Snapshot>(c(), s(), i(), m()));
+    tasks.spawn(watch_kind::<Volume>(c(), s(), i(), m()));
+    tasks.spawn(watch_kind::<Engine>(c(), s(), i(), m()));
+    tasks.spawn(watch_kind::<Backup>(c(), s(), i(), m()));
+    tasks.spawn(watch_kind::<BackupTarget>(c(), s(), i(), m()));
 }
 
-/// How every watch lists: kube's default, quorum reads from etcd in pages of 500. Measured
-/// with 100k Backups + 100k Snapshots + 10k Volumes on the local 1.20 API server
-/// (BENCHMARKS.md, "memory and start-up at scale"), the alternatives trade memory for time:
+/// One kind's watch, forever: list (see [`list_into`]: streamed from the watch cache), then
+/// watch from the list's resourceVersion, re-watching from the last seen resourceVersion when
+/// a watch ends or fails, and relisting when the API server no longer has that version (410
+/// Gone) or the watch has failed for longer than the staleness bound.
 ///
-/// | list | ready | steady RSS | peak RSS |
-/// |---|---|---|---|
-/// | pages of 500 (this) | 83 s | 61 MiB | 63 MiB |
-/// | pages of 2,000 | 49 s | 118 MiB | 118 MiB |
-/// | `resourceVersion=0`, from the watch cache | 31 s | 1,772 MiB | 1,998 MiB |
-///
-/// The watch cache ignores `limit`, so a list at `resourceVersion=0` is one response per kind
-/// that kube decodes whole; larger pages leave more freed memory with the allocator. Both
-/// break the index's memory budget (and the Deployment's 256 MiB limit for the cache list).
-/// Note for whoever tries again: with `page_size` set, kube-core leaves `resourceVersion=0`
-/// out of the request, so `any_semantic()` alone silently still pages from etcd.
-fn list_config() -> watcher::Config {
-    watcher::Config::default()
-}
-
-async fn watch_kind<K: IndexedKind>(api: Api<K>, index: Arc<Index>, metrics: Arc<Metrics>) {
+/// Measured with 100k Backups + 100k Snapshots + 10k Volumes on the local 1.20 API server
+/// (BENCHMARKS.md, "memory and start-up at scale"), against kube-runtime's watcher lists:
+/// pages of 500 from etcd (83 s to ready, 63 MiB peak) and unpaged from the watch cache
+/// (31 s, 1,998 MiB peak: kube decodes each kind's whole response at once).
+async fn watch_kind<K>(
+    client: Client,
+    scope: WatchScope,
+    index: Arc<Index>,
+    metrics: Arc<Metrics>,
+) where
+    K: IndexedKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
     let kind = K::KIND;
-    // One watcher per pass. A pass ends when the kind's watch has failed for longer than the
-    // staleness bound: the kind is then untrusted, and since a watch that resumes quietly
-    // would never say it works again, the next pass relists (trust returns at `InitDone`).
+    let url_path = K::url_path(&(), scope.namespace());
+    let api: Api<K> = scope.api(client.clone());
+    let mut backoff = WatchBackoff::new();
     loop {
-        let stream = watcher(api.clone(), list_config());
-        let mut stream = std::pin::pin!(stream);
-        let mut backoff = WatchBackoff::new();
-        loop {
-            let item = match index.until_stale(kind) {
-                None => stream.next().await,
-                Some(left) => tokio::select! {
-                    item = stream.next() => item,
-                    () = tokio::time::sleep(left) => {
-                        metrics.index_went_stale(kind);
-                        tracing::warn!(
-                            kind = kind.as_str(),
-                            bound_ms = index.staleness().as_millis() as u64,
-                            "watch failing for longer than the staleness bound: \
-                             index not trusted for this kind until a relist completes"
-                        );
-                        break;
-                    }
-                },
-            };
-            let Some(item) = item else {
-                break;
-            };
-            match item {
-                Ok(event) => {
-                    if !matches!(event, watcher::Event::Init) {
-                        // News from the API server (`Init` comes before each list attempt).
-                        backoff.reset();
-                    }
-                    match index.apply(event) {
-                        Applied::RelistStarted { restart: true } => {
-                            metrics.watch_restarted(kind);
-                            tracing::info!(kind = kind.as_str(), "watch restarted: relisting");
-                        }
-                        Applied::RelistDone => {
-                            tracing::info!(
-                                kind = kind.as_str(),
-                                objects = index.view().data().len(kind),
-                                "list indexed"
-                            );
-                        }
-                        _ => {}
-                    }
-                }
-                Err(error) => {
-                    index.watch_failed(kind);
-                    metrics.watch_failed(kind);
-                    let delay = backoff.next().unwrap_or(WatchBackoff::MAX);
-                    if is_gone(&error) {
-                        tracing::info!(kind = kind.as_str(), %error, "watch expired (410 Gone): relisting");
-                    } else {
-                        tracing::warn!(
-                            kind = kind.as_str(),
-                            %error,
-                            retry_in_ms = delay.as_millis() as u64,
-                            "watch error; retrying with backoff"
-                        );
-                    }
-                    // Not past the moment the kind turns stale: the timer above handles that.
-                    let delay = index
-                        .until_stale(kind)
-                        .map_or(delay, |left| left.min(delay));
-                    tokio::time::sleep(delay).await;
-                }
+        // (Re)list until one succeeds. Until then the kind is listing: not trusted.
+        let started = std::time::Instant::now();
+        if let Applied::RelistStarted { restart: true } = index.apply::<K>(watcher::Event::Init)
+        {
+            metrics.watch_restarted(kind);
+            tracing::info!(kind = kind.as_str(), "relisting");
+        }
+        let mut resource_version = match list_into::<K>(&client, &url_path, &index).await {
+            Ok(listed) => {
+                index.apply::<K>(watcher::Event::InitDone);
+                backoff.reset();
+                tracing::info!(
+                    kind = kind.as_str(),
+                    objects = listed.items,
+                    ms = started.elapsed().as_millis() as u64,
+                    resource_version = %listed.resource_version,
+                    "list indexed"
+                );
+                listed.resource_version
+            }
+            Err(error) => {
+                index.watch_failed(kind);
+                metrics.watch_failed(kind);
+                let delay = backoff.next().unwrap_or(WatchBackoff::MAX);
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "list failed; retrying with backoff"
+                );
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        // Watch until a relist is needed.
+        let why = follow(&api, &mut resource_version, &index, &metrics, &mut backoff).await;
+        match why {
+            Relist::Gone => {
+                tracing::info!(kind = kind.as_str(), "watch expired (410 Gone): relisting");
+            }
+            Relist::Stale => {
+                metrics.index_went_stale(kind);
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    bound_ms = index.staleness().as_millis() as u64,
+                    "watch failing for longer than the staleness bound: \
+                     index not trusted for this kind until a relist completes"
+                );
             }
         }
     }
+}
+
+/// Why [`follow`] returned.
+enum Relist {
+    /// The API server no longer has the resourceVersion (410 Gone).
+    Gone,
+    /// The watch failed for longer than the staleness bound.
+    Stale,
+}
+
+/// Watches kind `K` from `resource_version`, applying each event to the index and keeping
+/// `resource_version` at the last one seen; returns when only a relist can go on.
+async fn follow<K: IndexedKind>(
+    api: &Api<K>,
+    resource_version: &mut String,
+    index: &Index,
+    metrics: &Metrics,
+    backoff: &mut WatchBackoff,
+) -> Relist {
+    let kind = K::KIND;
+    let params = WatchParams::default();
+    loop {
+        // Every await below is cut short when the kind turns stale.
+        let step = async {
+            let stream = match api.watch(&params, resource_version).await {
+                Ok(stream) => stream,
+                Err(error) => return Err(WatchFailure::Client(error)),
+            };
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let event = event.map_err(WatchFailure::Client)?;
+                if let Some(rv) = event_resource_version(&event) {
+                    *resource_version = rv;
+                }
+                match event {
+                    WatchEvent::Added(obj) | WatchEvent::Modified(obj) => {
+                        index.apply(watcher::Event::Apply(obj));
+                    }
+                    WatchEvent::Deleted(obj) => {
+                        index.apply(watcher::Event::Delete(obj));
+                    }
+                    WatchEvent::Bookmark(_) => index.watch_alive(kind),
+                    WatchEvent::Error(status) => return Err(WatchFailure::Status(*status)),
+                }
+                backoff.reset();
+            }
+            // The API server closed the watch (its timeout): go on from where it ended.
+            Ok(())
+        };
+        let outcome = match index.until_stale(kind) {
+            None => Some(step.await),
+            Some(left) => tokio::select! {
+                outcome = step => Some(outcome),
+                () = tokio::time::sleep(left) => None,
+            },
+        };
+        let failure = match outcome {
+            None => return Relist::Stale,
+            Some(Ok(())) => continue,
+            Some(Err(WatchFailure::Status(status))) if status.code == 410 => return Relist::Gone,
+            Some(Err(failure)) => failure,
+        };
+        index.watch_failed(kind);
+        metrics.watch_failed(kind);
+        let delay = backoff.next().unwrap_or(WatchBackoff::MAX);
+        tracing::warn!(
+            kind = kind.as_str(),
+            error = %failure,
+            retry_in_ms = delay.as_millis() as u64,
+            "watch error; retrying with backoff"
+        );
+        // Not past the moment the kind turns stale.
+        match index.until_stale(kind) {
+            Some(left) if left <= delay => {
+                tokio::time::sleep(left).await;
+                return Relist::Stale;
+            }
+            _ => tokio::time::sleep(delay).await,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WatchFailure {
+    #[error("{0}")]
+    Client(kube::Error),
+    #[error("the API server ended the watch: {} ({})", .0.message, .0.code)]
+    Status(kube::core::Status),
+}
+
+/// The resourceVersion an event brings the watch to.
+fn event_resource_version<K: IndexedKind>(event: &WatchEvent<K>) -> Option<String> {
+    match event {
+        WatchEvent::Added(obj) | WatchEvent::Modified(obj) | WatchEvent::Deleted(obj) => {
+            obj.meta().resource_version.clone()
+        }
+        WatchEvent::Bookmark(b) => Some(b.metadata.resource_version.clone()),
+        WatchEvent::Error(_) => None,
+    }
+    .filter(|rv| !rv.is_empty())
 }
 
 /// Retry delays of one kind's watch: 0.5 s doubling to 8 s, back to 0.5 s after an event with
@@ -198,11 +272,6 @@ impl WatchBackoff {
     fn reset(&mut self) {
         self.next = Self::FIRST;
     }
-}
-
-/// The API server no longer has the watch's resourceVersion: the watcher relists.
-fn is_gone(error: &watcher::Error) -> bool {
-    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 #[cfg(test)]
