@@ -3,14 +3,17 @@
 //! objects (the baseline), each measured in its own child process of this binary.
 //!
 //! Run: `bash scripts/bench-webhook-memory.sh` (starts its own control plane; fills it, which
-//! takes minutes: not part of the test command). Sizes: `--backups N --snapshots N --volumes N`.
+//! takes minutes: not part of the test command). Sizes: `--backups N --snapshots N --volumes N`;
+//! `--startup-only` skips the reflector baselines.
 //!
 //! Prints, for each process: time from spawn to ready (all initial lists indexed), steady
-//! VmRSS a few seconds after ready, peak VmHWM, and the ratios. The baselines are the
-//! reflector stores listing two ways: paged quorum reads from etcd (500 per page: kube's
-//! default, as the webhook lists; see `list_config` in src/index/watch.rs for the other list
-//! paths measured) and `resourceVersion=0` from the API server's watch cache (one unpaged
-//! response per kind).
+//! VmRSS a few seconds after ready, peak VmHWM, and the ratios. The start-up baseline is the
+//! floor: a child that makes the webhook's lists (one GET at `resourceVersion=0` per kind, all
+//! at once) and only reads them, measured in alternating rounds with the webhook
+//! (`--rounds N`, default 2; medians). The memory baselines are kube reflector stores holding
+//! the full objects, listing two ways: paged quorum reads from etcd (500 per page: kube's
+//! default) and `resourceVersion=0` from the API server's watch cache (one unpaged response
+//! per kind, decoded whole).
 #![allow(clippy::unwrap_used)]
 
 use std::process::Stdio;
@@ -52,6 +55,7 @@ async fn main() {
     if let Some(i) = args.iter().position(|a| a == "--child") {
         match args.get(i + 1).map(String::as_str) {
             Some("webhook") => child_webhook(&args[i + 2]).await,
+            Some("floor") => child_floor().await,
             Some("reflector") => child_reflector(watcher::Config::default()).await,
             Some("reflector-cache") => {
                 // No page size: with a limit kube-core drops resourceVersion=0.
@@ -93,15 +97,55 @@ async fn main() {
         "objects in the API server: {} Backups, {} Snapshots, {} Volumes (namespace {NS})",
         sizes.backups, sizes.snapshots, sizes.volumes
     );
-    let webhook = measure(&["--child", "webhook", dir.to_str().unwrap()], &cluster).await;
+    // Rounds of the floor (the API server sending the same lists to a client that only reads
+    // them) and the webhook, alternating: the API server's own speed varies from run to run.
+    let rounds = arg("--rounds", 2).max(1);
+    let mut floors = Vec::new();
+    let mut webhooks = Vec::new();
+    for round in 1..=rounds {
+        let floor = measure(&["--child", "floor"], &cluster).await;
+        let webhook = measure(&["--child", "webhook", dir.to_str().unwrap()], &cluster).await;
+        println!(
+            "round {round}: floor ready {:.2} s (CPU {:.2} s), webhook ready {:.2} s (CPU {:.2} s, {:.2}× the floor), webhook peak {:.1} MiB",
+            floor.ready.as_secs_f64(),
+            floor.cpu_at_ready.as_secs_f64(),
+            webhook.ready.as_secs_f64(),
+            webhook.cpu_at_ready.as_secs_f64(),
+            webhook.ready.as_secs_f64() / floor.ready.as_secs_f64(),
+            mib(webhook.hwm_kib)
+        );
+        floors.push(floor);
+        webhooks.push(webhook);
+    }
+    let median = |ms: &mut Vec<Measured>| {
+        ms.sort_by_key(|m| m.ready);
+        ms.swap_remove(ms.len() / 2)
+    };
+    let floor = median(&mut floors);
+    let webhook = median(&mut webhooks);
+    if args.iter().any(|a| a == "--startup-only") {
+        std::fs::remove_dir_all(&dir).unwrap();
+        println!(
+            "start-up: webhook ready / floor ready = {:.2}× (medians of {rounds} rounds); webhook peak {:.2}× steady",
+            webhook.ready.as_secs_f64() / floor.ready.as_secs_f64(),
+            webhook.hwm_kib as f64 / webhook.rss_kib as f64
+        );
+        return;
+    }
     let reflector = measure(&["--child", "reflector"], &cluster).await;
     let cached = measure(&["--child", "reflector-cache"], &cluster).await;
     std::fs::remove_dir_all(&dir).unwrap();
 
     println!();
-    println!("| process | ready after | steady VmRSS | peak VmHWM | peak / steady |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| process | ready after | CPU used by then | steady VmRSS | peak VmHWM | peak / steady |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (name, m) in [
+        (
+            "floor: the same lists read and dropped (RV=0, all kinds at once)",
+            &floor,
+        ),
         ("webhook (compact index)", &webhook),
         (
             "kube reflector store, full objects, paged lists from etcd (baseline)",
@@ -113,15 +157,20 @@ async fn main() {
         ),
     ] {
         println!(
-            "| {name} | {:.2} s | {:.1} MiB | {:.1} MiB | {:.2}× |",
+            "| {name} | {:.2} s | {:.2} s | {:.1} MiB | {:.1} MiB | {:.2}× |",
             m.ready.as_secs_f64(),
+            m.cpu_at_ready.as_secs_f64(),
             mib(m.rss_kib),
             mib(m.hwm_kib),
             m.hwm_kib as f64 / m.rss_kib as f64
         );
     }
     println!(
-        "\nstart-up: paged baseline ready / webhook ready = {:.2}×; watch-cache baseline ready / webhook ready = {:.2}×",
+        "\nstart-up: webhook ready / floor ready = {:.2}× (medians of {rounds} rounds)",
+        webhook.ready.as_secs_f64() / floor.ready.as_secs_f64()
+    );
+    println!(
+        "start-up: paged baseline ready / webhook ready = {:.2}×; watch-cache baseline ready / webhook ready = {:.2}×",
         reflector.ready.as_secs_f64() / webhook.ready.as_secs_f64(),
         cached.ready.as_secs_f64() / webhook.ready.as_secs_f64(),
     );
@@ -140,8 +189,24 @@ fn mib(kib: u64) -> f64 {
 
 struct Measured {
     ready: Duration,
+    /// CPU time (user + system) the process had used when it said ready.
+    cpu_at_ready: Duration,
     rss_kib: u64,
     hwm_kib: u64,
+}
+
+/// utime + stime of a process, from /proc/PID/stat (fields 14 and 15, in clock ticks of
+/// 1/100 s on Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) may hold spaces: count from the ')' that ends it.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // `after` starts at field 3, so utime (14) and stime (15) are its 12th and 13th.
+    Duration::from_millis((fields[11] + fields[12]) * 10)
 }
 
 /// Spawns this binary in a child mode, waits for its "ready" line, lets it settle, samples
@@ -169,6 +234,7 @@ async fn measure(args: &[&str], cluster: &TestCluster) -> Measured {
         "child {args:?} said {line:?}"
     );
     let ready = start.elapsed();
+    let cpu_at_ready = cpu_time(pid);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |k: &str| -> u64 {
@@ -181,6 +247,7 @@ async fn measure(args: &[&str], cluster: &TestCluster) -> Measured {
     };
     let m = Measured {
         ready,
+        cpu_at_ready,
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
     };
@@ -210,6 +277,54 @@ async fn child_webhook(dir: &str) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    println!("ready");
+    std::future::pending::<()>().await;
+}
+
+/// Floor child: what start-up cannot beat: the API server sending every list the webhook
+/// makes (one GET at `resourceVersion=0` per kind, all at once, as the webhook does), read to
+/// the end and dropped; "ready" once all are read.
+async fn child_floor() {
+    use futures::AsyncReadExt;
+    use kube::Resource;
+    use longhorn_types::{BackupTarget, Engine};
+    let cluster = TestCluster::connect_to(longhorn_guard_testkit::KUBECONFIG_ENV)
+        .await
+        .unwrap();
+    let client = cluster.client();
+    let paths = [
+        Backup::url_path(&(), Some(NS)),
+        Snapshot::url_path(&(), Some(NS)),
+        Volume::url_path(&(), Some(NS)),
+        Engine::url_path(&(), Some(NS)),
+        BackupTarget::url_path(&(), Some(NS)),
+    ];
+    let lists = paths.iter().map(|path| {
+        let client = client.clone();
+        let request = kube::core::Request::new(path.as_str())
+            .list(&ListParams {
+                resource_version: Some("0".into()),
+                ..ListParams::default()
+            })
+            .unwrap();
+        tokio::spawn(async move {
+            let mut body = Box::pin(client.request_stream(request).await.unwrap());
+            let mut buf = vec![0; 64 * 1024];
+            let mut total = 0usize;
+            loop {
+                match body.read(&mut buf).await.unwrap() {
+                    0 => break total,
+                    n => total += n,
+                }
+            }
+        })
+    });
+    let bytes: usize = futures::future::join_all(lists)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
+    assert!(bytes > 0, "the lists were empty");
     println!("ready");
     std::future::pending::<()>().await;
 }

@@ -3,8 +3,13 @@
 use std::fmt::Debug;
 use std::sync::{Arc, LazyLock};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use longhorn_types::{Backup, BackupState, BackupTarget, Engine, Snapshot, Volume};
+use longhorn_types::{
+    Backup, BackupSpec, BackupState, BackupStatus, BackupTarget, BackupTargetSpec,
+    BackupTargetStatus, Engine, EngineSpec, EngineStatus, Snapshot, SnapshotSpec, SnapshotStatus,
+    Volume, VolumeSpec, VolumeStatus,
+};
 use serde::de::DeserializeOwned;
 
 use super::{Grouped, IndexData, IndexOptions, Interner, Kind, KindTable};
@@ -177,6 +182,12 @@ pub trait IndexedKind:
 {
     const KIND: Kind;
     type Entry: Grouped;
+    /// The kind's spec and status types, for lists decoded without the object metadata the
+    /// index never reads (see [`super::list`]).
+    type Spec: DeserializeOwned + Default + Send;
+    type Status: DeserializeOwned + Send;
+    /// The object from its parts.
+    fn assemble(metadata: ObjectMeta, spec: Self::Spec, status: Option<Self::Status>) -> Self;
     /// (namespace, name, entry), or `None` for an object without a name.
     fn extract(
         &self,
@@ -199,6 +210,15 @@ fn opt_intern(interner: &mut Interner, s: &str) -> Option<Arc<str>> {
 
 impl IndexedKind for Snapshot {
     const KIND: Kind = Kind::Snapshot;
+    type Spec = SnapshotSpec;
+    type Status = SnapshotStatus;
+    fn assemble(metadata: ObjectMeta, spec: SnapshotSpec, status: Option<SnapshotStatus>) -> Self {
+        Self {
+            metadata,
+            spec,
+            status,
+        }
+    }
     type Entry = SnapshotEntry;
     fn extract(
         &self,
@@ -226,6 +246,15 @@ impl IndexedKind for Snapshot {
 
 impl IndexedKind for Volume {
     const KIND: Kind = Kind::Volume;
+    type Spec = VolumeSpec;
+    type Status = VolumeStatus;
+    fn assemble(metadata: ObjectMeta, spec: VolumeSpec, status: Option<VolumeStatus>) -> Self {
+        Self {
+            metadata,
+            spec,
+            status,
+        }
+    }
     type Entry = VolumeEntry;
     fn extract(
         &self,
@@ -265,6 +294,15 @@ impl IndexedKind for Volume {
 
 impl IndexedKind for Engine {
     const KIND: Kind = Kind::Engine;
+    type Spec = EngineSpec;
+    type Status = EngineStatus;
+    fn assemble(metadata: ObjectMeta, spec: EngineSpec, status: Option<EngineStatus>) -> Self {
+        Self {
+            metadata,
+            spec,
+            status,
+        }
+    }
     type Entry = EngineEntry;
     fn extract(
         &self,
@@ -291,6 +329,15 @@ impl IndexedKind for Engine {
 
 impl IndexedKind for Backup {
     const KIND: Kind = Kind::Backup;
+    type Spec = BackupSpec;
+    type Status = BackupStatus;
+    fn assemble(metadata: ObjectMeta, spec: BackupSpec, status: Option<BackupStatus>) -> Self {
+        Self {
+            metadata,
+            spec,
+            status,
+        }
+    }
     type Entry = BackupEntry;
     fn extract(
         &self,
@@ -323,6 +370,19 @@ impl IndexedKind for Backup {
 
 impl IndexedKind for BackupTarget {
     const KIND: Kind = Kind::BackupTarget;
+    type Spec = BackupTargetSpec;
+    type Status = BackupTargetStatus;
+    fn assemble(
+        metadata: ObjectMeta,
+        spec: BackupTargetSpec,
+        status: Option<BackupTargetStatus>,
+    ) -> Self {
+        Self {
+            metadata,
+            spec,
+            status,
+        }
+    }
     type Entry = TargetEntry;
     fn extract(
         &self,

@@ -71,12 +71,8 @@ pub fn run_watches(
 /// (BENCHMARKS.md, "memory and start-up at scale"), against kube-runtime's watcher lists:
 /// pages of 500 from etcd (83 s to ready, 63 MiB peak) and unpaged from the watch cache
 /// (31 s, 1,998 MiB peak: kube decodes each kind's whole response at once).
-async fn watch_kind<K>(
-    client: Client,
-    scope: WatchScope,
-    index: Arc<Index>,
-    metrics: Arc<Metrics>,
-) where
+async fn watch_kind<K>(client: Client, scope: WatchScope, index: Arc<Index>, metrics: Arc<Metrics>)
+where
     K: IndexedKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
 {
     let kind = K::KIND;
@@ -86,8 +82,7 @@ async fn watch_kind<K>(
     loop {
         // (Re)list until one succeeds. Until then the kind is listing: not trusted.
         let started = std::time::Instant::now();
-        if let Applied::RelistStarted { restart: true } = index.apply::<K>(watcher::Event::Init)
-        {
+        if let Applied::RelistStarted { restart: true } = index.apply::<K>(watcher::Event::Init) {
             metrics.watch_restarted(kind);
             tracing::info!(kind = kind.as_str(), "relisting");
         }
