@@ -374,6 +374,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_silent_response_times_out_instead_of_hanging() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // A body that never yields a byte, like a half-open connection.
+        let silent = futures::stream::pending::<std::io::Result<Vec<u8>>>();
+        let mut body = BlockingBody {
+            body: Box::pin(futures::TryStreamExt::into_async_read(silent)),
+            runtime: runtime.handle().clone(),
+            idle: Duration::from_millis(50),
+        };
+        let err = body.read(&mut [0; 16]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        let err = decode_list::<Snapshot, _>(body, |_| {}).unwrap_err();
+        assert!(
+            err.to_string().contains("no bytes of the list response"),
+            "{err}"
+        );
+    }
+
     /// As the API server sends objects: with status, timestamps, an annotation, an owner
     /// reference, a finalizer and managedFields.
     fn served(mut obj: Value, status: Value) -> Value {
