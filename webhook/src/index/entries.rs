@@ -197,6 +197,21 @@ pub trait IndexedKind:
     fn table(data: &mut IndexData) -> &mut KindTable<Self::Entry>;
 }
 
+/// The [`IndexedKind`] items that name a kind's spec and status and put an object together.
+macro_rules! parts {
+    ($spec:ty, $status:ty) => {
+        type Spec = $spec;
+        type Status = $status;
+        fn assemble(metadata: ObjectMeta, spec: $spec, status: Option<$status>) -> Self {
+            Self {
+                metadata,
+                spec,
+                status,
+            }
+        }
+    };
+}
+
 fn key<K: Resource>(obj: &K, interner: &mut Interner) -> Option<(Arc<str>, Arc<str>)> {
     let meta = obj.meta();
     let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
@@ -210,15 +225,7 @@ fn opt_intern(interner: &mut Interner, s: &str) -> Option<Arc<str>> {
 
 impl IndexedKind for Snapshot {
     const KIND: Kind = Kind::Snapshot;
-    type Spec = SnapshotSpec;
-    type Status = SnapshotStatus;
-    fn assemble(metadata: ObjectMeta, spec: SnapshotSpec, status: Option<SnapshotStatus>) -> Self {
-        Self {
-            metadata,
-            spec,
-            status,
-        }
-    }
+    parts!(SnapshotSpec, SnapshotStatus);
     type Entry = SnapshotEntry;
     fn extract(
         &self,
@@ -246,15 +253,7 @@ impl IndexedKind for Snapshot {
 
 impl IndexedKind for Volume {
     const KIND: Kind = Kind::Volume;
-    type Spec = VolumeSpec;
-    type Status = VolumeStatus;
-    fn assemble(metadata: ObjectMeta, spec: VolumeSpec, status: Option<VolumeStatus>) -> Self {
-        Self {
-            metadata,
-            spec,
-            status,
-        }
-    }
+    parts!(VolumeSpec, VolumeStatus);
     type Entry = VolumeEntry;
     fn extract(
         &self,
@@ -294,15 +293,7 @@ impl IndexedKind for Volume {
 
 impl IndexedKind for Engine {
     const KIND: Kind = Kind::Engine;
-    type Spec = EngineSpec;
-    type Status = EngineStatus;
-    fn assemble(metadata: ObjectMeta, spec: EngineSpec, status: Option<EngineStatus>) -> Self {
-        Self {
-            metadata,
-            spec,
-            status,
-        }
-    }
+    parts!(EngineSpec, EngineStatus);
     type Entry = EngineEntry;
     fn extract(
         &self,
@@ -329,15 +320,7 @@ impl IndexedKind for Engine {
 
 impl IndexedKind for Backup {
     const KIND: Kind = Kind::Backup;
-    type Spec = BackupSpec;
-    type Status = BackupStatus;
-    fn assemble(metadata: ObjectMeta, spec: BackupSpec, status: Option<BackupStatus>) -> Self {
-        Self {
-            metadata,
-            spec,
-            status,
-        }
-    }
+    parts!(BackupSpec, BackupStatus);
     type Entry = BackupEntry;
     fn extract(
         &self,
@@ -370,19 +353,7 @@ impl IndexedKind for Backup {
 
 impl IndexedKind for BackupTarget {
     const KIND: Kind = Kind::BackupTarget;
-    type Spec = BackupTargetSpec;
-    type Status = BackupTargetStatus;
-    fn assemble(
-        metadata: ObjectMeta,
-        spec: BackupTargetSpec,
-        status: Option<BackupTargetStatus>,
-    ) -> Self {
-        Self {
-            metadata,
-            spec,
-            status,
-        }
-    }
+    parts!(BackupTargetSpec, BackupTargetStatus);
     type Entry = TargetEntry;
     fn extract(
         &self,
