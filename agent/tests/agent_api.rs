@@ -17,7 +17,7 @@ use longhorn_guard_proto::agent::{GetSnapshotRequest, ListSnapshotsRequest};
 use longhorn_types::{
     Engine, EngineSpec, EngineStatus, InstanceManager, InstanceManagerSpec, InstanceManagerStatus,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{CertifiedIssuer, KeyPair};
 use support::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -29,7 +29,7 @@ type TestResult = anyhow::Result<()>;
 const NODE: &str = "node-1";
 
 struct Pki {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     ca: CertifiedIssuer<'static, KeyPair>,
     ca_pem: String,
     client_cert: String,
@@ -38,42 +38,17 @@ struct Pki {
     stranger_key: String,
 }
 
-fn make_ca(name: &str) -> anyhow::Result<CertifiedIssuer<'static, KeyPair>> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
-}
-
-fn leaf(
-    names: &[&str],
-    issuer: &CertifiedIssuer<'static, KeyPair>,
-) -> anyhow::Result<(String, String)> {
-    let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-fn pki(tag: &str) -> anyhow::Result<Pki> {
-    let dir = std::env::temp_dir().join(format!(
-        "longhorn-guard-agent-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir)?;
+fn pki() -> anyhow::Result<Pki> {
     let ca = make_ca("agent test CA")?;
     let other_ca = make_ca("some other CA")?;
     let (server_cert, server_key) = leaf(&["localhost", "127.0.0.1"], &ca)?;
     let (client_cert, client_key) = leaf(&["longhorn-guard-webhook"], &ca)?;
     let (stranger_cert, stranger_key) = leaf(&["longhorn-guard-webhook"], &other_ca)?;
-    std::fs::write(dir.join("tls.crt"), &server_cert)?;
-    std::fs::write(dir.join("tls.key"), &server_key)?;
-    std::fs::write(dir.join("ca.crt"), ca.pem())?;
+    let dir = files_dir(&[
+        ("tls.crt", &server_cert),
+        ("tls.key", &server_key),
+        ("ca.crt", &ca.pem()),
+    ])?;
     Ok(Pki {
         dir,
         ca_pem: ca.pem(),
@@ -159,9 +134,9 @@ async fn start_agent_with(
     adjust: impl FnOnce(&mut AgentConfig),
 ) -> anyhow::Result<RunningAgent> {
     let mut config = AgentConfig::new(NODE);
-    config.server_cert = pki.dir.join("tls.crt");
-    config.server_key = pki.dir.join("tls.key");
-    config.client_ca = client_ca.then(|| pki.dir.join("ca.crt"));
+    config.server_cert = pki.dir.path().join("tls.crt");
+    config.server_key = pki.dir.path().join("tls.key");
+    config.client_ca = client_ca.then(|| pki.dir.path().join("ca.crt"));
     config.engine_proxy_port = proxy_port;
     config.pool = test_pool_config();
     adjust(&mut config);
@@ -236,7 +211,7 @@ async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_service_over_mtls_answers_from_the_engine() -> TestResult {
-    let pki = pki("api")?;
+    let pki = pki()?;
     let (fake, server) = start_fake().await?;
     let agent = start_agent(&pki, true, server.local_addr.port()).await?;
     feed(&agent.index);
@@ -359,7 +334,7 @@ async fn snapshot_service_over_mtls_answers_from_the_engine() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_cert_from_the_client_ca_are_refused() -> TestResult {
-    let pki = pki("mtls")?;
+    let pki = pki()?;
     let (_fake, server) = start_fake().await?;
     let agent = start_agent(&pki, true, server.local_addr.port()).await?;
     feed(&agent.index);
@@ -403,7 +378,7 @@ async fn clients_without_a_cert_from_the_client_ca_are_refused() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_client_ca_plain_tls_clients_are_served() -> TestResult {
-    let pki = pki("tls")?;
+    let pki = pki()?;
     let (_fake, server) = start_fake().await?;
     let agent = start_agent(&pki, false, server.local_addr.port()).await?;
     feed(&agent.index);
@@ -421,7 +396,7 @@ async fn without_client_ca_plain_tls_clients_are_served() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_waits_for_the_watches_and_metrics_pass_promtool() -> TestResult {
-    let pki = pki("metrics")?;
+    let pki = pki()?;
     let (_fake, server) = start_fake().await?;
     // The embedded longhorn-manager monitor follows this very test process through the real
     // /proc (matched by its exact command line), standing in for longhorn-manager.
@@ -574,8 +549,8 @@ fn promtool_check(text: &str) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let dir = std::env::temp_dir().join(format!("longhorn-guard-agent-om-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = files_dir(&[])?;
+    let dir = dir.path();
     let input = dir.join("metrics.om");
     std::fs::write(&input, &stamped)?;
     let blocks = dir.join("blocks");
@@ -589,7 +564,6 @@ fn promtool_check(text: &str) -> anyhow::Result<()> {
         ],
         None,
     )?;
-    let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(
         ok,
         "Prometheus's OpenMetrics parser rejected the exposition:\n{report}\n--- exposition ---\n{text}"
@@ -693,7 +667,7 @@ fn pem_der(pem: &str) -> anyhow::Result<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_serving_certificate_is_served_without_a_failed_call() -> TestResult {
-    let pki = pki("rotate")?;
+    let pki = pki()?;
     let (_fake, server) = start_fake().await?;
     let agent = start_agent_with(&pki, true, server.local_addr.port(), |config| {
         config.tls_reload_interval = Duration::from_millis(50);
@@ -701,7 +675,7 @@ async fn rotated_serving_certificate_is_served_without_a_failed_call() -> TestRe
     .await?;
     feed(&agent.index);
     agent.index.mark_synced();
-    let first = pem_der(&std::fs::read_to_string(pki.dir.join("tls.crt"))?)?;
+    let first = pem_der(&std::fs::read_to_string(pki.dir.path().join("tls.crt"))?)?;
     let tls = rustls_client(&pki.ca_pem, &pki.client_cert, &pki.client_key)?;
     assert_eq!(
         call_on_fresh_connection(agent.grpc_port, Arc::clone(&tls)).await?,
@@ -750,8 +724,8 @@ async fn rotated_serving_certificate_is_served_without_a_failed_call() -> TestRe
     let (second_cert, second_key) = leaf(&["localhost", "127.0.0.1"], &pki.ca)?;
     let second = pem_der(&second_cert)?;
     assert_ne!(first, second);
-    write_atomic(&pki.dir.join("tls.crt"), &second_cert)?;
-    write_atomic(&pki.dir.join("tls.key"), &second_key)?;
+    write_atomic(&pki.dir.path().join("tls.crt"), &second_cert)?;
+    write_atomic(&pki.dir.path().join("tls.key"), &second_key)?;
 
     let mut served_new = false;
     for _ in 0..100 {

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,54 +12,36 @@ use fake_engine::{FakeTls, LONGHORN_PEER_NAME};
 use longhorn_guard_agent::connect::Transport;
 use longhorn_guard_agent::metrics::{agent_registry, encode_registry};
 use longhorn_guard_agent::{EngineClient, LeasePool, PoolConfig, PoolMetrics};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{CertifiedIssuer, KeyPair};
 use support::*;
 use tonic::Code;
 
 type TestResult = anyhow::Result<()>;
 
-fn make_ca(name: &str) -> anyhow::Result<CertifiedIssuer<'static, KeyPair>> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
-}
-
 /// A directory shaped like Longhorn's `/tls-files/`: `ca.crt` trusted, `tls.crt`/`tls.key`
 /// issued by `issuer` for `name`.
 fn tls_dir(
-    tag: &str,
     trusted: &CertifiedIssuer<'static, KeyPair>,
     issuer: &CertifiedIssuer<'static, KeyPair>,
     name: &str,
-) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "longhorn-guard-lhtls-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec![name.to_string()])?.signed_by(&key, issuer)?;
-    std::fs::write(dir.join("ca.crt"), trusted.pem())?;
-    std::fs::write(dir.join("tls.crt"), cert.pem())?;
-    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
-    Ok(dir)
+) -> anyhow::Result<tempfile::TempDir> {
+    let (cert, key) = leaf(&[name], issuer)?;
+    files_dir(&[
+        ("ca.crt", &trusted.pem()),
+        ("tls.crt", &cert),
+        ("tls.key", &key),
+    ])
 }
 
 struct Setup {
     longhorn_ca: CertifiedIssuer<'static, KeyPair>,
     /// Longhorn's own files: what the instance manager and longhorn-manager mount.
-    longhorn_dir: PathBuf,
+    longhorn_dir: tempfile::TempDir,
 }
 
-fn setup(tag: &str) -> anyhow::Result<Setup> {
+fn setup() -> anyhow::Result<Setup> {
     let longhorn_ca = make_ca("longhorn-grpc-tls CA")?;
-    let longhorn_dir = tls_dir(tag, &longhorn_ca, &longhorn_ca, LONGHORN_PEER_NAME)?;
+    let longhorn_dir = tls_dir(&longhorn_ca, &longhorn_ca, LONGHORN_PEER_NAME)?;
     Ok(Setup {
         longhorn_ca,
         longhorn_dir,
@@ -95,10 +77,10 @@ fn metrics_text(pool: &LeasePool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tls_on_both_sides_calls_go_over_mtls() -> TestResult {
-    let s = setup("mtls")?;
-    let (fake, server) = start_tls_fake(&s.longhorn_dir).await?;
+    let s = setup()?;
+    let (fake, server) = start_tls_fake(s.longhorn_dir.path()).await?;
     let endpoint = server.local_addr.to_string();
-    let (pool, client) = pool_with_tls_dir(&s.longhorn_dir)?;
+    let (pool, client) = pool_with_tls_dir(s.longhorn_dir.path())?;
     let target = target_for(&endpoint);
     for _ in 0..5 {
         let list = client
@@ -128,9 +110,9 @@ async fn with_tls_on_both_sides_calls_go_over_mtls() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_files_but_a_plaintext_server_fall_back_to_plaintext_and_count_it() -> TestResult {
-    let s = setup("fallback")?;
+    let s = setup()?;
     let fx = fixture(test_pool_config()).await?;
-    let (pool, client) = pool_with_tls_dir(&s.longhorn_dir)?;
+    let (pool, client) = pool_with_tls_dir(s.longhorn_dir.path())?;
     for _ in 0..5 {
         client
             .snapshot_list(&fx.target, deadline_in(Duration::from_secs(2)))
@@ -160,8 +142,8 @@ async fn tls_files_but_a_plaintext_server_fall_back_to_plaintext_and_count_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_client_certificate_is_a_precise_error_and_leaves_nothing() -> TestResult {
-    let s = setup("refused")?;
-    let (fake, server) = start_tls_fake(&s.longhorn_dir).await?;
+    let s = setup()?;
+    let (fake, server) = start_tls_fake(s.longhorn_dir.path()).await?;
     let endpoint = server.local_addr.to_string();
     let target = target_for(&endpoint);
     let other_ca = make_ca("some other CA")?;
@@ -170,12 +152,11 @@ async fn a_refused_client_certificate_is_a_precise_error_and_leaves_nothing() ->
     let cases = [
         (
             "client certificate from another CA",
-            tls_dir("stranger", &s.longhorn_ca, &other_ca, LONGHORN_PEER_NAME)?,
+            tls_dir(&s.longhorn_ca, &other_ca, LONGHORN_PEER_NAME)?,
         ),
         (
             "client certificate without the peer name",
             tls_dir(
-                "wrong-name",
                 &s.longhorn_ca,
                 &s.longhorn_ca,
                 "someone-else.longhorn-system",
@@ -184,7 +165,7 @@ async fn a_refused_client_certificate_is_a_precise_error_and_leaves_nothing() ->
     ];
     for (what, dir) in cases {
         let failures_before = fake.stats().tls_handshake_failures;
-        let (pool, client) = pool_with_tls_dir(&dir)?;
+        let (pool, client) = pool_with_tls_dir(dir.path())?;
         let liveness = pool.liveness();
         let err = client
             .snapshot_list(&target, deadline_in(Duration::from_secs(2)))

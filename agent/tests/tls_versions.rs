@@ -4,55 +4,36 @@
 //! agent_api.rs).
 #![allow(clippy::unwrap_used)]
 
+mod support;
 #[path = "../../webhook/tests/tls_probe/mod.rs"]
 mod tls_probe;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use longhorn_guard_agent::{Agent, AgentConfig};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use support::{files_dir, leaf, make_ca};
 use tls_probe::*;
 use tokio::net::TcpListener;
-
-fn make_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(names: &[&str], issuer: &CertifiedIssuer<'static, KeyPair>) -> (String, String) {
-    let params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 struct Running {
     addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    dir: PathBuf,
+    /// Removed when dropped.
+    _dir: tempfile::TempDir,
 }
 
 async fn start(ca_pem: &str, server: &(String, String), mtls: bool) -> anyhow::Result<Running> {
-    let dir = std::env::temp_dir().join(format!(
-        "lhg-agent-tls-{}-{:08x}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("tls.crt"), &server.0)?;
-    std::fs::write(dir.join("tls.key"), &server.1)?;
-    std::fs::write(dir.join("ca.crt"), ca_pem)?;
+    let dir = files_dir(&[
+        ("tls.crt", &server.0),
+        ("tls.key", &server.1),
+        ("ca.crt", ca_pem),
+    ])?;
+    let path = dir.path();
     let mut config = AgentConfig::new("node-1");
-    config.server_cert = dir.join("tls.crt");
-    config.server_key = dir.join("tls.key");
-    config.client_ca = mtls.then(|| dir.join("ca.crt"));
+    config.server_cert = path.join("tls.crt");
+    config.server_key = path.join("tls.key");
+    config.client_ca = mtls.then(|| path.join("ca.crt"));
     let agent = Agent::new(config)?;
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
     let http = TcpListener::bind("127.0.0.1:0").await?;
@@ -65,22 +46,14 @@ async fn start(ca_pem: &str, server: &(String, String), mtls: bool) -> anyhow::R
         addr,
         stop,
         task,
-        dir,
+        _dir: dir,
     })
-}
-
-fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
 }
 
 impl Running {
     async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.task.await??;
-        let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
     }
 }
@@ -92,11 +65,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_tls_is_refused_and_mtls_holds_on_every_version() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = make_ca("agent test CA");
-    let foreign = make_ca("foreign CA");
-    let server = leaf(&["localhost", "127.0.0.1"], &ca);
-    let client = leaf(&["longhorn-guard-webhook"], &ca);
-    let stranger = leaf(&["longhorn-guard-webhook"], &foreign);
+    let ca = make_ca("agent test CA")?;
+    let foreign = make_ca("foreign CA")?;
+    let server = leaf(&["localhost", "127.0.0.1"], &ca)?;
+    let client = leaf(&["longhorn-guard-webhook"], &ca)?;
+    let stranger = leaf(&["longhorn-guard-webhook"], &foreign)?;
     let ca_pem = ca.pem();
 
     for mtls in [false, true] {

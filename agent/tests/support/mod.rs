@@ -118,3 +118,40 @@ pub fn calls(fake: &FakeEngine, method: &str) -> u64 {
         .copied()
         .unwrap_or(0)
 }
+
+/// A self-signed CA for test certificates.
+pub fn make_ca(name: &str) -> anyhow::Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    Ok(rcgen::CertifiedIssuer::self_signed(
+        params,
+        rcgen::KeyPair::generate()?,
+    )?)
+}
+
+/// A leaf certificate for `names` issued by `issuer`: (certificate PEM, key PEM).
+pub fn leaf(
+    names: &[&str],
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+) -> anyhow::Result<(String, String)> {
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A temporary directory holding `files` (name, contents); removed when dropped, so a test
+/// leaves nothing in the temp dir however it ends.
+pub fn files_dir(files: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("longhorn-guard-test-")
+        .tempdir()?;
+    for (name, contents) in files {
+        std::fs::write(dir.path().join(name), contents)?;
+    }
+    Ok(dir)
+}
