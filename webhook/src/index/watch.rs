@@ -151,9 +151,11 @@ async fn follow<K: IndexedKind>(
     backoff: &mut WatchBackoff,
 ) -> Relist {
     let kind = K::KIND;
-    let params = WatchParams::default();
+    let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
     loop {
-        // Every await below is cut short when the kind turns stale.
+        // Every await below is cut short when the kind turns stale, and the whole watch when
+        // it outlives its own timeout: a connection gone half-open (no FIN, no RST) would
+        // otherwise leave a quiet watch waiting forever.
         let step = async {
             let stream = match api.watch(&params, resource_version).await {
                 Ok(stream) => stream,
@@ -179,6 +181,11 @@ async fn follow<K: IndexedKind>(
             }
             // The API server closed the watch (its timeout): go on from where it ended.
             Ok(())
+        };
+        let step = async {
+            tokio::time::timeout(WATCH_CLIENT_TIMEOUT, step)
+                .await
+                .unwrap_or(Err(WatchFailure::Silent))
         };
         let outcome = match index.until_stale(kind) {
             None => Some(step.await),
@@ -219,7 +226,20 @@ enum WatchFailure {
     Client(kube::Error),
     #[error("the API server ended the watch: {} ({})", .0.message, .0.code)]
     Status(Box<kube::core::Status>),
+    #[error(
+        "the watch outlived its timeout by {} s without the API server closing it",
+        WATCH_CLIENT_TIMEOUT.as_secs() - WATCH_TIMEOUT_SECS as u64
+    )]
+    Silent,
 }
+
+/// The `timeoutSeconds` each watch asks for (kube's default): the API server ends the watch
+/// then, and the webhook re-watches from the last resourceVersion.
+const WATCH_TIMEOUT_SECS: u32 = 290;
+
+/// How long a watch may last on the client's side: its timeout and a margin. A watch still
+/// open by then sits on a dead connection and is retried as a failure.
+const WATCH_CLIENT_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 30);
 
 /// The resourceVersion an event brings the watch to.
 fn event_resource_version<K: IndexedKind>(event: &WatchEvent<K>) -> Option<String> {
