@@ -11,13 +11,12 @@ use std::time::Duration;
 use anyhow::Result;
 use common::*;
 use futures::StreamExt;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use longhorn_guard_testkit::TestCluster;
 use longhorn_guard_webhook::Policy;
 use longhorn_guard_webhook::policy::Mode;
-use longhorn_types::{Backup, BackupTarget, Snapshot, Volume, shapes};
+use longhorn_types::{Backup, Snapshot, shapes};
 use serde_json::json;
 
 /// These tests exercise the snapshot checks with many Backups of one volume, which the
@@ -34,35 +33,10 @@ fn unthrottled(policy: Policy) -> Policy {
 
 /// vol-1 (attached), snap-ok of vol-1 (ready), the `default` target (available).
 async fn fixtures(cluster: &TestCluster, ns: &str) -> Result<()> {
-    cluster
-        .create_with_status::<Volume>(
-            ns,
-            shapes::volume(ns, "vol-1", "node-1"),
-            shapes::volume_status("node-1"),
-        )
-        .await?;
-    cluster
-        .create_with_status::<Volume>(
-            ns,
-            shapes::volume(ns, "vol-2", "node-1"),
-            shapes::volume_status("node-1"),
-        )
-        .await?;
-    cluster
-        .create_with_status::<Snapshot>(
-            ns,
-            shapes::snapshot(ns, "snap-ok", "vol-1"),
-            shapes::snapshot_status("node-1", ""),
-        )
-        .await?;
-    cluster
-        .create_with_status::<BackupTarget>(
-            ns,
-            shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
-            shapes::backup_target_status("node-1", true),
-        )
-        .await?;
-    Ok(())
+    fixtures::volume(cluster, ns, "vol-1", "node-1").await?;
+    fixtures::volume(cluster, ns, "vol-2", "node-1").await?;
+    fixtures::snapshot(cluster, ns, "snap-ok", "vol-1", "node-1").await?;
+    fixtures::default_target(cluster, ns).await
 }
 
 /// Grants `user` what the webhook needs in `ns` (and, with `create_backups`, Backup create).
@@ -77,26 +51,16 @@ async fn grant(
     if create_backups {
         verbs.push("create");
     }
-    let role: Role = serde_json::from_value(json!({
-        "metadata": { "name": name, "namespace": ns },
-        "rules": [{
-            "apiGroups": ["longhorn.io"],
-            "resources": ["snapshots", "volumes", "engines", "backups", "backuptargets"],
-            "verbs": verbs,
-        }],
-    }))?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": name, "namespace": ns },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
-        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
-    }))?;
-    Api::<Role>::namespaced(cluster.client(), ns)
-        .create(&PostParams::default(), &role)
-        .await?;
-    Api::<RoleBinding>::namespaced(cluster.client(), ns)
-        .create(&PostParams::default(), &binding)
-        .await?;
-    Ok(())
+    let resources = [
+        "snapshots",
+        "volumes",
+        "engines",
+        "backups",
+        "backuptargets",
+    ];
+    let subjects =
+        json!([{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]);
+    fixtures::grant(cluster, ns, name, &resources, &verbs, subjects).await
 }
 
 #[tokio::test]

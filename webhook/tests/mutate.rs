@@ -13,7 +13,7 @@ use kube::api::PostParams;
 use longhorn_guard_testkit::TestCluster;
 use longhorn_guard_webhook::Policy;
 use longhorn_guard_webhook::policy::FullBackupRule;
-use longhorn_types::{Backup, BackupTarget, Snapshot, Volume, shapes};
+use longhorn_types::{Backup, shapes};
 use serde_json::{Value, json};
 
 const LABEL: &str = "backup.example.com/mode";
@@ -38,25 +38,10 @@ async fn fixtures(cluster: &TestCluster, ns: &str) -> Result<()> {
         if vol == "vol-labelled" {
             obj["metadata"]["labels"] = json!({ LABEL: "full" });
         }
-        cluster
-            .create_with_status::<Volume>(ns, obj, shapes::volume_status("node-1"))
-            .await?;
-        cluster
-            .create_with_status::<Snapshot>(
-                ns,
-                shapes::snapshot(ns, &format!("snap-{vol}"), vol),
-                shapes::snapshot_status("node-1", ""),
-            )
-            .await?;
+        fixtures::volume_object(cluster, ns, obj, "node-1").await?;
+        fixtures::snapshot(cluster, ns, &format!("snap-{vol}"), vol, "node-1").await?;
     }
-    cluster
-        .create_with_status::<BackupTarget>(
-            ns,
-            shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
-            shapes::backup_target_status("node-1", true),
-        )
-        .await?;
-    Ok(())
+    fixtures::default_target(cluster, ns).await
 }
 
 /// Creates `obj` (optionally as a dry run) and returns the

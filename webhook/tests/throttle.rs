@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use common::*;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use longhorn_guard_testkit::{TestCluster, wait_for};
 use longhorn_guard_webhook::policy::Mode;
 use longhorn_guard_webhook::throttle::policy::{RateLimit, ThrottlePolicy};
 use longhorn_guard_webhook::{Policy, WebhookConfig};
-use longhorn_types::{Backup, BackupTarget, Engine, Snapshot, Volume, shapes};
+use longhorn_types::{Backup, shapes};
 use serde_json::json;
 
 /// vol-1..vol-3 on node-1 (vol-3 only through its active engine: its Volume says node-9),
@@ -29,34 +28,13 @@ async fn fixtures(cluster: &TestCluster, ns: &str) -> Result<()> {
         ("vol-4", "node-2"),
         ("vol-5", "node-2"),
     ] {
-        cluster
-            .create_with_status::<Volume>(
-                ns,
-                shapes::volume(ns, v, node),
-                shapes::volume_status(node),
-            )
-            .await?;
+        fixtures::volume(cluster, ns, v, node).await?;
         for n in 0..4 {
-            cluster
-                .create_with_status::<Snapshot>(
-                    ns,
-                    shapes::snapshot(ns, &format!("snap-{v}-{n}"), v),
-                    shapes::snapshot_status(node, ""),
-                )
-                .await?;
+            fixtures::snapshot(cluster, ns, &format!("snap-{v}-{n}"), v, node).await?;
         }
     }
-    cluster
-        .create::<Engine>(ns, shapes::engine(ns, "vol-3", "node-1"))
-        .await?;
-    cluster
-        .create_with_status::<BackupTarget>(
-            ns,
-            shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
-            shapes::backup_target_status("node-1", true),
-        )
-        .await?;
-    Ok(())
+    fixtures::engine(cluster, ns, "vol-3", "node-1").await?;
+    fixtures::default_target(cluster, ns).await
 }
 
 /// Creates a Backup; `Ok(None)` when created, `Ok(Some((code, message)))` when denied.
@@ -312,25 +290,19 @@ async fn generate_name_backups_hold_their_slot_before_and_after_the_watch() -> R
 }
 
 async fn grant_backup_create(cluster: &TestCluster, ns: &str) -> Result<()> {
-    let role: Role = serde_json::from_value(json!({
-        "metadata": { "name": "backup-creator", "namespace": ns },
-        "rules": [{ "apiGroups": ["longhorn.io"], "resources": ["backups"], "verbs": ["create", "get"] }],
-    }))?;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "backup-creator", "namespace": ns },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "backup-creator" },
-        "subjects": [
-            { "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice" },
-            { "kind": "ServiceAccount", "name": "longhorn-service-account", "namespace": ns },
-        ],
-    }))?;
-    Api::<Role>::namespaced(cluster.client(), ns)
-        .create(&PostParams::default(), &role)
-        .await?;
-    Api::<RoleBinding>::namespaced(cluster.client(), ns)
-        .create(&PostParams::default(), &binding)
-        .await?;
-    Ok(())
+    let subjects = json!([
+        { "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice" },
+        { "kind": "ServiceAccount", "name": "longhorn-service-account", "namespace": ns },
+    ]);
+    fixtures::grant(
+        cluster,
+        ns,
+        "backup-creator",
+        &["backups"],
+        &["create", "get"],
+        subjects,
+    )
+    .await
 }
 
 #[tokio::test]

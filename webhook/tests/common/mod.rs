@@ -3,6 +3,8 @@
 //! namespace), and talk to it directly.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod fixtures;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

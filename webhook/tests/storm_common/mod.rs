@@ -19,7 +19,7 @@ use kube::api::PostParams;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use longhorn_guard_testkit::TestCluster;
-use longhorn_types::{Backup, BackupState, BackupTarget, Engine, Snapshot, Volume, shapes};
+use longhorn_types::{Backup, BackupState, Engine, Snapshot, Volume, shapes};
 
 pub const NODES: usize = 6;
 pub const CONCURRENCY: usize = 32;
@@ -263,13 +263,7 @@ pub async fn create<
 /// Volumes, their engines (node-<v % 6>), the default target.
 pub async fn storm_fixtures(cluster: &TestCluster, ns: &str, volumes: usize) -> Result<()> {
     let client = cluster.client();
-    cluster
-        .create_with_status::<BackupTarget>(
-            ns,
-            shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
-            shapes::backup_target_status("node-0", true),
-        )
-        .await?;
+    crate::common::fixtures::default_target_from(cluster, ns, "node-0").await?;
     futures::stream::iter(0..volumes)
         .map(|v| {
             let client = client.clone();
