@@ -15,8 +15,8 @@ mod common;
 mod storm_common;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -60,25 +60,8 @@ async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
     let ns = cluster.namespace("storm").await?;
     storm_fixtures(&cluster, &ns, volumes).await?;
     // The snapshots the recurring jobs took before asking for their Backups.
-    let setup_client = cluster.client();
-    futures::stream::iter((0..total).filter(|i| i % 10 >= 3))
-        .map(|i| {
-            let client = setup_client.clone();
-            let ns = ns.clone();
-            async move {
-                let vol = format!("vol-{}", i % volumes);
-                create::<Snapshot>(
-                    &client,
-                    &ns,
-                    shapes::snapshot(&ns, &format!("snap-{i}-0"), &vol),
-                )
-                .await?
-                .created()
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
+    let indices = (0..total).filter(|i| i % 10 >= 3);
+    create_snapshots(&cluster, &ns, volumes, indices, |i| format!("snap-{i}-0")).await?;
     let setup = started.elapsed();
 
     let policy = Policy::default();
@@ -87,14 +70,8 @@ async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
     wait_ready(&served).await?;
     let reg = register(&cluster, &served, &ns).await?;
 
-    let observer = Arc::new(Mutex::new(Observer::new(volumes)));
-    let obs_task = observe(cluster.client(), &ns, observer.clone());
-    let ctl = Arc::new(Controller {
-        stuck: Mutex::default(),
-        started: AtomicUsize::new(0),
-        completed: AtomicUsize::new(0),
-    });
-    let ctl_task = run_controller(cluster.clone(), ns.clone(), ctl.clone());
+    let watch = StormWatch::start(&cluster, &ns, volumes);
+    let ctl = &watch.ctl;
 
     let tally = Arc::new(Tally::default());
     let admitted_jobs = Arc::new(AtomicUsize::new(0));
@@ -231,7 +208,7 @@ async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let o = std::mem::take(&mut *observer.lock().unwrap());
+    let o = watch.take();
     let stuck = ctl.stuck.lock().unwrap().clone();
     let t = &*tally;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -308,8 +285,7 @@ async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
         "storm took {storm_time:?}"
     );
     drop(o);
-    obs_task.abort();
-    ctl_task.abort();
+    drop(watch);
     reg.remove().await?;
     served.stop().await
 }
@@ -366,14 +342,7 @@ async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
     for r in &replicas {
         wait_ready(r).await?;
     }
-    let observer = Arc::new(Mutex::new(Observer::new(volumes)));
-    let obs_task = observe(cluster.client(), &ns, observer.clone());
-    let ctl = Arc::new(Controller {
-        stuck: Mutex::default(),
-        started: AtomicUsize::new(0),
-        completed: AtomicUsize::new(0),
-    });
-    let ctl_task = run_controller(cluster.clone(), ns.clone(), ctl.clone());
+    let watch = StormWatch::start(&cluster, &ns, volumes);
     let client = cluster.client_without_retry(None)?;
     let admitted = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -405,7 +374,7 @@ async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
         .await?;
     let elapsed = start.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let o = std::mem::take(&mut *observer.lock().unwrap());
+    let o = watch.take();
     let r = 2u32;
     eprintln!(
         "replicas: {total} reviews split over {r} replicas in {elapsed:.1?}, admitted {}; max in flight: volume {} (cap {}), node {} (cap {}), cluster {} (cap {}); overshoot volume {}, node {}, cluster {}",
@@ -426,8 +395,7 @@ async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
     assert!(o.max_node <= r * caps.max_in_flight_per_node);
     assert!(o.max_cluster <= r * caps.max_in_flight_per_cluster);
     drop(o);
-    obs_task.abort();
-    ctl_task.abort();
+    drop(watch);
     for r in replicas {
         if let Ok(r) = Arc::try_unwrap(r) {
             r.stop().await?;

@@ -129,6 +129,7 @@ pub fn observe(
 /// The simulated backup controller: New Backups are started at a fixed rate (InProgress,
 /// or Pending forever when their snapshot is gone, as in v1.7.2), and completed after
 /// [`RUN_TIME`].
+#[derive(Default)]
 pub struct Controller {
     pub stuck: Mutex<HashSet<String>>,
     pub started: AtomicUsize,
@@ -234,6 +235,70 @@ pub fn run_controller(
                 .await;
         }
     })
+}
+
+/// The watch recording the in-flight maxima ([`observe`]) and the simulated controller
+/// ([`run_controller`]), both running in one namespace until dropped.
+pub struct StormWatch {
+    pub observer: Arc<Mutex<Observer>>,
+    pub ctl: Arc<Controller>,
+    obs_task: tokio::task::JoinHandle<()>,
+    ctl_task: tokio::task::JoinHandle<()>,
+}
+
+impl StormWatch {
+    /// Starts both in `ns`, a storm over `volumes` volumes ([`Observer::new`]).
+    pub fn start(cluster: &TestCluster, ns: &str, volumes: usize) -> Self {
+        let observer = Arc::new(Mutex::new(Observer::new(volumes)));
+        let obs_task = observe(cluster.client(), ns, observer.clone());
+        let ctl = Arc::new(Controller::default());
+        let ctl_task = run_controller(cluster.clone(), ns.to_string(), ctl.clone());
+        Self {
+            observer,
+            ctl,
+            obs_task,
+            ctl_task,
+        }
+    }
+
+    /// What the watch has recorded so far, taken out of the observer.
+    pub fn take(&self) -> Observer {
+        std::mem::take(&mut *self.observer.lock().unwrap())
+    }
+}
+
+impl Drop for StormWatch {
+    fn drop(&mut self) {
+        self.obs_task.abort();
+        self.ctl_task.abort();
+    }
+}
+
+/// Creates the Snapshot `name(i)` of volume `vol-<i % volumes>` for each of `indices`,
+/// [`CONCURRENCY`] at a time (as the recurring jobs took them before their Backups).
+pub async fn create_snapshots(
+    cluster: &TestCluster,
+    ns: &str,
+    volumes: usize,
+    indices: impl Iterator<Item = usize>,
+    name: impl Fn(usize) -> String,
+) -> Result<()> {
+    let client = cluster.client();
+    futures::stream::iter(indices)
+        .map(|i| {
+            let client = client.clone();
+            let vol = format!("vol-{}", i % volumes);
+            let snap = name(i);
+            async move {
+                create::<Snapshot>(&client, ns, shapes::snapshot(ns, &snap, &vol))
+                    .await?
+                    .created()
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }
 
 pub async fn create<
@@ -414,25 +479,8 @@ pub async fn replica_storm(cluster: &TestCluster, run: &ReplicaStorm) -> Result<
     let ns = cluster.namespace("replicas").await?;
     storm_fixtures(cluster, &ns, run.volumes).await?;
     let is_stale = |i: usize| i % 10 < 3;
-    let setup_client = cluster.client();
-    futures::stream::iter((0..run.backups).filter(|i| !is_stale(*i)))
-        .map(|i| {
-            let client = setup_client.clone();
-            let ns = ns.clone();
-            async move {
-                let vol = format!("vol-{}", i % run.volumes);
-                create::<Snapshot>(
-                    &client,
-                    &ns,
-                    shapes::snapshot(&ns, &format!("snap-{i}"), &vol),
-                )
-                .await?
-                .created()
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
+    let indices = (0..run.backups).filter(|i| !is_stale(*i));
+    create_snapshots(cluster, &ns, run.volumes, indices, |i| format!("snap-{i}")).await?;
 
     let cert = TestCert::new()?;
     let mut replicas: Vec<Served> = Vec::new();
@@ -450,14 +498,7 @@ pub async fn replica_storm(cluster: &TestCluster, run: &ReplicaStorm) -> Result<
     wait_until_called(cluster, &ns).await?;
 
     let caps = &run.policy.throttle;
-    let observer = Arc::new(Mutex::new(Observer::new(run.volumes)));
-    let obs_task = observe(cluster.client(), &ns, observer.clone());
-    let ctl = Arc::new(Controller {
-        stuck: Mutex::default(),
-        started: AtomicUsize::new(0),
-        completed: AtomicUsize::new(0),
-    });
-    let ctl_task = run_controller(cluster.clone(), ns.clone(), ctl.clone());
+    let watch = StormWatch::start(cluster, &ns, run.volumes);
     let reviews = |rs: &[Served]| -> Vec<u64> {
         rs.iter()
             .map(|r| r.handle.state().0.metrics.reviews_total())
@@ -510,7 +551,7 @@ pub async fn replica_storm(cluster: &TestCluster, run: &ReplicaStorm) -> Result<
     let elapsed = start.elapsed();
     // Let the watch deliver the last admissions.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let o = std::mem::take(&mut *observer.lock().unwrap());
+    let o = watch.take();
     let figures = ReplicaFigures {
         elapsed,
         admitted: outcomes[0].load(Ordering::Relaxed),
@@ -535,8 +576,7 @@ pub async fn replica_storm(cluster: &TestCluster, run: &ReplicaStorm) -> Result<
             caps.max_in_flight_per_cluster,
         ],
     };
-    obs_task.abort();
-    ctl_task.abort();
+    drop(watch);
     reg.remove().await?;
     drop(proxy);
     for r in replicas {
