@@ -162,33 +162,18 @@ async fn start_node(
     cluster
         .create_longhorn_object(
             ns,
-            shapes::volume(ns, &volume, name),
-            Some(shapes::volume_status(name)),
-        )
-        .await?;
-    cluster
-        .create_longhorn_object(
-            ns,
             shapes::instance_manager(ns, &im, name),
             Some(shapes::instance_manager_status(name, ip)),
         )
         .await?;
-    cluster
-        .create_longhorn_object(
-            ns,
-            shapes::engine(ns, &volume, name),
-            Some(shapes::engine_status(name, &im, &engine_ip, 10010)),
-        )
-        .await?;
-    for snap in ["snap-ok", "snap-gone", "snap-rm"] {
-        cluster
-            .create_longhorn_object(
-                ns,
-                shapes::snapshot(ns, &format!("{snap}-{name}"), &volume),
-                Some(shapes::snapshot_status(name, "")),
-            )
-            .await?;
-    }
+    volume_objects(
+        cluster,
+        ns,
+        name,
+        octet,
+        &["snap-ok", "snap-gone", "snap-rm"],
+    )
+    .await?;
 
     let mut config = AgentConfig::new(name);
     config.namespace = ns.to_string();
@@ -276,34 +261,41 @@ impl Drop for BlackHole {
     }
 }
 
-/// A Volume, Engine and ready Snapshot `snap-ok-node-c` on node-c, whose "agent" is `hole`.
-async fn black_holed_node(cluster: &TestCluster, ns: &str) -> Result<()> {
-    cluster
-        .create_longhorn_object(
-            ns,
-            shapes::volume(ns, "vol-node-c", "node-c"),
-            Some(shapes::volume_status("node-c")),
-        )
-        .await?;
-    cluster
-        .create_longhorn_object(
-            ns,
-            shapes::engine(ns, "vol-node-c", "node-c"),
-            Some(shapes::engine_status(
-                "node-c",
-                "im-node-c",
-                "10.42.3.17",
-                10010,
-            )),
-        )
-        .await?;
-    cluster
-        .create_longhorn_object(
-            ns,
-            shapes::snapshot(ns, "snap-ok-node-c", "vol-node-c"),
-            Some(shapes::snapshot_status("node-c", "")),
-        )
-        .await?;
+/// The Longhorn objects of `node`: Volume `vol-<node>`, its Engine `vol-<node>-e-0` in
+/// instance manager `im-<node>` at `10.42.<octet>.17:10010`, and a ready Snapshot CR
+/// `<snap>-<node>` of each of `snaps`.
+async fn volume_objects(
+    cluster: &TestCluster,
+    ns: &str,
+    node: &str,
+    octet: u8,
+    snaps: &[&str],
+) -> Result<()> {
+    let volume = format!("vol-{node}");
+    let engine_status = shapes::engine_status(
+        node,
+        &format!("im-{node}"),
+        &format!("10.42.{octet}.17"),
+        10010,
+    );
+    let mut objects = vec![
+        (
+            shapes::volume(ns, &volume, node),
+            shapes::volume_status(node),
+        ),
+        (shapes::engine(ns, &volume, node), engine_status),
+    ];
+    for snap in snaps {
+        objects.push((
+            shapes::snapshot(ns, &format!("{snap}-{node}"), &volume),
+            shapes::snapshot_status(node, ""),
+        ));
+    }
+    for (obj, status) in objects {
+        cluster
+            .create_longhorn_object(ns, obj, Some(status))
+            .await?;
+    }
     Ok(())
 }
 
@@ -329,7 +321,8 @@ impl Setup {
             .await?;
         let a = start_node(&cluster, &ns, &pki, "node-a", "127.0.0.2", 1).await?;
         let b = start_node(&cluster, &ns, &pki, "node-b", "127.0.0.3", 2).await?;
-        black_holed_node(&cluster, &ns).await?;
+        // node-c: a Volume, Engine and Snapshot `snap-ok-node-c`; its "agent" is `hole`.
+        volume_objects(&cluster, &ns, "node-c", 3, &["snap-ok"]).await?;
         let hole = BlackHole::start("127.0.0.4").await?;
         Ok(Self {
             cluster,
@@ -367,6 +360,35 @@ impl Setup {
         let served = Served { handle, cert };
         wait_ready(&served).await?;
         Ok(served)
+    }
+
+    /// A Backup CREATE in the test's namespace through the API server (see [`create`]).
+    async fn create(&self, name: &str, volume: &str, snap: &str) -> Result<Answer> {
+        create(&self.cluster.client(), &self.ns, name, volume, snap).await
+    }
+
+    /// The Backup `b-<case>-<node>` of the node's Snapshot CR `snap-<case>-<node>`.
+    async fn create_case(&self, node: &Node, case: &str) -> Result<Answer> {
+        let n = &node.name;
+        let (name, snap) = (format!("b-{case}-{n}"), format!("snap-{case}-{n}"));
+        self.create(&name, &node.volume, &snap).await
+    }
+
+    /// Creates the Backup and checks the webhook admitted it with the skipped-check warning
+    /// `[outcome]` (the engine check fell back).
+    async fn fallback(
+        &self,
+        name: &str,
+        volume: &str,
+        snap: &str,
+        outcome: &str,
+    ) -> Result<Answer> {
+        let a = self.create(name, volume, snap).await?;
+        assert!(
+            skipped_with(&a, outcome),
+            "{name}: not admitted with [{outcome}]: {a:?}"
+        );
+        Ok(a)
     }
 
     async fn shutdown(self) -> Result<()> {
@@ -439,6 +461,11 @@ fn skipped_with(answer: &Answer, outcome: &str) -> bool {
             .any(|w| w.contains("engine check skipped") && w.contains(&format!("[{outcome}]")))
 }
 
+/// The fallback came within the budget (plus the slack of a busy machine).
+fn assert_within_budget(a: &Answer, what: &str) {
+    assert!(a.took < BUDGET + SLACK, "{what} took {:?}", a.took);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_answers_deny_absent_and_removed_and_allow_present() -> Result<()> {
     let setup = Setup::new("truth-verdicts").await?;
@@ -452,25 +479,11 @@ async fn engine_answers_deny_absent_and_removed_and_allow_present() -> Result<()
     for node in &setup.nodes {
         let n = &node.name;
         let v = &node.volume;
-        let ok = create(
-            &client,
-            ns,
-            &format!("b-ok-{n}"),
-            v,
-            &format!("snap-ok-{n}"),
-        )
-        .await?;
+        let ok = setup.create_case(node, "ok").await?;
         assert!(ok.allowed, "{n}: engine has the snapshot: {ok:?}");
         assert!(ok.warnings.is_empty(), "{n}: {ok:?}");
 
-        let gone = create(
-            &client,
-            ns,
-            &format!("b-gone-{n}"),
-            v,
-            &format!("snap-gone-{n}"),
-        )
-        .await?;
+        let gone = setup.create_case(node, "gone").await?;
         assert!(!gone.allowed, "{n}: CR present, engine lacks it: {gone:?}");
         assert_eq!(gone.code, 410, "{gone:?}");
         for needle in [
@@ -488,14 +501,7 @@ async fn engine_answers_deny_absent_and_removed_and_allow_present() -> Result<()
             );
         }
 
-        let rm = create(
-            &client,
-            ns,
-            &format!("b-rm-{n}"),
-            v,
-            &format!("snap-rm-{n}"),
-        )
-        .await?;
+        let rm = setup.create_case(node, "rm").await?;
         assert!(!rm.allowed, "{n}: engine says removed: {rm:?}");
         assert_eq!(rm.code, 410, "{rm:?}");
         assert!(rm.message.contains("[snapshot_removed]"), "{rm:?}");
@@ -577,30 +583,17 @@ async fn agent_down_agent_black_holed_engine_black_holed_fall_back_within_budget
     setup.nodes[1]
         .fake
         .set_fault(Method::SnapshotList, Fault::BlackHole);
-    let a = create(
-        &client,
-        &ns,
-        "b-engine-hole",
-        "vol-node-b",
-        "snap-gone-node-b",
-    )
-    .await?;
-    assert!(skipped_with(&a, "timeout"), "{a:?}");
-    assert!(
-        a.took < BUDGET + SLACK,
-        "engine black hole took {:?}",
-        a.took
-    );
+    let a = setup
+        .fallback("b-engine-hole", "vol-node-b", "snap-gone-node-b", "timeout")
+        .await?;
+    assert_within_budget(&a, "engine black hole");
     setup.nodes[1].fake.clear_faults();
 
     // Agent black-holed: TCP accepted, no TLS handshake, ever.
-    let a = create(&client, &ns, "b-agent-hole", "vol-node-c", "snap-ok-node-c").await?;
-    assert!(skipped_with(&a, "timeout"), "{a:?}");
-    assert!(
-        a.took < BUDGET + SLACK,
-        "agent black hole took {:?}",
-        a.took
-    );
+    let a = setup
+        .fallback("b-agent-hole", "vol-node-c", "snap-ok-node-c", "timeout")
+        .await?;
+    assert_within_budget(&a, "agent black hole");
     assert!(
         setup.hole.accepted() >= 1,
         "the webhook did dial the black hole"
@@ -617,19 +610,11 @@ async fn agent_down_agent_black_holed_engine_black_holed_fall_back_within_budget
     .await?;
     assert!(ok.allowed && ok.warnings.is_empty(), "{ok:?}");
     setup.nodes[0].stop_agent().await?;
-    let a = create(
-        &client,
-        &ns,
-        "b-agent-down",
-        "vol-node-a",
-        "snap-gone-node-a",
-    )
-    .await?;
-    assert!(
-        skipped_with(&a, "error"),
-        "a missing snapshot is admitted, with a warning: {a:?}"
-    );
-    assert!(a.took < BUDGET + SLACK, "agent down took {:?}", a.took);
+    // A missing snapshot is admitted, with a warning.
+    let a = setup
+        .fallback("b-agent-down", "vol-node-a", "snap-gone-node-a", "error")
+        .await?;
+    assert_within_budget(&a, "agent down");
     assert!(
         a.warnings
             .iter()
@@ -756,17 +741,10 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_webhook_falls_b
         )
         .await?;
     let reg = register(&setup.cluster, &served, &setup.ns).await?;
-    let client = setup.cluster.client();
-    let a = create(
-        &client,
-        &setup.ns,
-        "b-stranger",
-        "vol-node-a",
-        "snap-gone-node-a",
-    )
-    .await?;
-    assert!(skipped_with(&a, "error"), "{a:?}");
-    assert!(a.took < BUDGET + SLACK, "took {:?}", a.took);
+    let a = setup
+        .fallback("b-stranger", "vol-node-a", "snap-gone-node-a", "error")
+        .await?;
+    assert_within_budget(&a, "the stranger's review");
     let text = served.metrics().await?;
     assert_eq!(metric(&text, CHECKS, "outcome=\"absent\""), 0, "{text}");
     assert!(metric(&text, CHECKS, "outcome=\"error\"") >= 1, "{text}");
@@ -788,15 +766,10 @@ async fn after_k_failures_the_breaker_skips_the_agent_without_dialling_it() -> R
 
     // K = 3 timeouts against the black-holed agent of node-c; each one dialled it.
     for i in 0..3 {
-        let a = create(
-            &client,
-            ns,
-            &format!("b-k-{i}"),
-            "vol-node-c",
-            "snap-ok-node-c",
-        )
-        .await?;
-        assert!(skipped_with(&a, "timeout"), "{i}: {a:?}");
+        let name = format!("b-k-{i}");
+        setup
+            .fallback(&name, "vol-node-c", "snap-ok-node-c", "timeout")
+            .await?;
     }
     let dialled = setup.hole.accepted();
     assert!(dialled >= 1, "the black hole was dialled");
@@ -804,15 +777,10 @@ async fn after_k_failures_the_breaker_skips_the_agent_without_dialling_it() -> R
     // Open: skipped at once, the black hole is not dialled again.
     let mut took = Vec::new();
     for i in 0..5 {
-        let a = create(
-            &client,
-            ns,
-            &format!("b-open-{i}"),
-            "vol-node-c",
-            "snap-ok-node-c",
-        )
-        .await?;
-        assert!(skipped_with(&a, "breaker_open"), "{i}: {a:?}");
+        let name = format!("b-open-{i}");
+        let a = setup
+            .fallback(&name, "vol-node-c", "snap-ok-node-c", "breaker_open")
+            .await?;
         took.push(a.took);
     }
     assert_eq!(
