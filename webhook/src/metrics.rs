@@ -68,6 +68,7 @@ pub struct Metrics {
     pub watch_restarts: Family<KindLabels, Counter>,
     pub watch_errors: Family<KindLabels, Counter>,
     pub last_sync_age: Family<KindLabels, Gauge<f64, AtomicU64>>,
+    pub list_duration: Family<KindLabels, Gauge<f64, AtomicU64>>,
     /// 1 while the kind is listed and its watch has not failed past the staleness bound.
     pub index_trusted: Family<KindLabels, Gauge>,
     /// Times the kind's watch failed for longer than the staleness bound (each forces a relist).
@@ -146,6 +147,13 @@ impl Metrics {
             "Seconds since the kind's watch last delivered an event (-1 before the first)",
             last_sync_age.clone(),
         );
+        let list_duration = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "list_duration_seconds",
+            "How long the kind's last completed (re)list took, from its request to its last \
+             item indexed (what a replica's start-up waits for)",
+            list_duration.clone(),
+        );
         let index_trusted = Family::<KindLabels, Gauge>::default();
         registry.register(
             "index_trusted",
@@ -192,6 +200,7 @@ impl Metrics {
             watch_restarts,
             watch_errors,
             last_sync_age,
+            list_duration,
             index_trusted,
             index_stale,
             deadline_exceeded,
@@ -236,6 +245,14 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .inc();
+    }
+
+    pub fn list_done(&self, kind: Kind, took: std::time::Duration) {
+        self.list_duration
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .set(took.as_secs_f64());
     }
 
     pub fn index_went_stale(&self, kind: Kind) {

@@ -162,6 +162,16 @@ async fn run(cp: &ControlPlane) -> anyhow::Result<()> {
         1,
         "one info series at a time"
     );
+    // Every kind's list was timed (a real list over the network takes more than 0 s).
+    for kind in ["snapshot", "volume", "engine", "backup", "backuptarget"] {
+        let series = format!("longhorn_guard_webhook_list_duration_seconds{{kind=\"{kind}\"}} ");
+        let seconds: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"));
+        assert!(seconds > 0.0, "{series}{seconds}");
+    }
     served.stop().await
 }
 

@@ -90,6 +90,7 @@ where
         let mut resource_version = match list_into::<K>(&client, &url_path, &index).await {
             Ok(listed) => {
                 index.apply::<K>(watcher::Event::InitDone);
+                metrics.list_done(kind, started.elapsed());
                 backoff.reset();
                 tracing::info!(
                     kind = kind.as_str(),
