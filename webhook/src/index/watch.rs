@@ -198,7 +198,7 @@ async fn follow<K: IndexedKind>(
         let failure = match outcome {
             None => return Relist::Stale,
             Some(Ok(())) => continue,
-            Some(Err(WatchFailure::Status(status))) if status.code == 410 => return Relist::Gone,
+            Some(Err(failure)) if failure.is_gone() => return Relist::Gone,
             Some(Err(failure)) => failure,
         };
         index.watch_failed(kind);
@@ -232,6 +232,18 @@ enum WatchFailure {
         WATCH_CLIENT_TIMEOUT.as_secs() - WATCH_TIMEOUT_SECS as u64
     )]
     Silent,
+}
+
+impl WatchFailure {
+    /// The API server no longer has the watch's resourceVersion (410 Gone), as an event in the
+    /// watch stream (how the watch cache says it) or as the response to the watch request.
+    fn is_gone(&self) -> bool {
+        match self {
+            WatchFailure::Status(status) => status.code == 410,
+            WatchFailure::Client(kube::Error::Api(status)) => status.code == 410,
+            _ => false,
+        }
+    }
 }
 
 /// The `timeoutSeconds` each watch asks for (kube's default): the API server ends the watch
@@ -294,6 +306,23 @@ impl WatchBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(code: u16) -> Box<kube::core::Status> {
+        Box::new(kube::core::Status {
+            code,
+            message: "too old resource version".into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn gone_is_410_as_an_event_or_as_the_response() {
+        assert!(WatchFailure::Status(status(410)).is_gone());
+        assert!(WatchFailure::Client(kube::Error::Api(status(410))).is_gone());
+        assert!(!WatchFailure::Status(status(500)).is_gone());
+        assert!(!WatchFailure::Client(kube::Error::Api(status(504))).is_gone());
+        assert!(!WatchFailure::Silent.is_gone());
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {
