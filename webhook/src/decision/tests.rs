@@ -647,33 +647,64 @@ fn decide_by_release() {
         Vec<&'static str>,
         Vec<&'static str>,
     );
+    /// `old` before release `since`, `new` from it on; an undetected release is judged as 1.8.
+    struct Split {
+        since: Release,
+        old: Expect,
+        new: Expect,
+    }
+    impl Split {
+        fn same(expect: Expect) -> Self {
+            Split {
+                since: Release::V1_7,
+                old: expect.clone(),
+                new: expect,
+            }
+        }
+
+        /// A snapshot denial on every release, whose message on 1.10+ says `says` about
+        /// Longhorn's own verdict and on older releases does not mention 1.10.
+        fn noted_on_1_10(reason: Reason, code: u16, says: Vec<&'static str>) -> Self {
+            Split {
+                since: Release::V1_10,
+                old: (Some(reason), Some(code), vec![], vec!["1.10"]),
+                new: (Some(reason), Some(code), says, vec![]),
+            }
+        }
+
+        fn at(&self, release: Option<Release>) -> &Expect {
+            if release.unwrap_or(Release::V1_8) >= self.since {
+                &self.new
+            } else {
+                &self.old
+            }
+        }
+    }
     #[allow(clippy::type_complexity)]
     let cases: Vec<(
         &str,
         fn(&mut Policy),
         BackupRequest,
         Option<LiveSnapshot>,
-        fn(Option<Release>) -> Expect,
+        Split,
     )> = vec![
         (
             "backup-target label names an unavailable target",
             deny_targets,
             labelled_target("b-label", "vol-1", "snap-ok", "broken"),
             None,
-            |r| {
-                if r == Some(Release::V1_7) {
-                    (Some(Reason::Checked), None, vec![], vec![])
-                } else {
-                    (
-                        Some(Reason::TargetUnavailable),
-                        Some(503),
-                        vec![
-                            "BackupTarget \"broken\" is not available",
-                            "the target of this Backup: the Backup's backup-target label",
-                        ],
-                        vec![],
-                    )
-                }
+            Split {
+                since: Release::V1_8,
+                old: (Some(Reason::Checked), None, vec![], vec![]),
+                new: (
+                    Some(Reason::TargetUnavailable),
+                    Some(503),
+                    vec![
+                        "BackupTarget \"broken\" is not available",
+                        "the target of this Backup: the Backup's backup-target label",
+                    ],
+                    vec![],
+                ),
             },
         ),
         (
@@ -681,20 +712,18 @@ fn decide_by_release() {
             deny_targets,
             request("b-vol", Some("vol-t"), "snap-t"),
             None,
-            |r| {
-                if r == Some(Release::V1_7) {
-                    (Some(Reason::Checked), None, vec![], vec![])
-                } else {
-                    (
-                        Some(Reason::TargetUnavailable),
-                        Some(503),
-                        vec![
-                            "BackupTarget \"offsite\" is not available",
-                            "the target of this Backup: the volume's spec.backupTargetName",
-                        ],
-                        vec![],
-                    )
-                }
+            Split {
+                since: Release::V1_8,
+                old: (Some(Reason::Checked), None, vec![], vec![]),
+                new: (
+                    Some(Reason::TargetUnavailable),
+                    Some(503),
+                    vec![
+                        "BackupTarget \"offsite\" is not available",
+                        "the target of this Backup: the volume's spec.backupTargetName",
+                    ],
+                    vec![],
+                ),
             },
         ),
         (
@@ -702,97 +731,50 @@ fn decide_by_release() {
             deny_targets,
             labelled_target("b-both", "vol-t", "snap-t", "default"),
             None,
-            |_| (Some(Reason::Checked), None, vec![], vec![]),
+            Split::same((Some(Reason::Checked), None, vec![], vec![])),
         ),
         (
             "missing snapshot (live 404): Longhorn 1.10 refuses too",
             keep,
             request("b-missing", Some("vol-1"), "snap-nope"),
             Some(LiveSnapshot::NotFound),
-            |r| {
-                if r == Some(Release::V1_10) {
-                    (
-                        Some(Reason::SnapshotMissing),
-                        Some(404),
-                        vec![
-                            "Longhorn 1.10+ refuses this Backup too",
-                            "snapshot <nil> is invalid",
-                        ],
-                        vec![],
-                    )
-                } else {
-                    (
-                        Some(Reason::SnapshotMissing),
-                        Some(404),
-                        vec![],
-                        vec!["1.10"],
-                    )
-                }
-            },
+            Split::noted_on_1_10(
+                Reason::SnapshotMissing,
+                404,
+                vec![
+                    "Longhorn 1.10+ refuses this Backup too",
+                    "snapshot <nil> is invalid",
+                ],
+            ),
         ),
         (
             "snapshot of another volume: Longhorn 1.10 refuses too",
             keep,
             request("b-other", Some("vol-1"), "snap-v2"),
             None,
-            |r| {
-                if r == Some(Release::V1_10) {
-                    (
-                        Some(Reason::SnapshotOtherVolume),
-                        Some(422),
-                        vec!["Longhorn 1.10+ refuses this Backup too"],
-                        vec![],
-                    )
-                } else {
-                    (
-                        Some(Reason::SnapshotOtherVolume),
-                        Some(422),
-                        vec![],
-                        vec!["1.10"],
-                    )
-                }
-            },
+            Split::noted_on_1_10(
+                Reason::SnapshotOtherVolume,
+                422,
+                vec!["Longhorn 1.10+ refuses this Backup too"],
+            ),
         ),
         (
             "removed snapshot: Longhorn 1.10 alone would admit it, the message says why",
             keep,
             request("b-removed", Some("vol-1"), "snap-removed"),
             None,
-            |r| {
-                if r == Some(Release::V1_10) {
-                    (
-                        Some(Reason::SnapshotRemoved),
-                        Some(410),
-                        vec!["Longhorn 1.10+ alone would admit it", "never completes"],
-                        vec![],
-                    )
-                } else {
-                    (
-                        Some(Reason::SnapshotRemoved),
-                        Some(410),
-                        vec![],
-                        vec!["1.10"],
-                    )
-                }
-            },
+            Split::noted_on_1_10(
+                Reason::SnapshotRemoved,
+                410,
+                vec!["Longhorn 1.10+ alone would admit it", "never completes"],
+            ),
         ),
         (
             "lost snapshot: same explanation",
             keep,
             request("b-lost", Some("vol-1"), "snap-lost"),
             None,
-            |r| {
-                if r == Some(Release::V1_10) {
-                    (
-                        Some(Reason::SnapshotLost),
-                        Some(410),
-                        vec!["alone would admit it"],
-                        vec![],
-                    )
-                } else {
-                    (Some(Reason::SnapshotLost), Some(410), vec![], vec!["1.10"])
-                }
-            },
+            Split::noted_on_1_10(Reason::SnapshotLost, 410, vec!["alone would admit it"]),
         ),
         (
             "snapshot only the live GET found (the create race): allowed; on 1.10 a warning explains Longhorn's own refusal",
@@ -804,21 +786,19 @@ fn decide_by_release() {
                 ready_to_use: true,
                 lost_in_engine: false,
             })),
-            |r| {
-                if r == Some(Release::V1_10) {
-                    (
-                        Some(Reason::SnapshotNotYetCached),
-                        None,
-                        vec![
-                            "snapshot <nil> is invalid",
-                            "retry in a few seconds",
-                            "longhorn/longhorn#11451",
-                        ],
-                        vec![],
-                    )
-                } else {
-                    (Some(Reason::Checked), None, vec![], vec![])
-                }
+            Split {
+                since: Release::V1_10,
+                old: (Some(Reason::Checked), None, vec![], vec![]),
+                new: (
+                    Some(Reason::SnapshotNotYetCached),
+                    None,
+                    vec![
+                        "snapshot <nil> is invalid",
+                        "retry in a few seconds",
+                        "longhorn/longhorn#11451",
+                    ],
+                    vec![],
+                ),
             },
         ),
         (
@@ -826,23 +806,11 @@ fn decide_by_release() {
             |p| p.empty_snapshot_name = EmptySnapshotRule::DenyUnlessLonghorn,
             request("b-empty", Some("vol-1"), ""),
             None,
-            |r| {
-                if r == Some(Release::V1_10) {
-                    (
-                        Some(Reason::EmptySnapshotName),
-                        Some(403),
-                        vec!["Longhorn 1.10+ alone would admit it"],
-                        vec![],
-                    )
-                } else {
-                    (
-                        Some(Reason::EmptySnapshotName),
-                        Some(403),
-                        vec![],
-                        vec!["1.10"],
-                    )
-                }
-            },
+            Split::noted_on_1_10(
+                Reason::EmptySnapshotName,
+                403,
+                vec!["Longhorn 1.10+ alone would admit it"],
+            ),
         ),
     ];
     let mut failures = Vec::new();
@@ -859,7 +827,7 @@ fn decide_by_release() {
                 view = view.with_live_snapshot(&req.namespace, &req.snapshot, live);
             }
             let d = decide(&policy, &view, &req);
-            let (reason, code, contains, absent) = expect(release);
+            let (reason, code, contains, absent) = expect.at(release).clone();
             let (text, got_code) = match &d {
                 Decision::Allow { warnings, .. } => (warnings.join(" | "), None),
                 Decision::Deny(den) => (den.message.clone(), Some(den.code)),
