@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod admission;
 pub mod control_plane;
 pub use control_plane::ControlPlane;
 
@@ -400,6 +401,37 @@ pub fn longhorn_fixture_objects(ns: &str) -> Vec<(Value, Option<Value>)> {
         ),
         (s::setting(ns, "backup-target", ""), None),
     ]
+}
+
+/// `obj` with `status`, as the typed object a watch delivers.
+pub fn typed_with_status<K: DeserializeOwned>(mut obj: Value, status: Value) -> Result<K> {
+    obj["status"] = status;
+    Ok(serde_json::from_value(obj)?)
+}
+
+/// What an index holds for an admissible Backup of `snapshot` in `ns`: Volume `vol-1`
+/// attached to node-1, its ready Snapshot `snapshot`, the available BackupTarget `default`
+/// (`s3://bk@us-east-1/`), each with its status.
+pub fn admissible_backup_objects(
+    ns: &str,
+    snapshot: &str,
+) -> Result<(
+    longhorn_types::Volume,
+    longhorn_types::Snapshot,
+    longhorn_types::BackupTarget,
+)> {
+    use longhorn_types::shapes as s;
+    Ok((
+        typed_with_status(s::volume(ns, "vol-1", "node-1"), s::volume_status("node-1"))?,
+        typed_with_status(
+            s::snapshot(ns, snapshot, "vol-1"),
+            s::snapshot_status("node-1", ""),
+        )?,
+        typed_with_status(
+            s::backup_target(ns, "default", "s3://bk@us-east-1/"),
+            s::backup_target_status("node-1", true),
+        )?,
+    ))
 }
 
 /// Longhorn's own v1.7.2 CRDs (test data outside the project, never copied into it):

@@ -23,42 +23,30 @@ use http_body_util::BodyExt as _;
 use kube::runtime::watcher::Event;
 use longhorn_guard_agent::{Agent, AgentConfig};
 use longhorn_guard_certs::{Options, pki};
+use longhorn_guard_testkit::admission::{Review, SERVICE_ACCOUNT_GROUPS};
+use longhorn_guard_testkit::{admissible_backup_objects, typed_with_status};
 use longhorn_guard_webhook::engine_truth::{
     AgentDiscovery, EngineCheckMode, EngineTruth, EngineTruthConfig,
 };
 use longhorn_guard_webhook::{AppState, Index, Metrics, NoSnapshotSource, Policy, router, tls};
-use longhorn_types::{BackupTarget, Engine, InstanceManager, Snapshot, Volume, shapes};
+use longhorn_types::{Engine, InstanceManager, shapes};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
 const NS: &str = "longhorn-system";
+const LONGHORN_SA: &str = "system:serviceaccount:longhorn-system:longhorn-service-account";
 const ENGINE_ADDRESS: &str = "10.42.1.17:10010";
-
-fn with_status(mut obj: Value, status: Value) -> Value {
-    obj["status"] = status;
-    obj
-}
 
 fn review(n: u64) -> Vec<u8> {
     let name = format!("backup-{n:016x}");
-    json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("00000000-0000-0000-0000-{n:012x}"),
-            "kind": {"group": "longhorn.io", "version": "v1beta2", "kind": "Backup"},
-            "resource": {"group": "longhorn.io", "version": "v1beta2", "resource": "backups"},
-            "requestKind": {"group": "longhorn.io", "version": "v1beta2", "kind": "Backup"},
-            "requestResource": {"group": "longhorn.io", "version": "v1beta2", "resource": "backups"},
-            "name": name, "namespace": NS, "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:longhorn-system:longhorn-service-account",
-                         "groups": ["system:serviceaccounts", "system:authenticated"]},
-            "object": shapes::backup(NS, &name, "vol-1", "snap-1", Some("daily")),
-            "oldObject": null, "dryRun": false,
-            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
-        }
-    })
-    .to_string()
-    .into_bytes()
+    let object = shapes::backup(NS, &name, "vol-1", "snap-1", Some("daily"));
+    let uid = format!("00000000-0000-0000-0000-{n:012x}");
+    Review::new(NS, &uid, LONGHORN_SA, object)
+        .groups(SERVICE_ACCOUNT_GROUPS)
+        .create_options()
+        .into_value()
+        .to_string()
+        .into_bytes()
 }
 
 /// One review through the router; returns its latency and whether it was allowed without
@@ -158,15 +146,15 @@ async fn main() {
     config.client_ca = Some(dir.join("ca.crt"));
     config.engine_proxy_port = fake_server.local_addr.port();
     let agent = Agent::new(config).unwrap();
-    let engine: Engine = serde_json::from_value(with_status(
+    let engine: Engine = typed_with_status(
         shapes::engine(NS, "vol-1", "node-1"),
         shapes::engine_status("node-1", "im-1", "10.42.1.17", 10010),
-    ))
+    )
     .unwrap();
-    let im: InstanceManager = serde_json::from_value(with_status(
+    let im: InstanceManager = typed_with_status(
         shapes::instance_manager(NS, "im-1", "node-1"),
         shapes::instance_manager_status("node-1", "127.0.0.1"),
-    ))
+    )
     .unwrap();
     agent.index().apply_engine(&engine);
     agent.index().apply_instance_manager(&im);
@@ -181,27 +169,10 @@ async fn main() {
 
     // The webhook's index and policy, shared by both modes.
     let index = Arc::new(Index::default());
-    index.apply(Event::Apply(
-        serde_json::from_value::<Volume>(with_status(
-            shapes::volume(NS, "vol-1", "node-1"),
-            shapes::volume_status("node-1"),
-        ))
-        .unwrap(),
-    ));
-    index.apply(Event::Apply(
-        serde_json::from_value::<Snapshot>(with_status(
-            shapes::snapshot(NS, "snap-1", "vol-1"),
-            shapes::snapshot_status("node-1", ""),
-        ))
-        .unwrap(),
-    ));
-    index.apply(Event::Apply(
-        serde_json::from_value::<BackupTarget>(with_status(
-            shapes::backup_target(NS, "default", "s3://b@r/"),
-            shapes::backup_target_status("node-1", true),
-        ))
-        .unwrap(),
-    ));
+    let (volume, snapshot, target) = admissible_backup_objects(NS, "snap-1").unwrap();
+    index.apply(Event::Apply(volume));
+    index.apply(Event::Apply(snapshot));
+    index.apply(Event::Apply(target));
     index.apply(Event::Apply(engine));
     let mut policy = serde_json::to_value(Policy {
         engine_check: EngineCheckMode::Enforce,

@@ -15,9 +15,10 @@ use std::process::Command;
 use std::sync::Arc;
 
 use kube::runtime::watcher::Event;
+use longhorn_guard_testkit::admissible_backup_objects;
+use longhorn_guard_testkit::admission::{Review, SERVICE_ACCOUNT_GROUPS};
 use longhorn_guard_webhook::{AppState, Index, Metrics, NoSnapshotSource, Policy, router, tls};
-use longhorn_types::{BackupTarget, Snapshot, Volume, shapes};
-use serde_json::json;
+use longhorn_types::shapes;
 
 const NS: &str = "longhorn-system";
 
@@ -26,11 +27,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn with_status(mut obj: serde_json::Value, status: serde_json::Value) -> serde_json::Value {
-    obj["status"] = status;
-    obj
 }
 
 struct Run {
@@ -106,27 +102,10 @@ async fn main() {
     // review after the first would be a 429 for the volume's cap and a duplicate).
     let policy = Arc::new(Policy::default());
     let index = Arc::new(Index::default());
-    index.apply(Event::Apply(
-        serde_json::from_value::<Volume>(with_status(
-            shapes::volume(NS, "vol-1", "node-1"),
-            shapes::volume_status("node-1"),
-        ))
-        .unwrap(),
-    ));
-    index.apply(Event::Apply(
-        serde_json::from_value::<Snapshot>(with_status(
-            shapes::snapshot(NS, "snap-1", "vol-1"),
-            shapes::snapshot_status("node-1", ""),
-        ))
-        .unwrap(),
-    ));
-    index.apply(Event::Apply(
-        serde_json::from_value::<BackupTarget>(with_status(
-            shapes::backup_target(NS, "default", "s3://b@r/"),
-            shapes::backup_target_status("node-1", true),
-        ))
-        .unwrap(),
-    ));
+    let (volume, snapshot, target) = admissible_backup_objects(NS, "snap-1").unwrap();
+    index.apply(Event::Apply(volume));
+    index.apply(Event::Apply(snapshot));
+    index.apply(Event::Apply(target));
     let state = AppState::new(
         policy,
         index,
@@ -140,22 +119,22 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("lhg-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let body = dir.join("review.json");
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4",
-            "kind": {"group": "longhorn.io", "version": "v1beta2", "kind": "Backup"},
-            "resource": {"group": "longhorn.io", "version": "v1beta2", "resource": "backups"},
-            "requestKind": {"group": "longhorn.io", "version": "v1beta2", "kind": "Backup"},
-            "requestResource": {"group": "longhorn.io", "version": "v1beta2", "resource": "backups"},
-            "name": "backup-1a2b3c4d5e6f7a8b", "namespace": NS, "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:longhorn-system:longhorn-service-account",
-                         "groups": ["system:serviceaccounts", "system:authenticated"]},
-            "object": shapes::backup(NS, "backup-1a2b3c4d5e6f7a8b", "vol-1", "snap-1", Some("daily")),
-            "oldObject": null, "dryRun": true,
-            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
-        }
-    });
+    let review = Review::new(
+        NS,
+        "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4",
+        "system:serviceaccount:longhorn-system:longhorn-service-account",
+        shapes::backup(
+            NS,
+            "backup-1a2b3c4d5e6f7a8b",
+            "vol-1",
+            "snap-1",
+            Some("daily"),
+        ),
+    )
+    .groups(SERVICE_ACCOUNT_GROUPS)
+    .dry_run(true)
+    .create_options()
+    .into_value();
     std::fs::write(&body, review.to_string()).unwrap();
 
     // Warm both, then measure floor, webhook, floor, webhook and keep the best of each

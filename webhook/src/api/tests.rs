@@ -9,6 +9,8 @@ use futures::future::BoxFuture;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use kube::runtime::watcher::Event;
+use longhorn_guard_testkit::admission::Review;
+use longhorn_guard_testkit::{admissible_backup_objects, typed_with_status};
 use longhorn_types::{BackupTarget, Snapshot, Volume, shapes};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -42,43 +44,18 @@ impl SnapshotSource for FakeSource {
     }
 }
 
-fn with_status(mut obj: Value, status: Value) -> Value {
-    obj["status"] = status;
-    obj
-}
-
 fn setup(policy: Policy, source: Arc<FakeSource>) -> (AppState, Arc<Index>) {
     let index = Arc::new(Index::new(crate::index_options(&policy)));
-    index.apply(Event::Apply(
-        serde_json::from_value::<Volume>(with_status(
-            shapes::volume(NS, "vol-1", "node-1"),
-            shapes::volume_status("node-1"),
-        ))
-        .unwrap(),
-    ));
-    index.apply(Event::Apply(
-        serde_json::from_value::<Snapshot>(with_status(
-            shapes::snapshot(NS, "snap-ok", "vol-1"),
-            shapes::snapshot_status("node-1", ""),
-        ))
-        .unwrap(),
-    ));
+    let (volume, snapshot, target) = admissible_backup_objects(NS, "snap-ok").unwrap();
+    index.apply(Event::Apply(volume));
+    index.apply(Event::Apply(snapshot));
     let mut removed = shapes::snapshot_status("node-1", "");
     removed["markRemoved"] = json!(true);
+    let snapshot = shapes::snapshot(NS, "snap-removed", "vol-1");
     index.apply(Event::Apply(
-        serde_json::from_value::<Snapshot>(with_status(
-            shapes::snapshot(NS, "snap-removed", "vol-1"),
-            removed,
-        ))
-        .unwrap(),
+        typed_with_status::<Snapshot>(snapshot, removed).unwrap(),
     ));
-    index.apply(Event::Apply(
-        serde_json::from_value::<BackupTarget>(with_status(
-            shapes::backup_target(NS, "default", "s3://bk@us-east-1/"),
-            shapes::backup_target_status("node-1", true),
-        ))
-        .unwrap(),
-    ));
+    index.apply(Event::Apply(target));
     let state = AppState::new(
         Arc::new(policy),
         index.clone(),
@@ -97,22 +74,11 @@ fn source(found: Option<SnapshotFacts>, delay_ms: u64) -> Arc<FakeSource> {
 }
 
 fn review(op: &str, resource: &str, object: Value, user: &str, dry_run: bool) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "uid-1234",
-            "kind": {"group": "longhorn.io", "version": "v1beta2", "kind": "Backup"},
-            "resource": {"group": "longhorn.io", "version": "v1beta2", "resource": resource},
-            "namespace": NS,
-            "name": object["metadata"]["name"],
-            "operation": op,
-            "userInfo": {"username": user, "groups": ["system:authenticated"]},
-            "object": object,
-            "oldObject": null,
-            "dryRun": dry_run,
-        }
-    })
+    Review::new(NS, "uid-1234", user, object)
+        .operation(op)
+        .resource(resource)
+        .dry_run(dry_run)
+        .into_value()
 }
 
 fn backup(name: &str, snapshot: &str) -> Value {
@@ -136,6 +102,18 @@ async fn post(state: &AppState, path: &str, body: impl Into<Body>) -> (StatusCod
     (status, v)
 }
 
+/// [`validate`] of a CREATE of the Backup `name` of vol-1's `snapshot` by `user`.
+async fn validate_create(
+    state: &AppState,
+    name: &str,
+    snapshot: &str,
+    user: &str,
+    dry_run: bool,
+) -> Value {
+    let object = backup(name, snapshot);
+    validate(state, review("CREATE", "backups", object, user, dry_run)).await
+}
+
 async fn validate(state: &AppState, body: Value) -> Value {
     let (status, v) = post(state, "/validate/backups", body.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
@@ -150,29 +128,9 @@ fn metrics_text(state: &AppState) -> String {
 #[tokio::test]
 async fn existing_snapshot_allowed_removed_denied_with_410() {
     let (state, _) = setup(Policy::default(), source(None, 0));
-    let ok = validate(
-        &state,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-ok", "snap-ok"),
-            "alice",
-            false,
-        ),
-    )
-    .await;
+    let ok = validate_create(&state, "b-ok", "snap-ok", "alice", false).await;
     assert_eq!(ok["allowed"], true, "{ok}");
-    let denied = validate(
-        &state,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-rm", "snap-removed"),
-            "alice",
-            false,
-        ),
-    )
-    .await;
+    let denied = validate_create(&state, "b-rm", "snap-removed", "alice", false).await;
     assert_eq!(denied["allowed"], false);
     assert_eq!(denied["status"]["code"], 410);
     assert_eq!(denied["status"]["reason"], "Gone");
@@ -197,33 +155,13 @@ async fn index_miss_uses_the_live_lookup_before_deciding() {
     };
     let src = source(Some(found), 0);
     let (state, _) = setup(Policy::default(), src.clone());
-    let r = validate(
-        &state,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-new", "snap-new"),
-            "alice",
-            false,
-        ),
-    )
-    .await;
+    let r = validate_create(&state, "b-new", "snap-new", "alice", false).await;
     assert_eq!(r["allowed"], true, "{r}");
     assert_eq!(src.calls.load(Ordering::SeqCst), 1);
 
     let src404 = source(None, 0);
     let (state404, _) = setup(Policy::default(), src404.clone());
-    let r = validate(
-        &state404,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-new", "snap-new"),
-            "alice",
-            false,
-        ),
-    )
-    .await;
+    let r = validate_create(&state404, "b-new", "snap-new", "alice", false).await;
     assert_eq!(r["allowed"], false);
     assert_eq!(r["status"]["code"], 404);
     let text = metrics_text(&state404);
@@ -241,17 +179,7 @@ async fn deadline_fails_open_with_warning_or_closed_per_policy() {
         ..Policy::default()
     };
     let (state, _) = setup(policy.clone(), slow.clone());
-    let r = validate(
-        &state,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-slow", "snap-new"),
-            "alice",
-            false,
-        ),
-    )
-    .await;
+    let r = validate_create(&state, "b-slow", "snap-new", "alice", false).await;
     assert_eq!(r["allowed"], true, "{r}");
     assert!(
         r["warnings"][0].as_str().unwrap().contains("deadline"),
@@ -266,17 +194,7 @@ async fn deadline_fails_open_with_warning_or_closed_per_policy() {
         },
         slow,
     );
-    let r = validate(
-        &closed,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-slow", "snap-new"),
-            "alice",
-            false,
-        ),
-    )
-    .await;
+    let r = validate_create(&closed, "b-slow", "snap-new", "alice", false).await;
     assert_eq!(r["allowed"], false, "{r}");
     assert_eq!(r["status"]["code"], 503);
 }
@@ -290,17 +208,7 @@ async fn warn_only_exemption_and_dry_run() {
         },
         source(None, 0),
     );
-    let r = validate(
-        &warn,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-rm", "snap-removed"),
-            "alice",
-            false,
-        ),
-    )
-    .await;
+    let r = validate_create(&warn, "b-rm", "snap-removed", "alice", false).await;
     assert_eq!(r["allowed"], true);
     assert!(
         r["warnings"][0].as_str().unwrap().contains("would deny"),
@@ -310,43 +218,20 @@ async fn warn_only_exemption_and_dry_run() {
     let mut policy = Policy::default();
     policy.exemptions.service_accounts = vec!["*:longhorn-service-account".into()];
     let (exempt, _) = setup(policy, source(None, 0));
-    let r = validate(
+    let r = validate_create(
         &exempt,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-rm", "snap-removed"),
-            "system:serviceaccount:lh:longhorn-service-account",
-            false,
-        ),
+        "b-rm",
+        "snap-removed",
+        "system:serviceaccount:lh:longhorn-service-account",
+        false,
     )
     .await;
     assert_eq!(r["allowed"], true, "{r}");
-    let r = validate(
-        &exempt,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-rm", "snap-removed"),
-            "bob",
-            false,
-        ),
-    )
-    .await;
+    let r = validate_create(&exempt, "b-rm", "snap-removed", "bob", false).await;
     assert_eq!(r["allowed"], false, "{r}");
 
     // dryRun is judged the same.
-    let r = validate(
-        &exempt,
-        review(
-            "CREATE",
-            "backups",
-            backup("b-rm", "snap-removed"),
-            "bob",
-            true,
-        ),
-    )
-    .await;
+    let r = validate_create(&exempt, "b-rm", "snap-removed", "bob", true).await;
     assert_eq!(r["allowed"], false, "{r}");
     assert_eq!(r["status"]["code"], 410);
 }

@@ -18,6 +18,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
+use longhorn_guard_testkit::admission::Review;
 use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster, wait_for};
 use longhorn_guard_webhook::{Policy, WebhookConfig, WebhookHandle};
 use longhorn_types::Backup;
@@ -238,25 +239,7 @@ pub fn admission_review(
     username: &str,
     object: serde_json::Value,
 ) -> serde_json::Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": { "group": "longhorn.io", "version": "v1beta2", "kind": "Backup" },
-            "resource": { "group": "longhorn.io", "version": "v1beta2", "resource": "backups" },
-            "requestKind": { "group": "longhorn.io", "version": "v1beta2", "kind": "Backup" },
-            "requestResource": { "group": "longhorn.io", "version": "v1beta2", "resource": "backups" },
-            "name": object["metadata"]["name"],
-            "namespace": ns,
-            "operation": "CREATE",
-            "userInfo": { "username": username, "groups": ["system:authenticated"] },
-            "object": object,
-            "oldObject": null,
-            "dryRun": false,
-            "options": null,
-        },
-    })
+    Review::new(ns, uid, username, object).into_value()
 }
 
 /// A registered Validating- or MutatingWebhookConfiguration, deleted by
