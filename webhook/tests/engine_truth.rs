@@ -362,6 +362,15 @@ impl Setup {
         Ok(served)
     }
 
+    /// The webhook with [`enforce`] and the guard's own client certificate, registered for
+    /// the test's namespace (the API server calls it).
+    async fn serve_registered(&self) -> Result<(Served, Registration)> {
+        let truth = self.truth_config("client.crt", "client.key");
+        let served = self.serve(enforce(), truth).await?;
+        let reg = register(&self.cluster, &served, &self.ns).await?;
+        Ok((served, reg))
+    }
+
     /// A Backup CREATE in the test's namespace through the API server (see [`create`]).
     async fn create(&self, name: &str, volume: &str, snap: &str) -> Result<Answer> {
         create(&self.cluster.client(), &self.ns, name, volume, snap).await
@@ -469,10 +478,7 @@ fn assert_within_budget(a: &Answer, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_answers_deny_absent_and_removed_and_allow_present() -> Result<()> {
     let setup = Setup::new("truth-verdicts").await?;
-    let served = setup
-        .serve(enforce(), setup.truth_config("client.crt", "client.key"))
-        .await?;
-    let reg = register(&setup.cluster, &served, &setup.ns).await?;
+    let (served, reg) = setup.serve_registered().await?;
     let client = setup.cluster.client();
     let ns = &setup.ns;
 
@@ -572,10 +578,7 @@ async fn engine_answers_deny_absent_and_removed_and_allow_present() -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_down_agent_black_holed_engine_black_holed_fall_back_within_budget() -> Result<()> {
     let mut setup = Setup::new("truth-fallback").await?;
-    let served = setup
-        .serve(enforce(), setup.truth_config("client.crt", "client.key"))
-        .await?;
-    let reg = register(&setup.cluster, &served, &setup.ns).await?;
+    let (served, reg) = setup.serve_registered().await?;
     let client = setup.cluster.client();
     let ns = setup.ns.clone();
 
@@ -757,10 +760,7 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_webhook_falls_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_k_failures_the_breaker_skips_the_agent_without_dialling_it() -> Result<()> {
     let setup = Setup::new("truth-breaker").await?;
-    let served = setup
-        .serve(enforce(), setup.truth_config("client.crt", "client.key"))
-        .await?;
-    let reg = register(&setup.cluster, &served, &setup.ns).await?;
+    let (served, reg) = setup.serve_registered().await?;
     let client = setup.cluster.client();
     let ns = &setup.ns;
 

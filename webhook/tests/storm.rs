@@ -239,13 +239,8 @@ async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
         g(&t.snapshots_created),
     );
     eprintln!(
-        "storm: max in flight seen by the watch: volume {} (cap {}), node {} (cap {}), cluster {} (cap {}); stuck Pending {}; controller started {} completed {}",
-        o.max_volume,
-        caps.max_in_flight_per_volume,
-        o.max_node,
-        caps.max_in_flight_per_node,
-        o.max_cluster,
-        caps.max_in_flight_per_cluster,
+        "storm: max in flight seen by the watch: {}; stuck Pending {}; controller started {} completed {}",
+        o.maxima(&caps),
         stuck.len(),
         ctl.started.load(Ordering::Relaxed),
         ctl.completed.load(Ordering::Relaxed),
@@ -377,14 +372,9 @@ async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
     let o = watch.take();
     let r = 2u32;
     eprintln!(
-        "replicas: {total} reviews split over {r} replicas in {elapsed:.1?}, admitted {}; max in flight: volume {} (cap {}), node {} (cap {}), cluster {} (cap {}); overshoot volume {}, node {}, cluster {}",
+        "replicas: {total} reviews split over {r} replicas in {elapsed:.1?}, admitted {}; max in flight: {}; overshoot volume {}, node {}, cluster {}",
         admitted.load(Ordering::Relaxed),
-        o.max_volume,
-        caps.max_in_flight_per_volume,
-        o.max_node,
-        caps.max_in_flight_per_node,
-        o.max_cluster,
-        caps.max_in_flight_per_cluster,
+        o.maxima(&caps),
         o.max_volume.saturating_sub(caps.max_in_flight_per_volume),
         o.max_node.saturating_sub(caps.max_in_flight_per_node),
         o.max_cluster.saturating_sub(caps.max_in_flight_per_cluster),

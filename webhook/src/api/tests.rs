@@ -401,19 +401,15 @@ async fn mutate_sets_full_backup_mode_for_listed_volumes() {
         ..Policy::default()
     };
     let (state, _) = setup(policy, source(None, 0));
-    let (status, v) = post(
-        &state,
-        "/mutate/backups",
-        review(
-            "CREATE",
-            "backups",
-            backup("b-m", "snap-ok"),
-            "alice",
-            false,
-        )
-        .to_string(),
+    let body = review(
+        "CREATE",
+        "backups",
+        backup("b-m", "snap-ok"),
+        "alice",
+        false,
     )
-    .await;
+    .to_string();
+    let (status, v) = post(&state, "/mutate/backups", body.clone()).await;
     assert_eq!(status, StatusCode::OK);
     let resp: kube::core::admission::AdmissionReview<kube::core::DynamicObject> =
         serde_json::from_value(v.clone()).unwrap();
@@ -428,19 +424,7 @@ async fn mutate_sets_full_backup_mode_for_listed_volumes() {
 
     // Disabled (the default): no patch.
     let (off, _) = setup(Policy::default(), source(None, 0));
-    let (_, v) = post(
-        &off,
-        "/mutate/backups",
-        review(
-            "CREATE",
-            "backups",
-            backup("b-m", "snap-ok"),
-            "alice",
-            false,
-        )
-        .to_string(),
-    )
-    .await;
+    let (_, v) = post(&off, "/mutate/backups", body).await;
     assert_eq!(v["response"]["allowed"], true);
     assert!(v["response"].get("patch").is_none(), "{v}");
 }

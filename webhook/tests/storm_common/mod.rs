@@ -64,6 +64,22 @@ impl Observer {
         }
     }
 
+    /// The maxima against `caps`: "volume M (cap C), node M (cap C), cluster M (cap C)".
+    pub fn maxima(
+        &self,
+        caps: &longhorn_guard_webhook::throttle::policy::ThrottlePolicy,
+    ) -> String {
+        format!(
+            "volume {} (cap {}), node {} (cap {}), cluster {} (cap {})",
+            self.max_volume,
+            caps.max_in_flight_per_volume,
+            self.max_node,
+            caps.max_in_flight_per_node,
+            self.max_cluster,
+            caps.max_in_flight_per_cluster,
+        )
+    }
+
     fn counts(&mut self, volume: &str, delta: i32) {
         let node = self.nodes.get(volume).cloned().unwrap_or_default();
         let v = self.per_volume.entry(volume.to_string()).or_default();
