@@ -360,6 +360,28 @@ async fn readiness_follows_the_index_through_a_cut_and_an_expired_watch_relists(
     )
     .await?;
     let b_relisted_after = t_restore.elapsed();
+    // B stayed trusted (its bound is 10 min), so nothing waits for its other watches: each
+    // resumes from its last resourceVersion when its own retry comes (up to 8 s apart). Resync
+    // for B is its Snapshot watch delivering the cut's changes, i.e. an event since the restore.
+    wait_for(
+        Duration::from_secs(60),
+        "B's Snapshot watch to deliver the cut's changes",
+        || async {
+            let m = b.metrics().await?;
+            let age = m
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "longhorn_guard_webhook_last_sync_age_seconds{kind=\"snapshot\"} ",
+                    )
+                })
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(-1.0);
+            Ok((0.0..t_restore.elapsed().as_secs_f64()).contains(&age))
+        },
+    )
+    .await?;
+    let b_snapshots_after = t_restore.elapsed();
 
     let (m_a, m_b) = (a.metrics().await?, b.metrics().await?);
     let figures = |m: &str| {
@@ -376,8 +398,9 @@ async fn readiness_follows_the_index_through_a_cut_and_an_expired_watch_relists(
         figures(&m_a)
     );
     println!(
-        "B (bound 10 min): 200 throughout the cut, relisted {b_relisted_after:?} after the restore; {}; \
-         proxy refused {} connections while cut",
+        "B (bound 10 min): 200 throughout the cut, relisted {b_relisted_after:?} after the restore, \
+         its Snapshot watch resumed {b_snapshots_after:?} after; {}; proxy refused {} connections \
+         while cut",
         figures(&m_b),
         proxy.refused.load(Ordering::Relaxed)
     );
