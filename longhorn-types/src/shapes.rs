@@ -407,15 +407,17 @@ pub fn setting(namespace: &str, name: &str, value: &str) -> Value {
     })
 }
 
+/// `obj` with `status` set: the whole object as a watch or a list delivers it (for objects
+/// built here, whose status is returned separately).
+pub fn with_status(mut obj: Value, status: Value) -> Value {
+    obj["status"] = status;
+    obj
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::*;
-
-    fn with_status(mut obj: Value, status: Value) -> Value {
-        obj["status"] = status;
-        obj
-    }
 
     #[test]
     fn shapes_read_back_as_typed_objects() {

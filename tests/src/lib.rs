@@ -404,9 +404,10 @@ pub fn longhorn_fixture_objects(ns: &str) -> Vec<(Value, Option<Value>)> {
 }
 
 /// `obj` with `status`, as the typed object a watch delivers.
-pub fn typed_with_status<K: DeserializeOwned>(mut obj: Value, status: Value) -> Result<K> {
-    obj["status"] = status;
-    Ok(serde_json::from_value(obj)?)
+pub fn typed_with_status<K: DeserializeOwned>(obj: Value, status: Value) -> Result<K> {
+    Ok(serde_json::from_value(
+        longhorn_types::shapes::with_status(obj, status),
+    )?)
 }
 
 /// What an index holds for an admissible Backup of `snapshot` in `ns`: Volume `vol-1`

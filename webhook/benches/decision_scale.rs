@@ -15,6 +15,7 @@
 //! preemption), `LHG_BENCH_SIZES` (default `1000,10000,100000,500000`).
 #![allow(clippy::unwrap_used)]
 
+use longhorn_types::shapes::with_status;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn with_status(mut obj: Value, status: Value) -> Value {
-    obj["status"] = status;
-    obj
 }
 
 /// Feeds one kind's initial list into the index, the way the watch does.

@@ -8,6 +8,7 @@
 //! Size: `LHG_STORM_BACKUPS` (default 4422), `LHG_STORM_VOLUMES` (default 300).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use longhorn_types::shapes::with_status;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -31,11 +32,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn with_status(mut obj: Value, status: Value) -> Value {
-    obj["status"] = status;
-    obj
 }
 
 fn index(total: usize, volumes: usize) -> Arc<Index> {

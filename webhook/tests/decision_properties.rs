@@ -8,6 +8,7 @@
 //!    snapshot and the volume, carries its reason tag, and the reason's status code.
 #![allow(clippy::unwrap_used)]
 
+use longhorn_types::shapes::with_status;
 use std::collections::BTreeMap;
 
 use kube::core::DynamicObject;
@@ -18,11 +19,6 @@ use longhorn_guard_webhook::{BackupRequest, Decision, Index, Policy, Reason, dec
 use longhorn_types::{BackupTarget, Snapshot, Volume, labels, shapes};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-
-fn with_status(mut obj: Value, status: Value) -> Value {
-    obj["status"] = status;
-    obj
-}
 
 /// Kubernetes-ish names, with the odd character Longhorn itself never uses.
 fn name() -> impl Strategy<Value = String> {

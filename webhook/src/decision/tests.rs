@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use kube::runtime::watcher::Event;
+use longhorn_types::shapes::with_status;
 use longhorn_types::{Backup, BackupTarget, Snapshot, Volume, shapes};
 use serde_json::{Value, json};
 
@@ -9,11 +10,6 @@ use crate::index::{Index, LiveSnapshot, SnapshotFacts};
 use crate::policy::{CheckAction, EmptySnapshotRule, FullBackupRule, Mode, Policy};
 
 const NS: &str = "lh-ns";
-
-fn with_status(mut obj: Value, status: Value) -> Value {
-    obj["status"] = status;
-    obj
-}
 
 fn snapshot(name: &str, volume: &str, patch: Value) -> Snapshot {
     let mut status = shapes::snapshot_status("node-1", "");

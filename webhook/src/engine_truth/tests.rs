@@ -1,21 +1,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use longhorn_types::shapes::with_status;
 use std::collections::BTreeMap;
 
 use kube::runtime::watcher::Event;
 use longhorn_types::{Engine, Snapshot, Volume, shapes};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::*;
 use crate::decision::{Denial, Reason, decide};
 use crate::policy::Mode;
 
 const NS: &str = "lh-ns";
-
-fn with_status(mut obj: Value, status: Value) -> Value {
-    obj["status"] = status;
-    obj
-}
 
 fn req(snapshot: &str, volume: Option<&str>) -> BackupRequest {
     let mut labels = BTreeMap::new();

@@ -1,10 +1,11 @@
 #![allow(clippy::unwrap_used)]
 
+use longhorn_types::shapes::with_status;
 use std::time::{Duration, Instant};
 
 use kube::runtime::watcher::Event;
 use longhorn_types::{Backup, Engine, Snapshot, Volume, shapes};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::policy::{RateLimit, RecurringAction, ThrottlePolicy};
 use super::reload::{PolicyCell, PolicyFileWatch, ReloadOutcome};
@@ -49,11 +50,6 @@ fn jiff_like(unix: i64) -> String {
         (secs % 3600) / 60,
         secs % 60
     )
-}
-
-fn with_status(mut obj: Value, status: Value) -> Value {
-    obj["status"] = status;
-    obj
 }
 
 /// vol-1..vol-4: vol-1, vol-2 on node-1 (vol-2's Volume says node-9 but its active engine
