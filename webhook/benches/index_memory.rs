@@ -301,12 +301,7 @@ async fn child_floor() {
     ];
     let lists = paths.iter().map(|path| {
         let client = client.clone();
-        let request = kube::core::Request::new(path.as_str())
-            .list(&ListParams {
-                resource_version: Some("0".into()),
-                ..ListParams::default()
-            })
-            .unwrap();
+        let request = longhorn_guard_webhook::index::cache_list_request(path).unwrap();
         tokio::spawn(async move {
             let mut body = Box::pin(client.request_stream(request).await.unwrap());
             let mut buf = vec![0; 64 * 1024];

@@ -206,9 +206,7 @@ async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let o = watch.take();
+    let o = watch.take_after(Duration::from_millis(300)).await;
     let stuck = ctl.stuck.lock().unwrap().clone();
     let t = &*tally;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -368,8 +366,7 @@ async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
         .try_collect::<Vec<()>>()
         .await?;
     let elapsed = start.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let o = watch.take();
+    let o = watch.take_after(Duration::from_millis(500)).await;
     let r = 2u32;
     eprintln!(
         "replicas: {total} reviews split over {r} replicas in {elapsed:.1?}, admitted {}; max in flight: {}; overshoot volume {}, node {}, cluster {}",

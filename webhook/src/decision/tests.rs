@@ -668,6 +668,15 @@ fn decide_by_release() {
             }
         }
 
+        /// Checked on 1.7 (one target, `default`); 1.8+ denies 503 with a message saying `says`.
+        fn target_unavailable_from_1_8(says: Vec<&'static str>) -> Self {
+            Split {
+                since: Release::V1_8,
+                old: (Some(Reason::Checked), None, vec![], vec![]),
+                new: (Some(Reason::TargetUnavailable), Some(503), says, vec![]),
+            }
+        }
+
         fn at(&self, release: Option<Release>) -> &Expect {
             if release.unwrap_or(Release::V1_8) >= self.since {
                 &self.new
@@ -689,38 +698,20 @@ fn decide_by_release() {
             deny_targets,
             labelled_target("b-label", "vol-1", "snap-ok", "broken"),
             None,
-            Split {
-                since: Release::V1_8,
-                old: (Some(Reason::Checked), None, vec![], vec![]),
-                new: (
-                    Some(Reason::TargetUnavailable),
-                    Some(503),
-                    vec![
-                        "BackupTarget \"broken\" is not available",
-                        "the target of this Backup: the Backup's backup-target label",
-                    ],
-                    vec![],
-                ),
-            },
+            Split::target_unavailable_from_1_8(vec![
+                "BackupTarget \"broken\" is not available",
+                "the target of this Backup: the Backup's backup-target label",
+            ]),
         ),
         (
             "no label: the volume's own target (1.8+), not default",
             deny_targets,
             request("b-vol", Some("vol-t"), "snap-t"),
             None,
-            Split {
-                since: Release::V1_8,
-                old: (Some(Reason::Checked), None, vec![], vec![]),
-                new: (
-                    Some(Reason::TargetUnavailable),
-                    Some(503),
-                    vec![
-                        "BackupTarget \"offsite\" is not available",
-                        "the target of this Backup: the volume's spec.backupTargetName",
-                    ],
-                    vec![],
-                ),
-            },
+            Split::target_unavailable_from_1_8(vec![
+                "BackupTarget \"offsite\" is not available",
+                "the target of this Backup: the volume's spec.backupTargetName",
+            ]),
         ),
         (
             "the label wins over the volume's target",

@@ -59,15 +59,7 @@ pub async fn list_into<K: IndexedKind>(
     url_path: &str,
     index: &Arc<Index>,
 ) -> Result<Listed, ListError> {
-    let params = ListParams {
-        // From the watch cache; no limit, which a cache list ignores anyway.
-        resource_version: Some("0".into()),
-        ..ListParams::default()
-    };
-    let request = kube::core::Request::new(url_path)
-        .list(&params)
-        .map_err(kube::Error::BuildRequest)?;
-    let body = client.request_stream(request).await?;
+    let body = client.request_stream(cache_list_request(url_path)?).await?;
     let runtime = tokio::runtime::Handle::current();
     let index = Arc::clone(index);
     let listed = tokio::task::spawn_blocking(move || {
@@ -85,6 +77,19 @@ pub async fn list_into<K: IndexedKind>(
     })
     .await??;
     Ok(listed)
+}
+
+/// The GET of a whole collection (`url_path`, e.g. `Backup::url_path(&(), Some(ns))`) from
+/// the API server's watch cache: `resourceVersion=0` and no limit, which a cache list ignores
+/// anyway (with a limit kube-core would drop `resourceVersion=0` and page from etcd).
+pub fn cache_list_request(url_path: &str) -> Result<http::Request<Vec<u8>>, kube::Error> {
+    let params = ListParams {
+        resource_version: Some("0".into()),
+        ..ListParams::default()
+    };
+    kube::core::Request::new(url_path)
+        .list(&params)
+        .map_err(kube::Error::BuildRequest)
 }
 
 /// Decodes a Kubernetes list (`{"metadata":{"resourceVersion":…},"items":[…]}`) from

@@ -26,6 +26,7 @@ pub use entries::{
 };
 pub use groups::{Grouped, Groups, Tallies};
 pub use health::{Trust, WatchState};
+pub use list::cache_list_request;
 pub use watch::{WatchScope, run_watches};
 
 /// Default staleness bound: how long a listed kind's watch may fail before the kind is no

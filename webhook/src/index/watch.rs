@@ -107,6 +107,7 @@ where
                 let delay = backoff.next().unwrap_or(WatchBackoff::MAX);
                 tracing::warn!(
                     kind = kind.as_str(),
+                    url = %url_path,
                     %error,
                     retry_in_ms = delay.as_millis() as u64,
                     "list failed; retrying with backoff"

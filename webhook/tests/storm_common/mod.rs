@@ -281,6 +281,12 @@ impl StormWatch {
     pub fn take(&self) -> Observer {
         std::mem::take(&mut *self.observer.lock().unwrap())
     }
+
+    /// [`Self::take`] once the watch has had `settle` to deliver the last admissions.
+    pub async fn take_after(&self, settle: Duration) -> Observer {
+        tokio::time::sleep(settle).await;
+        self.take()
+    }
 }
 
 impl Drop for StormWatch {
@@ -565,9 +571,7 @@ pub async fn replica_storm(cluster: &TestCluster, run: &ReplicaStorm) -> Result<
         .try_collect::<Vec<()>>()
         .await?;
     let elapsed = start.elapsed();
-    // Let the watch deliver the last admissions.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let o = watch.take();
+    let o = watch.take_after(Duration::from_millis(500)).await;
     let figures = ReplicaFigures {
         elapsed,
         admitted: outcomes[0].load(Ordering::Relaxed),
