@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use longhorn_types::{Backup, BackupState};
+use longhorn_types::{Backup, BackupState, Engine};
 use serde::Serialize;
 
 use crate::ClusterState;
@@ -17,8 +17,18 @@ pub enum StuckReason {
     SnapshotMissing,
     /// The Snapshot is marked removed.
     SnapshotMarkedRemoved,
-    /// Longhorn says the engine lost the snapshot, or the engine's snapshot list lacks it.
+    /// Longhorn says the engine lost the snapshot (the Snapshot's `status.error`), or the
+    /// engine's snapshot list no longer has a snapshot whose Snapshot object is `readyToUse`
+    /// (the object and the engine agree it was taken, and the engine status read after the
+    /// object has lost it).
     SnapshotLostInEngine { engine: String },
+    /// The engine's snapshot list lacks it, but the Snapshot object is not `readyToUse`: a
+    /// snapshot being taken looks like this (the engine status lags). Not definite, the
+    /// webhook's engine check treats it the same way.
+    SnapshotNotInEngineYet { engine: String },
+    /// The Snapshot object is missing or says the snapshot is gone, but the engine still
+    /// lists it (not removed): the snapshot exists, Longhorn may sync the object back.
+    SnapshotStillInEngine { engine: String },
     /// The Snapshot belongs to another volume than the Backup's.
     SnapshotOfOtherVolume { snapshot_volume: String },
     /// The Backup's volume does not exist.
@@ -44,6 +54,12 @@ impl StuckReason {
             Self::SnapshotMissing => "snapshot missing".into(),
             Self::SnapshotMarkedRemoved => "snapshot marked removed".into(),
             Self::SnapshotLostInEngine { engine } => format!("snapshot lost in engine {engine}"),
+            Self::SnapshotNotInEngineYet { engine } => format!(
+                "engine {engine} does not list the snapshot yet and the Snapshot is not readyToUse (may still be being taken)"
+            ),
+            Self::SnapshotStillInEngine { engine } => {
+                format!("engine {engine} still lists the snapshot")
+            }
             Self::SnapshotOfOtherVolume { snapshot_volume } => {
                 format!("snapshot belongs to volume {snapshot_volume}")
             }
@@ -54,6 +70,120 @@ impl StuckReason {
             Self::Waiting { message } if message.is_empty() => "waiting (no reason known)".into(),
             Self::Waiting { message } => format!("waiting: {message}"),
         }
+    }
+}
+
+/// What the volume's active engine says about a snapshot in `Engine.status.snapshots`
+/// (synced periodically by Longhorn's engine monitor, so it lags a snapshot just taken).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EngineSays {
+    /// No Engine object for the volume (or the volume is unknown).
+    #[default]
+    NoEngine,
+    /// The engine status has no snapshot list (no RW replica, not synced yet): says nothing.
+    NoSnapshotList,
+    /// Listed, not removed.
+    Lists,
+    /// Listed, marked removed.
+    ListsRemoved,
+    /// A non-empty list without it.
+    Lacks,
+}
+
+impl EngineSays {
+    fn of(engine: Option<&Engine>, snapshot: &str) -> Self {
+        let Some(engine) = engine else {
+            return Self::NoEngine;
+        };
+        match engine.status.as_ref().and_then(|s| s.snapshots.as_ref()) {
+            None => Self::NoSnapshotList,
+            Some(list) if list.is_empty() => Self::NoSnapshotList,
+            Some(list) => match list.get(snapshot) {
+                Some(info) if info.removed => Self::ListsRemoved,
+                Some(_) => Self::Lists,
+                None => Self::Lacks,
+            },
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::NoEngine => "no engine",
+            Self::NoSnapshotList => "no snapshot list",
+            Self::Lists => "lists it",
+            Self::ListsRemoved => "lists it removed",
+            Self::Lacks => "does not list it",
+        }
+    }
+}
+
+/// The objects a finding was made from, as the re-check before a delete compares them: the
+/// Backup (uid, resourceVersion), its Snapshot (resourceVersion, `None` = no object) and what
+/// the volume's active engine said about the snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    pub backup_uid: String,
+    pub backup_resource_version: String,
+    pub snapshot_resource_version: Option<String>,
+    /// The volume's active Engine, when there is one.
+    pub engine: Option<String>,
+    pub engine_says: EngineSays,
+}
+
+impl Evidence {
+    /// Why `fresh` (a later read) no longer supports a decision made on `self`, if it does not.
+    pub fn changed(&self, fresh: &Evidence, backup: &str, snapshot: &str) -> Option<String> {
+        if fresh.backup_uid != self.backup_uid {
+            return Some(format!(
+                "Backup {backup} was deleted and created again (uid {} -> {})",
+                self.backup_uid, fresh.backup_uid
+            ));
+        }
+        if fresh.backup_resource_version != self.backup_resource_version {
+            return Some(format!(
+                "Backup {backup} changed since the diagnosis (resourceVersion {} -> {})",
+                self.backup_resource_version, fresh.backup_resource_version
+            ));
+        }
+        match (
+            &self.snapshot_resource_version,
+            &fresh.snapshot_resource_version,
+        ) {
+            (None, Some(_)) => {
+                return Some(format!(
+                    "Snapshot {snapshot} exists again (it was missing at the diagnosis)"
+                ));
+            }
+            (Some(_), None) => {
+                return Some(format!(
+                    "Snapshot {snapshot} was deleted since the diagnosis"
+                ));
+            }
+            (Some(a), Some(b)) if a != b => {
+                return Some(format!(
+                    "Snapshot {snapshot} changed since the diagnosis (resourceVersion {a} -> {b})"
+                ));
+            }
+            _ => {}
+        }
+        if fresh.engine != self.engine {
+            return Some(format!(
+                "the volume's active engine changed since the diagnosis ({} -> {})",
+                self.engine.as_deref().unwrap_or("none"),
+                fresh.engine.as_deref().unwrap_or("none")
+            ));
+        }
+        if fresh.engine_says != self.engine_says {
+            return Some(format!(
+                "engine {} changed its answer about snapshot {snapshot} since the diagnosis ({} -> {})",
+                fresh.engine.as_deref().unwrap_or("none"),
+                self.engine_says.describe(),
+                fresh.engine_says.describe()
+            ));
+        }
+        None
     }
 }
 
@@ -74,8 +204,13 @@ pub struct BackupFinding {
     pub reasons: Vec<StuckReason>,
     /// Non-terminal and (stuck for a known reason, or older than the threshold).
     pub needs_attention: bool,
-    /// What `prune` may delete: non-terminal or Error, snapshot gone, no URL, snapshot named.
+    /// What `prune` may delete: non-terminal or Error, snapshot gone (never on engine-status
+    /// evidence alone), no URL, snapshot named, and at least as old as the stuck threshold.
     pub prune_eligible: bool,
+    /// Why a Backup whose snapshot looks gone is still not eligible (too young), if so.
+    pub prune_hold: Option<String>,
+    /// The objects the decision was made from (compared again right before a delete).
+    pub evidence: Evidence,
 }
 
 /// The doctor's answer.
@@ -142,7 +277,9 @@ pub fn diagnose(state: &ClusterState, now: Timestamp, stuck_after: Duration) -> 
     }
 }
 
-fn diagnose_one(
+/// Diagnoses one Backup. Public so the re-check before a delete judges a fresh read with
+/// exactly the rules of the plan.
+pub fn diagnose_one(
     state: &ClusterState,
     backup: &Backup,
     now: Timestamp,
@@ -157,6 +294,15 @@ fn diagnose_one(
         .map(str::to_string)
         .or_else(|| snapshot.and_then(|s| s.volume()).map(str::to_string))
         .unwrap_or_default();
+    let engine = if volume.is_empty() {
+        None
+    } else {
+        state.engine_of(&volume)
+    };
+    let engine_name = engine
+        .and_then(|e| e.metadata.name.clone())
+        .unwrap_or_default();
+    let engine_says = EngineSays::of(engine, &snapshot_name);
 
     let mut reasons = Vec::new();
     if !snapshot_name.is_empty() {
@@ -166,17 +312,22 @@ fn diagnose_one(
                 if s.mark_removed() {
                     reasons.push(StuckReason::SnapshotMarkedRemoved);
                 }
-                let engine = state.engine_of(&volume);
-                let engine_name = engine
-                    .and_then(|e| e.metadata.name.clone())
-                    .unwrap_or_default();
-                let engine_lacks_it = engine
-                    .and_then(|e| e.status.as_ref())
-                    .and_then(|s| s.snapshots.as_ref())
-                    .is_some_and(|snaps| !snaps.is_empty() && !snaps.contains_key(&snapshot_name));
-                if s.lost_in_engine() || engine_lacks_it {
+                // Engine-status evidence counts only when the Snapshot object agrees: Longhorn
+                // itself says it lost it, or the object says it was taken (readyToUse) and the
+                // engine status, listed after the Snapshots (`ClusterState::fetch`), no longer
+                // has it. Absent while not ready is a snapshot still being taken.
+                // The engine asked is the Backup's volume's: it says nothing about a Snapshot of
+                // another volume.
+                let engine_lacks = engine_says == EngineSays::Lacks
+                    && s.volume()
+                        .is_none_or(|sv| volume.is_empty() || sv == volume);
+                if s.lost_in_engine() || (engine_lacks && s.ready_to_use()) {
                     reasons.push(StuckReason::SnapshotLostInEngine {
-                        engine: engine_name,
+                        engine: engine_name.clone(),
+                    });
+                } else if engine_lacks {
+                    reasons.push(StuckReason::SnapshotNotInEngineYet {
+                        engine: engine_name.clone(),
                     });
                 }
                 if let Some(sv) = s.volume()
@@ -188,6 +339,13 @@ fn diagnose_one(
                     });
                 }
             }
+        }
+        // The engine still has it: whatever the object says, the snapshot is not gone.
+        if engine_says == EngineSays::Lists && reasons.iter().any(StuckReason::snapshot_gone) {
+            reasons.retain(|r| !r.snapshot_gone());
+            reasons.push(StuckReason::SnapshotStillInEngine {
+                engine: engine_name.clone(),
+            });
         }
     }
     if !volume.is_empty() && !state.volumes.contains_key(&volume) {
@@ -211,6 +369,7 @@ fn diagnose_one(
         reasons.push(StuckReason::Waiting { message });
     }
 
+    // No creationTimestamp reads as age 0: never old enough to prune.
     let age_seconds = backup
         .metadata
         .creation_timestamp
@@ -221,14 +380,29 @@ fn diagnose_one(
         .any(|r| !matches!(r, StuckReason::Waiting { .. }));
     let old = u64::try_from(age_seconds).unwrap_or(0) >= stuck_after.as_secs();
     let snapshot_gone = reasons.iter().any(StuckReason::snapshot_gone);
+    let removable = (!st.is_terminal() || st == BackupState::Error)
+        && !snapshot_name.is_empty()
+        && snapshot_gone
+        && status.url.is_empty();
+    let evidence = Evidence {
+        backup_uid: backup.metadata.uid.clone().unwrap_or_default(),
+        backup_resource_version: backup.metadata.resource_version.clone().unwrap_or_default(),
+        snapshot_resource_version: snapshot
+            .map(|s| s.metadata.resource_version.clone().unwrap_or_default()),
+        engine: engine.map(|_| engine_name),
+        engine_says,
+    };
     BackupFinding {
         namespace: state.namespace.clone(),
         name: backup.metadata.name.clone().unwrap_or_default(),
         volume,
-        prune_eligible: (!st.is_terminal() || st == BackupState::Error)
-            && !snapshot_name.is_empty()
-            && snapshot_gone
-            && status.url.is_empty(),
+        prune_eligible: removable && old,
+        prune_hold: (removable && !old).then(|| {
+            format!(
+                "younger than the stuck threshold ({}s): a Backup just created may be waiting for its snapshot",
+                stuck_after.as_secs()
+            )
+        }),
         snapshot: snapshot_name,
         state: st.label().to_string(),
         age_seconds,
@@ -236,6 +410,7 @@ fn diagnose_one(
         url: status.url,
         needs_attention: !st.is_terminal() && (known_blocker || old),
         reasons,
+        evidence,
     }
 }
 
@@ -459,10 +634,95 @@ mod tests {
         assert!(f.reasons.contains(&StuckReason::BackupTargetUnavailable {
             target: "default".into()
         }));
+        // The Snapshot object is readyToUse and the engine's list lacks it: they agree.
         assert!(f.reasons.contains(&StuckReason::SnapshotLostInEngine {
             engine: "vol-1-e-0".into()
         }));
-        assert!(f.prune_eligible && f.needs_attention);
+        assert!(f.needs_attention);
+        assert!(
+            !f.prune_eligible,
+            "5 minutes old: younger than the threshold"
+        );
+        assert!(f.prune_hold.is_some());
+        let r = diagnose(
+            &s,
+            Timestamp::from_second(1_000_000).unwrap(),
+            Duration::from_secs(300),
+        );
+        assert!(finding(&r, "b").prune_eligible, "old enough at 5 minutes");
+        assert_eq!(
+            finding(&r, "b").evidence.engine_says,
+            EngineSays::Lacks,
+            "the evidence the re-check compares"
+        );
+    }
+
+    /// The engine status lags: a list without the snapshot is not enough when the Snapshot
+    /// object is not readyToUse (being taken), and a snapshot the engine lists is not gone,
+    /// whatever the object says.
+    #[test]
+    fn engine_status_alone_never_makes_a_backup_eligible() {
+        let mut s = state();
+        let mut being_taken = shapes::snapshot_status("node-1", "");
+        being_taken["readyToUse"] = Value::Bool(false);
+        s.snapshots.insert(
+            "snap-new".into(),
+            obj(
+                shapes::snapshot("ns", "snap-new", "vol-1"),
+                Some(being_taken),
+                0,
+            ),
+        );
+        let mut es = shapes::engine_status("node-1", "im-1", "10.0.0.1", 10010);
+        es["snapshots"] = serde_json::json!({
+            "other": { "name": "other" },
+            "snap-in-engine": { "name": "snap-in-engine" },
+            "snap-lost": { "name": "snap-lost" },
+        });
+        s.engines
+            .push(obj(shapes::engine("ns", "vol-1", "node-1"), Some(es), 100));
+        s.backups = vec![
+            backup("b-new", "vol-1", "snap-new", "InProgress", "", 60),
+            backup(
+                "b-object-gone",
+                "vol-1",
+                "snap-in-engine",
+                "Pending",
+                "",
+                60,
+            ),
+            backup("b-lost-listed", "vol-1", "snap-lost", "Pending", "", 60),
+            backup("b-other-volume", "vol-1", "snap-vol2", "Pending", "", 60),
+        ];
+        let r = diagnose(
+            &s,
+            Timestamp::from_second(1_000_000).unwrap(),
+            Duration::ZERO,
+        );
+        let engine = "vol-1-e-0".to_string();
+        assert_eq!(
+            finding(&r, "b-new").reasons,
+            vec![StuckReason::SnapshotNotInEngineYet {
+                engine: engine.clone()
+            }]
+        );
+        assert_eq!(
+            finding(&r, "b-object-gone").reasons,
+            vec![StuckReason::SnapshotStillInEngine {
+                engine: engine.clone()
+            }]
+        );
+        assert_eq!(
+            finding(&r, "b-lost-listed").reasons,
+            vec![StuckReason::SnapshotStillInEngine { engine }]
+        );
+        assert_eq!(
+            finding(&r, "b-other-volume").reasons,
+            vec![StuckReason::SnapshotOfOtherVolume {
+                snapshot_volume: "vol-2".into()
+            }]
+        );
+        assert_eq!(r.prune_eligible, 0, "{:#?}", r.findings);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!   is stuck, the recurring jobs creating them and the relevant Longhorn settings.
 //! - [`prune`]: deletes only Backup *objects* that are non-terminal or Error, whose snapshot is
 //!   missing, and that have no backup URL (nothing stored in the backup target). Dry run by
-//!   default; before deleting it writes every object to a YAML file that restores them.
+//!   default; before deleting it writes every object to a YAML file that restores them
+//!   ([`restore`]). A Backup younger than the stuck threshold is never eligible, and the
+//!   engine's snapshot list alone never makes one eligible.
 //!
 //! This crate must never touch backup data in a backup target, never delete a Backup that has
 //! a URL or an empty snapshot name (Longhorn syncing existing backups), and never write
@@ -15,10 +17,12 @@ pub mod cluster_state;
 pub mod diagnosis;
 pub mod prune;
 pub mod render;
+pub mod restore;
 
 pub use cluster_state::ClusterState;
-pub use diagnosis::{BackupFinding, Report, StuckReason, diagnose};
-pub use prune::{PruneOptions, PruneOutcome, plan_prune, prune};
+pub use diagnosis::{BackupFinding, EngineSays, Evidence, Report, StuckReason, diagnose};
+pub use prune::{PruneOptions, PruneOutcome, delete_planned, plan, plan_prune, prune, recheck};
+pub use restore::{RESTORED_FROM_ANNOTATION, RESTORED_LABEL, RestoreOutcome, restore};
 
 use std::time::Duration;
 
@@ -27,7 +31,8 @@ use std::time::Duration;
 pub struct DoctorOptions {
     /// Longhorn's namespace.
     pub namespace: String,
-    /// A non-terminal Backup older than this needs attention even without a known reason.
+    /// A non-terminal Backup older than this needs attention even without a known reason;
+    /// `prune` never deletes a Backup younger than this.
     pub stuck_after: Duration,
 }
 

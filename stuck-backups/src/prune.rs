@@ -1,22 +1,26 @@
 //! `prune`: delete Backup objects that can never complete and hold nothing in the target.
 //!
-//! Safety: dry run unless `yes`; only [`BackupFinding::prune_eligible`] Backups; eligibility
-//! re-checked against a fresh read right before each delete, and the delete is conditional
-//! on the object's uid and resourceVersion; every object written to a restore file (fsynced)
-//! before the first delete; deletes rate-limited. Backup data in the target is never touched:
-//! an eligible Backup has no URL.
+//! Safety: dry run unless `yes`; only [`BackupFinding::prune_eligible`] Backups (older than
+//! the stuck threshold, snapshot gone on the Snapshot object's word, never on the engine
+//! status' alone); every object written to a restore file (fsynced) before the first delete;
+//! right before each delete the Backup, its Snapshot and its volume's Engines are read again
+//! ([`recheck`]) and the Backup is left alone, with the reason, when any of them changed or the
+//! same rules no longer find it eligible; the delete is conditional on the uid and
+//! resourceVersion the decision saw; deletes rate-limited. Backup data in the target is never
+//! touched: an eligible Backup has no URL. The two phases are [`plan`] and [`delete_planned`].
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Preconditions};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Preconditions};
 use kube::{Api, Resource};
-use longhorn_types::{Backup, BackupState, Snapshot};
+use longhorn_types::{Backup, Engine, Snapshot, labels};
 use serde_json::{Value, json};
 
-use crate::{BackupFinding, DoctorOptions, Report, doctor};
+use crate::diagnosis::diagnose_one;
+use crate::{BackupFinding, ClusterState, DoctorOptions, Report, StuckReason, doctor};
 
 /// Options of `longhorn-guard prune`.
 #[derive(Clone, Debug)]
@@ -53,16 +57,38 @@ pub fn plan_prune(report: &Report) -> Vec<BackupFinding> {
         .collect()
 }
 
-/// Runs doctor, then (with `yes`) deletes the eligible Backups.
+/// Runs doctor, then (with `yes`) deletes the eligible Backups: [`plan`], then
+/// [`delete_planned`].
 pub async fn prune(client: kube::Client, options: &PruneOptions) -> anyhow::Result<PruneOutcome> {
+    let planned = plan(client.clone(), options).await?;
+    delete_planned(client, options, planned).await
+}
+
+/// The first phase of [`prune`]: checks the options and diagnoses; returns the eligible
+/// Backups with the evidence each decision was made from.
+pub async fn plan(
+    client: kube::Client,
+    options: &PruneOptions,
+) -> anyhow::Result<Vec<BackupFinding>> {
     if !(options.deletes_per_second > 0.0 && options.deletes_per_second.is_finite()) {
         bail!(
             "--rate must be a positive number of deletes per second, got {}",
             options.deletes_per_second
         );
     }
-    let report = doctor(client.clone(), &options.doctor).await?;
-    let planned = plan_prune(&report);
+    let report = doctor(client, &options.doctor).await?;
+    Ok(plan_prune(&report))
+}
+
+/// The second phase of [`prune`]: without `yes` only reports `planned`; with it writes the
+/// restore file, then for each planned Backup re-reads every object its decision used
+/// (Backup, Snapshot, the volume's Engines) and deletes it only when none of them changed and
+/// it is still eligible (conditional on uid and resourceVersion).
+pub async fn delete_planned(
+    client: kube::Client,
+    options: &PruneOptions,
+    planned: Vec<BackupFinding>,
+) -> anyhow::Result<PruneOutcome> {
     let mut outcome = PruneOutcome {
         dry_run: !options.yes,
         planned,
@@ -75,7 +101,6 @@ pub async fn prune(client: kube::Client, options: &PruneOptions) -> anyhow::Resu
     let raw_api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<Backup>(&()));
     let backups: Api<Backup> = Api::namespaced(client.clone(), ns);
-    let snapshots: Api<Snapshot> = Api::namespaced(client, ns);
 
     // 1. The restore file, complete, before any delete.
     let mut items = Vec::new();
@@ -88,40 +113,39 @@ pub async fn prune(client: kube::Client, options: &PruneOptions) -> anyhow::Resu
             items.push(restorable(obj)?);
         }
     }
-    write_restore_file(&options.restore_file, items)?;
+    write_restore_file(&options.restore_file, ns, items)?;
     outcome.restore_file = Some(options.restore_file.clone());
 
     // 2. Rate-limited, re-checked, conditional deletes.
     let pause = Duration::from_secs_f64(1.0 / options.deletes_per_second);
     for f in &outcome.planned {
-        match still_eligible(&backups, &snapshots, f).await? {
-            Err(why) => {
-                outcome.skipped.push((f.name.clone(), why));
-                continue;
+        let fresh = read_again(&client, ns, f).await?;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        if let Err(why) = recheck(f, &fresh, now, options.doctor.stuck_after) {
+            tracing::info!(backup = %f.name, namespace = %ns, snapshot = %f.snapshot, volume = %f.volume, reason = %why, "left stuck Backup alone after the re-check");
+            outcome.skipped.push((f.name.clone(), why));
+            continue;
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(f.evidence.backup_uid.clone()),
+                resource_version: Some(f.evidence.backup_resource_version.clone()),
+            }),
+            ..Default::default()
+        };
+        match backups.delete(&f.name, &params).await {
+            Ok(_) => {
+                tracing::info!(backup = %f.name, namespace = %ns, snapshot = %f.snapshot, volume = %f.volume, "deleted stuck Backup");
+                outcome.deleted.push(f.name.clone());
             }
-            Ok(b) => {
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: b.metadata.uid.clone(),
-                        resource_version: b.metadata.resource_version.clone(),
-                    }),
-                    ..Default::default()
-                };
-                match backups.delete(&f.name, &params).await {
-                    Ok(_) => {
-                        tracing::info!(backup = %f.name, namespace = %ns, snapshot = %f.snapshot, volume = %f.volume, "deleted stuck Backup");
-                        outcome.deleted.push(f.name.clone());
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
-                        outcome.skipped.push((
-                            f.name.clone(),
-                            format!("changed or gone before delete: {}", e.message),
-                        ));
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("deleting Backup {ns}/{}", f.name));
-                    }
-                }
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                outcome.skipped.push((
+                    f.name.clone(),
+                    format!("changed or gone before delete: {}", e.message),
+                ));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("deleting Backup {ns}/{}", f.name));
             }
         }
         tokio::time::sleep(pause).await;
@@ -129,36 +153,96 @@ pub async fn prune(client: kube::Client, options: &PruneOptions) -> anyhow::Resu
     Ok(outcome)
 }
 
-/// Re-reads the Backup and its Snapshot: still non-terminal or Error, still no URL, snapshot
-/// still gone. `Err(reason)` when it must be left alone.
-async fn still_eligible(
-    backups: &Api<Backup>,
-    snapshots: &Api<Snapshot>,
-    f: &BackupFinding,
-) -> anyhow::Result<Result<Backup, String>> {
-    let Some(b) = backups.get_opt(&f.name).await? else {
-        return Ok(Err("already gone".into()));
+/// A fresh read of the objects `finding`'s decision used: the Backup, its Snapshot and the
+/// Engines of its volume (by Longhorn's `longhornvolume` label).
+async fn read_again(
+    client: &kube::Client,
+    ns: &str,
+    finding: &BackupFinding,
+) -> anyhow::Result<ClusterState> {
+    let backup = Api::<Backup>::namespaced(client.clone(), ns)
+        .get_opt(&finding.name)
+        .await
+        .with_context(|| format!("reading Backup {ns}/{} again", finding.name))?;
+    let snapshot = Api::<Snapshot>::namespaced(client.clone(), ns)
+        .get_opt(&finding.snapshot)
+        .await
+        .with_context(|| {
+            format!(
+                "reading Snapshot {ns}/{} of Backup {} again",
+                finding.snapshot, finding.name
+            )
+        })?;
+    let engines = if finding.volume.is_empty() {
+        Vec::new()
+    } else {
+        let selector = format!("{}={}", labels::LONGHORN_VOLUME, finding.volume);
+        Api::<Engine>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .with_context(|| {
+                format!(
+                    "listing the Engines of volume {} (Backup {}) again",
+                    finding.volume, finding.name
+                )
+            })?
+            .items
     };
-    let st = b.state();
-    if st.is_terminal() && st != BackupState::Error {
-        return Ok(Err(format!("now {st}")));
+    Ok(ClusterState {
+        namespace: ns.to_string(),
+        backups: backup.into_iter().collect(),
+        snapshots: snapshot
+            .into_iter()
+            .map(|s| (finding.snapshot.clone(), s))
+            .collect(),
+        engines,
+        ..Default::default()
+    })
+}
+
+/// The re-check right before deleting `planned`: `fresh` is a new read of the objects the
+/// decision used (see [`read_again`]). `Err(reason)` when the Backup must be left alone: it is
+/// gone, any of the objects changed (resourceVersion of the Backup and Snapshot, the active
+/// engine and what it says about the snapshot), or the same rules no longer find it eligible.
+pub fn recheck(
+    planned: &BackupFinding,
+    fresh: &ClusterState,
+    now: k8s_openapi::jiff::Timestamp,
+    stuck_after: Duration,
+) -> Result<(), String> {
+    let Some(backup) = fresh
+        .backups
+        .iter()
+        .find(|b| b.metadata.name.as_deref() == Some(planned.name.as_str()))
+    else {
+        return Err(format!("Backup {} is already gone", planned.name));
+    };
+    if backup.spec.snapshot_name != planned.snapshot {
+        return Err(format!(
+            "Backup {} now names snapshot {:?} (was {:?})",
+            planned.name, backup.spec.snapshot_name, planned.snapshot
+        ));
     }
-    if b.status.as_ref().is_some_and(|s| !s.url.is_empty()) {
-        return Ok(Err("now has a backup URL".into()));
-    }
-    if b.spec.snapshot_name != f.snapshot || f.snapshot.is_empty() {
-        return Ok(Err("snapshot name changed".into()));
-    }
-    if let Some(s) = snapshots.get_opt(&f.snapshot).await?
-        && !s.mark_removed()
-        && !s.lost_in_engine()
-        && f.reasons
-            .iter()
-            .all(|r| matches!(r, crate::StuckReason::SnapshotMissing))
+    let again = diagnose_one(fresh, backup, now, stuck_after);
+    if let Some(why) = planned
+        .evidence
+        .changed(&again.evidence, &planned.name, &planned.snapshot)
     {
-        return Ok(Err(format!("snapshot {} exists again", f.snapshot)));
+        return Err(why);
     }
-    Ok(Ok(b))
+    if !again.prune_eligible {
+        let why = again
+            .reasons
+            .iter()
+            .map(StuckReason::describe)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(format!(
+            "Backup {} is no longer eligible (state {}, {why})",
+            planned.name, again.state
+        ));
+    }
+    Ok(())
 }
 
 /// The object as `kubectl create -f` can recreate it: server-set metadata removed. `status`
@@ -182,7 +266,7 @@ fn restorable(obj: DynamicObject) -> anyhow::Result<Value> {
     Ok(v)
 }
 
-fn write_restore_file(path: &PathBuf, items: Vec<Value>) -> anyhow::Result<()> {
+fn write_restore_file(path: &PathBuf, namespace: &str, items: Vec<Value>) -> anyhow::Result<()> {
     let list = json!({ "apiVersion": "v1", "kind": "List", "items": items });
     let yaml = serde_yaml::to_string(&list)?;
     let mut f = std::fs::OpenOptions::new()
@@ -197,8 +281,11 @@ fn write_restore_file(path: &PathBuf, items: Vec<Value>) -> anyhow::Result<()> {
         })?;
     f.write_all(
         format!(
-            "# Backups deleted by `longhorn-guard prune`. Restore with: kubectl create -f {}\n",
-            path.display()
+            "# Backups deleted by `longhorn-guard prune`. Restore with: longhorn-guard prune -n {namespace} --restore {}\n\
+             # (their snapshots were gone: with the guard installed, `kubectl create -f` of this file is refused;\n\
+             # the restore marks them {} and needs that label exempted in the guard's policy, see the README)\n",
+            path.display(),
+            crate::restore::RESTORED_LABEL,
         )
         .as_bytes(),
     )?;
@@ -208,13 +295,14 @@ fn write_restore_file(path: &PathBuf, items: Vec<Value>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Backups a restore file holds, for a caller that wants to recreate them (tests, tooling).
-pub fn read_restore_file(path: &PathBuf) -> anyhow::Result<Vec<Value>> {
+/// The Backups a restore file holds (see [`crate::restore`]); an error when the file is
+/// not one.
+pub fn read_restore_file(path: &Path) -> anyhow::Result<Vec<Value>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading restore file {}", path.display()))?;
     let list: Value = serde_yaml::from_str(&text)
         .with_context(|| format!("parsing restore file {}", path.display()))?;
-    Ok(list["items"].as_array().cloned().unwrap_or_default())
+    crate::restore::items_of(list, path)
 }
 
 /// The resource name prune deletes, for messages.

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::{BackupFinding, PruneOutcome, Report};
+use crate::{BackupFinding, PruneOutcome, Report, RestoreOutcome};
 
 /// `3d4h`, `5h2m`, `12m`, `40s`.
 pub fn age(seconds: i64) -> String {
@@ -104,9 +104,16 @@ pub fn doctor_text(r: &Report) -> String {
     for (k, v) in &r.settings {
         let _ = writeln!(out, "  {k} = {v:?}");
     }
+    let held = r.findings.iter().filter(|f| f.prune_hold.is_some()).count();
+    if held > 0 {
+        let _ = writeln!(
+            out,
+            "\n{held} Backups have their snapshot gone but are younger than the stuck threshold: not removable yet"
+        );
+    }
     let _ = writeln!(
         out,
-        "\n{} Backups need attention; {} can be removed safely (non-terminal or Error, snapshot gone, no backup URL):\n  longhorn-guard prune -n {}          # dry run\n  longhorn-guard prune -n {} --yes    # delete, after writing a restore file",
+        "\n{} Backups need attention; {} can be removed safely (non-terminal or Error, snapshot gone, no backup URL, older than the stuck threshold):\n  longhorn-guard prune -n {}          # dry run\n  longhorn-guard prune -n {} --yes    # delete, after writing a restore file",
         r.needs_attention, r.prune_eligible, r.namespace, r.namespace
     );
     out
@@ -118,7 +125,7 @@ pub fn prune_text(o: &PruneOutcome) -> String {
     if o.planned.is_empty() {
         let _ = writeln!(
             out,
-            "nothing to prune: no Backup is non-terminal or Error with its snapshot gone and no backup URL"
+            "nothing to prune: no Backup is non-terminal or Error with its snapshot gone, no backup URL and older than the stuck threshold"
         );
         return out;
     }
@@ -134,9 +141,10 @@ pub fn prune_text(o: &PruneOutcome) -> String {
     );
     out.push_str(&table(&finding_rows(o.planned.iter())));
     if let Some(f) = &o.restore_file {
+        let ns = o.planned.first().map_or("", |p| p.namespace.as_str());
         let _ = writeln!(
             out,
-            "\nrestore file: {} (kubectl create -f {})",
+            "\nrestore file: {} (longhorn-guard prune -n {ns} --restore {})",
             f.display(),
             f.display()
         );
@@ -146,6 +154,29 @@ pub fn prune_text(o: &PruneOutcome) -> String {
         for (name, why) in &o.skipped {
             let _ = writeln!(out, "left alone {name}: {why}");
         }
+    }
+    out
+}
+
+/// The restore outcome as text.
+pub fn restore_text(o: &RestoreOutcome) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "restore from {}: {} restored, {} already present, {} refused",
+        o.file.display(),
+        o.restored.len(),
+        o.already_present.len(),
+        o.refused.len()
+    );
+    for name in &o.restored {
+        let _ = writeln!(out, "restored {name}");
+    }
+    for name in &o.already_present {
+        let _ = writeln!(out, "already present {name}");
+    }
+    for (name, why) in &o.refused {
+        let _ = writeln!(out, "refused {name}: {why}");
     }
     out
 }

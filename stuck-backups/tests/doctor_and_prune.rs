@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use kube::Api;
 use kube::api::ListParams;
@@ -152,7 +153,15 @@ async fn doctor_reports_why_each_backup_is_stuck_and_writes_nothing() {
             .contains_key("storage-over-provisioning-percentage")
     );
     assert_eq!(report.needs_attention, 4, "{report:#?}");
-    assert_eq!(report.prune_eligible, 4);
+    // Every Backup was created a moment ago: younger than the stuck threshold, none may go.
+    assert_eq!(report.prune_eligible, 0, "{report:#?}");
+    let held: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.prune_hold.is_some())
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(held.len(), 4, "{held:?}");
     let text = longhorn_guard_stuck_backups::render::doctor_text(&report);
     assert!(
         text.contains("backup-gone-pending") && text.contains("snapshot missing"),
@@ -172,7 +181,8 @@ async fn prune_dry_run_deletes_nothing_and_yes_deletes_exactly_the_eligible_ones
     let mut options = PruneOptions {
         doctor: DoctorOptions {
             namespace: ns.clone(),
-            ..Default::default()
+            // The seeded Backups are seconds old: judge them as if they had waited long enough.
+            stuck_after: Duration::ZERO,
         },
         yes: false,
         restore_file: restore_file.clone(),
@@ -217,20 +227,38 @@ async fn prune_dry_run_deletes_nothing_and_yes_deletes_exactly_the_eligible_ones
         assert_eq!(after[name], before[name], "{name} was modified");
     }
 
-    // The restore file recreates exactly what was deleted.
+    // The restore recreates exactly what was deleted, marked as restored (no guard is
+    // registered here; cli/tests/prune_restore.rs runs the procedure with the guard).
     let items = longhorn_guard_stuck_backups::prune::read_restore_file(&restore_file).unwrap();
     assert_eq!(items.len(), 4);
+    let outcome = longhorn_guard_stuck_backups::restore(cluster.client(), &ns, &restore_file)
+        .await
+        .unwrap();
+    let mut restored = outcome.restored.clone();
+    restored.sort();
+    assert_eq!(restored, eligible, "{outcome:?}");
+    assert!(outcome.refused.is_empty() && outcome.already_present.is_empty());
+    let api = Api::<Backup>::namespaced(cluster.client(), &ns);
     for item in items {
         let name = item["metadata"]["name"].as_str().unwrap().to_string();
-        let restored = cluster
-            .create_longhorn_object(&ns, item.clone(), None)
-            .await
-            .unwrap();
-        let restored = serde_json::to_value(restored).unwrap();
-        assert_eq!(restored["spec"], item["spec"], "{name}: spec restored");
-        assert_eq!(restored["metadata"]["labels"], item["metadata"]["labels"]);
+        let back = serde_json::to_value(api.get(&name).await.unwrap()).unwrap();
+        assert_eq!(back["spec"], item["spec"], "{name}: spec restored");
+        let mut labels = item["metadata"]["labels"].clone();
+        labels[longhorn_guard_stuck_backups::RESTORED_LABEL] = Value::String("true".into());
+        assert_eq!(back["metadata"]["labels"], labels, "{name}: labels");
+        assert!(
+            back["metadata"]["annotations"][longhorn_guard_stuck_backups::RESTORED_FROM_ANNOTATION]
+                .as_str()
+                .is_some_and(|a| a.contains("--restore")),
+            "{name}: {back}"
+        );
     }
     assert_eq!(backups(&cluster, &ns).await.len(), 8);
+    let again = longhorn_guard_stuck_backups::restore(cluster.client(), &ns, &restore_file)
+        .await
+        .unwrap();
+    assert_eq!(again.already_present.len(), 4, "{again:?}");
+    assert!(again.restored.is_empty() && again.refused.is_empty());
 
     // A second --yes run refuses to overwrite the restore file.
     let err = prune(cluster.client(), &options).await.unwrap_err();
