@@ -92,7 +92,8 @@ struct DoctorArgs {
     /// Longhorn's namespace.
     #[arg(short, long, env = "LHG_NAMESPACE", default_value = longhorn_types::DEFAULT_NAMESPACE)]
     namespace: String,
-    /// A non-terminal Backup older than this many minutes needs attention even without a known reason.
+    /// A non-terminal Backup older than this many minutes needs attention even without a known
+    /// reason; prune never deletes a Backup younger than this.
     #[arg(long, default_value_t = 15)]
     stuck_after_minutes: u64,
     #[arg(short, long, value_enum, default_value = "table")]
@@ -104,11 +105,16 @@ struct PruneArgs {
     #[command(flatten)]
     doctor: DoctorArgs,
     /// Delete. Without it, only print what would be deleted.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "restore")]
     yes: bool,
     /// Restore file written before anything is deleted (must not exist).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "restore")]
     restore_file: Option<PathBuf>,
+    /// Recreate the Backups of this restore file (written by an earlier `prune --yes`),
+    /// marked with the label `longhorn-guard.io/restored-by-prune` that the guard's policy
+    /// must exempt (README, Operator tools). Deletes nothing.
+    #[arg(long, value_name = "RESTORE_FILE")]
+    restore: Option<PathBuf>,
     /// Deletes per second.
     #[arg(long, default_value_t = 5.0)]
     rate: f64,
@@ -283,6 +289,9 @@ async fn run_doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
+    if let Some(file) = &args.restore {
+        return run_restore(&args.doctor, file).await;
+    }
     let restore_file = args.restore_file.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "longhorn-guard-prune-{}-{}.yaml",
@@ -303,6 +312,26 @@ async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
             longhorn_guard_stuck_backups::render::prune_text(&outcome)
         ),
         Output::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
+    }
+    Ok(())
+}
+
+async fn run_restore(args: &DoctorArgs, file: &std::path::Path) -> anyhow::Result<()> {
+    let outcome =
+        longhorn_guard_stuck_backups::restore(kube_client().await?, &args.namespace, file).await?;
+    match args.output {
+        Output::Table => print!(
+            "{}",
+            longhorn_guard_stuck_backups::render::restore_text(&outcome)
+        ),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
+    }
+    if !outcome.refused.is_empty() {
+        anyhow::bail!(
+            "{} of the Backups in {} were not restored (see above); the file is unchanged",
+            outcome.refused.len(),
+            file.display()
+        );
     }
     Ok(())
 }

@@ -22,6 +22,7 @@
 //!   first, and the engine takes it later, or not yet (volume detached, engine busy);
 //! - the snapshot is requested before the Backup is created (Longhorn's flows: recurring
 //!   jobs wait for it to be ready, the UI takes it, then creates the Backup).
+//!
 //! The stuck threshold is the default 15 minutes, well above [`MAX_LAG`].
 
 #![allow(clippy::unwrap_used)]
