@@ -279,7 +279,7 @@ fn planned(w: &World) -> Option<longhorn_guard_stuck_backups::BackupFinding> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4096))]
+    #![proptest_config(ProptestConfig::with_cases(2048))]
 
     /// The diagnosis never plans to delete a Backup that would complete.
     #[test]
