@@ -19,6 +19,8 @@
 //! Needs `LHG_TEST_KUBECONFIG` (the test command's control plane).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -31,9 +33,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use longhorn_guard_certs::pki;
-use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster, free_port, wait_for};
+use longhorn_guard_testkit::{TestCluster, free_port, wait_for};
 use longhorn_types::{Backup, shapes};
-use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_longhorn-guard");
 const ENTRY: &str = "backups.e2e.longhorn-guard.io";
@@ -257,18 +258,13 @@ async fn bootstrapped_certificates_are_served_called_by_the_api_server_and_rotat
     // 1. Registered by url, without a caBundle: nothing can call it yet.
     let listen = free_port()?;
     let vwc_name = format!("lhg-e2e-{ns}");
-    let vwc: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": vwc_name},
-        "webhooks": [{
-            "name": ENTRY,
-            "clientConfig": {"url": format!("https://127.0.0.1:{listen}/validate/backups")},
-            "rules": [{"apiGroups": ["longhorn.io"], "apiVersions": ["v1beta2"],
-                       "resources": ["backups"], "operations": ["CREATE"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {TEST_NAMESPACE_LABEL: ns}},
-            "failurePolicy": "Fail", "sideEffects": "None",
-            "admissionReviewVersions": ["v1"], "timeoutSeconds": 5
-        }]
-    }))?;
+    let vwc = common::backup_webhook_by_url(
+        &vwc_name,
+        ENTRY,
+        &ns,
+        &format!("https://127.0.0.1:{listen}/validate/backups"),
+        None,
+    )?;
     let vwcs = Api::<ValidatingWebhookConfiguration>::all(client.clone());
     vwcs.create(&PostParams::default(), &vwc).await?;
 

@@ -8,6 +8,8 @@
 //! 4. with the exemption in the (hot-reloaded) policy, `prune --restore FILE` brings them back,
 //!    marked as restored; other Backups of missing snapshots are still refused.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams};
 use kube::{Api, Client};
 use longhorn_guard_certs::pki::{self, LeafSpec, LeafUsage};
 use longhorn_guard_stuck_backups::{RESTORED_FROM_ANNOTATION, RESTORED_LABEL};
-use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster, wait_for};
+use longhorn_guard_testkit::{TestCluster, wait_for};
 use longhorn_types::{Backup, shapes};
 use serde_json::{Value, json};
 
@@ -163,21 +165,13 @@ async fn the_documented_restore_brings_pruned_backups_back_with_the_guard_regist
     };
     let guard = longhorn_guard_webhook::start(config, client.clone()).await?;
     let vwc_name = format!("lhg-prune-restore-{ns}");
-    let vwc: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": vwc_name},
-        "webhooks": [{
-            "name": "backups.longhorn-guard.io",
-            "clientConfig": {
-                "url": format!("https://{}/validate/backups", guard.local_addr()),
-                "caBundle": k8s_openapi::ByteString(ca_pem.into_bytes()),
-            },
-            "rules": [{"apiGroups": ["longhorn.io"], "apiVersions": ["v1beta2"],
-                       "resources": ["backups"], "operations": ["CREATE"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {TEST_NAMESPACE_LABEL: ns}},
-            "failurePolicy": "Fail", "sideEffects": "None",
-            "admissionReviewVersions": ["v1"], "timeoutSeconds": 5
-        }]
-    }))?;
+    let vwc = common::backup_webhook_by_url(
+        &vwc_name,
+        "backups.longhorn-guard.io",
+        &ns,
+        &format!("https://{}/validate/backups", guard.local_addr()),
+        Some(&ca_pem),
+    )?;
     let vwcs = Api::<ValidatingWebhookConfiguration>::all(client.clone());
     vwcs.create(&PostParams::default(), &vwc).await?;
     let result = procedure(&cluster, &client, &ns, &dir.0, &policy).await;

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -15,19 +17,8 @@ use serde_json::Value;
 
 /// Seeds volumes, snapshots, a target and Backups in every interesting state.
 async fn seed(cluster: &TestCluster, ns: &str) {
+    common::target_and_volume(cluster, ns).await;
     let c = |obj, status| cluster.create_longhorn_object(ns, obj, status);
-    c(
-        shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
-        Some(shapes::backup_target_status("node-1", true)),
-    )
-    .await
-    .unwrap();
-    c(
-        shapes::volume(ns, "vol-1", "node-1"),
-        Some(shapes::volume_status("node-1")),
-    )
-    .await
-    .unwrap();
     c(
         shapes::snapshot(ns, "snap-ok", "vol-1"),
         Some(shapes::snapshot_status("node-1", "")),

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use kube::Api;
@@ -38,25 +40,15 @@ fn snapshot_status(ready: bool, lost: bool) -> Value {
 
 /// Target, volume vol-1 and its Engine listing `engine_lists`.
 async fn seed_volume(cluster: &TestCluster, ns: &str, engine_lists: &[&str]) {
-    let c = |obj, status| cluster.create_longhorn_object(ns, obj, status);
-    c(
-        shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
-        Some(shapes::backup_target_status("node-1", true)),
-    )
-    .await
-    .unwrap();
-    c(
-        shapes::volume(ns, "vol-1", "node-1"),
-        Some(shapes::volume_status("node-1")),
-    )
-    .await
-    .unwrap();
-    c(
-        shapes::engine(ns, "vol-1", "node-1"),
-        Some(engine_status(engine_lists)),
-    )
-    .await
-    .unwrap();
+    common::target_and_volume(cluster, ns).await;
+    cluster
+        .create_longhorn_object(
+            ns,
+            shapes::engine(ns, "vol-1", "node-1"),
+            Some(engine_status(engine_lists)),
+        )
+        .await
+        .unwrap();
 }
 
 async fn backup(cluster: &TestCluster, ns: &str, name: &str, snapshot: &str, state: &str) {
@@ -298,33 +290,26 @@ async fn a_snapshot_that_comes_back_between_diagnosis_and_delete_is_left_alone()
         .await
         .unwrap();
     assert_eq!(out.deleted, ["backup-steady"], "{out:?}");
-    let skipped = |name: &str| {
-        out.skipped
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, why)| why.clone())
-            .unwrap_or_default()
-    };
-    assert!(
-        skipped("backup-missing").contains("Snapshot snap-missing exists again"),
-        "{:?}",
-        out.skipped
-    );
-    assert!(
-        skipped("backup-lost").contains("Snapshot snap-lost changed since the diagnosis"),
-        "{:?}",
-        out.skipped
-    );
-    assert!(
-        skipped("backup-dropped").contains("(does not list it -> lists it)"),
-        "{:?}",
-        out.skipped
-    );
-    assert!(
-        skipped("backup-touched").contains("Backup backup-touched changed since the diagnosis"),
-        "{:?}",
-        out.skipped
-    );
+    for (name, why) in [
+        ("backup-missing", "Snapshot snap-missing exists again"),
+        (
+            "backup-lost",
+            "Snapshot snap-lost changed since the diagnosis",
+        ),
+        ("backup-dropped", "(does not list it -> lists it)"),
+        (
+            "backup-touched",
+            "Backup backup-touched changed since the diagnosis",
+        ),
+    ] {
+        assert!(
+            out.skipped
+                .iter()
+                .any(|(n, reason)| n == name && reason.contains(why)),
+            "{name} not left alone with {why:?}: {:?}",
+            out.skipped
+        );
+    }
     for name in [
         "backup-missing",
         "backup-lost",
