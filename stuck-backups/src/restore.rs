@@ -135,3 +135,64 @@ pub(crate) fn items_of(list: Value, file: &Path) -> anyhow::Result<Vec<Value>> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn file() -> PathBuf {
+        PathBuf::from("/tmp/restore.yaml")
+    }
+
+    #[test]
+    fn a_restored_backup_is_marked_and_loses_its_status() {
+        let mut item = longhorn_types::shapes::backup("ns", "b", "vol-1", "snap", None);
+        item["status"] = json!({ "state": "Pending" });
+        let obj = restored_object(item.clone(), "ns", &file()).unwrap();
+        let v = serde_json::to_value(&obj).unwrap();
+        assert!(v.get("status").is_none(), "{v}");
+        assert_eq!(v["spec"], item["spec"]);
+        assert_eq!(v["metadata"]["labels"][RESTORED_LABEL], "true");
+        assert_eq!(v["metadata"]["labels"]["backup-volume"], "vol-1");
+        assert!(
+            v["metadata"]["annotations"][RESTORED_FROM_ANNOTATION]
+                .as_str()
+                .is_some_and(|a| a.contains("--restore /tmp/restore.yaml")),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn items_that_are_not_backups_of_the_namespace_are_refused_with_the_reason() {
+        let other_kind =
+            json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "c" } });
+        let why = restored_object(other_kind, "ns", &file()).unwrap_err();
+        assert!(why.contains("not a longhorn.io/v1beta2 Backup"), "{why}");
+        let other_ns = longhorn_types::shapes::backup("elsewhere", "b", "vol-1", "snap", None);
+        let why = restored_object(other_ns, "ns", &file()).unwrap_err();
+        assert!(why.contains("run the restore with -n elsewhere"), "{why}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_restore_file_is_an_error_naming_it() {
+        let err = items_of(json!({ "kind": "Backup" }), &file()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/tmp/restore.yaml is not a restore file"),
+            "{err}"
+        );
+        assert!(
+            items_of(json!({ "items": null }), &file())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        assert!(hint("admission webhook \"backups.longhorn-guard.io\" denied the request: longhorn-guard denied Backup").contains("exemptions.labels"));
+        assert!(hint("admission webhook \"validator.longhorn.io\" denied the request: snapshot <nil> is invalid").contains("Longhorn 1.10+"));
+        assert_eq!(hint("etcdserver: request timed out"), "");
+    }
+}
