@@ -36,7 +36,11 @@ pub struct ClusterState {
 
 impl ClusterState {
     /// Lists every kind, in pages of 500 so a cluster with 100k Backups is read in bounded
-    /// requests.
+    /// requests. Engines are listed after Snapshots on purpose: a Snapshot's `readyToUse` was
+    /// derived from an engine status at least as old as the one read here, so a snapshot
+    /// missing from this engine status although its Snapshot says ready was really dropped
+    /// (`diagnosis`, `SnapshotLostInEngine`). The re-check before a delete reads in the same
+    /// order.
     pub async fn fetch(client: kube::Client, namespace: &str) -> anyhow::Result<Self> {
         let backups = list_all::<Backup>(&client, namespace).await?;
         let snapshots = list_all::<Snapshot>(&client, namespace).await?;
