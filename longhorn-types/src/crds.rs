@@ -11,6 +11,13 @@
 //! `BackupVolume.spec.{backupTargetName,volumeName}`, 1.10 adds `Backup.spec.backupBlockSize`.
 //! These are the fields longhorn-guard's version detection reads. [`all`] is the 1.7 set
 //! (the incident release), which the local control plane and the demo install.
+//!
+//! They are as strict as Longhorn's own where Longhorn's are strict about a field they
+//! declare: the enums of [`ENUMS`] (`ublk` joins `Volume.spec.frontend` on 1.10), the
+//! required fields of [`REQUIRED`] and `Setting.status.applied`, and no root `spec`
+//! required. 1.7 and 1.8 also serve `v1beta1` (not stored; `spec`/`status` kept as given,
+//! Setting's `value` required), as Longhorn does for every kind but Snapshot; 1.10 serves
+//! `v1beta2` only.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -39,11 +46,79 @@ pub const SINCE_1_10: &[(&str, &[&str])] = &[("backups.longhorn.io", &["spec", "
 /// `Backup.spec.backupBlockSize` on 1.10+: an int64 Longhorn encodes as a string.
 pub const BACKUP_BLOCK_SIZES: [&str; 3] = ["-1", "2097152", "16777216"];
 
+/// String fields Longhorn's CRDs restrict to an enum (CRD name, path, values), every release.
+pub const ENUMS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "backups.longhorn.io",
+        &["spec", "backupMode"],
+        &["full", "incremental", ""],
+    ),
+    (
+        "volumes.longhorn.io",
+        &["spec", "frontend"],
+        &["blockdev", "iscsi", "nvmf", ""],
+    ),
+    ("volumes.longhorn.io", &["spec", "dataEngine"], &["v1", "v2"]),
+    ("engines.longhorn.io", &["spec", "dataEngine"], &["v1", "v2"]),
+    (
+        "instancemanagers.longhorn.io",
+        &["spec", "type"],
+        &["aio", "engine", "replica"],
+    ),
+];
+
+/// `Volume.spec.frontend` from 1.10 on: [`ENUMS`]' values plus `ublk`.
+pub const FRONTENDS_SINCE_1_10: [&str; 5] = ["blockdev", "iscsi", "nvmf", "ublk", ""];
+
+/// Fields Longhorn's CRDs require (CRD name, path of the object, field), every release.
+pub const REQUIRED: &[(&str, &[&str], &str)] = &[("snapshots.longhorn.io", &["spec"], "volume")];
+
+/// The CRDs that serve `v1beta1` besides `v1beta2` on 1.7 and 1.8 (every one but Snapshot's).
+pub const SERVED_AS_V1BETA1_BEFORE_1_10: [&str; 7] = [
+    "backups.longhorn.io",
+    "volumes.longhorn.io",
+    "engines.longhorn.io",
+    "instancemanagers.longhorn.io",
+    "backuptargets.longhorn.io",
+    "backupvolumes.longhorn.io",
+    "settings.longhorn.io",
+];
+
 /// Every CRD as Longhorn `release` types it, Setting last.
 pub fn for_release(release: Release) -> Vec<CustomResourceDefinition> {
     let mut crds = superset();
     for crd in &mut crds {
         let name = crd.metadata.name.clone().unwrap_or_default();
+        for (_, path, values) in ENUMS.iter().filter(|(n, _, _)| *n == name) {
+            let values: &[&str] = if release >= Release::V1_10 && *path == ["spec", "frontend"] {
+                &FRONTENDS_SINCE_1_10
+            } else {
+                values
+            };
+            edit_schema(crd, |schema| {
+                if let Some(p) = property_mut(schema, path) {
+                    p["enum"] = json!(values);
+                }
+            });
+        }
+        for (_, path, field) in REQUIRED.iter().filter(|(n, _, _)| *n == name) {
+            edit_schema(crd, |schema| {
+                if let Some(p) = property_mut(schema, path) {
+                    p["required"] = json!([field]);
+                }
+            });
+        }
+        // Longhorn's CRDs require no root `spec`: an object without one is stored.
+        edit_schema(crd, |schema| {
+            if let Some(map) = schema.as_object_mut()
+                && let Some(required) = map.get_mut("required").and_then(|r| r.as_array_mut())
+            {
+                required.retain(|f| f != "spec");
+                if required.is_empty() {
+                    map.remove("required");
+                }
+            }
+        });
         if release < Release::V1_8 {
             for (_, path) in SINCE_1_8.iter().filter(|(n, _)| *n == name) {
                 edit_schema(crd, |schema| remove_property(schema, path));
@@ -60,8 +135,51 @@ pub fn for_release(release: Release) -> Vec<CustomResourceDefinition> {
                 });
             }
         }
+        if release < Release::V1_10 && SERVED_AS_V1BETA1_BEFORE_1_10.contains(&name.as_str()) {
+            add_v1beta1(crd);
+        }
     }
     crds
+}
+
+/// Adds `v1beta1`, served and not stored, before `v1beta2` (the order Longhorn lists them
+/// in), with Longhorn's schema for it: `spec` and `status` kept as given; Setting's
+/// top-level `value` a required string.
+fn add_v1beta1(crd: &mut CustomResourceDefinition) {
+    let schema = if crd.spec.names.kind == "Setting" {
+        json!({
+            "type": "object",
+            "required": ["value"],
+            "properties": {
+                "apiVersion": { "type": "string" },
+                "kind": { "type": "string" },
+                "metadata": { "type": "object" },
+                "value": { "type": "string" },
+            },
+        })
+    } else {
+        json!({
+            "type": "object",
+            "properties": {
+                "apiVersion": { "type": "string" },
+                "kind": { "type": "string" },
+                "metadata": { "type": "object" },
+                "spec": { "x-kubernetes-preserve-unknown-fields": true },
+                "status": { "x-kubernetes-preserve-unknown-fields": true },
+            },
+        })
+    };
+    let version = json!({
+        "name": "v1beta1",
+        "served": true,
+        "storage": false,
+        "subresources": { "status": {} },
+        "schema": { "openAPIV3Schema": schema },
+    });
+    // A literal that always matches the type: a failure here is a bug in this file.
+    let version = serde_json::from_value(version)
+        .unwrap_or_else(|e| unreachable!("v1beta1 version literal: {e}"));
+    crd.spec.versions.insert(0, version);
 }
 
 /// The types' own schemas: every field any release has that the guard reads.
@@ -169,8 +287,9 @@ pub fn declares(crd: &CustomResourceDefinition, version: &str, path: &[&str]) ->
 /// All CRDs as one multi-document YAML stream (what `manifests/local/` carries).
 pub fn yaml() -> Result<String, serde_yaml::Error> {
     let mut out = String::from(
-        "# Generated by `longhorn-guard crds` from longhorn-types: Longhorn v1beta2 CRDs for a\n\
-         # local control plane without Longhorn. Do not edit; on a real cluster use Longhorn's.\n",
+        "# Generated by `longhorn-guard crds` from longhorn-types: Longhorn 1.7 CRDs (v1beta2\n\
+         # stored, v1beta1 served) for a local control plane without Longhorn. Do not edit; on a\n\
+         # real cluster use Longhorn's.\n",
     );
     for crd in all() {
         out.push_str("---\n");
@@ -203,6 +322,7 @@ fn setting() -> CustomResourceDefinition {
                         "value": { "type": "string" },
                         "status": { "type": "object", "nullable": true,
                                     "properties": { "applied": { "type": "boolean" } },
+                                    "required": ["applied"],
                                     "x-kubernetes-preserve-unknown-fields": true },
                     },
                 }},
@@ -249,5 +369,63 @@ mod tests {
             assert!(!declares(backups, "v1", &["spec", "snapshotName"]));
         }
         assert_eq!(all(), for_release(Release::V1_7));
+    }
+
+    fn schema(crd: &CustomResourceDefinition, version: &str) -> serde_json::Value {
+        let v = crd.spec.versions.iter().find(|v| v.name == version);
+        serde_json::to_value(v.and_then(|v| v.schema.as_ref()?.open_api_v3_schema.as_ref()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn each_release_is_as_strict_as_longhorn_and_serves_its_versions() {
+        for release in Release::ALL {
+            let crds = for_release(release);
+            for (name, path, values) in ENUMS {
+                let mut s = schema(find(&crds, name), "v1beta2");
+                let got = property_mut(&mut s, path).map(|p| p["enum"].clone());
+                let want: Vec<&str> = if release >= Release::V1_10 && *path == ["spec", "frontend"]
+                {
+                    FRONTENDS_SINCE_1_10.to_vec()
+                } else {
+                    values.to_vec()
+                };
+                assert_eq!(got, Some(json!(want)), "{release}: {name} {path:?}");
+            }
+            let mut snap = schema(find(&crds, "snapshots.longhorn.io"), "v1beta2");
+            assert_eq!(
+                property_mut(&mut snap, &["spec"]).map(|p| p["required"].clone()),
+                Some(json!(["volume"]))
+            );
+            let mut setting = schema(find(&crds, "settings.longhorn.io"), "v1beta2");
+            assert_eq!(setting["required"], json!(["value"]));
+            assert_eq!(
+                property_mut(&mut setting, &["status"]).map(|p| p["required"].clone()),
+                Some(json!(["applied"]))
+            );
+            for crd in &crds {
+                let name = crd.metadata.name.as_deref().unwrap_or_default();
+                if name != "settings.longhorn.io" {
+                    assert!(
+                        schema(crd, "v1beta2").get("required").is_none(),
+                        "{release}: {name} requires a root field"
+                    );
+                }
+                let versions: Vec<(&str, bool, bool)> = crd
+                    .spec
+                    .versions
+                    .iter()
+                    .map(|v| (v.name.as_str(), v.served, v.storage))
+                    .collect();
+                let want = if release < Release::V1_10
+                    && SERVED_AS_V1BETA1_BEFORE_1_10.contains(&name)
+                {
+                    vec![("v1beta1", true, false), ("v1beta2", true, true)]
+                } else {
+                    vec![("v1beta2", true, true)]
+                };
+                assert_eq!(versions, want, "{release}: {name}");
+            }
+        }
     }
 }

@@ -356,8 +356,8 @@ pub struct VolumeSpec {
     pub node_id: String,
     #[serde(default, rename = "migrationNodeID")]
     pub migration_node_id: String,
-    /// `v1` or `v2`.
-    #[serde(default)]
+    /// `v1` or `v2` (the CRD's enum); left out when empty, which the CRD would refuse.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub data_engine: String,
     #[serde(default)]
     pub number_of_replicas: i64,
@@ -410,8 +410,8 @@ pub struct EngineSpec {
     pub volume_name: String,
     #[serde(default, rename = "nodeID")]
     pub node_id: String,
-    /// `v1` or `v2`.
-    #[serde(default)]
+    /// `v1` or `v2` (the CRD's enum); left out when empty, which the CRD would refuse.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub data_engine: String,
     /// The active engine of a volume during migration.
     #[serde(default)]
@@ -505,8 +505,9 @@ pub struct InstanceManagerSpec {
     pub node_id: String,
     #[serde(default)]
     pub image: String,
-    /// `aio` (`engine`, `replica` deprecated).
-    #[serde(default, rename = "type")]
+    /// `aio` (`engine`, `replica` deprecated): the CRD's enum; left out when empty, which
+    /// the CRD would refuse.
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
     pub type_: String,
     #[serde(default)]
     pub data_engine: String,
