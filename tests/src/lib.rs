@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod control_plane;
+pub mod crd_cases;
 pub use control_plane::ControlPlane;
 
 use std::path::{Path, PathBuf};

@@ -9,9 +9,10 @@
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use longhorn_guard_testkit::{
-    LONGHORN_KUBECONFIG_ENV, TestCluster, longhorn_crds, longhorn_crds_file as crds_file,
-    longhorn_fixture_objects,
+    LONGHORN_KUBECONFIG_ENV, TestCluster, crd_cases, longhorn_crds,
+    longhorn_crds_file as crds_file, longhorn_fixture_objects,
 };
+use longhorn_types::Release;
 use serde_json::Value;
 
 #[tokio::test]
@@ -58,8 +59,44 @@ async fn longhorn_v1_7_2_crds_accept_our_objects_unchanged() {
     }
 }
 
+/// What the strictness test (`crd_strictness.rs`) expects of our CRDs is what Longhorn's own
+/// v1.7.2 CRDs do: they store every object of `crd_cases::accepted` and refuse every one of
+/// `crd_cases::refused`, naming the field, and serve Backups as v1beta1 too.
+#[tokio::test]
+async fn longhorn_v1_7_2_crds_accept_and_refuse_what_ours_do() {
+    let Some(crds) = longhorn_crds() else {
+        assert!(
+            std::env::var_os(LONGHORN_KUBECONFIG_ENV).is_none(),
+            "{LONGHORN_KUBECONFIG_ENV} is set but {} cannot be read",
+            crds_file().display()
+        );
+        eprintln!(
+            "NOT CHECKED: Longhorn's CRDs are absent ({})",
+            crds_file().display()
+        );
+        return;
+    };
+    let cluster = TestCluster::connect_to(LONGHORN_KUBECONFIG_ENV)
+        .await
+        .expect("second control plane for Longhorn's CRDs (started by scripts/test.sh)");
+    cluster.ensure_crds(crds).await.unwrap();
+    let ns = cluster.namespace("longhorn-strict").await.unwrap();
+    crd_cases::expect_accepted(&cluster, Release::V1_7, &ns)
+        .await
+        .unwrap();
+    crd_cases::expect_refused(&cluster, Release::V1_7, &ns)
+        .await
+        .unwrap();
+    assert!(
+        crd_cases::backup_served_as_v1beta1(&cluster, &ns)
+            .await
+            .unwrap()
+    );
+}
+
 /// Our 1.7 CRDs (`crds::all()`) type every field as Longhorn 1.7.2 does and declare nothing
-/// it lacks; our 1.8 CRDs differ from 1.7.2 by exactly the fields `crds::SINCE_1_8` lists
+/// it lacks, restrict the fields they declare to the same enums, require the same fields
+/// and serve the same versions; our 1.8 CRDs differ from 1.7.2 by exactly the fields `crds::SINCE_1_8` lists
 /// (the reference's **[1.8+]** tags), so version detection's 1.8 markers are absent on 1.7.2.
 #[test]
 fn our_crds_type_fields_as_longhorn_does() {
@@ -126,13 +163,28 @@ fn schema_mismatches(
             serde_json::to_value(&v.schema.as_ref().expect("schema").open_api_v3_schema)
                 .expect("schema serializes")
         };
+        let versions = |c: &CustomResourceDefinition| -> Vec<(String, bool, bool)> {
+            c.spec
+                .versions
+                .iter()
+                .map(|v| (v.name.clone(), v.served, v.storage))
+                .collect()
+        };
+        if versions(&ours) != versions(lh) {
+            mismatches.push(format!(
+                "{name}: versions (name, served, storage) {:?} here, {:?} in Longhorn's",
+                versions(&ours),
+                versions(lh)
+            ));
+        }
         let (o, l) = (schema(&ours), schema(lh));
         compare(&name, "", &o, &l, &mut mismatches, &mut compared);
     }
     (mismatches, compared)
 }
 
-/// Every property ours declares must exist in Longhorn's with the same type.
+/// Every property ours declares must exist in Longhorn's with the same type, the same enum
+/// and (for objects) the same required fields.
 fn compare(
     crd: &str,
     path: &str,
@@ -141,6 +193,26 @@ fn compare(
     out: &mut Vec<String>,
     n: &mut usize,
 ) {
+    let sorted = |v: &Value, key: &str| -> Vec<String> {
+        let mut items: Vec<String> = v
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(Value::to_string)
+            .collect();
+        items.sort();
+        items
+    };
+    for key in ["enum", "required"] {
+        let (o, t) = (sorted(ours, key), sorted(theirs, key));
+        if o != t {
+            out.push(format!(
+                "{crd}: {} {key} {o:?} here, {t:?} in Longhorn's",
+                if path.is_empty() { "(root)" } else { path }
+            ));
+        }
+    }
     let Some(props) = ours.get("properties").and_then(Value::as_object) else {
         return;
     };
