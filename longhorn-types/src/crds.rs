@@ -58,8 +58,16 @@ pub const ENUMS: &[(&str, &[&str], &[&str])] = &[
         &["spec", "frontend"],
         &["blockdev", "iscsi", "nvmf", ""],
     ),
-    ("volumes.longhorn.io", &["spec", "dataEngine"], &["v1", "v2"]),
-    ("engines.longhorn.io", &["spec", "dataEngine"], &["v1", "v2"]),
+    (
+        "volumes.longhorn.io",
+        &["spec", "dataEngine"],
+        &["v1", "v2"],
+    ),
+    (
+        "engines.longhorn.io",
+        &["spec", "dataEngine"],
+        &["v1", "v2"],
+    ),
     (
         "instancemanagers.longhorn.io",
         &["spec", "type"],
@@ -417,13 +425,12 @@ mod tests {
                     .iter()
                     .map(|v| (v.name.as_str(), v.served, v.storage))
                     .collect();
-                let want = if release < Release::V1_10
-                    && SERVED_AS_V1BETA1_BEFORE_1_10.contains(&name)
-                {
-                    vec![("v1beta1", true, false), ("v1beta2", true, true)]
-                } else {
-                    vec![("v1beta2", true, true)]
-                };
+                let want =
+                    if release < Release::V1_10 && SERVED_AS_V1BETA1_BEFORE_1_10.contains(&name) {
+                        vec![("v1beta1", true, false), ("v1beta2", true, true)]
+                    } else {
+                        vec![("v1beta2", true, true)]
+                    };
                 assert_eq!(versions, want, "{release}: {name}");
             }
         }
