@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use common::*;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use longhorn_guard_testkit::{TestCluster, wait_for};
 use longhorn_guard_webhook::policy::Mode;
 use longhorn_guard_webhook::throttle::policy::{RateLimit, ThrottlePolicy};
 use longhorn_guard_webhook::{Policy, WebhookConfig};
-use longhorn_types::{Backup, shapes};
+use longhorn_types::{Backup, Snapshot, shapes};
 use serde_json::json;
 
 /// vol-1..vol-3 on node-1 (vol-3 only through its active engine: its Volume says node-9),
@@ -245,6 +245,108 @@ async fn each_cap_and_duplicates_deny_with_429_and_free_up_on_completion() -> Re
         text.contains("longhorn_guard_webhook_backups_oldest_non_terminal_age_seconds "),
         "{text}"
     );
+    reg.remove().await?;
+    served.stop().await
+}
+
+/// The incident's leftover: a Backup admitted while its snapshot existed, the snapshot
+/// deleted afterwards, the Backup Pending forever (v1.7.2). It holds its volume's slot only
+/// until it is `stuckAfterSeconds` old; then the volume's next Backup of an existing snapshot
+/// is admitted, and that one holds the slot again. Backups of the gone snapshot stay refused
+/// (404), and the stuck one is counted apart in the metrics.
+#[tokio::test]
+async fn a_backup_whose_snapshot_is_gone_holds_its_volume_only_until_stuck_after() -> Result<()> {
+    const STUCK_AFTER: i64 = 3;
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("throttle-doomed").await?;
+    fixtures(&cluster, &ns).await?;
+    let mut policy = caps_only(1, 10, 50);
+    policy.throttle.stuck_after_seconds = STUCK_AFTER as u64;
+    let served = serve(cluster.client(), &ns, policy).await?;
+    wait_ready(&served).await?;
+    let reg = register(&cluster, &served, &ns).await?;
+    let c = cluster.client_without_retry(None)?;
+
+    expect_allowed(&c, &ns, "b1", "vol-1", "snap-vol-1-0").await?;
+    cluster
+        .set_status::<Backup>(
+            &ns,
+            "b1",
+            shapes::backup_status("Pending", "node-1", "vol-1", "snap-vol-1-0"),
+        )
+        .await?;
+    Api::<Snapshot>::namespaced(cluster.client(), &ns)
+        .delete("snap-vol-1-0", &DeleteParams::default())
+        .await?;
+    // A Backup of the gone snapshot is the snapshot check's to refuse (404): the slot b1
+    // frees can never go to one.
+    wait_for(
+        Duration::from_secs(10),
+        "the webhook to refuse Backups of the deleted snap-vol-1-0 with 404",
+        || {
+            let (c, ns) = (c.clone(), ns.clone());
+            async move {
+                let o = shapes::backup(&ns, "b1-again", "vol-1", "snap-vol-1-0", None);
+                Ok(matches!(try_create(&c, &ns, o).await?, Some((404, _))))
+            }
+        },
+    )
+    .await?;
+    // Until b1 is STUCK_AFTER old, vol-1 is full; then b2 (an existing snapshot) is admitted.
+    wait_for(
+        Duration::from_secs(30),
+        "vol-1 to admit b2 once b1 is stuckAfterSeconds old",
+        || {
+            let (c, ns) = (c.clone(), ns.clone());
+            async move {
+                let o = shapes::backup(&ns, "b2", "vol-1", "snap-vol-1-1", None);
+                match try_create(&c, &ns, o).await? {
+                    None => Ok(true),
+                    Some((429, m)) if m.contains("[throttled: volume]") && m.contains("b1 (") => {
+                        Ok(false)
+                    }
+                    Some((code, m)) => bail!("b2: unexpected {code}: {m}"),
+                }
+            }
+        },
+    )
+    .await?;
+    let backups = Api::<Backup>::namespaced(cluster.client(), &ns);
+    let created = |b: &Backup| {
+        b.metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second())
+    };
+    let (b1, b2) = (backups.get("b1").await?, backups.get("b2").await?);
+    assert!(
+        created(&b2) - created(&b1) >= STUCK_AFTER,
+        "b2 admitted while b1 was younger than {STUCK_AFTER}s"
+    );
+    // The freed slot went to b2 alone.
+    let m = expect_throttled(&c, &ns, "b3", "vol-1", "snap-vol-1-2", "volume").await?;
+    assert!(m.contains("Oldest in flight: b2 ("), "{m}");
+    // b1 is counted apart, by volume.
+    let series = format!("longhorn_namespace=\"{ns}\",volume=\"vol-1\"");
+    wait_for(
+        Duration::from_secs(10),
+        "doomed_backups of vol-1 to show b1",
+        || {
+            let (served, series) = (&served, &series);
+            async move {
+                let text = served.metrics().await?;
+                Ok(
+                    metric(&text, "longhorn_guard_webhook_doomed_backups{", series) == 1
+                        && metric(
+                            &text,
+                            "longhorn_guard_webhook_doomed_volume_last_backup_age_seconds{",
+                            series,
+                        ) >= STUCK_AFTER as u64,
+                )
+            }
+        },
+    )
+    .await?;
     reg.remove().await?;
     served.stop().await
 }

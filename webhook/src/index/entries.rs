@@ -64,6 +64,8 @@ pub struct VolumeEntry {
     pub full_backup_label: bool,
     /// `spec.backupTargetName` (1.8+); `None` on 1.7 volumes.
     pub backup_target: Option<Arc<str>>,
+    /// `status.lastBackupAt` (the volume's last completed Backup) as unix seconds; 0 = none.
+    pub last_backup_unix: i64,
 }
 
 /// An Engine: its volume and node (for the node of a volume).
@@ -276,6 +278,15 @@ impl IndexedKind for Volume {
             },
         };
         let backup_target = opt_intern(interner, &self.spec.backup_target_name);
+        let last_backup_unix = self
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.last_backup_at
+                    .parse::<k8s_openapi::jiff::Timestamp>()
+                    .ok()
+            })
+            .map_or(0, |t| t.as_second());
         Some((
             ns,
             name,
@@ -283,6 +294,7 @@ impl IndexedKind for Volume {
                 node,
                 full_backup_label,
                 backup_target,
+                last_backup_unix,
             },
         ))
     }

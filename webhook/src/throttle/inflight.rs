@@ -1,6 +1,13 @@
 //! Counting Backups in flight (non-terminal, with a snapshot name) per scope, from the
 //! index plus this replica's reservations, and the figures exported at scrape time.
 //!
+//! A Backup that cannot finish ([`is_doomed`]: New or Pending, its snapshot gone, marked
+//! removed or lost in the engine) holds its *volume's* slot only until it is
+//! `stuckAfterSeconds` old; it always counts for its node and the cluster. So one such Backup
+//! no longer stops its volume's backups for good, and a volume whose snapshots keep vanishing
+//! after admission gains at most one per `stuckAfterSeconds` (THROTTLING.md, "Backups that
+//! cannot finish").
+//!
 //! The node of a Backup is the node of its volume's engine: the active Engine's
 //! `spec.nodeID`, else the Volume's `status.currentNodeID` / `spec.nodeID`.
 
@@ -124,6 +131,24 @@ pub struct Counts {
     pub cluster: ScopeCount,
     /// A non-terminal Backup of the same snapshot.
     pub duplicate: Option<Holder>,
+    /// Backups of the volume that cannot finish and no longer hold its slot.
+    pub released: ScopeCount,
+}
+
+/// Whether a snapshot is gone for a Backup: not in the index (nor found by a live GET),
+/// marked removed, or lost in the engine.
+pub fn snapshot_gone(view: &IndexView<'_>, namespace: &str, snapshot: &str) -> bool {
+    match view.snapshot(namespace, snapshot) {
+        SnapshotLookup::Indexed(f) | SnapshotLookup::Live(f) => f.mark_removed || f.lost_in_engine,
+        SnapshotLookup::NotIndexed | SnapshotLookup::ConfirmedMissing => true,
+    }
+}
+
+/// A Backup that cannot finish: waiting to start (New, Pending or a state the guard does not
+/// know) while its snapshot is gone. Longhorn v1.7.2 keeps it Pending forever. InProgress
+/// Backups are not: their replica is already sending data and ends them either way.
+pub fn is_doomed(state: &BackupState, snapshot_gone: impl FnOnce() -> bool) -> bool {
+    !state.is_terminal() && *state != BackupState::InProgress && snapshot_gone()
 }
 
 fn state_name(s: &BackupState) -> String {
@@ -135,6 +160,8 @@ fn state_name(s: &BackupState) -> String {
 }
 
 /// Counts in-flight Backups in `namespace` against the request's volume, node and snapshot.
+/// Backups of the volume that cannot finish and are `stuck_after_seconds` old are left out of
+/// the volume's count (see the module docs) and listed in `Counts::released`.
 #[allow(clippy::too_many_arguments)]
 pub fn count<'x>(
     view: &'x IndexView<'_>,
@@ -151,25 +178,32 @@ pub fn count<'x>(
     let stuck_after = i64::try_from(stuck_after_seconds).unwrap_or(i64::MAX);
     // Many Backups in flight may share a volume: look each volume's node up once.
     let mut node_of: HashMap<&'x str, Option<Arc<str>>> = HashMap::new();
-    let mut visit =
-        |age: i64, b_snapshot: &str, b_volume: Option<&'x str>, holder: &dyn Fn() -> Holder| {
-            c.cluster.add(age, holder);
-            if volume.is_some() && b_volume == volume {
+    let mut visit = |age: i64,
+                     b_snapshot: &str,
+                     b_volume: Option<&'x str>,
+                     releases_volume_slot: &dyn Fn() -> bool,
+                     holder: &dyn Fn() -> Holder| {
+        c.cluster.add(age, holder);
+        if volume.is_some() && b_volume == volume {
+            if releases_volume_slot() {
+                c.released.add(age, holder);
+            } else {
                 c.volume.add(age, holder);
             }
-            if let (Some(node), Some(v)) = (node, b_volume)
-                && node_of
-                    .entry(v)
-                    .or_insert_with(|| nodes.node_of(v))
-                    .as_deref()
-                    == Some(node)
-            {
-                c.node.add(age, holder);
-            }
-            if b_snapshot == snapshot && c.duplicate.is_none() {
-                c.duplicate = Some(holder());
-            }
-        };
+        }
+        if let (Some(node), Some(v)) = (node, b_volume)
+            && node_of
+                .entry(v)
+                .or_insert_with(|| nodes.node_of(v))
+                .as_deref()
+                == Some(node)
+        {
+            c.node.add(age, holder);
+        }
+        if b_snapshot == snapshot && c.duplicate.is_none() {
+            c.duplicate = Some(holder());
+        }
+    };
     // Only the Backups in flight, from the index's grouping (not a scan of the namespace).
     for (_, name, b) in view.data().backups.grouped(namespace) {
         let state = b.state();
@@ -190,14 +224,12 @@ pub fn count<'x>(
             age_seconds: age,
             snapshot: snap.to_string(),
             stuck: age >= stuck_after,
-            snapshot_gone: match view.snapshot(namespace, snap) {
-                SnapshotLookup::Indexed(f) | SnapshotLookup::Live(f) => {
-                    f.mark_removed || f.lost_in_engine
-                }
-                SnapshotLookup::NotIndexed | SnapshotLookup::ConfirmedMissing => true,
-            },
+            snapshot_gone: snapshot_gone(view, namespace, snap),
         };
-        visit(age, snap, b.volume.as_deref(), &holder);
+        // Looked up only for old Backups of the request's volume.
+        let releases =
+            || age >= stuck_after && is_doomed(&state, || snapshot_gone(view, namespace, snap));
+        visit(age, snap, b.volume.as_deref(), &releases, &holder);
     }
     for r in reservations.in_namespace(namespace) {
         let age = (now_unix - r.at_unix).max(0);
@@ -209,7 +241,7 @@ pub fn count<'x>(
             stuck: false,
             snapshot_gone: false,
         };
-        visit(age, &r.snapshot, r.volume.as_deref(), &holder);
+        visit(age, &r.snapshot, r.volume.as_deref(), &|| false, &holder);
     }
     c
 }
@@ -225,6 +257,19 @@ pub struct BackupFigures {
     pub in_flight_by_node: BTreeMap<String, u64>,
     /// Age of the oldest non-terminal Backup (0 when there is none).
     pub oldest_non_terminal_age_seconds: f64,
+    /// Volumes with Backups that cannot finish ([`is_doomed`]), by (namespace, volume);
+    /// `unknown` for Backups without a volume label.
+    pub doomed_by_volume: BTreeMap<(String, String), DoomedVolume>,
+}
+
+/// A volume's Backups that cannot finish, for the metrics and the alert.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DoomedVolume {
+    pub backups: u64,
+    /// Seconds since the volume's last completed Backup (`Volume.status.lastBackupAt`); when
+    /// it has none (or the Volume is not indexed), the age of its oldest Backup that cannot
+    /// finish, a lower bound.
+    pub last_backup_age_seconds: f64,
 }
 
 /// Computes [`BackupFigures`] over the given namespaces of the index, without a scan: the
@@ -256,15 +301,30 @@ pub fn figures<'n>(
         }
         let nodes = NodeMap::lookup(view, ns);
         let mut node_of_volume: HashMap<&str, Option<Arc<str>>> = HashMap::new();
+        // Per volume with Backups that cannot finish: their count and the oldest one's age.
+        let mut doomed: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
         for (_, _, b) in backups.grouped(ns) {
-            if b.state().is_terminal() {
+            let state = b.state();
+            if state.is_terminal() {
                 continue;
             }
             if b.created_unix > 0 {
                 oldest = Some(oldest.map_or(b.created_unix, |o| o.min(b.created_unix)));
             }
-            if b.snapshot.is_none() {
+            let Some(snap) = b.snapshot.as_deref() else {
                 continue;
+            };
+            if is_doomed(&state, || snapshot_gone(view, ns, snap)) {
+                let age = if b.created_unix > 0 {
+                    (now_unix - b.created_unix).max(0)
+                } else {
+                    0
+                };
+                let d = doomed
+                    .entry(b.volume.as_deref().unwrap_or("unknown"))
+                    .or_default();
+                d.0 += 1;
+                d.1 = d.1.max(age);
             }
             f.in_flight += 1;
             let node = match b.volume.as_deref() {
@@ -277,6 +337,20 @@ pub fn figures<'n>(
             }
             .unwrap_or_default();
             *f.in_flight_by_node.entry(node).or_default() += 1;
+        }
+        for (volume, (n, oldest_doomed_age)) in doomed {
+            let last_backup_age = view
+                .volume(ns, volume)
+                .map(|v| v.last_backup_unix)
+                .filter(|t| *t > 0)
+                .map_or(oldest_doomed_age, |t| (now_unix - t).max(0));
+            f.doomed_by_volume.insert(
+                (ns.to_string(), volume.to_string()),
+                DoomedVolume {
+                    backups: n,
+                    last_backup_age_seconds: last_backup_age as f64,
+                },
+            );
         }
     }
     f.oldest_non_terminal_age_seconds = oldest.map_or(0.0, |o| (now_unix - o).max(0) as f64);

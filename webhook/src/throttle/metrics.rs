@@ -2,7 +2,8 @@
 //! `longhorn_guard_webhook`): throttled reviews by scope, in-flight Backups for the cluster
 //! and per node (no per-volume or per-Backup label), cluster bucket tokens, the policy
 //! generation and reload errors, and the Backup index figures for alerting, computed at
-//! scrape time.
+//! scrape time, among them Backups that cannot finish by volume (only volumes that have
+//! some, so usually no series at all).
 
 use std::sync::atomic::AtomicU64;
 
@@ -28,6 +29,14 @@ pub struct InFlightLabels {
     pub node: Option<String>,
 }
 
+/// A volume with Backups that cannot finish (bounded by such volumes, usually none).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VolumeLabels {
+    /// The Longhorn namespace (not `namespace`, which Prometheus gives the scraped pod).
+    pub longhorn_namespace: String,
+    pub volume: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BucketLabels {
     pub bucket: &'static str,
@@ -51,6 +60,8 @@ pub struct ThrottleMetrics {
     pub policy_reload_errors: Counter,
     pub backups: Family<StateLabels, Gauge>,
     pub oldest_non_terminal_age: Gauge<f64, AtomicU64>,
+    pub doomed_backups: Family<VolumeLabels, Gauge>,
+    pub doomed_volume_last_backup_age: Family<VolumeLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl ThrottleMetrics {
@@ -101,6 +112,16 @@ impl ThrottleMetrics {
             "backups_oldest_non_terminal_age_seconds",
             "Age of the oldest non-terminal Backup in the index (0 when none)",
             m.oldest_non_terminal_age.clone(),
+        );
+        registry.register(
+            "doomed_backups",
+            "Backups that cannot finish (New or Pending, their snapshot gone, marked removed or lost in the engine), by volume; they hold the volume's throttle slot only until stuckAfterSeconds old",
+            m.doomed_backups.clone(),
+        );
+        registry.register(
+            "doomed_volume_last_backup_age_seconds",
+            "For each volume with Backups that cannot finish: seconds since its last completed Backup (Volume status.lastBackupAt), else the age of its oldest Backup that cannot finish",
+            m.doomed_volume_last_backup_age.clone(),
         );
         for s in Scope::ALL {
             let _ = m
@@ -166,5 +187,19 @@ impl ThrottleMetrics {
         }
         self.oldest_non_terminal_age
             .set(figures.oldest_non_terminal_age_seconds);
+        self.doomed_backups.clear();
+        self.doomed_volume_last_backup_age.clear();
+        for ((ns, volume), d) in &figures.doomed_by_volume {
+            let labels = VolumeLabels {
+                longhorn_namespace: ns.clone(),
+                volume: volume.clone(),
+            };
+            self.doomed_backups
+                .get_or_create(&labels)
+                .set(i64::try_from(d.backups).unwrap_or(i64::MAX));
+            self.doomed_volume_last_backup_age
+                .get_or_create(&labels)
+                .set(d.last_backup_age_seconds);
+        }
     }
 }

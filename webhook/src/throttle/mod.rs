@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kube::core::DynamicObject;
-use longhorn_types::labels;
+use longhorn_types::{BackupState, labels};
 
 use crate::decision::BackupRequest;
 use crate::index::IndexView;
@@ -418,6 +418,9 @@ impl Throttle {
         if !exempt && warned.is_none() {
             near_limit_warnings(policy, req, &counts, node.as_deref(), &rates, &mut warnings);
         }
+        if let Some(w) = released_warning(policy, req, &counts.released) {
+            warnings.push(w);
+        }
         if req.dry_run {
             return ThrottleOutcome::Allowed {
                 warnings,
@@ -658,6 +661,41 @@ fn near_limit_warnings(
     }
 }
 
+/// The warning an allowed Backup carries when its volume has Backups that cannot finish and
+/// no longer hold its slot: they still cost longhorn-manager a reconcile each ~30 s.
+fn released_warning(
+    policy: &ThrottlePolicy,
+    req: &ThrottleRequest,
+    released: &ScopeCount,
+) -> Option<String> {
+    if released.count == 0 {
+        return None;
+    }
+    let list: Vec<String> = released
+        .oldest
+        .iter()
+        .map(|h| {
+            format!(
+                "{} ({}, {}, snapshot {:?})",
+                h.name,
+                h.state,
+                age(h.age_seconds),
+                h.snapshot
+            )
+        })
+        .collect();
+    Some(format!(
+        "longhorn-guard: volume {} has {} Backup(s) that cannot finish, their snapshot gone: {}; older than {} (throttle.stuckAfterSeconds), they no longer hold the volume's slot, but longhorn-manager keeps reconciling each: remove them with `longhorn-guard prune -n {}`",
+        req.volume
+            .as_deref()
+            .map_or("unknown".to_string(), |v| format!("{v:?}")),
+        released.count,
+        list.join(", "),
+        age(policy.stuck_after_seconds as i64),
+        req.namespace
+    ))
+}
+
 /// `42s`, `7m03s`, `2h05m`.
 pub fn age(seconds: i64) -> String {
     let s = seconds.max(0);
@@ -726,9 +764,20 @@ fn denial_message(
                     age(policy.stuck_after_seconds as i64)
                 )
             };
+            let holds = if v.scope == Scope::Volume
+                && first.snapshot_gone
+                && first.state != BackupState::InProgress.as_str()
+            {
+                format!(
+                    "it holds the volume's slot until it is {} old (throttle.stuckAfterSeconds), then the volume's Backups are admitted again while it keeps counting for the node and the cluster",
+                    age(policy.stuck_after_seconds as i64)
+                )
+            } else {
+                "it holds the slot until it ends".to_string()
+            };
             let _ = write!(
                 m,
-                " Backup {:?} looks stuck: {why}; it holds the slot until it ends. Way out: `longhorn-guard prune`, or `kubectl -n {} delete backups.longhorn.io {}` after checking it has no backup URL (`kubectl -n {} get backups.longhorn.io {} -o jsonpath='{{.status.url}}'` prints nothing).",
+                " Backup {:?} looks stuck: {why}; {holds}. Way out: `longhorn-guard prune`, or `kubectl -n {} delete backups.longhorn.io {}` after checking it has no backup URL (`kubectl -n {} get backups.longhorn.io {} -o jsonpath='{{.status.url}}'` prints nothing).",
                 first.name, req.namespace, first.name, req.namespace, first.name
             );
         }

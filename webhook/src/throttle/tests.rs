@@ -385,6 +385,104 @@ fn stuck_holders_are_named_with_the_way_out() {
 }
 
 #[test]
+fn a_backup_that_cannot_finish_holds_its_volume_slot_only_until_stuck_after() {
+    let idx = index();
+    let p = ThrottlePolicy {
+        max_in_flight_per_node: 2,
+        ..no_rates()
+    };
+    let n = now();
+    let judge = |name: &str, vol: &str, snap: &str| {
+        // A fresh throttle each time: no reservation of an earlier call counts.
+        Throttle::new().admit(&p, &idx.view(), &req(name, vol, snap), n)
+    };
+    // vol-1's Backup lost its snapshot a minute after it was created: it holds the slot.
+    backup_in(&idx, "doomed", "vol-1", "snap-deleted", "Pending", 60);
+    let d = judge("next", "vol-1", "snap-vol-1-1");
+    let m = &denied(&d).message;
+    assert_eq!(denied(&d).scope, Scope::Volume, "{m}");
+    assert!(
+        m.contains("it holds the volume's slot until it is 15m00s old (throttle.stuckAfterSeconds), then the volume's Backups are admitted again"),
+        "{m}"
+    );
+    // Once it is stuckAfterSeconds old, it holds vol-1's slot no more: the next Backup of an
+    // existing snapshot is admitted, with a warning naming the Backup that cannot finish.
+    backup_in(&idx, "doomed", "vol-1", "snap-deleted", "Pending", 15 * 60);
+    let o = judge("next", "vol-1", "snap-vol-1-1");
+    let w = allowed(&o).join("\n");
+    assert!(
+        w.contains("volume \"vol-1\" has 1 Backup(s) that cannot finish, their snapshot gone: doomed (Pending, 15m00s, snapshot \"snap-deleted\")"),
+        "{w}"
+    );
+    assert!(w.contains("`longhorn-guard prune -n lh-ns`"), "{w}");
+    // The same for a snapshot marked removed, lost in the engine, and a New Backup.
+    for (i, (state, status)) in [
+        (
+            "Pending",
+            json!({ "markRemoved": true, "readyToUse": false }),
+        ),
+        (
+            "",
+            json!({ "error": longhorn_types::SNAPSHOT_LOST_TRACK_ERROR, "readyToUse": false }),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut st = shapes::snapshot_status("node-2", "");
+        if let (Some(st), Some(extra)) = (st.as_object_mut(), status.as_object()) {
+            st.extend(extra.clone());
+        }
+        let snap: Snapshot = serde_json::from_value(with_status(
+            shapes::snapshot(NS, &format!("snap-vol-3-{i}"), "vol-3"),
+            st,
+        ))
+        .unwrap();
+        idx.apply(Event::Apply(snap));
+        backup_in(
+            &idx,
+            &format!("gone-{i}"),
+            "vol-3",
+            &format!("snap-vol-3-{i}"),
+            state,
+            3600,
+        );
+        allowed(&judge(&format!("after-{i}"), "vol-3", "snap-vol-3-4"));
+        backup_in(
+            &idx,
+            &format!("gone-{i}"),
+            "vol-3",
+            &format!("snap-vol-3-{i}"),
+            "Completed",
+            3600,
+        );
+    }
+    // Still held: an old Backup whose snapshot exists, and an InProgress one (its replica is
+    // sending data: it ends either way).
+    backup_in(&idx, "slow", "vol-4", "snap-vol-4-0", "Pending", 3600);
+    assert_eq!(
+        denied(&judge("x", "vol-4", "snap-vol-4-1")).scope,
+        Scope::Volume
+    );
+    backup_in(&idx, "slow", "vol-4", "snap-vol-4-0", "Completed", 3600);
+    backup_in(&idx, "sending", "vol-4", "snap-gone-4", "InProgress", 3600);
+    assert_eq!(
+        denied(&judge("x", "vol-4", "snap-vol-4-1")).scope,
+        Scope::Volume
+    );
+    // It keeps counting for its node: vol-1 and vol-2 are on node-1 (cap 2).
+    backup_in(&idx, "b2", "vol-2", "snap-vol-2-0", "Pending", 10);
+    let d = judge("next", "vol-1", "snap-vol-1-1");
+    assert_eq!(denied(&d).scope, Scope::Node, "{}", denied(&d).message);
+    // The freed slot goes to one Backup only: an admitted one holds it again.
+    backup_in(&idx, "b2", "vol-2", "snap-vol-2-0", "Completed", 10);
+    let t = Throttle::new();
+    allowed(&t.admit(&p, &idx.view(), &req("first", "vol-1", "snap-vol-1-1"), n));
+    let d = t.admit(&p, &idx.view(), &req("second", "vol-1", "snap-vol-1-2"), n);
+    assert_eq!(denied(&d).scope, Scope::Volume);
+}
+
+#[test]
 fn duplicates_are_denied_first() {
     let idx = index();
     let t = Throttle::new();
@@ -848,6 +946,34 @@ fn figures_count_states_nodes_and_the_oldest_non_terminal() {
     assert_eq!(f.in_flight_by_node["node-2"], 1);
     // The synced Backup "e" (no snapshot) is non-terminal and counts for the age alert.
     assert_eq!(f.oldest_non_terminal_age_seconds, 60000.0);
+    assert!(f.doomed_by_volume.is_empty(), "{:?}", f.doomed_by_volume);
+}
+
+#[test]
+fn figures_count_backups_that_cannot_finish_by_volume() {
+    let idx = index();
+    // vol-1 last completed a Backup a day ago; vol-3 never did.
+    let mut st = shapes::volume_status("node-1");
+    st["lastBackup"] = json!("backup-old");
+    st["lastBackupAt"] = json!(rfc3339(T0 - 86_400));
+    let vol: Volume =
+        serde_json::from_value(with_status(shapes::volume(NS, "vol-1", "node-1"), st)).unwrap();
+    idx.apply(Event::Apply(vol));
+    backup_in(&idx, "a", "vol-1", "snap-gone-a", "Pending", 600);
+    backup_in(&idx, "b", "vol-1", "snap-gone-b", "", 60);
+    backup_in(&idx, "c", "vol-3", "snap-gone-c", "Pending", 7200);
+    // Not counted: a snapshot that exists, InProgress, terminal.
+    backup_in(&idx, "d", "vol-3", "snap-vol-3-0", "Pending", 9000);
+    backup_in(&idx, "e", "vol-4", "snap-gone-e", "InProgress", 60);
+    backup_in(&idx, "f", "vol-4", "snap-gone-f", "Error", 60);
+    let f = inflight::figures(&idx.view(), [NS], T0);
+    let key = |v: &str| (NS.to_string(), v.to_string());
+    assert_eq!(f.doomed_by_volume.len(), 2, "{:?}", f.doomed_by_volume);
+    let v1 = &f.doomed_by_volume[&key("vol-1")];
+    assert_eq!((v1.backups, v1.last_backup_age_seconds), (2, 86_400.0));
+    let v3 = &f.doomed_by_volume[&key("vol-3")];
+    assert_eq!((v3.backups, v3.last_backup_age_seconds), (1, 7200.0));
+    assert_eq!(f.in_flight, 5);
 }
 
 #[test]
