@@ -230,6 +230,8 @@ pub struct Report {
     pub settings: BTreeMap<String, String>,
     pub needs_attention: usize,
     pub prune_eligible: usize,
+    /// Volumes with Backups that cannot finish (`doomed_volumes`).
+    pub doomed_volumes: Vec<crate::DoomedVolume>,
 }
 
 impl Report {
@@ -271,6 +273,7 @@ pub fn diagnose(state: &ClusterState, now: Timestamp, stuck_after: Duration) -> 
         backups_by_state: by_state,
         needs_attention: findings.iter().filter(|f| f.needs_attention).count(),
         prune_eligible: findings.iter().filter(|f| f.prune_eligible).count(),
+        doomed_volumes: crate::doomed_volumes::doomed_volumes(state, &findings),
         findings,
         recurring_jobs: jobs,
         settings: state.settings.clone(),
@@ -762,6 +765,62 @@ mod tests {
             vec![StuckReason::BackupTargetUnavailable {
                 target: "offsite".into()
             }]
+        );
+    }
+
+    #[test]
+    fn volumes_with_backups_that_cannot_finish_are_listed_with_their_last_backup() {
+        let mut s = state();
+        if let Some(st) = s.volumes.get_mut("vol-1").and_then(|v| v.status.as_mut()) {
+            st.last_backup_at = "2026-11-23T10:00:00Z".into();
+        }
+        s.backups = vec![
+            backup("b-missing", "vol-1", "snap-gone", "Pending", "", 60),
+            backup("b-removed", "vol-1", "snap-removed", "", "", 50),
+            // Not: InProgress (its replica ends it), a snapshot that exists, terminal.
+            backup("b-lost", "vol-1", "snap-lost", "InProgress", "", 40),
+            backup("b-waiting", "vol-2", "snap-vol2", "Pending", "", 30),
+            backup("b-error", "vol-2", "snap-gone", "Error", "", 70),
+            backup("b-novol", "vol-9", "snap-gone", "Pending", "", 20),
+        ];
+        let r = diagnose(
+            &s,
+            Timestamp::from_second(1_000_000).unwrap(),
+            Duration::from_secs(900),
+        );
+        let daily: std::collections::BTreeSet<String> = ["daily".to_string()].into();
+        assert_eq!(
+            r.doomed_volumes,
+            vec![
+                crate::DoomedVolume {
+                    volume: "vol-1".into(),
+                    backups: vec!["b-missing".into(), "b-removed".into()],
+                    oldest_age_seconds: 3600,
+                    last_backup_at: "2026-11-23T10:00:00Z".into(),
+                    recurring_jobs: daily.clone(),
+                },
+                crate::DoomedVolume {
+                    volume: "vol-9".into(),
+                    backups: vec!["b-novol".into()],
+                    oldest_age_seconds: 1200,
+                    last_backup_at: String::new(),
+                    recurring_jobs: daily,
+                },
+            ]
+        );
+        let text = crate::render::doctor_text(&r);
+        assert!(
+            text.contains("volumes with Backups that cannot finish (snapshot gone)"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("vol-9 "))
+            .unwrap_or_default();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["vol-9", "1", "20m", "never", "daily"],
+            "{text}"
         );
     }
 }

@@ -15,12 +15,14 @@
 
 pub mod cluster_state;
 pub mod diagnosis;
+pub mod doomed_volumes;
 pub mod prune;
 pub mod render;
 pub mod restore;
 
 pub use cluster_state::ClusterState;
 pub use diagnosis::{BackupFinding, EngineSays, Evidence, Report, StuckReason, diagnose};
+pub use doomed_volumes::DoomedVolume;
 pub use prune::{PruneOptions, PruneOutcome, delete_planned, plan, plan_prune, prune, recheck};
 pub use restore::{RESTORED_FROM_ANNOTATION, RESTORED_LABEL, RestoreOutcome, restore};
 

@@ -97,6 +97,45 @@ pub fn doctor_text(r: &Report) -> String {
             let _ = writeln!(out, "  {job}: {n}");
         }
     }
+    if !r.doomed_volumes.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nvolumes with Backups that cannot finish (snapshot gone); each costs longhorn-manager a reconcile every ~30 s until pruned, and holds its volume's throttle slot until stuckAfterSeconds old:"
+        );
+        let mut rows = vec![
+            [
+                "VOLUME",
+                "BACKUPS",
+                "OLDEST",
+                "LAST COMPLETED BACKUP",
+                "RECURRING JOBS",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for v in &r.doomed_volumes {
+            rows.push(vec![
+                v.volume.clone(),
+                v.backups.len().to_string(),
+                age(v.oldest_age_seconds),
+                if v.last_backup_at.is_empty() {
+                    "never".into()
+                } else {
+                    v.last_backup_at.clone()
+                },
+                if v.recurring_jobs.is_empty() {
+                    "-".into()
+                } else {
+                    v.recurring_jobs
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
     let _ = writeln!(out, "\nLonghorn settings:");
     if r.settings.is_empty() {
         let _ = writeln!(out, "  (none of the relevant settings found)");

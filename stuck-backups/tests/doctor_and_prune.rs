@@ -153,6 +153,29 @@ async fn doctor_reports_why_each_backup_is_stuck_and_writes_nothing() {
         .map(|f| f.name.as_str())
         .collect();
     assert_eq!(held.len(), 4, "{held:?}");
+    // Counted apart by volume: the New and Pending ones whose snapshot is gone.
+    let doomed: Vec<(&str, Vec<String>)> = report
+        .doomed_volumes
+        .iter()
+        .map(|v| {
+            let mut names = v.backups.clone();
+            names.sort();
+            (v.volume.as_str(), names)
+        })
+        .collect();
+    assert_eq!(
+        doomed,
+        [(
+            "vol-1",
+            [
+                "backup-gone-new",
+                "backup-gone-pending",
+                "backup-gone-with-url"
+            ]
+            .map(String::from)
+            .to_vec()
+        )]
+    );
     let text = longhorn_guard_stuck_backups::render::doctor_text(&report);
     assert!(
         text.contains("backup-gone-pending") && text.contains("snapshot missing"),
