@@ -300,6 +300,8 @@ pub fn known_metric_names() -> std::collections::BTreeSet<String> {
         "longhorn_guard_webhook_throttled_reviews_total",
         "longhorn_guard_webhook_backups",
         "longhorn_guard_webhook_backups_oldest_non_terminal_age_seconds",
+        "longhorn_guard_webhook_doomed_backups",
+        "longhorn_guard_webhook_doomed_volume_last_backup_age_seconds",
         // agent (longhorn_guard_agent_*)
         "longhorn_guard_agent_leaked_leases",
         "longhorn_guard_agent_leaked_channels",
