@@ -155,16 +155,7 @@ pub fn for_release(release: Release) -> Vec<CustomResourceDefinition> {
 /// top-level `value` a required string.
 fn add_v1beta1(crd: &mut CustomResourceDefinition) {
     let schema = if crd.spec.names.kind == "Setting" {
-        json!({
-            "type": "object",
-            "required": ["value"],
-            "properties": {
-                "apiVersion": { "type": "string" },
-                "kind": { "type": "string" },
-                "metadata": { "type": "object" },
-                "value": { "type": "string" },
-            },
-        })
+        setting_schema()
     } else {
         json!({
             "type": "object",
@@ -306,8 +297,30 @@ pub fn yaml() -> Result<String, serde_yaml::Error> {
     Ok(out)
 }
 
-/// `settings.longhorn.io`: no spec, a top-level string `value`.
+/// A Setting's schema without `status` (v1beta1's): no spec, a required top-level string
+/// `value`.
+fn setting_schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "required": ["value"],
+        "properties": {
+            "apiVersion": { "type": "string" },
+            "kind": { "type": "string" },
+            "metadata": { "type": "object" },
+            "value": { "type": "string" },
+        },
+    })
+}
+
+/// `settings.longhorn.io`: no spec, a top-level string `value`, `status.applied` required.
 fn setting() -> CustomResourceDefinition {
+    let mut schema = setting_schema();
+    schema["properties"]["status"] = json!({
+        "type": "object", "nullable": true,
+        "properties": { "applied": { "type": "boolean" } },
+        "required": ["applied"],
+        "x-kubernetes-preserve-unknown-fields": true,
+    });
     let v = json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -320,20 +333,7 @@ fn setting() -> CustomResourceDefinition {
             "versions": [{
                 "name": "v1beta2", "served": true, "storage": true,
                 "subresources": { "status": {} },
-                "schema": { "openAPIV3Schema": {
-                    "type": "object",
-                    "required": ["value"],
-                    "properties": {
-                        "apiVersion": { "type": "string" },
-                        "kind": { "type": "string" },
-                        "metadata": { "type": "object" },
-                        "value": { "type": "string" },
-                        "status": { "type": "object", "nullable": true,
-                                    "properties": { "applied": { "type": "boolean" } },
-                                    "required": ["applied"],
-                                    "x-kubernetes-preserve-unknown-fields": true },
-                    },
-                }},
+                "schema": { "openAPIV3Schema": schema },
             }],
         },
     });

@@ -15,8 +15,9 @@ use longhorn_guard_testkit::{
 use longhorn_types::Release;
 use serde_json::Value;
 
-#[tokio::test]
-async fn longhorn_v1_7_2_crds_accept_our_objects_unchanged() {
+/// The second control plane with Longhorn's v1.7.2 CRDs installed; `None` (said on stderr)
+/// when this clone has no `../shared/longhorn`.
+async fn longhorn_v1_7_2_cluster() -> Option<TestCluster> {
     let Some(crds) = longhorn_crds() else {
         assert!(
             std::env::var_os(LONGHORN_KUBECONFIG_ENV).is_none(),
@@ -27,13 +28,21 @@ async fn longhorn_v1_7_2_crds_accept_our_objects_unchanged() {
             "NOT CHECKED: Longhorn's CRDs are absent ({}); this clone has no ../shared/longhorn",
             crds_file().display()
         );
-        return;
+        return None;
     };
     assert_eq!(crds.len(), 9, "crds-v1.7.2.yaml holds nine CRDs");
     let cluster = TestCluster::connect_to(LONGHORN_KUBECONFIG_ENV)
         .await
         .expect("second control plane for Longhorn's CRDs (started by scripts/test.sh)");
     cluster.ensure_crds(crds).await.unwrap();
+    Some(cluster)
+}
+
+#[tokio::test]
+async fn longhorn_v1_7_2_crds_accept_our_objects_unchanged() {
+    let Some(cluster) = longhorn_v1_7_2_cluster().await else {
+        return;
+    };
     let ns = cluster.namespace("longhorn-compat").await.unwrap();
     for (obj, status) in longhorn_fixture_objects(&ns) {
         let what = format!("{} {}", obj["kind"], obj["metadata"]["name"]);
@@ -64,22 +73,9 @@ async fn longhorn_v1_7_2_crds_accept_our_objects_unchanged() {
 /// `crd_cases::refused`, naming the field, and serve Backups as v1beta1 too.
 #[tokio::test]
 async fn longhorn_v1_7_2_crds_accept_and_refuse_what_ours_do() {
-    let Some(crds) = longhorn_crds() else {
-        assert!(
-            std::env::var_os(LONGHORN_KUBECONFIG_ENV).is_none(),
-            "{LONGHORN_KUBECONFIG_ENV} is set but {} cannot be read",
-            crds_file().display()
-        );
-        eprintln!(
-            "NOT CHECKED: Longhorn's CRDs are absent ({})",
-            crds_file().display()
-        );
+    let Some(cluster) = longhorn_v1_7_2_cluster().await else {
         return;
     };
-    let cluster = TestCluster::connect_to(LONGHORN_KUBECONFIG_ENV)
-        .await
-        .expect("second control plane for Longhorn's CRDs (started by scripts/test.sh)");
-    cluster.ensure_crds(crds).await.unwrap();
     let ns = cluster.namespace("longhorn-strict").await.unwrap();
     crd_cases::expect_accepted(&cluster, Release::V1_7, &ns)
         .await
