@@ -34,7 +34,10 @@ async fn longhorn_v1_7_2_cluster() -> Option<TestCluster> {
     let cluster = TestCluster::connect_to(LONGHORN_KUBECONFIG_ENV)
         .await
         .expect("second control plane for Longhorn's CRDs (started by scripts/test.sh)");
-    cluster.ensure_crds(crds).await.unwrap();
+    cluster
+        .ensure_crds(crds)
+        .await
+        .expect("Longhorn's v1.7.2 CRDs installed and Established");
     Some(cluster)
 }
 
