@@ -482,6 +482,37 @@ fn a_backup_that_cannot_finish_holds_its_volume_slot_only_until_stuck_after() {
     assert_eq!(denied(&d).scope, Scope::Volume);
 }
 
+/// The incident's retry loop against the rule: every ~30 s something asks for a Backup of
+/// vol-1 (of a snapshot that exists), and each admitted one loses its snapshot right after
+/// admission. In an hour, vol-1 gains one Backup that cannot finish per stuckAfterSeconds.
+#[test]
+fn snapshots_vanishing_after_admission_add_one_stuck_backup_per_stuck_after() {
+    let idx = index();
+    let p = no_rates();
+    let mut admitted = Vec::new();
+    for t in (0..3600).step_by(30) {
+        let n = Now {
+            at: Instant::now(),
+            unix: T0 + t,
+        };
+        let name = format!("retry-{t}");
+        let o = Throttle::new().admit(&p, &idx.view(), &req(&name, "vol-1", "snap-vol-1-1"), n);
+        if matches!(o, ThrottleOutcome::Allowed { .. }) {
+            // The watch delivers it, Pending, its snapshot already gone.
+            backup_in(
+                &idx,
+                &name,
+                "vol-1",
+                &format!("vanished-{t}"),
+                "Pending",
+                -t,
+            );
+            admitted.push(t);
+        }
+    }
+    assert_eq!(admitted, [0, 900, 1800, 2700]);
+}
+
 #[test]
 fn duplicates_are_denied_first() {
     let idx = index();
