@@ -16,6 +16,7 @@ cd "${ROOT}"
 t0=${SECONDS}
 ensure_packages python3 curl jq openssl prometheus
 ensure_rust
+ensure_helm_kubectl   # helm v4.1.4 + kubectl v1.33.9 for the chart tests (exports LHG_HELM, LHG_KUBECTL)
 bash "${CP}/build.sh" >/dev/null   # installs etcd; builds kube-apiserver once into $LHG_CACHE
 log "prerequisites ready after $((SECONDS - t0)) s"
 
