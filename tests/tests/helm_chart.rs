@@ -135,14 +135,14 @@ fn normalise(objs: Vec<Value>) -> BTreeMap<String, Value> {
                 labels.remove(l);
             }
         }
-        if o["kind"] == "ConfigMap" {
-            if let Some(data) = o.get_mut("data").and_then(Value::as_object_mut) {
-                for k in YAML_DATA_KEYS {
-                    if let Some(Value::String(text)) = data.get(k) {
-                        let parsed: Value = serde_yaml::from_str(text)
-                            .unwrap_or_else(|e| panic!("ConfigMap data {k}: {e}"));
-                        data.insert(k.to_owned(), parsed);
-                    }
+        if o["kind"] == "ConfigMap"
+            && let Some(data) = o.get_mut("data").and_then(Value::as_object_mut)
+        {
+            for k in YAML_DATA_KEYS {
+                if let Some(Value::String(text)) = data.get(k) {
+                    let parsed: Value = serde_yaml::from_str(text)
+                        .unwrap_or_else(|e| panic!("ConfigMap data {k}: {e}"));
+                    data.insert(k.to_owned(), parsed);
                 }
             }
         }
