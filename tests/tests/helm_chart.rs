@@ -10,6 +10,7 @@
 //! | `schema_refuses_bad_values_naming_them` | `values.schema.json` refuses wrong values, each error naming the value |
 //! | `helm_lint_strict_is_clean` | `helm lint --strict` passes for every variant |
 //! | `chart_prometheus_rule_passes_the_promtool_tests` | the chart's PrometheusRule passes `promtool check rules` and the unit tests of `manifests/monitoring/rules/tests` |
+//! | `notes_tell_how_to_check_it_works` | NOTES.txt names the doctor, the webhook's readiness and the first metrics, per mode |
 //! | `comparison_reports_a_changed_field` | the comparison itself catches drift (so the tests above can fail) |
 //!
 //! Only Helm's own labels (`helm.sh/chart`, `app.kubernetes.io/{managed-by,instance,version}`)
@@ -565,4 +566,50 @@ fn comparison_reports_a_changed_field() {
                 .to_owned()
         ]
     );
+}
+
+#[test]
+fn notes_tell_how_to_check_it_works() {
+    for (sets, wanted) in [
+        (
+            &[][..],
+            &[
+                "kubectl longhorn-guard doctor -n longhorn-system",
+                "rollout status deployment/longhorn-guard-webhook",
+                "wait --for=condition=complete job/longhorn-guard-certs-bootstrap",
+                "rollout status daemonset/longhorn-guard-agent",
+                "longhorn_guard_webhook_(reviews_total|index_trusted)",
+                "failurePolicy is Ignore",
+            ][..],
+        ),
+        (
+            &[
+                "agent.mode=sidecar",
+                "certs.provider=cert-manager",
+                "webhook.failurePolicy=Fail",
+            ][..],
+            &[
+                "patch daemonset longhorn-manager --type strategic",
+                "configmap longhorn-guard-sidecar-patch",
+                "wait --for=condition=Ready certificate --all",
+                "failurePolicy is Fail",
+            ][..],
+        ),
+    ] {
+        let mut cmd = helm();
+        cmd.args(["install", "--dry-run=client", "longhorn-guard"])
+            .arg(chart())
+            .args(["--namespace", "longhorn-guard"]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = run(cmd, &format!("helm install --dry-run=client {sets:?}"));
+        let notes = out
+            .split_once("NOTES:")
+            .map(|(_, n)| n)
+            .unwrap_or_else(|| panic!("helm install --dry-run {sets:?} printed no NOTES:\n{out}"));
+        for w in wanted {
+            assert!(notes.contains(w), "NOTES for {sets:?} lack {w:?}:\n{notes}");
+        }
+    }
 }
