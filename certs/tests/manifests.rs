@@ -421,6 +421,7 @@ async fn server_side_dry_run_of_every_rendering() {
         "base",
         "overlays/cert-manager",
         "overlays/monitoring",
+        "overlays/sidecar",
         "overlays/sidecar-example",
     ] {
         let objs: Vec<_> = rewrite(kustomize(dir), &guard, &longhorn, &guard)

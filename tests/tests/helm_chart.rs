@@ -2,7 +2,7 @@
 //!
 //! | test | proves |
 //! |---|---|
-//! | `defaults_render_the_kustomize_base` | `helm template` with default values = `kubectl kustomize manifests/base`, field by field |
+//! | `defaults_render_the_kustomize_base` | `helm template` with default values (+ `namespace.create`) = `kubectl kustomize manifests/base`, field by field |
 //! | `cert_manager_renders_the_cert_manager_overlay` | `certs.provider=cert-manager` = `overlays/cert-manager` |
 //! | `monitoring_renders_the_monitoring_overlay` | `monitoring.enabled=true` = `overlays/monitoring` (PrometheusRule and dashboard included) |
 //! | `sidecar_mode_renders_the_sidecar_overlay_and_component` | `agent.mode=sidecar` = `overlays/sidecar`, and its patch applied by kubectl = `overlays/sidecar-example` |
@@ -231,19 +231,22 @@ fn assert_same(chart: Vec<Value>, kustomize: Vec<Value>, what: &str) {
 
 #[test]
 fn defaults_render_the_kustomize_base() {
-    let chart = helm_template(&[]);
+    // `helm install` needs the release namespace before it renders, so by default the chart
+    // leaves the Namespace object out; with namespace.create it is the base's, labels included.
+    let defaults = helm_template(&[]);
     assert!(
-        chart.len() >= 20,
-        "only {} objects rendered by default",
-        chart.len()
+        !defaults.iter().any(|o| o["kind"] == "Namespace"),
+        "a Namespace rendered by default: `helm install -n longhorn-guard` could not install it"
     );
-    assert_same(chart, kustomize("base"), "defaults vs manifests/base");
+    let chart = helm_template(&["namespace.create=true"]);
+    assert_eq!(chart.len(), defaults.len() + 1);
+    assert_same(chart, kustomize("base"), "defaults + namespace.create vs manifests/base");
 }
 
 #[test]
 fn cert_manager_renders_the_cert_manager_overlay() {
     assert_same(
-        helm_template(&["certs.provider=cert-manager"]),
+        helm_template(&["namespace.create=true", "certs.provider=cert-manager"]),
         kustomize("overlays/cert-manager"),
         "certs.provider=cert-manager vs manifests/overlays/cert-manager",
     );
@@ -251,7 +254,7 @@ fn cert_manager_renders_the_cert_manager_overlay() {
 
 #[test]
 fn monitoring_renders_the_monitoring_overlay() {
-    let chart = helm_template(&["monitoring.enabled=true"]);
+    let chart = helm_template(&["namespace.create=true", "monitoring.enabled=true"]);
     let kinds: Vec<_> = chart.iter().map(|o| o["kind"].clone()).collect();
     for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule"] {
         assert!(kinds.contains(&json!(kind)), "no {kind} rendered");
@@ -265,7 +268,7 @@ fn monitoring_renders_the_monitoring_overlay() {
 
 #[test]
 fn sidecar_mode_renders_the_sidecar_overlay_and_component() {
-    let mut chart = helm_template(&["agent.mode=sidecar"]);
+    let mut chart = helm_template(&["namespace.create=true", "agent.mode=sidecar"]);
     let at = chart
         .iter()
         .position(|o| {
@@ -498,7 +501,7 @@ fn helm_lint_strict_is_clean() {
 
 #[test]
 fn chart_prometheus_rule_passes_the_promtool_tests() {
-    let objs = helm_template(&["monitoring.enabled=true"]);
+    let objs = helm_template(&["namespace.create=true", "monitoring.enabled=true"]);
     let rule = find(&objs, "PrometheusRule", "longhorn-guard");
     let groups = json!({"groups": rule["spec"]["groups"]});
     assert!(
