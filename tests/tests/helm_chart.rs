@@ -240,7 +240,11 @@ fn defaults_render_the_kustomize_base() {
     );
     let chart = helm_template(&["namespace.create=true"]);
     assert_eq!(chart.len(), defaults.len() + 1);
-    assert_same(chart, kustomize("base"), "defaults + namespace.create vs manifests/base");
+    assert_same(
+        chart,
+        kustomize("base"),
+        "defaults + namespace.create vs manifests/base",
+    );
 }
 
 #[test]
