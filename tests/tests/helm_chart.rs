@@ -95,16 +95,24 @@ fn documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `helm template` of the chart into namespace longhorn-guard with `--set` pairs.
-fn helm_template(sets: &[&str]) -> Vec<Value> {
+/// `helm <subcommand...> [longhorn-guard] <chart> --namespace longhorn-guard --set <each of sets>`
+/// (the release name only for template and install).
+fn helm_on_chart(subcommand: &[&str], sets: &[&str]) -> Command {
     let mut cmd = helm();
-    cmd.arg("template")
-        .arg("longhorn-guard")
-        .arg(chart())
-        .args(["--namespace", "longhorn-guard"]);
+    cmd.args(subcommand);
+    if matches!(subcommand.first(), Some(&"template" | &"install")) {
+        cmd.arg("longhorn-guard");
+    }
+    cmd.arg(chart()).args(["--namespace", "longhorn-guard"]);
     for s in sets {
         cmd.args(["--set", s]);
     }
+    cmd
+}
+
+/// `helm template` of the chart into namespace longhorn-guard with `--set` pairs.
+fn helm_template(sets: &[&str]) -> Vec<Value> {
+    let cmd = helm_on_chart(&["template"], sets);
     documents(&run(cmd, &format!("helm template {sets:?}")))
 }
 
@@ -388,13 +396,7 @@ fn values_reach_the_objects() {
     );
 
     // The local API server is 1.20: no batch/v1 CronJob, no policy/v1 PDB there.
-    let mut cmd = helm();
-    cmd.args(["template", "longhorn-guard"]).arg(chart()).args([
-        "--namespace",
-        "longhorn-guard",
-        "--kube-version",
-        "1.20.15",
-    ]);
+    let cmd = helm_on_chart(&["template", "--kube-version", "1.20.15"], &[]);
     let old = documents(&run(cmd, "helm template --kube-version 1.20.15"));
     assert_eq!(
         find(&old, "CronJob", "longhorn-guard-certs-rotate")["apiVersion"],
@@ -461,13 +463,8 @@ const BAD_VALUES: &[(&str, &str)] = &[
 fn schema_refuses_bad_values_naming_them() {
     let mut problems = Vec::new();
     for (set, named) in BAD_VALUES {
-        let mut cmd = helm();
-        cmd.args(["template", "longhorn-guard"])
-            .arg(chart())
-            .args(["--namespace", "longhorn-guard"]);
-        // --set-string for the typed ones would hide type errors; --set parses like users do.
-        cmd.args(["--set", set]);
-        let out = cmd.output().unwrap();
+        // --set parses types as users' --set does (--set-string would hide type errors).
+        let out = helm_on_chart(&["template"], &[set]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
             problems.push(format!("{set}: accepted"));
@@ -489,12 +486,7 @@ fn helm_lint_strict_is_clean() {
         &["monitoring.enabled=true"][..],
         &["agent.mode=sidecar", "monitoring.enabled=true"][..],
     ] {
-        let mut cmd = helm();
-        cmd.args(["lint", "--strict", "--namespace", "longhorn-guard"])
-            .arg(chart());
-        for s in sets {
-            cmd.args(["--set", s]);
-        }
+        let cmd = helm_on_chart(&["lint", "--strict"], sets);
         let out = run(cmd, &format!("helm lint --strict {sets:?}"));
         assert!(
             out.contains("0 chart(s) failed"),
@@ -603,13 +595,7 @@ fn notes_tell_how_to_check_it_works() {
             ][..],
         ),
     ] {
-        let mut cmd = helm();
-        cmd.args(["install", "--dry-run=client", "longhorn-guard"])
-            .arg(chart())
-            .args(["--namespace", "longhorn-guard"]);
-        for s in sets {
-            cmd.args(["--set", s]);
-        }
+        let cmd = helm_on_chart(&["install", "--dry-run=client"], sets);
         let out = run(cmd, &format!("helm install --dry-run=client {sets:?}"));
         let notes = out
             .split_once("NOTES:")
