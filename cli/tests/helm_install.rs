@@ -1,0 +1,356 @@
+//! The Helm chart installed for real on the run's kube-apiserver (v1.20), then the pieces run
+//! the way the installed objects say:
+//!
+//! 1. `helm install` (helm v4.1.4) of `manifests/helm/longhorn-guard` into a test namespace, with
+//!    `longhornNamespace` = another test namespace holding a Volume, a Snapshot and a
+//!    BackupTarget; every rendered object is then read back from the API server;
+//! 2. the certificate bootstrap runs as the installed Job's container args (plus
+//!    `--webhook-san 127.0.0.1`, see below) and patches the installed registration's caBundle;
+//! 3. the webhook runs with the installed Deployment's args and env; its Secret and ConfigMap
+//!    volumes are written to local directories and the mount paths in the args pointed there;
+//!    `0.0.0.0:PORT` listeners are moved to free loopback ports;
+//! 4. kubectl v1.33.9 creates a Backup of a missing snapshot (denied, with the guard's message
+//!    shown to the user) and one of an existing snapshot (created);
+//! 5. `helm uninstall` removes the registration.
+//!
+//! The one change to an installed object: the registration's `clientConfig.service` becomes
+//! `url: https://127.0.0.1:PORT/validate/backups` (caBundle kept), because the local control
+//! plane has no Service network; hence the extra `127.0.0.1` SAN in step 2.
+//!
+//! Needs `LHG_TEST_KUBECONFIG`, `LHG_HELM` and `LHG_KUBECTL` (scripts/test.sh sets all three).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use longhorn_guard_testkit::{TestCluster, free_port, wait_for};
+use longhorn_types::shapes;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_longhorn-guard");
+
+fn tool(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
+        _ => panic!(
+            "{var} is not set: run through `bash scripts/test.sh`, or \
+             `source scripts/lib.sh && ensure_helm_kubectl` before cargo nextest"
+        ),
+    }
+}
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/helm/longhorn-guard")
+}
+
+/// helm or kubectl against the test cluster only (its kubeconfig, a private helm home).
+fn client(cluster: &TestCluster, var: &str, home: &Path) -> Command {
+    let mut cmd = cluster.command(tool(var));
+    cmd.env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<String> {
+    let out = cmd.output().with_context(|| what.to_owned())?;
+    ensure!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn get(kubectl: &impl Fn() -> Command, args: &[&str]) -> Result<Value> {
+    let mut cmd = kubectl();
+    cmd.arg("get").args(args).args(["-o", "json"]);
+    Ok(serde_json::from_str(&run(
+        cmd,
+        &format!("kubectl get {args:?}"),
+    )?)?)
+}
+
+/// The files of a Secret or ConfigMap volume, as kubelet would project them.
+fn project(kubectl: &impl Fn() -> Command, ns: &str, volume: &Value, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if let Some(name) = volume["secret"]["secretName"].as_str() {
+        let secret = get(kubectl, &["-n", ns, "secret", name])?;
+        for (key, b64) in secret["data"].as_object().context("secret data")? {
+            let bytes = base64_decode(b64.as_str().context("secret value")?)?;
+            std::fs::write(dir.join(key), bytes)?;
+        }
+    } else if let Some(name) = volume["configMap"]["name"].as_str() {
+        let cm = get(kubectl, &["-n", ns, "configmap", name])?;
+        for (key, text) in cm["data"].as_object().context("configmap data")? {
+            std::fs::write(dir.join(key), text.as_str().context("configmap value")?)?;
+        }
+    } else {
+        bail!("volume {volume} is neither a Secret nor a ConfigMap");
+    }
+    Ok(())
+}
+
+fn base64_decode(text: &str) -> Result<Vec<u8>> {
+    let bytes: k8s_openapi::ByteString = serde_json::from_value(json!(text))?;
+    Ok(bytes.0)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let guard = cluster.namespace("helm-guard").await?;
+    let longhorn = cluster.namespace("helm-longhorn").await?;
+    let work = std::env::temp_dir().join(format!("lhg-helm-install-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&work)?;
+    let helm = || client(&cluster, "LHG_HELM", &work);
+    let kubectl = || client(&cluster, "LHG_KUBECTL", &work);
+
+    // Kubernetes 1.20 does not label namespaces with their name; the registration selects on
+    // it (NOTES.txt tells 1.20 users to do this).
+    let mut label = kubectl();
+    label
+        .args(["label", "namespace", &longhorn])
+        .arg(format!("kubernetes.io/metadata.name={longhorn}"));
+    run(label, "kubectl label namespace")?;
+    for (obj, status) in [
+        (
+            shapes::volume(&longhorn, "vol-1", "node-1"),
+            shapes::volume_status("node-1"),
+        ),
+        (
+            shapes::snapshot(&longhorn, "snap-ok", "vol-1"),
+            shapes::snapshot_status("node-1", ""),
+        ),
+        (
+            shapes::backup_target(&longhorn, "default", "s3://bk@us-east-1/"),
+            shapes::backup_target_status("node-1", true),
+        ),
+    ] {
+        cluster
+            .create_longhorn_object(&longhorn, obj, Some(status))
+            .await?;
+    }
+
+    // 1. helm install, and every rendered object is in the cluster.
+    let mut install = helm();
+    install
+        .args(["install", "lhg"])
+        .arg(chart())
+        .args(["--namespace", &guard])
+        .args(["--set", &format!("longhornNamespace={longhorn}")]);
+    run(install, "helm install")?;
+    let mut manifest = helm();
+    manifest.args(["get", "manifest", "lhg", "--namespace", &guard]);
+    let manifest_file = work.join("manifest.yaml");
+    std::fs::write(&manifest_file, run(manifest, "helm get manifest")?)?;
+    let mut installed = kubectl();
+    installed
+        .args(["get", "-o", "name", "-f"])
+        .arg(&manifest_file);
+    let rendered = run(installed, "kubectl get every object of the release")?
+        .lines()
+        .count();
+    ensure!(rendered >= 20, "only {rendered} objects installed");
+    let cron = get(
+        &kubectl,
+        &["-n", &guard, "cronjob", "longhorn-guard-certs-rotate"],
+    )?;
+    assert_eq!(
+        cron["apiVersion"], "batch/v1beta1",
+        "1.20 gets the v1beta1 CronJob"
+    );
+
+    // 2. The bootstrap, as the Job runs it.
+    let job = get(
+        &kubectl,
+        &["-n", &guard, "job", "longhorn-guard-certs-bootstrap"],
+    )?;
+    let job_args: Vec<String> =
+        serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["args"].clone())?;
+    assert_eq!(
+        job_args,
+        ["certs", "bootstrap", &format!("--namespace={guard}")]
+    );
+    let mut bootstrap = cluster.command(BIN);
+    bootstrap
+        .args(&job_args)
+        .args(["--webhook-san", "127.0.0.1"]);
+    run(bootstrap, "the certs Job's command")?;
+    let vwc = get(
+        &kubectl,
+        &["validatingwebhookconfiguration", "longhorn-guard"],
+    )?;
+    let bundle = vwc["webhooks"][0]["clientConfig"]["caBundle"]
+        .as_str()
+        .context("the bootstrap did not patch the installed registration's caBundle")?
+        .to_owned();
+    let serving = get(
+        &kubectl,
+        &["-n", &guard, "secret", "longhorn-guard-webhook-tls"],
+    )?;
+    assert_eq!(
+        json!(bundle),
+        serving["data"]["ca.crt"],
+        "caBundle = the serving Secret's CA"
+    );
+
+    // 3. The webhook as the Deployment runs it.
+    let deploy = get(
+        &kubectl,
+        &["-n", &guard, "deployment", "longhorn-guard-webhook"],
+    )?;
+    let pod = &deploy["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
+        .as_array()
+        .context("volumes")?
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap_or_default(), v))
+        .collect();
+    let mut mounts = Vec::new();
+    for m in container["volumeMounts"]
+        .as_array()
+        .context("volumeMounts")?
+    {
+        let name = m["name"].as_str().context("mount name")?;
+        let dir = work.join("volumes").join(name);
+        project(
+            &kubectl,
+            &guard,
+            volumes.get(name).context("mounted volume")?,
+            &dir,
+        )?;
+        mounts.push((
+            m["mountPath"].as_str().context("mountPath")?.to_owned(),
+            dir,
+        ));
+    }
+    let (listen, metrics) = (free_port()?, free_port()?);
+    let mut args = Vec::new();
+    for arg in container["args"].as_array().context("args")? {
+        let mut arg = arg.as_str().context("arg")?.to_owned();
+        for (path, dir) in &mounts {
+            arg = arg.replace(&format!("={path}/"), &format!("={}/", dir.display()));
+        }
+        arg = arg
+            .replace("0.0.0.0:8443", &format!("127.0.0.1:{listen}"))
+            .replace("0.0.0.0:9090", &format!("127.0.0.1:{metrics}"));
+        ensure!(
+            !arg.contains("0.0.0.0"),
+            "a listener this test does not map: {arg}"
+        );
+        args.push(arg);
+    }
+    let mut webhook = cluster.command(BIN);
+    webhook.args(&args);
+    for e in container["env"].as_array().context("env")? {
+        webhook.env(
+            e["name"].as_str().context("env name")?,
+            e["value"].as_str().context("env value")?,
+        );
+    }
+    let log = std::fs::File::create(work.join("webhook.log"))?;
+    let _webhook = Killed(webhook.stdout(log.try_clone()?).stderr(log).spawn()?);
+    let ready = format!("http://127.0.0.1:{metrics}/readyz");
+    wait_for(Duration::from_secs(30), "webhook /readyz 200", || {
+        let ready = ready.clone();
+        async move {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &ready])
+                .output()?;
+            Ok(out.stdout == b"200")
+        }
+    })
+    .await
+    .with_context(|| std::fs::read_to_string(work.join("webhook.log")).unwrap_or_default())?;
+
+    // No Service network here: the registration calls the webhook by URL, same caBundle.
+    let mut patch = kubectl();
+    patch
+        .args([
+            "patch",
+            "validatingwebhookconfiguration",
+            "longhorn-guard",
+            "--type=json",
+            "-p",
+        ])
+        .arg(
+            json!([{"op": "replace", "path": "/webhooks/0/clientConfig", "value": {
+                "url": format!("https://127.0.0.1:{listen}/validate/backups"),
+                "caBundle": bundle}}])
+            .to_string(),
+        );
+    run(patch, "kubectl patch the registration's clientConfig")?;
+
+    // 4. kubectl 1.33 creates Backups through the API server, which calls the guard.
+    let backup_file = |name: &str, snapshot: &str| -> Result<PathBuf> {
+        let path = work.join(format!("{name}.json"));
+        std::fs::write(
+            &path,
+            shapes::backup(&longhorn, name, "vol-1", snapshot, None).to_string(),
+        )?;
+        Ok(path)
+    };
+    let gone = backup_file("of-a-missing-snapshot", "snap-gone")?;
+    let mut denial = String::new();
+    wait_for(
+        Duration::from_secs(20),
+        "kubectl create to be denied by the guard",
+        || {
+            let out = kubectl().arg("create").arg("-f").arg(&gone).output();
+            let seen = out
+                .as_ref()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+            if let Ok(text) = &seen {
+                denial.clone_from(text);
+            }
+            async move {
+                let out = out?;
+                ensure!(
+                    !out.status.success(),
+                    "a Backup of a missing snapshot was created"
+                );
+                Ok(String::from_utf8_lossy(&out.stderr).contains("longhorn-guard denied"))
+            }
+        },
+    )
+    .await?;
+    assert!(
+        denial.contains("snap-gone"),
+        "the user sees which snapshot is missing: {denial}"
+    );
+    let ok = backup_file("of-an-existing-snapshot", "snap-ok")?;
+    let mut create = kubectl();
+    create.arg("create").arg("-f").arg(&ok);
+    run(create, "kubectl create a Backup of an existing snapshot")?;
+
+    // 5. helm uninstall removes the registration.
+    let mut uninstall = helm();
+    uninstall.args(["uninstall", "lhg", "--namespace", &guard]);
+    run(uninstall, "helm uninstall")?;
+    let mut left = kubectl();
+    left.args([
+        "get",
+        "validatingwebhookconfiguration",
+        "longhorn-guard",
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(run(left, "kubectl get the registration")?.trim(), "");
+    std::fs::remove_dir_all(&work).ok();
+    Ok(())
+}
