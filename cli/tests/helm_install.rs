@@ -11,7 +11,9 @@
 //!    `0.0.0.0:PORT` listeners are moved to free loopback ports;
 //! 4. kubectl v1.33.9 creates a Backup of a missing snapshot (denied, with the guard's message
 //!    shown to the user) and one of an existing snapshot (created);
-//! 5. `helm uninstall` removes the registration.
+//! 5. `helm upgrade --set policy.mode=warn-only`: the running webhook takes the new ConfigMap up
+//!    without a restart (the next missing-snapshot Backup is admitted with the guard's warning);
+//! 6. `helm uninstall` removes the registration.
 //!
 //! The one change to an installed object: the registration's `clientConfig.service` becomes
 //! `url: https://127.0.0.1:PORT/validate/backups` (caBundle kept), because the local control
@@ -100,6 +102,34 @@ fn base64_decode(text: &str) -> Result<Vec<u8>> {
     Ok(bytes.0)
 }
 
+fn set_client_config(kubectl: &impl Fn() -> Command, client_config: &Value) -> Result<()> {
+    let mut patch = kubectl();
+    patch
+        .args([
+            "patch",
+            "validatingwebhookconfiguration",
+            "longhorn-guard",
+            "--type=json",
+            "-p",
+        ])
+        .arg(
+            json!([{"op": "replace", "path": "/webhooks/0/clientConfig", "value": client_config}])
+                .to_string(),
+        );
+    run(patch, "kubectl patch the registration's clientConfig").map(drop)
+}
+
+/// Uninstalls the release when the test ends early (its cluster-scoped objects have fixed
+/// names; a leftover would keep the next run from installing).
+struct Release(Option<Command>);
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(mut uninstall) = self.0.take() {
+            let _ = uninstall.output();
+        }
+    }
+}
+
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -152,6 +182,11 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
         .args(["--namespace", &guard])
         .args(["--set", &format!("longhornNamespace={longhorn}")]);
     run(install, "helm install")?;
+    let mut release = Release(Some({
+        let mut uninstall = helm();
+        uninstall.args(["uninstall", "lhg", "--namespace", &guard]);
+        uninstall
+    }));
     let mut manifest = helm();
     manifest.args(["get", "manifest", "lhg", "--namespace", &guard]);
     let manifest_file = work.join("manifest.yaml");
@@ -254,16 +289,16 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
         );
         args.push(arg);
     }
-    let mut webhook = cluster.command(BIN);
-    webhook.args(&args);
+    let mut command = cluster.command(BIN);
+    command.args(&args);
     for e in container["env"].as_array().context("env")? {
-        webhook.env(
+        command.env(
             e["name"].as_str().context("env name")?,
             e["value"].as_str().context("env value")?,
         );
     }
     let log = std::fs::File::create(work.join("webhook.log"))?;
-    let _webhook = Killed(webhook.stdout(log.try_clone()?).stderr(log).spawn()?);
+    let mut webhook = Killed(command.stdout(log.try_clone()?).stderr(log).spawn()?);
     let ready = format!("http://127.0.0.1:{metrics}/readyz");
     wait_for(Duration::from_secs(30), "webhook /readyz 200", || {
         let ready = ready.clone();
@@ -278,22 +313,10 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
     .with_context(|| std::fs::read_to_string(work.join("webhook.log")).unwrap_or_default())?;
 
     // No Service network here: the registration calls the webhook by URL, same caBundle.
-    let mut patch = kubectl();
-    patch
-        .args([
-            "patch",
-            "validatingwebhookconfiguration",
-            "longhorn-guard",
-            "--type=json",
-            "-p",
-        ])
-        .arg(
-            json!([{"op": "replace", "path": "/webhooks/0/clientConfig", "value": {
-                "url": format!("https://127.0.0.1:{listen}/validate/backups"),
-                "caBundle": bundle}}])
-            .to_string(),
-        );
-    run(patch, "kubectl patch the registration's clientConfig")?;
+    let installed_client_config = vwc["webhooks"][0]["clientConfig"].clone();
+    let by_url =
+        json!({"url": format!("https://127.0.0.1:{listen}/validate/backups"), "caBundle": bundle});
+    set_client_config(&kubectl, &by_url)?;
 
     // 4. kubectl 1.33 creates Backups through the API server, which calls the guard.
     let backup_file = |name: &str, snapshot: &str| -> Result<PathBuf> {
@@ -337,10 +360,72 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
     create.arg("create").arg("-f").arg(&ok);
     run(create, "kubectl create a Backup of an existing snapshot")?;
 
-    // 5. helm uninstall removes the registration.
-    let mut uninstall = helm();
-    uninstall.args(["uninstall", "lhg", "--namespace", &guard]);
-    run(uninstall, "helm uninstall")?;
+    // 5. helm upgrade with a changed policy value: the new ConfigMap reaches the mounted file
+    //    (projected as kubelet does, atomically) and the running webhook takes it up without a
+    //    restart: the same process now only warns about a missing snapshot.
+    //    The clientConfig goes back to the installed one first (helm would merge its service
+    //    into our url), and the bootstrap's caBundle must survive the upgrade.
+    set_client_config(&kubectl, &installed_client_config)?;
+    let mut upgrade = helm();
+    upgrade.args(["upgrade", "lhg"]).arg(chart()).args([
+        "--namespace",
+        &guard,
+        "--reuse-values",
+        "--set",
+        "policy.mode=warn-only",
+    ]);
+    run(upgrade, "helm upgrade --set policy.mode=warn-only")?;
+    let upgraded = get(
+        &kubectl,
+        &["validatingwebhookconfiguration", "longhorn-guard"],
+    )?;
+    assert_eq!(
+        upgraded["webhooks"][0]["clientConfig"]["caBundle"].as_str(),
+        Some(bundle.as_str()),
+        "helm upgrade dropped the caBundle the certs bootstrap wrote"
+    );
+    set_client_config(&kubectl, &by_url)?;
+    let policy_dir = work.join("volumes/policy");
+    let next = work.join("volumes/policy-next");
+    project(
+        &kubectl,
+        &guard,
+        volumes.get("policy").context("policy volume")?,
+        &next,
+    )?;
+    std::fs::rename(next.join("policy.yaml"), policy_dir.join("policy.yaml"))?;
+    let warned = backup_file("warned-about", "snap-gone-too")?;
+    wait_for(
+        Duration::from_secs(30),
+        "the upgraded policy (warn-only) to be in force",
+        || {
+            let out = kubectl().arg("create").arg("-f").arg(&warned).output();
+            async move {
+                let out = out?;
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if out.status.success() {
+                    ensure!(
+                        stderr.contains("snap-gone-too"),
+                        "admitted without the guard's warning: {stderr}"
+                    );
+                    return Ok(true);
+                }
+                ensure!(
+                    stderr.contains("longhorn-guard denied"),
+                    "not the guard's answer: {stderr}"
+                );
+                Ok(false)
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        webhook.0.try_wait()?.is_none(),
+        "the webhook restarted or exited on the policy change"
+    );
+
+    // 6. helm uninstall removes the registration.
+    run(release.0.take().context("release guard")?, "helm uninstall")?;
     let mut left = kubectl();
     left.args([
         "get",
