@@ -11,9 +11,13 @@
 //!    `0.0.0.0:PORT` listeners are moved to free loopback ports;
 //! 4. kubectl v1.33.9 creates a Backup of a missing snapshot (denied, with the guard's message
 //!    shown to the user) and one of an existing snapshot (created);
-//! 5. `helm upgrade --set policy.mode=warn-only`: the running webhook takes the new ConfigMap up
+//! 5. rotation under load (RELIABILITY.md, R3): >= 50 Backup CREATE dry runs per second through
+//!    the API server (registration at `failurePolicy: Fail`, so nothing is silently ignored)
+//!    while the CronJob's command renews the leaves and rolls the CA: no failed review, no
+//!    webhook restart, the renewed leaf served afterwards (by its serial);
+//! 6. `helm upgrade --set policy.mode=warn-only`: the running webhook takes the new ConfigMap up
 //!    without a restart (the next missing-snapshot Backup is admitted with the guard's warning);
-//! 6. `helm uninstall` removes the registration.
+//! 7. `helm uninstall` removes the registration.
 //!
 //! The one change to an installed object: the registration's `clientConfig.service` becomes
 //! `url: https://127.0.0.1:PORT/validate/backups` (caBundle kept), because the local control
@@ -77,23 +81,32 @@ fn get(kubectl: &impl Fn() -> Command, args: &[&str]) -> Result<Value> {
     )?)?)
 }
 
-/// The files of a Secret or ConfigMap volume, as kubelet would project them.
-fn project(kubectl: &impl Fn() -> Command, ns: &str, volume: &Value, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// The files of a Secret or ConfigMap volume at `link`, updated the way kubelet updates a
+/// volume: written into a new directory, then the symlink `link` swapped to it atomically.
+fn project(kubectl: &impl Fn() -> Command, ns: &str, volume: &Value, link: &Path) -> Result<()> {
+    let generation = link.with_extension(format!("gen{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&generation)?;
     if let Some(name) = volume["secret"]["secretName"].as_str() {
         let secret = get(kubectl, &["-n", ns, "secret", name])?;
         for (key, b64) in secret["data"].as_object().context("secret data")? {
             let bytes = base64_decode(b64.as_str().context("secret value")?)?;
-            std::fs::write(dir.join(key), bytes)?;
+            std::fs::write(generation.join(key), bytes)?;
         }
     } else if let Some(name) = volume["configMap"]["name"].as_str() {
         let cm = get(kubectl, &["-n", ns, "configmap", name])?;
         for (key, text) in cm["data"].as_object().context("configmap data")? {
-            std::fs::write(dir.join(key), text.as_str().context("configmap value")?)?;
+            std::fs::write(
+                generation.join(key),
+                text.as_str().context("configmap value")?,
+            )?;
         }
     } else {
         bail!("volume {volume} is neither a Secret nor a ConfigMap");
     }
+    let swap = link.with_extension("swap");
+    let _ = std::fs::remove_file(&swap);
+    std::os::unix::fs::symlink(&generation, &swap)?;
+    std::fs::rename(&swap, link)?;
     Ok(())
 }
 
@@ -127,6 +140,116 @@ impl Drop for Release {
         if let Some(mut uninstall) = self.0.take() {
             let _ = uninstall.output();
         }
+    }
+}
+
+/// The serial of the certificate served on 127.0.0.1:`port` (`serial=...` as openssl prints it).
+fn served_serial(port: u16) -> Result<String> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    ));
+    run(cmd, "openssl s_client | openssl x509 -serial")
+}
+
+#[derive(Default)]
+struct Tally {
+    admitted: u64,
+    denied: u64,
+    failures: Vec<String>,
+    seconds: f64,
+}
+
+impl Tally {
+    fn total(&self) -> u64 {
+        self.admitted + self.denied + self.failures.len() as u64
+    }
+}
+
+/// Four workers creating Backups with dryRun through the API server as fast as it answers;
+/// every odd one is of a missing snapshot and must be denied by the guard, every even one
+/// admitted. Anything else is a failure.
+struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tally: std::sync::Arc<std::sync::Mutex<Tally>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    started: std::time::Instant,
+}
+
+impl Stream {
+    fn start(client: kube::Client, ns: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::default()));
+        let workers = (0..4)
+            .map(|worker| {
+                let (stop, tally) = (stop.clone(), tally.clone());
+                let api: kube::Api<longhorn_types::Backup> =
+                    kube::Api::namespaced(client.clone(), ns);
+                let ns = ns.to_owned();
+                tokio::spawn(async move {
+                    let dry_run = kube::api::PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    };
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let missing = i % 2 == 1;
+                        let snapshot = if missing { "snap-gone" } else { "snap-ok" };
+                        let name = format!("stream-{worker}-{i}");
+                        let backup: longhorn_types::Backup = serde_json::from_value(
+                            shapes::backup(&ns, &name, "vol-1", snapshot, None),
+                        )
+                        .unwrap();
+                        let outcome = api.create(&dry_run, &backup).await;
+                        let mut tally = tally.lock().unwrap();
+                        match (missing, outcome) {
+                            (false, Ok(_)) => tally.admitted += 1,
+                            (true, Err(kube::Error::Api(e)))
+                                if e.message.contains("longhorn-guard denied")
+                                    && e.message.contains("snap-gone") =>
+                            {
+                                tally.denied += 1
+                            }
+                            (_, other) => tally
+                                .failures
+                                .push(format!("{name} ({snapshot}): {other:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            tally,
+            workers,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Waits until `n` more reviews have been answered (a fact, not a time).
+    async fn wait_for_more(&self, n: u64) -> Result<()> {
+        let target = self.tally.lock().unwrap().total() + n;
+        wait_for(
+            Duration::from_secs(60),
+            &format!("{n} more reviews"),
+            || {
+                let done = self.tally.lock().unwrap().total() >= target;
+                async move { Ok(done) }
+            },
+        )
+        .await
+    }
+
+    async fn stop(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        let mut tally = std::mem::take(&mut *self.tally.lock().unwrap());
+        tally.seconds = self.started.elapsed().as_secs_f64();
+        tally
     }
 }
 
@@ -180,7 +303,12 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
         .args(["install", "lhg"])
         .arg(chart())
         .args(["--namespace", &guard])
-        .args(["--set", &format!("longhornNamespace={longhorn}")]);
+        .args(["--set", &format!("longhornNamespace={longhorn}")])
+        // Fail: a review that does not reach the guard is an error the stream below counts
+        // (with Ignore it would pass unseen). No throttle: the stream's Backups all get the
+        // snapshot check's verdict, whatever their rate.
+        .args(["--set", "webhook.failurePolicy=Fail"])
+        .args(["--set", "policy.throttle.enabled=false"]);
     run(install, "helm install")?;
     let mut release = Release(Some({
         let mut uninstall = helm();
@@ -313,8 +441,8 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
     .with_context(|| std::fs::read_to_string(work.join("webhook.log")).unwrap_or_default())?;
 
     // No Service network here: the registration calls the webhook by URL, same caBundle.
-    let installed_client_config = vwc["webhooks"][0]["clientConfig"].clone();
-    let by_url =
+    let mut installed_client_config = vwc["webhooks"][0]["clientConfig"].clone();
+    let mut by_url =
         json!({"url": format!("https://127.0.0.1:{listen}/validate/backups"), "caBundle": bundle});
     set_client_config(&kubectl, &by_url)?;
 
@@ -360,7 +488,121 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
     create.arg("create").arg("-f").arg(&ok);
     run(create, "kubectl create a Backup of an existing snapshot")?;
 
-    // 5. helm upgrade with a changed policy value: the new ConfigMap reaches the mounted file
+    // 5. Rotation under load: a stream of Backup CREATE dry runs through the API server (half of
+    //    missing snapshots) while the CronJob's command rotates: forced leaf renewal, then a CA
+    //    roll in two phases, each followed by the volume update kubelet would make.
+    let cron = get(
+        &kubectl,
+        &["-n", &guard, "cronjob", "longhorn-guard-certs-rotate"],
+    )?;
+    let rotate_args: Vec<String> = serde_json::from_value(
+        cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"].clone(),
+    )?;
+    assert_eq!(
+        rotate_args,
+        ["certs", "rotate", &format!("--namespace={guard}")]
+    );
+    let rotate = |extra: &[&str]| -> Result<()> {
+        let mut cmd = cluster.command(BIN);
+        // The registration is called by url here, so name its entry (and keep the 127.0.0.1 SAN).
+        cmd.args(&rotate_args)
+            .args([
+                "--webhook-name",
+                "backups.longhorn-guard.io",
+                "--webhook-san",
+                "127.0.0.1",
+            ])
+            .args(extra);
+        run(cmd, &format!("the certs CronJob's command {extra:?}")).map(drop)
+    };
+    let roll_out = |volume: &str| -> Result<()> {
+        project(
+            &kubectl,
+            &guard,
+            volumes.get(volume).context("volume")?,
+            &work.join("volumes").join(volume),
+        )
+    };
+    let stream = Stream::start(cluster.client(), &longhorn);
+    stream.wait_for_more(100).await?;
+    let before = served_serial(listen)?;
+    rotate(&["--force"])?;
+    roll_out("serving-cert")?;
+    roll_out("client-cert")?;
+    stream.wait_for_more(100).await?;
+    rotate(&["--ca-renew-before", "7300d"])?;
+    roll_out("serving-cert")?;
+    roll_out("client-cert")?;
+    stream.wait_for_more(100).await?;
+    rotate(&["--ca-renew-before", "7300d", "--ca-overlap", "0s"])?;
+    roll_out("serving-cert")?;
+    roll_out("client-cert")?;
+    let renewed = get(
+        &kubectl,
+        &["-n", &guard, "secret", "longhorn-guard-webhook-tls"],
+    )?;
+    let leaf = work.join("renewed.crt");
+    std::fs::write(
+        &leaf,
+        base64_decode(renewed["data"]["tls.crt"].as_str().context("tls.crt")?)?,
+    )?;
+    let mut serial = Command::new("openssl");
+    serial.args(["x509", "-noout", "-serial", "-in"]).arg(&leaf);
+    let renewed_serial = run(serial, "openssl x509 -serial")?;
+    wait_for(
+        Duration::from_secs(120),
+        "the webhook to serve the renewed leaf",
+        || {
+            let served = served_serial(listen);
+            let renewed_serial = renewed_serial.clone();
+            async move { Ok(served? == renewed_serial) }
+        },
+    )
+    .await?;
+    stream.wait_for_more(100).await?;
+    let tally = stream.stop().await;
+    eprintln!(
+        "rotation under load: {} reviews in {:.1} s = {:.0}/s ({} admitted, {} denied for the \
+         missing snapshot, {} failed); served serial {} -> {}",
+        tally.total(),
+        tally.seconds,
+        tally.total() as f64 / tally.seconds,
+        tally.admitted,
+        tally.denied,
+        tally.failures.len(),
+        before.trim(),
+        renewed_serial.trim()
+    );
+    ensure!(
+        tally.failures.is_empty(),
+        "{} reviews failed during the rotation, e.g. {:?}",
+        tally.failures.len(),
+        &tally.failures[..tally.failures.len().min(5)]
+    );
+    ensure!(
+        tally.total() as f64 / tally.seconds >= 50.0,
+        "the stream ran below 50 reviews/s ({} in {:.1} s)",
+        tally.total(),
+        tally.seconds
+    );
+    ensure!(before != renewed_serial, "the leaf was not renewed");
+    ensure!(
+        webhook.0.try_wait()?.is_none(),
+        "the webhook restarted during the rotation"
+    );
+    let rotated = get(
+        &kubectl,
+        &["validatingwebhookconfiguration", "longhorn-guard"],
+    )?;
+    let live_bundle = rotated["webhooks"][0]["clientConfig"]["caBundle"].clone();
+    ensure!(
+        live_bundle != json!(bundle),
+        "the CA roll did not reach the caBundle"
+    );
+    installed_client_config["caBundle"] = live_bundle.clone();
+    by_url["caBundle"] = live_bundle.clone();
+
+    // 6. helm upgrade with a changed policy value: the new ConfigMap reaches the mounted file
     //    (projected as kubelet does, atomically) and the running webhook takes it up without a
     //    restart: the same process now only warns about a missing snapshot.
     //    The clientConfig goes back to the installed one first (helm would merge its service
@@ -381,19 +623,16 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
     )?;
     assert_eq!(
         upgraded["webhooks"][0]["clientConfig"]["caBundle"].as_str(),
-        Some(bundle.as_str()),
-        "helm upgrade dropped the caBundle the certs bootstrap wrote"
+        live_bundle.as_str(),
+        "helm upgrade dropped the caBundle the certs rotation wrote"
     );
     set_client_config(&kubectl, &by_url)?;
-    let policy_dir = work.join("volumes/policy");
-    let next = work.join("volumes/policy-next");
     project(
         &kubectl,
         &guard,
         volumes.get("policy").context("policy volume")?,
-        &next,
+        &work.join("volumes/policy"),
     )?;
-    std::fs::rename(next.join("policy.yaml"), policy_dir.join("policy.yaml"))?;
     let warned = backup_file("warned-about", "snap-gone-too")?;
     wait_for(
         Duration::from_secs(30),
@@ -424,7 +663,7 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
         "the webhook restarted or exited on the policy change"
     );
 
-    // 6. helm uninstall removes the registration.
+    // 7. helm uninstall removes the registration.
     run(release.0.take().context("release guard")?, "helm uninstall")?;
     let mut left = kubectl();
     left.args([
