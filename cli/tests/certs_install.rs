@@ -22,7 +22,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -236,24 +236,7 @@ async fn bootstrapped_certificates_are_served_called_by_the_api_server_and_rotat
     let cluster = TestCluster::connect().await?;
     let client = cluster.client();
     let ns = cluster.namespace("lhg-certs-e2e").await?;
-    for (obj, status) in [
-        (
-            shapes::volume(&ns, "vol-1", "node-1"),
-            shapes::volume_status("node-1"),
-        ),
-        (
-            shapes::snapshot(&ns, "snap-ok", "vol-1"),
-            shapes::snapshot_status("node-1", ""),
-        ),
-        (
-            shapes::backup_target(&ns, "default", "s3://bk@us-east-1/"),
-            shapes::backup_target_status("node-1", true),
-        ),
-    ] {
-        cluster
-            .create_longhorn_object(&ns, obj, Some(status))
-            .await?;
-    }
+    common::seed_volume_snapshot_and_target(&cluster, &ns).await?;
 
     // 1. Registered by url, without a caBundle: nothing can call it yet.
     let listen = free_port()?;
@@ -324,17 +307,7 @@ async fn bootstrapped_certificates_are_served_called_by_the_api_server_and_rotat
         listen,
         metrics,
     };
-    let ready = format!("http://127.0.0.1:{}/readyz", webhook.metrics);
-    wait_for(Duration::from_secs(30), "webhook /readyz 200", || {
-        let ready = ready.clone();
-        async move {
-            let out = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &ready])
-                .output()?;
-            Ok(out.stdout == b"200")
-        }
-    })
-    .await?;
+    common::wait_until_ready(webhook.metrics).await?;
     assert_eq!(
         served_serial(webhook.listen, &bundle.0).await?,
         leaf_serial(&first)?

@@ -26,6 +26,8 @@
 //! Needs `LHG_TEST_KUBECONFIG`, `LHG_HELM` and `LHG_KUBECTL` (scripts/test.sh sets all three).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -278,24 +280,7 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
         .args(["label", "namespace", &longhorn])
         .arg(format!("kubernetes.io/metadata.name={longhorn}"));
     run(label, "kubectl label namespace")?;
-    for (obj, status) in [
-        (
-            shapes::volume(&longhorn, "vol-1", "node-1"),
-            shapes::volume_status("node-1"),
-        ),
-        (
-            shapes::snapshot(&longhorn, "snap-ok", "vol-1"),
-            shapes::snapshot_status("node-1", ""),
-        ),
-        (
-            shapes::backup_target(&longhorn, "default", "s3://bk@us-east-1/"),
-            shapes::backup_target_status("node-1", true),
-        ),
-    ] {
-        cluster
-            .create_longhorn_object(&longhorn, obj, Some(status))
-            .await?;
-    }
+    common::seed_volume_snapshot_and_target(&cluster, &longhorn).await?;
 
     // 1. helm install, and every rendered object is in the cluster.
     let mut install = helm();
@@ -427,18 +412,9 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
     }
     let log = std::fs::File::create(work.join("webhook.log"))?;
     let mut webhook = Killed(command.stdout(log.try_clone()?).stderr(log).spawn()?);
-    let ready = format!("http://127.0.0.1:{metrics}/readyz");
-    wait_for(Duration::from_secs(30), "webhook /readyz 200", || {
-        let ready = ready.clone();
-        async move {
-            let out = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &ready])
-                .output()?;
-            Ok(out.stdout == b"200")
-        }
-    })
-    .await
-    .with_context(|| std::fs::read_to_string(work.join("webhook.log")).unwrap_or_default())?;
+    common::wait_until_ready(metrics)
+        .await
+        .with_context(|| std::fs::read_to_string(work.join("webhook.log")).unwrap_or_default())?;
 
     // No Service network here: the registration calls the webhook by URL, same caBundle.
     let mut installed_client_config = vwc["webhooks"][0]["clientConfig"].clone();

@@ -3,7 +3,8 @@
 
 use anyhow::Result;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use longhorn_guard_testkit::TEST_NAMESPACE_LABEL;
+use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster};
+use longhorn_types::shapes;
 use serde_json::json;
 
 /// A ValidatingWebhookConfiguration `name` with one webhook `entry` that sends the CREATEs of
@@ -33,4 +34,45 @@ pub fn backup_webhook_by_url(
             "admissionReviewVersions": ["v1"], "timeoutSeconds": 5
         }]
     }))?)
+}
+
+/// Longhorn objects in `ns` for the webhook to judge by: Volume `vol-1` on node-1, its ready
+/// Snapshot `snap-ok`, and an available BackupTarget `default`.
+pub async fn seed_volume_snapshot_and_target(cluster: &TestCluster, ns: &str) -> Result<()> {
+    for (obj, status) in [
+        (
+            shapes::volume(ns, "vol-1", "node-1"),
+            shapes::volume_status("node-1"),
+        ),
+        (
+            shapes::snapshot(ns, "snap-ok", "vol-1"),
+            shapes::snapshot_status("node-1", ""),
+        ),
+        (
+            shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
+            shapes::backup_target_status("node-1", true),
+        ),
+    ] {
+        cluster
+            .create_longhorn_object(ns, obj, Some(status))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Waits (30 s at most) until the webhook's metrics listener on 127.0.0.1:`port` answers
+/// `/readyz` with 200.
+pub async fn wait_until_ready(port: u16) -> Result<()> {
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    longhorn_guard_testkit::wait_for(
+        std::time::Duration::from_secs(30),
+        "webhook /readyz 200",
+        || {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &ready])
+                .output();
+            async move { Ok(out?.stdout == b"200") }
+        },
+    )
+    .await
 }
