@@ -105,6 +105,11 @@ impl CertsCommand {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;
+        self.run_with(client).await
+    }
+
+    /// Runs against the cluster of `client`.
+    pub async fn run_with(&self, client: kube::Client) -> Result<Report> {
         match self {
             CertsCommand::Bootstrap(args) => reconcile::bootstrap(client, &args.options()).await,
             CertsCommand::Rotate(args) => reconcile::rotate(client, &args.options()).await,

@@ -20,6 +20,8 @@ struct Cli {
     /// Log format: `json` (default, for clusters) or `text`.
     #[arg(long, global = true, env = "LHG_LOG_FORMAT", default_value = "json")]
     log_format: LogFormat,
+    #[command(flatten)]
+    kube: KubeArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,8 +44,21 @@ enum Command {
     #[command(subcommand)]
     Certs(longhorn_guard_certs::CertsCommand),
     /// Replay the Longhorn v1.7.2 Backup storm without and with the guard on a local
-    /// control plane (or --kubeconfig) and report side by side.
+    /// control plane (or the cluster of --kubeconfig) and report side by side.
     Demo(DemoArgs),
+}
+
+/// Which cluster to talk to, with kubectl's flag names (so `kubectl longhorn-guard doctor
+/// --context prod` means what a kubectl user expects). Without them: `KUBECONFIG`,
+/// `~/.kube/config`, or the in-cluster service account.
+#[derive(clap::Args, Default)]
+struct KubeArgs {
+    /// Path to the kubeconfig file.
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -79,9 +94,6 @@ struct DemoArgs {
     /// Report directory (report.json, report.md, in-flight.svg, logs/).
     #[arg(long, default_value = "demo-out")]
     out: PathBuf,
-    /// Use this cluster instead of starting a local control plane.
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
     /// Where control-plane/{build,up,down}.sh are (found next to the repository by default).
     #[arg(long)]
     control_plane_dir: Option<PathBuf>,
@@ -190,14 +202,42 @@ struct WebhookArgs {
     agent_address_pattern: Option<String>,
 }
 
+/// The executable's name when kubectl runs it as a plugin (`kubectl longhorn-guard ...`:
+/// kubectl looks for `kubectl-` + the command with `-` written `_`).
+pub const KUBECTL_PLUGIN_NAME: &str = "kubectl-longhorn_guard";
+
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let mut command = Cli::command();
+    if invoked_as.as_deref() == Some(KUBECTL_PLUGIN_NAME) {
+        // Usage lines and errors then read as the user typed them.
+        command = command.bin_name("kubectl longhorn-guard");
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_logs(cli.log_format);
+    let kube = cli.kube;
     let result = match cli.command {
-        Command::Webhook(args) => block_on(run_webhook(args)),
-        Command::Agent(args) => args.run(),
+        Command::Webhook(args) => block_on(run_webhook(args, kube)),
+        Command::Agent(args) => {
+            if kube.kubeconfig.is_some() || kube.context.is_some() {
+                Err(anyhow::anyhow!(
+                    "the agent takes its cluster from the in-cluster config or KUBECONFIG; --kubeconfig and --context are for the other commands"
+                ))
+            } else {
+                args.run()
+            }
+        }
         Command::Doctor(args) => {
-            return match block_on_value(run_doctor(args)) {
+            return match block_on_value(run_doctor(args, kube)) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("longhorn-guard doctor: {e:#}");
@@ -205,9 +245,9 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Prune(args) => block_on(run_prune(args)),
+        Command::Prune(args) => block_on(run_prune(args, kube)),
         Command::Crds => print_crds(),
-        Command::Certs(cmd) => block_on(run_certs(cmd)),
+        Command::Certs(cmd) => block_on(run_certs(cmd, kube)),
         Command::Demo(a) => block_on(async move {
             let report = longhorn_guard_demo::run(longhorn_guard_demo::DemoOptions {
                 backups: a.backups,
@@ -221,7 +261,7 @@ fn main() -> ExitCode {
                 concurrency: a.concurrency,
                 leak_cap: a.leak_cap,
                 out_dir: a.out.clone(),
-                kubeconfig: a.kubeconfig,
+                kubeconfig: kube.kubeconfig,
                 control_plane_dir: a.control_plane_dir,
                 ..Default::default()
             })
@@ -265,15 +305,34 @@ fn doctor_options(args: &DoctorArgs) -> longhorn_guard_stuck_backups::DoctorOpti
     }
 }
 
-async fn kube_client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (KUBECONFIG, ~/.kube/config or in-cluster)")
+async fn kube_client(args: &KubeArgs) -> anyhow::Result<kube::Client> {
+    use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None if args.context.is_some() => Config::from_kubeconfig(&options)
+            .await
+            .context("using the kubeconfig (KUBECONFIG or ~/.kube/config) with --context")?,
+        None => Config::infer().await.context(
+            "connecting to the Kubernetes API (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster)",
+        )?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-async fn run_doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+async fn run_doctor(args: DoctorArgs, kube: KubeArgs) -> anyhow::Result<ExitCode> {
     let report =
-        longhorn_guard_stuck_backups::doctor(kube_client().await?, &doctor_options(&args)).await?;
+        longhorn_guard_stuck_backups::doctor(kube_client(&kube).await?, &doctor_options(&args))
+            .await?;
     match args.output {
         Output::Table => print!(
             "{}",
@@ -288,9 +347,9 @@ async fn run_doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
+async fn run_prune(args: PruneArgs, kube: KubeArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.restore {
-        return run_restore(&args.doctor, file).await;
+        return run_restore(&args.doctor, file, &kube).await;
     }
     let restore_file = args.restore_file.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
@@ -305,7 +364,7 @@ async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
         restore_file,
         deletes_per_second: args.rate,
     };
-    let outcome = longhorn_guard_stuck_backups::prune(kube_client().await?, &options).await?;
+    let outcome = longhorn_guard_stuck_backups::prune(kube_client(&kube).await?, &options).await?;
     match args.doctor.output {
         Output::Table => print!(
             "{}",
@@ -316,9 +375,14 @@ async fn run_prune(args: PruneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_restore(args: &DoctorArgs, file: &std::path::Path) -> anyhow::Result<()> {
+async fn run_restore(
+    args: &DoctorArgs,
+    file: &std::path::Path,
+    kube: &KubeArgs,
+) -> anyhow::Result<()> {
     let outcome =
-        longhorn_guard_stuck_backups::restore(kube_client().await?, &args.namespace, file).await?;
+        longhorn_guard_stuck_backups::restore(kube_client(kube).await?, &args.namespace, file)
+            .await?;
     match args.output {
         Output::Table => print!(
             "{}",
@@ -336,7 +400,7 @@ async fn run_restore(args: &DoctorArgs, file: &std::path::Path) -> anyhow::Resul
     Ok(())
 }
 
-async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
+async fn run_webhook(args: WebhookArgs, kube: KubeArgs) -> anyhow::Result<()> {
     use longhorn_guard_webhook::engine_truth::{AgentDiscovery, EngineTruthConfig};
     let engine_truth = args.agent_ca.map(|ca| {
         let discovery = match args.agent_address_pattern {
@@ -363,7 +427,7 @@ async fn run_webhook(args: WebhookArgs) -> anyhow::Result<()> {
         longhorn_version: args.longhorn_version,
         ..Default::default()
     };
-    let client = kube_client().await?;
+    let client = kube_client(&kube).await?;
     longhorn_guard_webhook::run(config, client, shutdown_signal()).await
 }
 
@@ -372,8 +436,8 @@ fn print_crds() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_certs(cmd: longhorn_guard_certs::CertsCommand) -> anyhow::Result<()> {
-    let report = cmd.run().await?;
+async fn run_certs(cmd: longhorn_guard_certs::CertsCommand, kube: KubeArgs) -> anyhow::Result<()> {
+    let report = cmd.run_with(kube_client(&kube).await?).await?;
     tracing::info!(changed = report.changed(), "certs: done");
     Ok(())
 }
