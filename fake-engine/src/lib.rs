@@ -8,19 +8,38 @@
 //!   configured like Longhorn's (TLS 1.3, mandatory client certificate named
 //!   `longhorn-backend.longhorn-system`).
 //!
+//! - [`Scenario`] is the one format (YAML, documented in `fake-engine/SCENARIOS.md`) that says
+//!   which engines a fake serves: version (presets of real releases, [`EngineVersion`]), volume,
+//!   replicas and their modes, snapshot chains with branches, removed snapshots, labels, sizes
+//!   and times, checked for consistency before anything is served.
+//!
 //! It answers like Longhorn v1.7.2's proxy where the project's reference says how (error codes and
-//! message wording, the `volume-head` entry, backup status), and nothing more: it is not a storage engine
-//! and must never listen on a non-loopback address.
+//! message wording, versions, volumes, replicas, the first RW replica's chain with `volume-head`,
+//! backup status, the keepalive enforcement of [`KeepalivePolicy::LONGHORN`]), and nothing more: it
+//! is not a storage engine and must never listen on a non-loopback address.
 
+mod conn;
 mod fault;
 mod health;
+mod keepalive;
+mod scenario;
 mod server;
 mod service;
 mod state;
 mod tasks;
 mod tls;
+mod version;
 
 pub use fault::{Fault, Method};
+pub use keepalive::KeepalivePolicy;
+pub use scenario::{
+    EngineScenario, HeadScenario, ReplicaScenario, Scenario, ScenarioError, SnapshotScenario,
+    VersionChoice,
+};
 pub use server::{RunningServer, serve, serve_tls};
-pub use state::{EngineSpec, FakeEngine, SnapshotSpec, Stats, WeakFakeEngine};
+pub use state::{
+    ConnectionInfo, DEFAULT_SNAPSHOT_MAX_COUNT, DEFAULT_VOLUME_SIZE, EngineSpec, FRONTEND_BLOCKDEV,
+    FakeEngine, ReplicaMode, SnapshotSpec, Stats, WeakFakeEngine,
+};
 pub use tls::{FakeTls, LONGHORN_PEER_NAME};
+pub use version::{EngineVersion, VERSION_PRESETS};

@@ -1,46 +1,33 @@
-//! `fake-engine`: runs a [`fake_engine::FakeEngine`] on a loopback address until SIGINT/SIGTERM.
+//! `fake-engine`: runs a [`fake_engine::FakeEngine`] on a loopback address until SIGINT/SIGTERM,
+//! serving the engines of a scenario file (format: `fake-engine/SCENARIOS.md`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
-use fake_engine::{EngineSpec, FakeEngine, SnapshotSpec, serve};
+use fake_engine::{FakeEngine, KeepalivePolicy, Scenario, serve};
 use tracing_subscriber::EnvFilter;
 
 /// A scriptable stand-in for Longhorn's instance-manager engine proxy (imrpc.ProxyEngineService).
 #[derive(Parser, Debug)]
 #[command(name = "fake-engine", version)]
 struct Args {
-    /// Loopback address to listen on (127.0.0.0/8 only).
+    /// Loopback address to listen on (127.0.0.0/8 only; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8501")]
     listen: SocketAddr,
-    /// An engine reachable through the proxy: ADDRESS,ENGINE,VOLUME (repeatable).
-    #[arg(long = "engine", value_name = "ADDRESS,ENGINE,VOLUME")]
-    engines: Vec<String>,
-    /// A snapshot of an engine's chain, oldest first: ADDRESS,NAME (repeatable).
-    #[arg(long = "snapshot", value_name = "ADDRESS,NAME")]
-    snapshots: Vec<String>,
-}
-
-fn parse_engine(s: &str) -> anyhow::Result<EngineSpec> {
-    let parts: Vec<&str> = s.split(',').collect();
-    let [address, engine_name, volume_name] = parts.as_slice() else {
-        bail!("--engine {s:?}: expected ADDRESS,ENGINE,VOLUME");
-    };
-    Ok(EngineSpec {
-        address: address.to_string(),
-        engine_name: engine_name.to_string(),
-        volume_name: volume_name.to_string(),
-    })
-}
-
-fn parse_snapshot(s: &str) -> anyhow::Result<(String, String)> {
-    match s.split_once(',') {
-        Some((address, name)) if !address.is_empty() && !name.is_empty() && !name.contains(',') => {
-            Ok((address.to_string(), name.to_string()))
-        }
-        _ => bail!("--snapshot {s:?}: expected ADDRESS,NAME"),
-    }
+    /// The engines the proxy can reach: a scenario file (YAML, see SCENARIOS.md). Repeatable;
+    /// a later file replaces an engine of an earlier one at the same address.
+    #[arg(long = "scenario", value_name = "FILE")]
+    scenarios: Vec<PathBuf>,
+    /// Check the scenario files and exit (prints the engines they define).
+    #[arg(long)]
+    check: bool,
+    /// Keepalive enforcement: GOAWAY ENHANCE_YOUR_CALM "too_many_pings" to a client pinging
+    /// more often than this many seconds, as Longhorn's instance manager does (10); 0 disables it.
+    #[arg(long, default_value_t = 10)]
+    keepalive_min_time_seconds: u64,
 }
 
 #[tokio::main]
@@ -53,26 +40,22 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let engine = FakeEngine::new();
-    for spec in &args.engines {
-        let spec = parse_engine(spec)?;
-        tracing::info!(address = %spec.address, engine = %spec.engine_name, volume = %spec.volume_name, "engine added");
-        engine.add_engine(spec);
-    }
-    for s in &args.snapshots {
-        let (address, name) = parse_snapshot(s)?;
-        if engine.replica_address(&address).is_none() {
-            bail!("--snapshot {s:?}: no --engine with address {address}");
+    for path in &args.scenarios {
+        let scenario = Scenario::from_file(path)?;
+        engine.load_scenario(&scenario)?;
+        for e in &scenario.engines {
+            tracing::info!(scenario = %path.display(), address = %e.address, engine = %e.engine, volume = %e.volume, "engine added");
         }
-        tracing::info!(%address, snapshot = %name, "snapshot added");
-        engine.add_snapshot(
-            &address,
-            SnapshotSpec {
-                name,
-                user_created: true,
-                ..Default::default()
-            },
-        );
     }
+    if args.check {
+        println!("scenario files are valid");
+        return Ok(());
+    }
+    engine.set_keepalive_policy(
+        (args.keepalive_min_time_seconds > 0).then(|| KeepalivePolicy {
+            min_time: Duration::from_secs(args.keepalive_min_time_seconds),
+        }),
+    );
     let server = serve(engine, args.listen).await?;
     println!("fake-engine listening on {}", server.local_addr);
 

@@ -1,53 +1,30 @@
-//! The accept loop and per-connection HTTP/2 serving, with the per-connection control that `Reset` and
-//! `GoAway` faults need.
+//! The accept loop and per-connection HTTP/2 serving (the connection itself, its fault control and
+//! keepalive enforcement are in `conn.rs`).
 
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use longhorn_guard_proto::imrpc::proxy_engine_service_server::ProxyEngineServiceServer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tonic::service::Routes;
 use tonic_health::pb::health_server::HealthServer;
 use tracing::{debug, info, warn};
 
+use crate::conn::{ConnControl, ConnIo, Stream};
 use crate::health::AlwaysServing;
 use crate::service::ProxyService;
 use crate::state::FakeEngine;
 use crate::tasks::{TaskRegistry, TrackedExecutor};
 use crate::tls::FakeTls;
-
-/// Per-connection control, put into every request's extensions so a handler can act on the connection
-/// that carries its call.
-#[derive(Clone, Default)]
-pub(crate) struct ConnControl {
-    reset: Arc<Notify>,
-    go_away: Arc<Notify>,
-}
-
-impl ConnControl {
-    /// Abort the connection (TCP RST, no HTTP/2 response).
-    pub(crate) fn reset(&self) {
-        self.reset.notify_one();
-    }
-
-    /// Gracefully shut the connection down (HTTP/2 GOAWAY).
-    pub(crate) fn go_away(&self) {
-        self.go_away.notify_one();
-    }
-}
 
 /// A running fake engine proxy.
 pub struct RunningServer {
@@ -187,7 +164,7 @@ async fn serve_connection(
     engine: FakeEngine,
     tasks: Arc<TaskRegistry>,
 ) {
-    let _open = engine.connection_opened();
+    let open = engine.connection_opened(peer);
     let _ = stream.set_nodelay(true);
     debug!(%peer, "fake-engine connection opened");
     let stream = match tls {
@@ -211,13 +188,11 @@ async fn serve_connection(
             }
         }
     };
+    let keepalive = engine.keepalive_policy();
     drop(engine);
     let control = ConnControl::default();
-    let io = ConnIo {
-        inner: stream,
-        reset_on_drop: Arc::new(AtomicBool::new(false)),
-    };
-    let reset_on_drop = io.reset_on_drop.clone();
+    let io = ConnIo::new(stream, keepalive, open.record(), &control);
+    let reset_on_drop = io.reset_on_drop();
     let per_request = control.clone();
     let svc = tower::ServiceBuilder::new()
         .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -230,6 +205,7 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
     let mut conn = pin!(conn);
     let mut going_away = false;
+    let mut calmed_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -248,136 +224,19 @@ async fn serve_connection(
                 going_away = true;
                 conn.as_mut().graceful_shutdown();
             }
+            () = control.calmed.notified(), if calmed_at.is_none() => {
+                // GOAWAY too_many_pings is out and the write side shut; grpc-go closes the
+                // connection now. Wait a little for the client to close its side, so closing ours
+                // with unread bytes (a TCP RST) cannot overtake the GOAWAY.
+                debug!(%peer, "fake-engine told the client too_many_pings");
+                calmed_at = Some(tokio::time::Instant::now());
+            }
+            () = tokio::time::sleep_until(calmed_at.unwrap_or_else(tokio::time::Instant::now) + CALMED_LINGER), if calmed_at.is_some() => break,
         }
     }
     debug!(%peer, "fake-engine connection closed");
 }
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A connection's byte stream, in plaintext (h2c) or TLS.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
-
-/// The stream of one connection; closes with RST (zero linger) when a `Reset` fault asked for it.
-struct ConnIo {
-    inner: Stream,
-    reset_on_drop: Arc<AtomicBool>,
-}
-
-impl Drop for ConnIo {
-    fn drop(&mut self) {
-        if self.reset_on_drop.load(Ordering::SeqCst) {
-            let _ = self.inner.tcp().set_zero_linger();
-        }
-    }
-}
-
-impl AsyncRead for ConnIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ConnIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+/// How long a connection told `too_many_pings` waits for the client to close before it closes.
+const CALMED_LINGER: Duration = Duration::from_secs(2);

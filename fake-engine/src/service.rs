@@ -1,7 +1,7 @@
 //! `imrpc.ProxyEngineService` over the fake's state, answering like Longhorn v1.7.2's proxy (reference
-//! §1.10): identity checks, error codes and wording, the `volume-head` entry, backup status.
+//! §1.10): identity checks, error codes and wording, each engine's version and volume, its replicas,
+//! the snapshot list of its first RW replica with `volume-head`, backup status.
 
-use std::collections::HashMap;
 use std::future;
 
 use longhorn_guard_proto::VOLUME_HEAD;
@@ -9,18 +9,14 @@ use longhorn_guard_proto::imrpc::proxy_engine_service_server::ProxyEngineService
 use longhorn_guard_proto::imrpc::{
     EngineReplicaListProxyResponse, EngineSnapshotBackupProxyResponse, EngineSnapshotBackupRequest,
     EngineSnapshotBackupStatusProxyResponse, EngineSnapshotBackupStatusRequest,
-    EngineSnapshotDiskInfo, EngineSnapshotListProxyResponse, EngineVersionProxyResponse,
-    EngineVolumeGetProxyResponse, ProxyEngineRequest,
+    EngineSnapshotListProxyResponse, EngineVersionProxyResponse, EngineVolumeGetProxyResponse,
+    ProxyEngineRequest,
 };
-use longhorn_guard_proto::ptypes;
 use tonic::{Code, Request, Response, Status};
 
+use crate::conn::ConnControl;
 use crate::fault::{Action, Method};
-use crate::server::ConnControl;
 use crate::state::{Backup, Data, Engine, FakeEngine};
-
-/// Size the fake reports for every volume (1 GiB).
-const VOLUME_SIZE: i64 = 1 << 30;
 
 pub(crate) struct ProxyService {
     engine: FakeEngine,
@@ -137,80 +133,13 @@ fn find_engine<'a>(
     Ok(engine)
 }
 
+/// Longhorn reads the chain of the first RW replica; without one the list is empty.
 fn snapshot_list(engine: &Engine) -> EngineSnapshotListProxyResponse {
-    let mut disks: HashMap<String, EngineSnapshotDiskInfo> = engine
-        .snapshots
-        .iter()
-        .map(|s| {
-            let info = EngineSnapshotDiskInfo {
-                name: s.spec.name.clone(),
-                parent: s.spec.parent.clone(),
-                children: HashMap::new(),
-                removed: s.removed,
-                user_created: s.spec.user_created,
-                created: s.spec.created.clone(),
-                size: s.spec.size.to_string(),
-                labels: s
-                    .spec
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
-            (s.spec.name.clone(), info)
-        })
-        .collect();
-    let newest = engine
-        .snapshots
-        .last()
-        .map(|s| s.spec.name.clone())
-        .unwrap_or_default();
-    disks.insert(
-        VOLUME_HEAD.to_string(),
-        EngineSnapshotDiskInfo {
-            name: VOLUME_HEAD.to_string(),
-            parent: newest,
-            size: "0".to_string(),
-            ..Default::default()
-        },
-    );
-    let links: Vec<(String, String)> = disks
-        .values()
-        .filter(|d| !d.parent.is_empty())
-        .map(|d| (d.parent.clone(), d.name.clone()))
-        .collect();
-    for (parent, child) in links {
-        if let Some(p) = disks.get_mut(&parent) {
-            p.children.insert(child, true);
-        }
-    }
-    EngineSnapshotListProxyResponse { disks }
-}
-
-fn volume(engine: &Engine) -> ptypes::Volume {
-    ptypes::Volume {
-        name: engine.spec.volume_name.clone(),
-        size: VOLUME_SIZE,
-        replica_count: 1,
-        endpoint: format!("/dev/longhorn/{}", engine.spec.volume_name),
-        frontend: "blockdev".to_string(),
-        frontend_state: "up".to_string(),
-        snapshot_max_count: 250,
-        ..Default::default()
-    }
-}
-
-fn version() -> ptypes::VersionOutput {
-    ptypes::VersionOutput {
-        version: "v1.7.1".to_string(),
-        git_commit: "fake-engine".to_string(),
-        build_date: "2024-10-01T00:00:00+00:00".to_string(),
-        cli_api_version: 9,
-        cli_api_min_version: 3,
-        controller_api_version: 5,
-        controller_api_min_version: 3,
-        data_format_version: 1,
-        data_format_min_version: 1,
+    EngineSnapshotListProxyResponse {
+        disks: engine
+            .first_rw()
+            .map(|r| r.chain.disks())
+            .unwrap_or_default(),
     }
 }
 
@@ -272,12 +201,11 @@ fn start_backup(
     if req.snapshot_name == VOLUME_HEAD {
         return fail("cannot backup the head disk in the chain".to_string());
     }
-    let replica = engine.replica_address();
-    if !engine
-        .snapshots
-        .iter()
-        .any(|s| s.spec.name == req.snapshot_name)
-    {
+    let Some(first_rw) = engine.first_rw() else {
+        return fail("cannot find an available replica for backup".to_string());
+    };
+    let replica = first_rw.address.clone();
+    if !first_rw.chain.contains(&req.snapshot_name) {
         return fail(format!(
             "snapshot disk volume-snap-{}.img not found on replica {replica}",
             req.snapshot_name
@@ -313,9 +241,12 @@ impl ProxyEngineService for ProxyService {
         let _call = self.engine.begin_call(Method::ServerVersionGet.rpc_name());
         self.apply_fault(Method::ServerVersionGet, &request).await?;
         let mut data = self.engine.data();
-        find_engine(&mut data, request.get_ref(), Wrap::VersionDetail)?;
         Ok(Response::new(EngineVersionProxyResponse {
-            version: Some(version()),
+            version: Some(
+                find_engine(&mut data, request.get_ref(), Wrap::VersionDetail)?
+                    .version
+                    .to_proto(),
+            ),
         }))
     }
 
@@ -328,7 +259,7 @@ impl ProxyEngineService for ProxyService {
         let mut data = self.engine.data();
         let engine = find_engine(&mut data, request.get_ref(), Wrap::Volume)?;
         Ok(Response::new(EngineVolumeGetProxyResponse {
-            volume: Some(volume(engine)),
+            volume: Some(engine.volume()),
         }))
     }
 
@@ -381,17 +312,8 @@ impl ProxyEngineService for ProxyService {
         self.apply_fault(Method::ReplicaList, &request).await?;
         let mut data = self.engine.data();
         let engine = find_engine(&mut data, request.get_ref(), Wrap::ListReplicas)?;
-        let replica = ptypes::ControllerReplica {
-            address: Some(ptypes::ReplicaAddress {
-                address: engine.replica_address(),
-                instance_name: format!("{}-r-0", engine.spec.volume_name),
-            }),
-            mode: ptypes::ReplicaMode::Rw as i32,
-        };
         Ok(Response::new(EngineReplicaListProxyResponse {
-            replica_list: Some(ptypes::ReplicaListReply {
-                replicas: vec![replica],
-            }),
+            replica_list: Some(engine.replica_list()),
         }))
     }
 }
