@@ -51,6 +51,10 @@ pub struct AgentArgs {
     /// Where procfs is mounted (the host's with hostPID, the pod's in sidecar mode).
     #[arg(long, env = "LHG_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// Port of the engine proxy on every instance manager: Longhorn's is always 8501; a test
+    /// stand (the demo's fake instance managers) may serve it on another.
+    #[arg(long, env = "LHG_ENGINE_PROXY_PORT", default_value_t = longhorn_guard_proto::ENGINE_PROXY_PORT)]
+    pub engine_proxy_port: u16,
     /// Async runtime worker threads. The agent's work is a few calls at a time, so it does
     /// not follow the node's core count (a 64-core node would otherwise get 64 threads and
     /// their allocator arenas).
@@ -69,6 +73,7 @@ impl AgentArgs {
         config.server_cert = self.tls_cert;
         config.server_key = self.tls_key;
         config.client_ca = self.client_ca;
+        config.engine_proxy_port = self.engine_proxy_port;
         config.pool.longhorn_tls_dir = Some(self.longhorn_tls_dir);
         if !self.no_manager_monitor {
             let mut monitor = ManagerMonitorConfig::for_node(&config.node_name);

@@ -29,7 +29,8 @@ pub struct AgentConfig {
     /// Longest deadline any engine call may get, whatever the caller asks for.
     pub max_call_timeout: Duration,
     /// Port of the engine proxy on instance managers. Longhorn always uses 8501
-    /// ([`longhorn_guard_proto::ENGINE_PROXY_PORT`]); only tests change it.
+    /// ([`longhorn_guard_proto::ENGINE_PROXY_PORT`]); only tests and the demo's fake instance
+    /// managers change it (`--engine-proxy-port`).
     pub engine_proxy_port: u16,
     /// Pool of channels to the instance managers' engine proxies.
     pub pool: PoolConfig,
