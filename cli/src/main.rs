@@ -97,6 +97,9 @@ struct DemoArgs {
     /// Where control-plane/{build,up,down}.sh are (found next to the repository by default).
     #[arg(long)]
     control_plane_dir: Option<PathBuf>,
+    /// The first simulated node's loopback address (127.0.0.0/8); the others follow it.
+    #[arg(long)]
+    node_address: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(clap::Args)]
@@ -263,6 +266,7 @@ fn main() -> ExitCode {
                 out_dir: a.out.clone(),
                 kubeconfig: kube.kubeconfig,
                 control_plane_dir: a.control_plane_dir,
+                node_address: a.node_address,
                 ..Default::default()
             })
             .await?;

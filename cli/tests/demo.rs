@@ -273,6 +273,92 @@ async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
     Ok(())
 }
 
+/// Port 8501 of a node address is taken by something else (a listener that accepts and never
+/// answers, as a stray process would): the demo serves its fake instance managers on another port
+/// and tells the agents, so every engine check through them reaches an engine.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let out = temp_dir("port-taken")?;
+    let id = run_id("port-taken");
+    let r: u32 = rand::random();
+    let base = std::net::Ipv4Addr::new(127, 201 + (r % 50) as u8, (r >> 8) as u8, 2);
+    let second = std::net::Ipv4Addr::from(u32::from(base) + 1);
+    let squatter = std::net::TcpListener::bind((second, 8501))?;
+    let held = std::thread::spawn(move || {
+        // Accept and hold every connection without a byte of HTTP/2, until the test ends.
+        let mut held = Vec::new();
+        for conn in squatter.incoming() {
+            match conn {
+                Ok(c) => held.push(c),
+                Err(_) => break,
+            }
+        }
+    });
+    let base_arg = base.to_string();
+    let mut child = demo_command(
+        Some(cluster.kubeconfig_path()),
+        &out,
+        &id,
+        &[
+            "--backups",
+            "120",
+            "--volumes",
+            "12",
+            "--nodes",
+            "2",
+            "--duration",
+            "20",
+            "--storm-seconds",
+            "5",
+            "--resync",
+            "3",
+            "--node-address",
+            &base_arg,
+        ],
+    )
+    .spawn()?;
+    let status = wait_bounded(&mut child, Duration::from_secs(300))?;
+    if !status.success() {
+        bail!(
+            "demo failed ({status}); stderr tail:\n{}",
+            stderr_tail(&out)
+        );
+    }
+    let left = procs_of_run(&id);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
+    for run in &report.runs {
+        assert_ne!(run.engine_proxy_port, 8501, "{}", run.label);
+        assert_ne!(run.engine_proxy_port, 0, "{}", run.label);
+    }
+    let agent = report.runs[1]
+        .agent
+        .as_ref()
+        .context("run B has agent figures")?;
+    assert!(agent.engine_checks > 0, "{agent:?}");
+    assert_eq!(
+        agent.engine_check_errors,
+        0,
+        "engine checks through the agents failed: {agent:?}; stderr tail:\n{}",
+        stderr_tail(&out)
+    );
+    let stderr = std::fs::read_to_string(out.join("demo-stderr.log"))?;
+    assert!(
+        stderr.contains("port 8501 is taken on a node address"),
+        "{}",
+        stderr_tail(&out)
+    );
+    // The demo's scenario files are the fake engines' format (fake-engine/SCENARIOS.md).
+    let scenario = out
+        .join("logs")
+        .join(format!("scenario-{}-node-1.yaml", report.runs[1].namespace));
+    fake_engine::Scenario::from_file(&scenario)?;
+    drop(held);
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}
+
 /// SIGINT while the webhook and the storm run: the demo exits non-zero and nothing it started
 /// (webhook, agents) is left.
 #[tokio::test(flavor = "multi_thread")]

@@ -189,23 +189,25 @@ pub async fn start_webhook(
     })
 }
 
-/// Starts one `longhorn-guard agent` per node for `namespace`, and waits until all are ready.
+/// Starts one `longhorn-guard agent` per node of `nodes` for `namespace`, told the port the
+/// nodes' fake instance managers serve their engine proxy on, and waits until all are ready.
 pub async fn start_agents(
     children: &Children,
     exe: &Path,
     kubeconfig: &Path,
     pki: &DemoPki,
     namespace: &str,
-    nodes: &[String],
+    nodes: &crate::world::Nodes,
     logs: &Path,
 ) -> anyhow::Result<BTreeMap<String, Served>> {
     let mut agents = BTreeMap::new();
-    for node in nodes {
+    let engine_proxy_port = nodes.port;
+    for node in nodes.nodes.iter().map(|n| &n.name) {
         let name = format!("agent-{namespace}-{node}");
         let listen = loopback_addr()?;
         let metrics = loopback_addr()?;
         let log = logs.join(format!("{name}.log"));
-        let args = serving_args(
+        let mut args = serving_args(
             "agent",
             [
                 "--node".into(),
@@ -217,6 +219,8 @@ pub async fn start_agents(
             metrics,
             pki,
         );
+        // Where the fake instance managers serve their engine proxy (8501 unless taken).
+        args.extend(["--engine-proxy-port".into(), engine_proxy_port.to_string()]);
         children.spawn(
             &name,
             exe,

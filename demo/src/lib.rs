@@ -70,6 +70,9 @@ pub struct DemoOptions {
     /// The `longhorn-guard` binary for the webhook and agent children (default: this one).
     pub exe: Option<PathBuf>,
     pub seed: u64,
+    /// The first node's loopback address (the others follow it); default 127.0.0.2 with the
+    /// demo's own control plane, a random 127.x.y.2 with `--kubeconfig`.
+    pub node_address: Option<Ipv4Addr>,
 }
 
 impl Default for DemoOptions {
@@ -92,6 +95,7 @@ impl Default for DemoOptions {
             control_plane_dir: None,
             exe: None,
             seed: 4422,
+            node_address: None,
         }
     }
 }
@@ -307,7 +311,12 @@ async fn body(
     create_namespace(&client, &ns_b).await?;
     // Node addresses: 127.0.0.2.. on our own cluster; elsewhere a random 127.x.y.0/24 so two
     // demos on one machine do not collide.
-    let node_base = if own_cluster {
+    let node_base = if let Some(ip) = options.node_address {
+        if !ip.is_loopback() {
+            bail!("--node-address {ip} is not in 127.0.0.0/8");
+        }
+        ip
+    } else if own_cluster {
         Ipv4Addr::new(127, 0, 0, 2)
     } else {
         let r: u32 = rand::random();
@@ -444,7 +453,14 @@ async fn run_once(
             .filter(|b| b.fate == SnapshotFate::LostBeforeStorm)
             .count()
     ));
-    world::populate(ctx.client, ns, &nodes, o.volumes, &plan, 48).await?;
+    if nodes.port != world::PREFERRED_PROXY_PORT {
+        say(format!(
+            "run {label}: port {} is taken on a node address; the fake instance managers serve their engine proxy on port {} (the agents are told)",
+            world::PREFERRED_PROXY_PORT,
+            nodes.port
+        ));
+    }
+    world::populate(ctx.client, ns, &nodes, o.volumes, &plan, 48, ctx.logs).await?;
     let volume_nodes = Arc::new(world::volume_nodes(&nodes, o.volumes));
     let node_names: Vec<String> = nodes.nodes.iter().map(|n| n.name.clone()).collect();
 
@@ -461,7 +477,7 @@ async fn run_once(
                 ctx.kubeconfig,
                 ctx.pki,
                 ns,
-                &node_names,
+                &nodes,
                 ctx.logs,
             )
             .await?,
@@ -616,6 +632,7 @@ async fn run_once(
             ctx.children.stop(&a.name, Duration::from_secs(10)).await;
         }
     }
+    let engine_proxy_port = nodes.port;
     nodes.shutdown().await;
 
     let mut denied_by_reason: BTreeMap<String, u64> = BTreeMap::new();
@@ -667,6 +684,7 @@ async fn run_once(
         snapshots_lost_mid_storm: lost_mid.load(Ordering::Relaxed),
         leaked_manager_connections: stats.leaked_connections,
         engine_proxy_open_connections: engine_proxy_open,
+        engine_proxy_port,
         leak_cap_hit: stats.leak_cap_hit,
         reconciles: stats.reconciles,
         admission_p50_ms: percentile(&latencies, 50.0).unwrap_or(0.0),

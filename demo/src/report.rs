@@ -61,6 +61,10 @@ pub struct RunReport {
     /// Connections open on the fake engine proxies at the end: the leaks, plus the connections
     /// of Backups waiting for or holding a backup slot, plus the agents' channels.
     pub engine_proxy_open_connections: u64,
+    /// The port the fake instance managers served their engine proxy on (8501 unless taken;
+    /// the agents were told it).
+    #[serde(default)]
+    pub engine_proxy_port: u16,
     /// The leak reached the demo's safety cap and the run was cut short.
     pub leak_cap_hit: bool,
     pub reconciles: u64,

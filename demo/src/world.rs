@@ -5,9 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 
 use anyhow::{Context, bail};
-use fake_engine::{EngineSpec, FakeEngine, RunningServer, SnapshotSpec};
+use fake_engine::{EngineScenario, FakeEngine, RunningServer, Scenario, SnapshotScenario};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams};
 use kube::{Api, Client};
@@ -38,12 +39,19 @@ impl Node {
 /// The fake nodes of a run.
 pub struct Nodes {
     pub nodes: Vec<Node>,
+    /// The engine-proxy port of every node: the agents are told it (`--engine-proxy-port`).
     pub port: u16,
 }
 
+/// Ports tried after 8501 before the demo gives up.
+const PORT_ATTEMPTS: usize = 5;
+
 impl Nodes {
-    /// Starts a fake engine proxy per node on `base`, `base+1`, ... (all in 127.0.0.0/8), on
-    /// port 8501 when it is free on every address, else on one shared free port.
+    /// Starts a fake engine proxy per node on `base`, `base+1`, ... (all in 127.0.0.0/8), all on
+    /// one port: Longhorn's 8501 when it is free on every address, else a port the kernel gives
+    /// as free and that binds on every address; the agents must be told it ([`Nodes::port`]),
+    /// as they would learn an instance manager's. When no port binds on every address after a
+    /// few tries, fails with an error naming the address that was taken.
     pub async fn start(count: usize, base: Ipv4Addr) -> anyhow::Result<Self> {
         let ips: Vec<Ipv4Addr> = (0..count)
             .map(|i| {
@@ -54,15 +62,27 @@ impl Nodes {
         if let Some(ip) = ips.iter().find(|ip| !ip.is_loopback()) {
             bail!("node address {ip} is not in 127.0.0.0/8");
         }
-        match Self::start_on(&ips, PREFERRED_PROXY_PORT).await {
-            Ok(nodes) => Ok(nodes),
-            Err(e) => {
-                tracing::warn!(error = %e, "port 8501 is taken; the agents cannot reach the fake engines");
-                let first = ips.first().copied().unwrap_or(Ipv4Addr::LOCALHOST);
-                let port = crate::processes::free_port(first)?;
-                Self::start_on(&ips, port).await
+        let mut last_error = match Self::start_on(&ips, PREFERRED_PROXY_PORT).await {
+            Ok(nodes) => return Ok(nodes),
+            Err(e) => e,
+        };
+        let first = ips.first().copied().unwrap_or(Ipv4Addr::LOCALHOST);
+        for _ in 0..PORT_ATTEMPTS {
+            let port = crate::processes::free_port(first)?;
+            tracing::warn!(
+                error = format!("{last_error:#}"),
+                port,
+                "the fake engine proxies use another port, which the agents are told"
+            );
+            match Self::start_on(&ips, port).await {
+                Ok(nodes) => return Ok(nodes),
+                Err(e) => last_error = e,
             }
         }
+        Err(last_error.context(format!(
+            "no port is free on every node address ({first} and the next {}): tried 8501 and {PORT_ATTEMPTS} others",
+            ips.len().saturating_sub(1)
+        )))
     }
 
     async fn start_on(ips: &[Ipv4Addr], port: u16) -> anyhow::Result<Self> {
@@ -171,8 +191,9 @@ pub fn volume_nodes(nodes: &Nodes, volumes: usize) -> HashMap<String, String> {
         .collect()
 }
 
-/// Creates the run's objects in `ns` and registers the engines and the surviving snapshots
-/// in the fake engine proxies. `concurrency` bounds the API calls in flight.
+/// Creates the run's objects in `ns` and gives the fake engine proxies their engines and
+/// surviving snapshots through scenario files (`scenario-<ns>-<node>.yaml` in `scenario_dir`,
+/// the format of `fake-engine/SCENARIOS.md`). `concurrency` bounds the API calls in flight.
 pub async fn populate(
     client: &Client,
     ns: &str,
@@ -180,6 +201,7 @@ pub async fn populate(
     volumes: usize,
     plan: &[PlannedBackup],
     concurrency: usize,
+    scenario_dir: &Path,
 ) -> anyhow::Result<()> {
     use longhorn_types::shapes as s;
     let mut objects: Vec<(Value, Option<Value>)> = Vec::new();
@@ -214,13 +236,8 @@ pub async fn populate(
                 port,
             )),
         ));
-        node.engine.add_engine(EngineSpec {
-            address: format!("{ip}:{port}"),
-            engine_name: format!("{vol}-e-0"),
-            volume_name: vol.clone(),
-        });
     }
-    let mut chains: HashMap<&str, Vec<SnapshotSpec>> = HashMap::new();
+    let mut chains: HashMap<&str, Vec<SnapshotScenario>> = HashMap::new();
     for b in plan {
         let owner = volume_owner(nodes, &b.volume);
         let status =
@@ -230,20 +247,37 @@ pub async fn populate(
             chains
                 .entry(b.volume.as_str())
                 .or_default()
-                .push(SnapshotSpec {
+                .push(SnapshotScenario {
                     name: b.snapshot.clone(),
                     user_created: true,
                     created: "2026-11-24T10:00:00Z".into(),
                     size: 4096,
-                    ..SnapshotSpec::default()
+                    ..SnapshotScenario::default()
                 });
         }
     }
+    let mut scenarios: Vec<Scenario> = nodes.nodes.iter().map(|_| Scenario::default()).collect();
     for v in 0..volumes {
-        let node = nodes.node_of_volume(v);
+        let node_index = v % nodes.nodes.len();
+        let node = &nodes.nodes[node_index];
         let (ip, port) = engine_address(node, v);
-        let chain = chains.remove(volume_name(v).as_str()).unwrap_or_default();
-        node.engine.set_snapshots(&format!("{ip}:{port}"), chain);
+        let vol = volume_name(v);
+        let snapshots = chains.remove(vol.as_str()).unwrap_or_default();
+        scenarios[node_index].engines.push(EngineScenario {
+            address: format!("{ip}:{port}"),
+            engine: format!("{vol}-e-0"),
+            volume: vol,
+            snapshots,
+            ..EngineScenario::default()
+        });
+    }
+    for (node, scenario) in nodes.nodes.iter().zip(&scenarios) {
+        let path = scenario_dir.join(format!("scenario-{ns}-{}.yaml", node.name));
+        std::fs::write(&path, scenario.to_yaml()?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        node.engine
+            .load_scenario(&Scenario::from_file(&path)?)
+            .with_context(|| format!("loading the fake engines of {}", node.name))?;
     }
     futures::stream::iter(objects)
         .map(|(obj, status)| create_with_status(client, ns, obj, status))
