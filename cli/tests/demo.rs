@@ -133,6 +133,35 @@ fn stderr_tail(out: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// Runs the demo against `cluster` to its end, bounded; fails with its stderr tail unless it
+/// exits 0, and unless it leaves no process behind. Returns its output directory, its stdout
+/// and its report.
+fn run_to_report(
+    cluster: &TestCluster,
+    what: &str,
+    args: &[&str],
+) -> Result<(PathBuf, String, Report)> {
+    let out = temp_dir(what)?;
+    let id = run_id(what);
+    let mut child = demo_command(Some(cluster.kubeconfig_path()), &out, &id, args).spawn()?;
+    let status = wait_bounded(&mut child, Duration::from_secs(300))?;
+    let mut stdout = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        use std::io::Read;
+        s.read_to_string(&mut stdout)?;
+    }
+    if !status.success() {
+        bail!(
+            "demo failed ({status}); stderr tail:\n{}",
+            stderr_tail(&out)
+        );
+    }
+    let left = procs_of_run(&id);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
+    Ok((out, stdout, report))
+}
+
 async fn by_state(cluster: &TestCluster, ns: &str) -> Result<BTreeMap<String, u64>> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         cluster.client(),
@@ -151,12 +180,9 @@ async fn by_state(cluster: &TestCluster, ns: &str) -> Result<BTreeMap<String, u6
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
     let cluster = TestCluster::connect().await?;
-    let out = temp_dir("e2e")?;
-    let id = run_id("e2e");
-    let mut child = demo_command(
-        Some(cluster.kubeconfig_path()),
-        &out,
-        &id,
+    let (out, stdout, report) = run_to_report(
+        &cluster,
+        "e2e",
         &[
             "--backups",
             "300",
@@ -171,22 +197,7 @@ async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
             "--resync",
             "5",
         ],
-    )
-    .spawn()?;
-    let status = wait_bounded(&mut child, Duration::from_secs(300))?;
-    let mut stdout = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        use std::io::Read;
-        s.read_to_string(&mut stdout)?;
-    }
-    if !status.success() {
-        bail!(
-            "demo failed ({status}); stderr tail:\n{}",
-            stderr_tail(&out)
-        );
-    }
-    let left = procs_of_run(&id);
-    assert!(left.is_empty(), "processes left behind: {left:?}");
+    )?;
     for f in [
         "report.json",
         "report.md",
@@ -196,7 +207,6 @@ async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     assert!(stdout.contains("| figure | A: without the guard | B: with longhorn-guard |"));
-    let report: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
     assert_eq!(report.runs.len(), 2);
     let (a, b) = (&report.runs[0], &report.runs[1]);
 
@@ -279,13 +289,11 @@ async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> Result<()> {
     let cluster = TestCluster::connect().await?;
-    let out = temp_dir("port-taken")?;
-    let id = run_id("port-taken");
     let r: u32 = rand::random();
     let base = std::net::Ipv4Addr::new(127, 201 + (r % 50) as u8, (r >> 8) as u8, 2);
     let second = std::net::Ipv4Addr::from(u32::from(base) + 1);
     let squatter = std::net::TcpListener::bind((second, 8501))?;
-    let held = std::thread::spawn(move || {
+    let squatting = std::thread::spawn(move || {
         // Accept and hold every connection without a byte of HTTP/2, until the test ends.
         let mut held = Vec::new();
         for conn in squatter.incoming() {
@@ -296,10 +304,9 @@ async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> R
         }
     });
     let base_arg = base.to_string();
-    let mut child = demo_command(
-        Some(cluster.kubeconfig_path()),
-        &out,
-        &id,
+    let (out, _, report) = run_to_report(
+        &cluster,
+        "port-taken",
         &[
             "--backups",
             "120",
@@ -316,18 +323,7 @@ async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> R
             "--node-address",
             &base_arg,
         ],
-    )
-    .spawn()?;
-    let status = wait_bounded(&mut child, Duration::from_secs(300))?;
-    if !status.success() {
-        bail!(
-            "demo failed ({status}); stderr tail:\n{}",
-            stderr_tail(&out)
-        );
-    }
-    let left = procs_of_run(&id);
-    assert!(left.is_empty(), "processes left behind: {left:?}");
-    let report: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
+    )?;
     for run in &report.runs {
         assert_ne!(run.engine_proxy_port, 8501, "{}", run.label);
         assert_ne!(run.engine_proxy_port, 0, "{}", run.label);
@@ -354,7 +350,7 @@ async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> R
         .join("logs")
         .join(format!("scenario-{}-node-1.yaml", report.runs[1].namespace));
     fake_engine::Scenario::from_file(&scenario)?;
-    drop(held);
+    drop(squatting);
     let _ = std::fs::remove_dir_all(&out);
     Ok(())
 }

@@ -161,53 +161,35 @@ async fn a_client_pinging_every_100ms_is_told_too_many_pings_and_closed() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_client_is_left_alone_without_a_policy() {
+/// A client pinging every `every` under `policy` gets `acks` PING ACKs and never a GOAWAY.
+async fn assert_left_alone(policy: Option<KeepalivePolicy>, every: Duration, acks: usize) {
     let fake = FakeEngine::new();
-    fake.set_keepalive_policy(None);
+    fake.set_keepalive_policy(policy);
     let server = serve(fake.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let frames = ping_until_closed(
-        connect(server.local_addr).await,
-        Duration::from_millis(100),
-        20,
-        8,
-    )
-    .await;
-    let acks = frames
+    let frames = ping_until_closed(connect(server.local_addr).await, every, 20, acks).await;
+    let got = frames
         .iter()
         .filter(|f| f.kind == PING && f.flags & ACK != 0)
         .count();
-    assert_eq!(acks, 8, "{frames:?}");
+    assert_eq!(got, acks, "{frames:?}");
     assert!(frames.iter().all(|f| f.kind != GOAWAY), "{frames:?}");
     assert_eq!(fake.stats().too_many_pings_goaways, 0);
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_client_is_left_alone_without_a_policy() {
+    assert_left_alone(None, Duration::from_millis(100), 8).await;
 }
 
 /// A slower client within a scaled-down policy: pings 300 ms apart under `MinTime` 100 ms are
 /// never strikes (the real 10 s policy is exercised by the agent's keepalive test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_slower_than_min_time_are_never_strikes() {
-    let fake = FakeEngine::new();
-    fake.set_keepalive_policy(Some(KeepalivePolicy {
+    let policy = KeepalivePolicy {
         min_time: Duration::from_millis(100),
-    }));
-    let server = serve(fake.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let frames = ping_until_closed(
-        connect(server.local_addr).await,
-        Duration::from_millis(300),
-        20,
-        6,
-    )
-    .await;
-    let acks = frames
-        .iter()
-        .filter(|f| f.kind == PING && f.flags & ACK != 0)
-        .count();
-    assert_eq!(acks, 6, "{frames:?}");
-    assert!(frames.iter().all(|f| f.kind != GOAWAY), "{frames:?}");
-    server.shutdown().await;
+    };
+    assert_left_alone(Some(policy), Duration::from_millis(300), 6).await;
 }

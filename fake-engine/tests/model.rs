@@ -67,6 +67,10 @@ async fn disks(c: &mut Client, r: ProxyEngineRequest) -> BTreeMap<String, Engine
         .collect()
 }
 
+async fn volume(c: &mut Client, r: ProxyEngineRequest) -> ptypes::Volume {
+    c.volume_get(r).await.unwrap().into_inner().volume.unwrap()
+}
+
 fn children(d: &EngineSnapshotDiskInfo) -> Vec<&str> {
     let mut c: Vec<&str> = d.children.keys().map(String::as_str).collect();
     c.sort_unstable();
@@ -127,13 +131,7 @@ async fn version_is_longhorn_v1_7_2_by_default_and_per_engine() {
 async fn volume_get_reports_the_volume_of_the_scenario() {
     let fake = FakeEngine::from_scenario_file(&scenario_path()).unwrap();
     let (_server, mut c) = start(&fake).await;
-    let v = c
-        .volume_get(pvc1())
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let v = volume(&mut c, pvc1()).await;
     assert_eq!(
         v,
         ptypes::Volume {
@@ -148,13 +146,7 @@ async fn volume_get_reports_the_volume_of_the_scenario() {
             ..Default::default()
         }
     );
-    let v = c
-        .volume_get(pvc2())
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let v = volume(&mut c, pvc2()).await;
     assert_eq!(v.size, 10 << 30);
     assert_eq!(v.replica_count, 1);
     assert_eq!(
@@ -344,13 +336,7 @@ async fn add_engine_defaults_give_volume_head_a_created_time_and_a_size() {
         head.created.ends_with('Z') && head.created.as_bytes()[10] == b'T',
         "{head:?}"
     );
-    let v = c
-        .volume_get(pvc1())
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let v = volume(&mut c, pvc1()).await;
     assert_eq!(
         (
             v.replica_count,
