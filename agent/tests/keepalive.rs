@@ -107,3 +107,50 @@ async fn the_pool_is_never_told_too_many_pings_while_an_over_eager_client_is() -
     server.shutdown().await;
     Ok(())
 }
+
+/// Over Longhorn's gRPC TLS (mTLS 1.3, peer name `longhorn-backend.longhorn-system`) the fake
+/// judges the HTTP/2 frames inside the TLS stream: a gRPC client with Longhorn's certificates
+/// pinging every 200 ms is told too_many_pings too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_longhorn_tls_an_over_eager_client_is_told_too_many_pings() -> TestResult {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = make_ca("longhorn-grpc-tls CA")?;
+    let (cert, key) = leaf(&[fake_engine::LONGHORN_PEER_NAME], &ca)?;
+    let dir = files_dir(&[("ca.crt", &ca.pem()), ("tls.crt", &cert), ("tls.key", &key)])?;
+    let (fake, plain) = start_fake().await?;
+    plain.shutdown().await;
+    let server = fake_engine::serve_tls(
+        fake.clone(),
+        "127.0.0.1:0".parse()?,
+        &fake_engine::FakeTls::longhorn_dir(dir.path()),
+    )
+    .await?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
+        .identity(tonic::transport::Identity::from_pem(&cert, &key))
+        .domain_name(fake_engine::LONGHORN_PEER_NAME);
+    let eager = Endpoint::from_shared(format!("https://{}", server.local_addr))?
+        .tls_config(tls)?
+        .http2_keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
+    let mut eager_health = HealthClient::new(eager);
+    eager_health.check(HealthCheckRequest::default()).await?;
+    let told = eventually(Duration::from_secs(30), || {
+        fake.stats().too_many_pings_goaways >= 1
+    })
+    .await;
+    let stats = fake.stats();
+    assert!(
+        told,
+        "not told within 30 s: {stats:?} {:?}",
+        fake.connections()
+    );
+    assert_eq!(stats.tls_connections, stats.total_connections, "{stats:?}");
+    assert!(fake.connections()[0].told_too_many_pings);
+    drop(eager_health);
+    server.shutdown().await;
+    Ok(())
+}
