@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{
     Chain, DEFAULT_SNAPSHOT_MAX_COUNT, DEFAULT_VOLUME_SIZE, Engine, EngineSpec, FRONTEND_BLOCKDEV,
-    Replica, ReplicaMode, SnapshotSpec, VolumeSpec,
+    FakeEngine, Replica, ReplicaMode, SnapshotSpec, VolumeSpec,
 };
 use crate::version::{EngineVersion, VERSION_PRESETS};
 
@@ -383,4 +383,25 @@ fn chain(snapshots: &[SnapshotScenario], head: Option<&HeadScenario>) -> Result<
         }
     }
     Ok(chain)
+}
+
+/// Loading scenarios (here rather than in `state.rs`, which knows nothing of the file format).
+impl FakeEngine {
+    /// A fake serving the engines of a scenario file (see [`Scenario`]).
+    pub fn from_scenario_file(path: &Path) -> Result<Self, ScenarioError> {
+        let fake = Self::new();
+        fake.load_scenario(&Scenario::from_file(path)?)?;
+        Ok(fake)
+    }
+
+    /// Adds every engine of `scenario` (replacing engines at the same addresses), after checking
+    /// all of them: on an error nothing is added.
+    pub fn load_scenario(&self, scenario: &Scenario) -> Result<(), ScenarioError> {
+        let engines = scenario.engines()?;
+        let mut data = self.data();
+        for engine in engines {
+            data.engines.insert(engine.spec.address.clone(), engine);
+        }
+        Ok(())
+    }
 }

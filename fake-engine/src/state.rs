@@ -15,11 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::fault::{Action, Fault, Method};
 use crate::keepalive::KeepalivePolicy;
-use crate::scenario::{Scenario, ScenarioError};
 use crate::version::EngineVersion;
 
 /// An engine reachable through this proxy, with the defaults of [`FakeEngine::add_engine`]
-/// (a scenario file says more: see [`crate::Scenario`]).
+/// (a scenario file says more: see [`crate::Scenario`] and [`FakeEngine::load_scenario`]).
 #[derive(Clone, Debug)]
 pub struct EngineSpec {
     /// `host:port`, as `ProxyEngineRequest.address`.
@@ -589,13 +588,6 @@ impl FakeEngine {
         }
     }
 
-    /// A fake serving the engines of a scenario file (see [`Scenario`]).
-    pub fn from_scenario_file(path: &std::path::Path) -> Result<Self, ScenarioError> {
-        let fake = Self::new();
-        fake.load_scenario(&Scenario::from_file(path)?)?;
-        Ok(fake)
-    }
-
     pub fn downgrade(&self) -> WeakFakeEngine {
         WeakFakeEngine(Arc::downgrade(&self.inner))
     }
@@ -613,17 +605,6 @@ impl FakeEngine {
         self.data()
             .engines
             .insert(address, Engine::with_defaults(spec));
-    }
-
-    /// Adds every engine of `scenario` (replacing engines at the same addresses), after checking
-    /// all of them: on an error nothing is added.
-    pub fn load_scenario(&self, scenario: &Scenario) -> Result<(), ScenarioError> {
-        let engines = scenario.engines()?;
-        let mut data = self.data();
-        for engine in engines {
-            data.engines.insert(engine.spec.address.clone(), engine);
-        }
-        Ok(())
     }
 
     pub fn remove_engine(&self, address: &str) {
