@@ -79,11 +79,28 @@ pub struct EngineScenario {
 }
 
 /// A preset name or a whole version answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum VersionChoice {
     Preset(String),
     Custom(EngineVersion),
+}
+
+impl<'de> Deserialize<'de> for VersionChoice {
+    /// By hand rather than `untagged`, so a mistake in a whole `VersionOutput` is named.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(name) => Ok(VersionChoice::Preset(name)),
+            whole => serde_yaml::from_value(whole)
+                .map(VersionChoice::Custom)
+                .map_err(|e| {
+                    D::Error::custom(format!(
+                        "version must be a preset name or a whole VersionOutput: {e}"
+                    ))
+                }),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -400,6 +400,13 @@ fn bad_scenarios_are_refused_with_errors_naming_engine_and_problem() {
             ],
         ),
         (
+            "  version: {version: v1.7.2, gitComit: x}\n",
+            &[
+                "version must be a preset name or a whole VersionOutput",
+                "unknown field `gitComit`",
+            ],
+        ),
+        (
             "  frontendState: sideways\n",
             &["frontendState \"sideways\" must be up or down"],
         ),
