@@ -151,6 +151,10 @@ fn bench_pool_config() -> PoolConfig {
         max_channels_per_endpoint: 2,
         idle_timeout: Duration::from_millis(500),
         reap_interval: Duration::from_millis(100),
+        // Every call here asks for at most 5 s; the leak sweep flags a lease 1 s past its
+        // deadline and a channel alive 6 s after the pool closed it.
+        max_lease: Duration::from_secs(5),
+        leak_grace: Duration::from_secs(1),
         breaker_failure_threshold: 64,
         breaker_cool_down: Duration::from_millis(20),
         ..PoolConfig::default()
@@ -408,6 +412,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let tasks0 = handle.num_alive_tasks();
     let channels0 = pool.open_channels();
     let rss0 = rss_mib();
+    let sweeps0 = pool.book().leak_sweeps;
 
     // 2. soak with ~30 % faults
     let p = |fault: Fault| Fault::Probabilistic {
@@ -475,15 +480,24 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         book.closed(longhorn_guard_agent::metrics::CloseReason::TransportError),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let book = pool.book();
+    let book = pool.sweep_leaks();
     println!(
-        "soak before -> after (2 s settle): fds {fds0} -> {}, channels {channels0} -> {}, tasks {tasks0} -> {}, RSS {rss0:.1} -> {:.1} MiB (right after the soak {rss_peak:.1} MiB), leaked leases {}, leaked channels {}",
+        "soak before -> after (2 s settle): fds {fds0} -> {}, channels {channels0} -> {}, tasks {tasks0} -> {}, RSS {rss0:.1} -> {:.1} MiB (right after the soak {rss_peak:.1} MiB)",
         process_open_fds().unwrap_or(0),
         pool.open_channels(),
         handle.num_alive_tasks(),
         rss_mib(),
-        book.leaked_leases(),
-        book.leaked_channels(),
+    );
+    println!(
+        "soak leak sweep: {} sweeps during the soak and settle; found leaked: {} leases, {} channels (ever); at the end {} leaked leases, {} leaked channels, {} leases active, {} channels alive (pool-held {})",
+        book.leak_sweeps - sweeps0,
+        book.leaked_leases_detected,
+        book.leaked_channels_detected,
+        book.leaked_leases,
+        book.leaked_channels,
+        book.leases_active,
+        pool.channels_alive(),
+        pool.open_channels(),
     );
     pool.shutdown();
     server.shutdown().await;

@@ -26,6 +26,9 @@ pub struct AgentConfig {
     pub server_key: PathBuf,
     /// When set, clients of the agent's gRPC server must present a certificate signed by this CA.
     pub client_ca: Option<PathBuf>,
+    /// TLS handshakes the gRPC server runs at once; at the cap the longest-waiting one gives way
+    /// to a new connection (a connection flood costs a bounded number of tasks and sockets).
+    pub max_tls_handshakes: usize,
     /// Longest deadline any engine call may get, whatever the caller asks for.
     pub max_call_timeout: Duration,
     /// Port of the engine proxy on instance managers. Longhorn always uses 8501
@@ -53,6 +56,7 @@ impl AgentConfig {
             server_cert: PathBuf::from("/etc/longhorn-guard/tls/tls.crt"),
             server_key: PathBuf::from("/etc/longhorn-guard/tls/tls.key"),
             client_ca: None,
+            max_tls_handshakes: 64,
             max_call_timeout: Duration::from_secs(30),
             engine_proxy_port: longhorn_guard_proto::ENGINE_PROXY_PORT,
             pool: PoolConfig::default(),
@@ -72,6 +76,11 @@ impl AgentConfig {
         if self.max_call_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "max call timeout must be > 0".to_string(),
+            ));
+        }
+        if self.max_tls_handshakes == 0 {
+            return Err(ConfigError::Invalid(
+                "max TLS handshakes must be > 0".to_string(),
             ));
         }
         if self.tls_reload_interval.is_zero() {
@@ -147,8 +156,14 @@ pub struct PoolConfig {
     /// Directory holding Longhorn's gRPC TLS files (`ca.crt`, `tls.crt`, `tls.key`); Longhorn
     /// mounts them at `/tls-files/`. Plaintext h2c when unset or the files are absent.
     pub longhorn_tls_dir: Option<PathBuf>,
-    /// How often idle / aged channels are looked for.
+    /// How often idle / aged channels are looked for, and the live leases and channels are swept
+    /// for leaks.
     pub reap_interval: Duration,
+    /// Slack the leak sweep allows past each bound before it calls a lease or channel leaked: a
+    /// lease held past `deadline + leak_grace`, a channel still open `max_lease + leak_grace`
+    /// after the pool let it go (an in-flight call may use it up to its deadline) or older than
+    /// `max_age + max_lease + leak_grace`.
+    pub leak_grace: Duration,
 }
 
 impl Default for PoolConfig {
@@ -170,6 +185,7 @@ impl Default for PoolConfig {
             breaker_cool_down: Duration::from_secs(10),
             longhorn_tls_dir: None,
             reap_interval: Duration::from_secs(1),
+            leak_grace: Duration::from_secs(10),
         }
     }
 }
@@ -205,7 +221,7 @@ impl PoolConfig {
                 self.max_leases_per_endpoint, self.max_leases_total
             )));
         }
-        let timers: [(&str, Duration); 7] = [
+        let timers: [(&str, Duration); 8] = [
             ("queue timeout", self.queue_timeout),
             ("max lease", self.max_lease),
             ("connect timeout", self.connect_timeout),
@@ -213,6 +229,7 @@ impl PoolConfig {
             ("max age", self.max_age),
             ("keepalive timeout", self.keepalive_timeout),
             ("reap interval", self.reap_interval),
+            ("leak grace", self.leak_grace),
         ];
         for (name, value) in timers {
             if value.is_zero() {

@@ -3,12 +3,15 @@
 //! plaintext h2c + health check.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use longhorn_guard_proto::LONGHORN_GRPC_PEER_NAME;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -175,21 +178,90 @@ async fn health_check(
     }
 }
 
+/// Alive for as long as a channel can still reach its engine proxy: the channel's connector (owned
+/// by every clone of the [`Channel`], dropped with the last one) and every connection it opened
+/// (dropped when the connection closes) hold it. The pool keeps only a `Weak` to it, so a
+/// channel the pool has let go of but someone still holds (longhorn-manager v1.7.2's leak) shows.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelWitness;
+
+/// A connection's byte stream, holding its channel's [`ChannelWitness`] until it is closed.
+struct Witnessed<S> {
+    io: S,
+    _witness: Arc<ChannelWitness>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Witnessed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Witnessed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A TCP connection (no Nagle) to `address` that holds `witness` while open.
+async fn connect_tcp(
+    address: &str,
+    witness: Arc<ChannelWitness>,
+) -> std::io::Result<Witnessed<TcpStream>> {
+    let tcp = TcpStream::connect(address).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(Witnessed {
+        io: tcp,
+        _witness: witness,
+    })
+}
+
 async fn dial_once(
     endpoint: &str,
     config: &PoolConfig,
     tls: Option<&LonghornTls>,
+    witness: &Arc<ChannelWitness>,
 ) -> Result<Channel, DialError> {
     let built = base_endpoint(format!("http://{endpoint}"), endpoint, config)?;
+    let (witness, address) = (Arc::clone(witness), endpoint.to_string());
+    // Both connectors hold the witness (so does every stream they open): see [`ChannelWitness`].
     let (transport, connected) = match tls {
         Some(tls) => {
             // TLS by rustls under tonic: TLS 1.3 only, as Longhorn's client and server.
-            let (client, address) = (Arc::clone(&tls.config), endpoint.to_string());
+            let client = Arc::clone(&tls.config);
             let connector = tower::service_fn(move |_: http::Uri| {
-                let (client, address) = (Arc::clone(&client), address.clone());
+                let (client, address, witness) =
+                    (Arc::clone(&client), address.clone(), Arc::clone(&witness));
                 async move {
-                    let tcp = TcpStream::connect(address.as_str()).await?;
-                    let _ = tcp.set_nodelay(true);
+                    let tcp = connect_tcp(&address, witness).await?;
                     let name = ServerName::try_from(LONGHORN_GRPC_PEER_NAME)
                         .map_err(std::io::Error::other)?;
                     let stream = tokio_rustls::TlsConnector::from(client)
@@ -203,7 +275,18 @@ async fn dial_once(
                 built.connect_with_connector(connector).await,
             )
         }
-        None => (Transport::Plaintext, built.connect().await),
+        None => {
+            let connector = tower::service_fn(move |_: http::Uri| {
+                let (address, witness) = (address.clone(), Arc::clone(&witness));
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(connect_tcp(&address, witness).await?))
+                }
+            });
+            (
+                Transport::Plaintext,
+                built.connect_with_connector(connector).await,
+            )
+        }
     };
     let channel = connected.map_err(|e| DialError::Connect {
         endpoint: endpoint.to_string(),
@@ -218,7 +301,11 @@ async fn dial_once(
 /// plaintext, as longhorn-manager does (the IM serves plaintext when its TLS files fail to load).
 /// A failed attempt's channel is dropped (closed) before the next one. When both fail, the error
 /// carries both reasons.
-pub(crate) async fn dial(endpoint: &str, config: &PoolConfig) -> Result<Dialed, DialError> {
+pub(crate) async fn dial(
+    endpoint: &str,
+    config: &PoolConfig,
+    witness: &Arc<ChannelWitness>,
+) -> Result<Dialed, DialError> {
     let tls = match &config.longhorn_tls_dir {
         Some(dir) => match LonghornTls::load(dir) {
             Ok(tls) => tls,
@@ -230,14 +317,14 @@ pub(crate) async fn dial(endpoint: &str, config: &PoolConfig) -> Result<Dialed, 
         None => None,
     };
     let Some(tls) = tls else {
-        let channel = dial_once(endpoint, config, None).await?;
+        let channel = dial_once(endpoint, config, None, witness).await?;
         return Ok(Dialed {
             channel,
             transport: Transport::Plaintext,
             tls_fallback: false,
         });
     };
-    let tls_error = match dial_once(endpoint, config, Some(&tls)).await {
+    let tls_error = match dial_once(endpoint, config, Some(&tls), witness).await {
         Ok(channel) => {
             return Ok(Dialed {
                 channel,
@@ -248,7 +335,7 @@ pub(crate) async fn dial(endpoint: &str, config: &PoolConfig) -> Result<Dialed, 
         Err(e) => e,
     };
     tracing::info!(%endpoint, error = %tls_error, "mTLS to engine proxy failed; retrying in plaintext like longhorn-manager");
-    match dial_once(endpoint, config, None).await {
+    match dial_once(endpoint, config, None, witness).await {
         Ok(channel) => Ok(Dialed {
             channel,
             transport: Transport::Plaintext,
@@ -271,7 +358,7 @@ pub async fn open_unpooled_channel(
     endpoint: &str,
     config: &PoolConfig,
 ) -> Result<Dialed, DialError> {
-    dial(endpoint, config).await
+    dial(endpoint, config, &Arc::new(ChannelWitness)).await
 }
 
 /// `e` and its sources, joined: tonic's transport errors hide the useful part in the chain.

@@ -1,17 +1,21 @@
-//! The agent's Prometheus metrics (prefix `longhorn_guard_agent`), and the exact lease / channel
-//! bookkeeping behind the `leaked_leases` and `leaked_channels` self-checks.
+//! The agent's Prometheus metrics (prefix `longhorn_guard_agent`): the exact lease / channel
+//! bookkeeping and the result of the pool's leak sweep (`leaked_leases`, `leaked_channels`).
 //!
-//! Counters and gauges are mirrored from a [`PoolBook`] updated under one lock, so the self-check
-//! `acquired − released − active` is exact at every scrape, not "zero most of the time".
+//! Counters and gauges are mirrored from a [`PoolBook`] updated under one lock. `leases_active`
+//! and `channels_active` are exact counts; whether a lease or channel is *leaked* is decided by
+//! the sweep of the pool's live set ([`crate::LeasePool`]), which looks at each lease's deadline
+//! and each channel's liveness, not at the counters.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+    LabelValueEncoder,
 };
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
@@ -158,19 +162,34 @@ pub struct PoolBook {
     pub deadline_exceeded: u64,
     /// Channels opened in plaintext because mTLS failed although Longhorn's TLS files exist.
     pub tls_fallbacks: u64,
+    /// Leak sweeps done so far.
+    pub leak_sweeps: u64,
+    /// Leases the last sweep found held past their deadline + grace.
+    pub leaked_leases: u64,
+    /// Time since the oldest of them was acquired (zero when there is none).
+    pub leaked_lease_oldest_age: Duration,
+    /// Distinct leases ever found leaked.
+    pub leaked_leases_detected: u64,
+    /// Channels the last sweep found alive past what the pool allows them.
+    pub leaked_channels: u64,
+    /// Time since the oldest of them was opened (zero when there is none).
+    pub leaked_channel_oldest_age: Duration,
+    /// Distinct channels ever found leaked.
+    pub leaked_channels_detected: u64,
+}
+
+/// What one leak sweep of the pool found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LeakSweep {
+    pub leaked_leases: u64,
+    pub oldest_leaked_lease: Duration,
+    pub newly_leaked_leases: u64,
+    pub leaked_channels: u64,
+    pub oldest_leaked_channel: Duration,
+    pub newly_leaked_channels: u64,
 }
 
 impl PoolBook {
-    /// `acquired − released − active`: anything but 0 is a lease nobody accounts for.
-    pub fn leaked_leases(&self) -> i64 {
-        self.leases_acquired as i64 - self.leases_released as i64 - self.leases_active as i64
-    }
-
-    /// `created − closed − active` for channels.
-    pub fn leaked_channels(&self) -> i64 {
-        self.channels_created as i64 - self.channels_closed as i64 - self.channels_active as i64
-    }
-
     pub fn released(&self, outcome: LeaseOutcome) -> u64 {
         self.leases_released_by_outcome[outcome.index()]
     }
@@ -307,6 +326,17 @@ impl PoolMetrics {
         self.channels_active.dec();
     }
 
+    pub(crate) fn leak_swept(&self, sweep: &LeakSweep) {
+        let mut book = self.book();
+        book.leak_sweeps += 1;
+        book.leaked_leases = sweep.leaked_leases;
+        book.leaked_lease_oldest_age = sweep.oldest_leaked_lease;
+        book.leaked_leases_detected += sweep.newly_leaked_leases;
+        book.leaked_channels = sweep.leaked_channels;
+        book.leaked_channel_oldest_age = sweep.oldest_leaked_channel;
+        book.leaked_channels_detected += sweep.newly_leaked_channels;
+    }
+
     pub(crate) fn set_breaker_state(&self, endpoint: &str, state: i64) {
         self.breaker_state
             .get_or_create(&EndpointLabels {
@@ -400,7 +430,7 @@ impl PoolMetrics {
     }
 }
 
-/// `leaked_leases` / `leaked_channels`, computed from the book at scrape time.
+/// The last leak sweep's result (see [`crate::LeasePool`]), read from the book at scrape time.
 #[derive(Debug)]
 struct LeakCheckCollector {
     metrics: Arc<PoolMetrics>,
@@ -412,17 +442,51 @@ impl Collector for LeakCheckCollector {
         encode_const_gauge(
             &mut encoder,
             "leaked_leases",
-            "Self-check: leases acquired - released - active; must always be 0",
+            "Engine-proxy leases the last sweep found still held past their deadline + leak grace (a call future neither polled nor dropped); must be 0",
             None,
-            book.leaked_leases(),
+            book.leaked_leases as i64,
+        )?;
+        encode_const_gauge(
+            &mut encoder,
+            "leaked_lease_oldest_age",
+            "Time since the oldest leaked lease was acquired; 0 when none is leaked",
+            Some(&Unit::Seconds),
+            book.leaked_lease_oldest_age.as_secs_f64(),
         )?;
         encode_const_gauge(
             &mut encoder,
             "leaked_channels",
-            "Self-check: channels created - closed - active; must always be 0",
+            "Engine-proxy channels the last sweep found still open max-lease + leak grace after the pool closed them, or older than max-age + max-lease + leak grace; must be 0",
             None,
-            book.leaked_channels(),
-        )
+            book.leaked_channels as i64,
+        )?;
+        encode_const_gauge(
+            &mut encoder,
+            "leaked_channel_oldest_age",
+            "Time since the oldest leaked channel was opened; 0 when none is leaked",
+            Some(&Unit::Seconds),
+            book.leaked_channel_oldest_age.as_secs_f64(),
+        )?;
+        for (name, help, value) in [
+            (
+                "leaked_leases_detected",
+                "Distinct leases ever found leaked by the sweep",
+                book.leaked_leases_detected,
+            ),
+            (
+                "leaked_channels_detected",
+                "Distinct channels ever found leaked by the sweep",
+                book.leaked_channels_detected,
+            ),
+            (
+                "leak_sweeps",
+                "Sweeps of the live leases and channels for leaks",
+                book.leak_sweeps,
+            ),
+        ] {
+            encode_const_counter(&mut encoder, name, help, value)?;
+        }
+        Ok(())
     }
 }
 
@@ -454,12 +518,24 @@ impl Collector for ProcessCollector {
     }
 }
 
-fn encode_const_gauge(
+/// One counter family `name` (`_total` is appended) with one sample, for collectors.
+pub(crate) fn encode_const_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let counter = ConstCounter::new(value);
+    let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+    counter.encode(metric)
+}
+
+fn encode_const_gauge<N: EncodeGaugeValue>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    value: i64,
+    value: N,
 ) -> Result<(), std::fmt::Error> {
     let gauge = ConstGauge::new(value);
     let metric_encoder = encoder.encode_descriptor(name, help, unit, gauge.metric_type())?;
@@ -518,14 +594,13 @@ mod tests {
         metrics.lease_acquired();
         metrics.lease_acquired();
         metrics.lease_released(LeaseOutcome::Ok);
-        assert_eq!(metrics.snapshot().leaked_leases(), 0);
         assert_eq!(metrics.snapshot().leases_active, 1);
         metrics.lease_released(LeaseOutcome::Deadline);
         metrics.channel_created();
         metrics.channel_closed(CloseReason::Idle);
         let book = metrics.snapshot();
-        assert_eq!(book.leaked_leases(), 0);
-        assert_eq!(book.leaked_channels(), 0);
+        assert_eq!(book.leases_active, 0);
+        assert_eq!(book.channels_active, 0);
         assert_eq!(book.deadline_exceeded, 1);
         assert_eq!(book.released(LeaseOutcome::Deadline), 1);
 
@@ -543,5 +618,57 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_sweep_sets_the_gauges_and_counts_each_leak_once() {
+        let metrics = Arc::new(PoolMetrics::new());
+        let found = LeakSweep {
+            leaked_leases: 2,
+            oldest_leaked_lease: Duration::from_millis(42_500),
+            newly_leaked_leases: 2,
+            leaked_channels: 1,
+            oldest_leaked_channel: Duration::from_secs(1_900),
+            newly_leaked_channels: 1,
+        };
+        metrics.leak_swept(&found);
+        // The same leases found again: still leaked, not counted again.
+        metrics.leak_swept(&LeakSweep {
+            newly_leaked_leases: 0,
+            newly_leaked_channels: 0,
+            ..found
+        });
+        let book = metrics.snapshot();
+        assert_eq!(
+            (
+                book.leak_sweeps,
+                book.leaked_leases,
+                book.leaked_leases_detected
+            ),
+            (2, 2, 2)
+        );
+        assert_eq!(
+            (book.leaked_channels, book.leaked_channels_detected),
+            (1, 1)
+        );
+        let text = encode_registry(&agent_registry(&metrics)).unwrap_or_default();
+        for needle in [
+            "# TYPE longhorn_guard_agent_leaked_leases gauge",
+            "longhorn_guard_agent_leaked_leases 2\n",
+            "longhorn_guard_agent_leaked_lease_oldest_age_seconds 42.5\n",
+            "longhorn_guard_agent_leaked_channels 1\n",
+            "longhorn_guard_agent_leaked_channel_oldest_age_seconds 1900.0\n",
+            "longhorn_guard_agent_leaked_leases_detected_total 2\n",
+            "longhorn_guard_agent_leaked_channels_detected_total 1\n",
+            "longhorn_guard_agent_leak_sweeps_total 2\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        // A clean sweep clears the gauges; the counters keep what was found.
+        metrics.leak_swept(&LeakSweep::default());
+        let book = metrics.snapshot();
+        assert_eq!((book.leaked_leases, book.leaked_channels), (0, 0));
+        assert_eq!(book.leaked_lease_oldest_age, Duration::ZERO);
+        assert_eq!(book.leaked_leases_detected, 2);
     }
 }

@@ -5,7 +5,17 @@
 //! global permit + deadline), runs the caller's future under `timeout_at(deadline)`, and returns
 //! the lease when the `Lease` value drops — on success, error, deadline, cancellation (the
 //! caller's future dropped) or panic (dropped while unwinding). No lease outlives its deadline,
-//! because the future holding it is cut off at that deadline.
+//! because the future holding it is cut off at that deadline — as long as someone polls or drops
+//! that future.
+//!
+//! Whether that holds is checked, not assumed: every lease is in a registry of live leases
+//! (acquired, deadline) until it drops, and every channel the pool opened in a registry holding a
+//! `Weak` to its [`ChannelWitness`] (alive while any clone of the channel or any of its
+//! connections is). The reaper sweeps both every `reap_interval`: a lease held past its deadline
+//! plus `leak_grace` (a call future nobody polls or drops any more), or a channel still alive
+//! `max_lease + leak_grace` after the pool let go of it (a clone kept by a caller: the
+//! longhorn-manager v1.7.2 leak) or older than `max_age + max_lease + leak_grace`, is counted
+//! leaked and exported with the age of the oldest offender.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,8 +30,8 @@ use tonic::{Code, Status};
 
 use crate::breaker::{Admission, BreakerState, CircuitBreaker};
 use crate::config::{ConfigError, PoolConfig};
-use crate::connect::{DialError, Transport, dial};
-use crate::metrics::{CloseReason, LeaseOutcome, PoolBook, PoolMetrics};
+use crate::connect::{ChannelWitness, DialError, Transport, dial};
+use crate::metrics::{CloseReason, LeakSweep, LeaseOutcome, PoolBook, PoolMetrics};
 
 /// Pool of channels to engine proxies. Cheap to clone; all clones share one pool.
 #[derive(Clone)]
@@ -45,6 +55,47 @@ struct PoolInner {
     endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
     next_channel_id: AtomicU64,
     shut_down: AtomicBool,
+    /// Every lease not dropped yet, by id: the live set the leak sweep reads.
+    live_leases: Mutex<HashMap<u64, LeaseRecord>>,
+    next_lease_id: AtomicU64,
+    /// Every channel the pool opened whose witness may still be alive, by channel id.
+    channel_registry: Mutex<HashMap<u64, ChannelRecord>>,
+}
+
+struct LeaseRecord {
+    endpoint: Arc<EndpointState>,
+    method: &'static str,
+    acquired: Instant,
+    deadline: Instant,
+    /// Already counted in `leaked_leases_detected` (and logged).
+    reported: bool,
+}
+
+struct ChannelRecord {
+    endpoint: String,
+    opened: Instant,
+    /// When the pool closed it (took it out of its endpoint's list).
+    released: Option<Instant>,
+    witness: Weak<ChannelWitness>,
+    reported: bool,
+}
+
+/// A lease is leaked once it is still held `grace` past its deadline: the pool cuts every call
+/// off at its deadline, so only a call future that nobody polls or drops any more gets there.
+fn lease_leaked(deadline: Instant, grace: Duration, now: Instant) -> bool {
+    now >= deadline + grace
+}
+
+/// A channel that is still alive is leaked once the pool let go of it more than `grace` ago, or
+/// once it is older than `max_age + grace` (the pool closes channels at `max_age`).
+fn channel_leaked(
+    opened: Instant,
+    released: Option<Instant>,
+    max_age: Duration,
+    grace: Duration,
+    now: Instant,
+) -> bool {
+    released.is_some_and(|released| now >= released + grace) || now >= opened + max_age + grace
 }
 
 struct EndpointState {
@@ -106,6 +157,9 @@ impl LeasePool {
             endpoints: Mutex::new(HashMap::new()),
             next_channel_id: AtomicU64::new(1),
             shut_down: AtomicBool::new(false),
+            live_leases: Mutex::new(HashMap::new()),
+            next_lease_id: AtomicU64::new(1),
+            channel_registry: Mutex::new(HashMap::new()),
             metrics,
             config,
         });
@@ -134,6 +188,15 @@ impl LeasePool {
             .values()
             .map(|e| lock(&e.channels).len())
             .sum()
+    }
+
+    /// Channels the pool opened of which a clone or a connection is still alive, held by the pool
+    /// or not: 0 once everything the pool ever opened is really gone.
+    pub fn channels_alive(&self) -> usize {
+        lock(&self.inner.channel_registry)
+            .values()
+            .filter(|record| record.witness.strong_count() > 0)
+            .count()
     }
 
     pub fn endpoint_status(&self, endpoint: &str) -> Option<EndpointStatus> {
@@ -167,10 +230,19 @@ impl LeasePool {
         for state in endpoints {
             state.leases.close();
             let drained: Vec<_> = lock(&state.channels).drain(..).collect();
-            for _ in drained {
-                self.inner.metrics.channel_closed(CloseReason::Shutdown);
+            let now = Instant::now();
+            for channel in drained {
+                self.inner
+                    .channel_closed(channel.id, CloseReason::Shutdown, now);
             }
         }
+    }
+
+    /// Sweeps the live leases and channels for leaks now (the reaper does it every
+    /// `reap_interval`) and returns the book with the result.
+    pub fn sweep_leaks(&self) -> PoolBook {
+        self.inner.sweep_leaks(Instant::now());
+        self.book()
     }
 
     /// Runs `call` on a leased channel to `endpoint`.
@@ -248,14 +320,25 @@ impl LeasePool {
         };
 
         inner.metrics.lease_acquired();
+        let id = inner.next_lease_id.fetch_add(1, Ordering::Relaxed);
+        lock(&inner.live_leases).insert(
+            id,
+            LeaseRecord {
+                endpoint: Arc::clone(&state),
+                method,
+                acquired: now,
+                deadline,
+                reported: false,
+            },
+        );
         let mut lease = Lease {
+            id,
             pool: Arc::clone(inner),
             endpoint: Arc::clone(&state),
             channel_id: None,
             admission,
             verdict_recorded: false,
             outcome: None,
-            deadline,
             _endpoint_permit: endpoint_permit,
             _global_permit: global_permit,
         };
@@ -408,7 +491,8 @@ impl LeasePool {
                     .map_err(|_| CheckoutError::ChannelCap)?
             }
         };
-        let dialed = timeout_at(deadline, dial(&state.endpoint, &inner.config))
+        let witness = Arc::new(ChannelWitness);
+        let dialed = timeout_at(deadline, dial(&state.endpoint, &inner.config, &witness))
             .await
             .map_err(|_| CheckoutError::Deadline)?
             .map_err(CheckoutError::Dial)?;
@@ -428,6 +512,16 @@ impl LeasePool {
             in_flight: 1,
             _global_permit: permit,
         });
+        lock(&inner.channel_registry).insert(
+            id,
+            ChannelRecord {
+                endpoint: state.endpoint.clone(),
+                opened: now,
+                released: None,
+                witness: Arc::downgrade(&witness),
+                reported: false,
+            },
+        );
         inner.metrics.channel_created();
         tracing::debug!(endpoint = %state.endpoint, id, ?transport, "opened engine-proxy channel");
         Ok((id, channel))
@@ -478,11 +572,13 @@ impl PoolInner {
     fn pick_channel(&self, state: &EndpointState, any: bool) -> Option<(u64, Channel)> {
         let now = Instant::now();
         let mut channels = lock(&state.channels);
-        let before = channels.len();
-        channels.retain(|c| now < c.created + self.config.max_age);
-        for _ in channels.len()..before {
-            self.metrics.channel_closed(CloseReason::MaxAge);
-        }
+        channels.retain(|c| {
+            let keep = now < c.created + self.config.max_age;
+            if !keep {
+                self.channel_closed(c.id, CloseReason::MaxAge, now);
+            }
+            keep
+        });
         let per_channel = self
             .config
             .max_leases_per_endpoint
@@ -521,7 +617,7 @@ impl PoolInner {
                 .map(|i| channels.swap_remove(i))
         };
         if removed.is_some() {
-            self.metrics.channel_closed(reason);
+            self.channel_closed(id, reason, Instant::now());
             tracing::debug!(endpoint = %state.endpoint, id, reason = reason.as_str(), "closed engine-proxy channel");
         }
     }
@@ -532,7 +628,6 @@ impl PoolInner {
         let mut forget = Vec::new();
         for (name, state) in endpoints.iter() {
             let mut channels = lock(&state.channels);
-            let mut closed = Vec::new();
             channels.retain(|c| {
                 let reason = if now >= c.created + self.config.max_age {
                     Some(CloseReason::MaxAge)
@@ -542,13 +637,10 @@ impl PoolInner {
                     None
                 };
                 if let Some(reason) = reason {
-                    closed.push(reason);
+                    self.channel_closed(c.id, reason, now);
                 }
                 reason.is_none()
             });
-            for reason in closed {
-                self.metrics.channel_closed(reason);
-            }
             let idle_endpoint = channels.is_empty()
                 && state.leases.available_permits() == self.config.max_leases_per_endpoint
                 && lock(&state.breaker).state() == BreakerState::Closed
@@ -561,6 +653,70 @@ impl PoolInner {
             endpoints.remove(&name);
             self.metrics.forget_endpoint(&name);
         }
+    }
+
+    /// Books a channel the pool let go of; the registry keeps watching it until it is gone.
+    fn channel_closed(&self, id: u64, reason: CloseReason, now: Instant) {
+        self.metrics.channel_closed(reason);
+        if let Some(record) = lock(&self.channel_registry).get_mut(&id) {
+            record.released = Some(now);
+        }
+    }
+
+    /// One pass over the live leases and channels (see the module docs); forgets channels whose
+    /// witness is gone and books the result.
+    fn sweep_leaks(&self, now: Instant) {
+        let grace = self.config.leak_grace;
+        let mut sweep = LeakSweep::default();
+        for record in lock(&self.live_leases).values_mut() {
+            if !lease_leaked(record.deadline, grace, now) {
+                continue;
+            }
+            sweep.leaked_leases += 1;
+            sweep.oldest_leaked_lease = sweep.oldest_leaked_lease.max(now - record.acquired);
+            if !record.reported {
+                record.reported = true;
+                sweep.newly_leaked_leases += 1;
+                tracing::warn!(
+                    endpoint = %record.endpoint.endpoint,
+                    method = record.method,
+                    held_for = ?(now - record.acquired),
+                    past_deadline = ?(now - record.deadline),
+                    "engine-proxy lease leaked: still held past its deadline (a call future is neither polled nor dropped)"
+                );
+            }
+        }
+        // An in-flight call may keep using a channel the pool let go of until its deadline.
+        let channel_grace = self.config.max_lease + grace;
+        lock(&self.channel_registry).retain(|id, record| {
+            if record.witness.strong_count() == 0 {
+                return false;
+            }
+            let leaked = channel_leaked(
+                record.opened,
+                record.released,
+                self.config.max_age,
+                channel_grace,
+                now,
+            );
+            if leaked {
+                sweep.leaked_channels += 1;
+                sweep.oldest_leaked_channel = sweep.oldest_leaked_channel.max(now - record.opened);
+                if !record.reported {
+                    record.reported = true;
+                    sweep.newly_leaked_channels += 1;
+                    tracing::warn!(
+                        endpoint = %record.endpoint,
+                        id,
+                        age = ?(now - record.opened),
+                        released = ?record.released.map(|r| now - r),
+                        "engine-proxy channel leaked: still open after the pool let go of it (or past its max age)"
+                    );
+                }
+            }
+            true
+        });
+        self.metrics.leak_swept(&sweep);
     }
 }
 
@@ -581,20 +737,21 @@ async fn reap_loop(pool: Weak<PoolInner>, interval: Duration) {
         tokio::time::sleep(interval).await;
         let Some(pool) = pool.upgrade() else { return };
         pool.reap();
+        pool.sweep_leaks(Instant::now());
     }
 }
 
 /// A granted call slot. Dropping it, on any path, returns the permits, releases the channel and
 /// books the outcome: `cancelled` when dropped without one, `panic` when dropped while unwinding.
 struct Lease {
+    /// Key in the pool's registry of live leases.
+    id: u64,
     pool: Arc<PoolInner>,
     endpoint: Arc<EndpointState>,
     channel_id: Option<u64>,
     admission: Admission,
     verdict_recorded: bool,
     outcome: Option<LeaseOutcome>,
-    #[allow(dead_code)] // kept for debugging output; the enforcement is `timeout_at` in `call`
-    deadline: Instant,
     _endpoint_permit: OwnedSemaphorePermit,
     _global_permit: OwnedSemaphorePermit,
 }
@@ -649,6 +806,7 @@ impl Drop for Lease {
                 .metrics
                 .set_breaker_state(&self.endpoint.endpoint, breaker.state().metric_value());
         }
+        lock(&self.pool.live_leases).remove(&self.id);
         self.pool.metrics.lease_released(outcome);
     }
 }
@@ -722,5 +880,67 @@ fn status_text(status: &Status) -> String {
             )
         }
         _ => status.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_leaked_only_from_its_deadline_plus_the_grace() {
+        let deadline = Instant::now();
+        let grace = Duration::from_secs(10);
+        assert!(!lease_leaked(deadline, grace, deadline));
+        assert!(!lease_leaked(
+            deadline,
+            grace,
+            deadline + Duration::from_secs(9)
+        ));
+        assert!(lease_leaked(deadline, grace, deadline + grace));
+        assert!(lease_leaked(
+            deadline,
+            grace,
+            deadline + Duration::from_secs(3600)
+        ));
+    }
+
+    #[test]
+    fn a_live_channel_is_leaked_after_its_release_or_max_age_plus_the_grace() {
+        let opened = Instant::now();
+        let (max_age, grace) = (Duration::from_secs(1800), Duration::from_secs(40));
+        let s = Duration::from_secs;
+        // Held by the pool and younger than max age + grace: fine.
+        assert!(!channel_leaked(
+            opened,
+            None,
+            max_age,
+            grace,
+            opened + s(1839)
+        ));
+        // The pool never lets a channel get that old.
+        assert!(channel_leaked(
+            opened,
+            None,
+            max_age,
+            grace,
+            opened + s(1840)
+        ));
+        // Let go of at 100 s: an in-flight call may still use it within the grace.
+        let released = Some(opened + s(100));
+        assert!(!channel_leaked(
+            opened,
+            released,
+            max_age,
+            grace,
+            opened + s(139)
+        ));
+        assert!(channel_leaked(
+            opened,
+            released,
+            max_age,
+            grace,
+            opened + s(140)
+        ));
     }
 }

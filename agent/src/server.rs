@@ -137,7 +137,11 @@ impl Agent {
         let grpc_addr = grpc.local_addr()?;
         // TLS is terminated here, not by tonic, so the certificate can change under a running
         // server: every handshake asks the reloading resolver for the pair in force.
-        let incoming = tls_incoming(grpc, tokio_rustls::TlsAcceptor::from(Arc::clone(&self.tls)));
+        let incoming = tls_incoming(
+            grpc,
+            tokio_rustls::TlsAcceptor::from(Arc::clone(&self.tls)),
+            self.config.max_tls_handshakes,
+        );
         let grpc_server = Server::builder()
             .add_service(health_service)
             .add_service(SnapshotServiceServer::new(api))

@@ -2,22 +2,30 @@
 //! [`longhorn_guard_certs::server_config`], whose certificate (and client CA) follow the files as
 //! they are rotated, and an accept loop that runs each handshake in its own task so a slow or
 //! silent client cannot hold up the others.
+//!
+//! Handshakes in progress are capped (`AgentConfig::max_tls_handshakes`): a connection flood
+//! costs a bounded number of tasks and sockets. At the cap the loop keeps accepting and the
+//! longest-waiting handshake gives way to the new connection, so silent connections cannot
+//! lock real clients out (a real client's handshake takes milliseconds; a silent one would
+//! otherwise hold its slot for the whole handshake timeout).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use longhorn_guard_certs::{ReloadHandle, ServerTlsOptions};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::AgentConfig;
+use crate::metrics::encode_const_counter;
 
 /// Longest TLS handshake the server waits for.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,14 +57,19 @@ pub(crate) fn reloadable_server_config(
     })
 }
 
-/// Accepts TCP connections on `listener` and yields those whose TLS handshake succeeded. The
-/// accept task ends when the returned stream is dropped (the gRPC server stopped).
+/// Accepts TCP connections on `listener` and yields those whose TLS handshake succeeded, with
+/// at most `max_handshakes` handshakes in progress (see the module docs). The accept task ends
+/// when the returned stream is dropped (the gRPC server stopped).
 pub(crate) fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    max_handshakes: usize,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let slots = Arc::new(Semaphore::new(max_handshakes.max(1)));
     tokio::spawn(async move {
+        // Handshake tasks, oldest first (finished ones are dropped from the front lazily).
+        let mut handshakes: VecDeque<AbortHandle> = VecDeque::new();
         loop {
             let accepted = tokio::select! {
                 () = tx.closed() => return,
@@ -65,8 +78,24 @@ pub(crate) fn tls_incoming(
             match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
+                    handshakes.retain(|h| !h.is_finished());
+                    let slot = match Arc::clone(&slots).try_acquire_owned() {
+                        Ok(slot) => slot,
+                        Err(_) => {
+                            if let Some(oldest) = handshakes.pop_front() {
+                                tracing::debug!(%peer, "agent gRPC: {max_handshakes} TLS handshakes in progress; the longest-waiting one gives way");
+                                oldest.abort();
+                            }
+                            // Freed as soon as the aborted task is dropped.
+                            match Arc::clone(&slots).acquire_owned().await {
+                                Ok(slot) => slot,
+                                Err(_) => return,
+                            }
+                        }
+                    };
                     let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                    tokio::spawn(async move {
+                    let handshake = tokio::spawn(async move {
+                        let _slot = slot;
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => {
                                 let _ = tx.send(Ok(tls)).await;
@@ -79,6 +108,7 @@ pub(crate) fn tls_incoming(
                             }
                         }
                     });
+                    handshakes.push_back(handshake.abort_handle());
                 }
                 Err(e) => {
                     // e.g. EMFILE: back off instead of spinning.
@@ -112,9 +142,7 @@ impl Collector for TlsReloadCollector {
                 stats.errors_total,
             ),
         ] {
-            let counter = ConstCounter::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
+            encode_const_counter(&mut encoder, name, help, value)?;
         }
         Ok(())
     }

@@ -311,7 +311,6 @@ async fn snapshot_service_over_mtls_answers_from_the_engine() -> TestResult {
         1,
         "{book:?}"
     );
-    assert_eq!(book.leaked_leases(), 0);
 
     // grpc.health.v1 over the same TLS port.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -774,6 +773,372 @@ async fn rotated_serving_certificate_is_served_without_a_failed_call() -> TestRe
     eprintln!(
         "rotation: {long_ok} calls on the long-lived channel, {before} fresh connections before and {after} after, 0 failed"
     );
+    agent.stop().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Waits (up to 10 s, else fails) for the pool's next leak sweep, then scrapes `/metrics`.
+async fn scrape_after_a_sweep(agent: &RunningAgent) -> anyhow::Result<String> {
+    let sweeps = agent.pool.book().leak_sweeps;
+    anyhow::ensure!(
+        eventually(Duration::from_secs(10), || agent.pool.book().leak_sweeps
+            > sweeps)
+        .await,
+        "no leak sweep within 10 s: {:?}",
+        agent.pool.book()
+    );
+    let (code, text) = http_get(agent.http_port, "/metrics").await?;
+    anyhow::ensure!(code == 200, "/metrics answered {code}: {text}");
+    Ok(text)
+}
+
+/// The series Prometheus stores from `scrapes`, scrape `i` taken at minute `i`: each exposition
+/// goes through Prometheus's own OpenMetrics parser into a TSDB (`promtool tsdb
+/// create-blocks-from openmetrics`; a timestamp is appended to every sample, nothing else is
+/// changed), read back with `promtool tsdb dump`. Keyed `name{labels}` as PromQL writes a series,
+/// one value per scrape.
+fn ingested_by_prometheus(
+    scrapes: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<Option<f64>>>> {
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        - 3600;
+    let dir = files_dir(&[])?;
+    let blocks = dir.path().join("blocks");
+    for (i, text) in scrapes.iter().enumerate() {
+        let at = start + 60 * i as u64;
+        let stamped: String = text
+            .lines()
+            .map(|line| match line.starts_with('#') {
+                true => format!("{line}\n"),
+                false => format!("{line} {at}\n"),
+            })
+            .collect();
+        let input = dir.path().join(format!("scrape-{i}.om"));
+        std::fs::write(&input, stamped)?;
+        let (ok, report) = run_promtool(
+            &[
+                "tsdb",
+                "create-blocks-from",
+                "openmetrics",
+                &input.display().to_string(),
+                &blocks.display().to_string(),
+            ],
+            None,
+        )?;
+        anyhow::ensure!(
+            ok,
+            "Prometheus rejected scrape {i}:\n{report}\n--- scrape ---\n{text}"
+        );
+    }
+    // `tsdb dump` opens the directory as a TSDB, which wants a (here empty) write-ahead log.
+    std::fs::create_dir_all(blocks.join("wal"))?;
+    let (ok, dump) = run_promtool(&["tsdb", "dump", &blocks.display().to_string()], None)?;
+    anyhow::ensure!(ok, "promtool tsdb dump failed:\n{dump}");
+    let mut series = std::collections::BTreeMap::new();
+    for line in dump.lines().filter(|l| l.starts_with('{')) {
+        // {__name__="name", label="value", ...} value timestamp_ms
+        let mut fields = line.rsplitn(3, ' ');
+        let (Some(ms), Some(value), Some(labels)) = (fields.next(), fields.next(), fields.next())
+        else {
+            anyhow::bail!("unexpected dump line {line:?}");
+        };
+        let labels = labels
+            .strip_prefix("{__name__=\"")
+            .and_then(|l| l.strip_suffix('}'))
+            .ok_or_else(|| anyhow::anyhow!("no metric name in {line:?}"))?;
+        let (name, rest) = labels
+            .split_once('"')
+            .ok_or_else(|| anyhow::anyhow!("unterminated name in {line:?}"))?;
+        let key = format!("{name}{{{}}}", rest.trim_start_matches(", "));
+        let minute = (ms.parse::<u64>()? / 1000 - start) / 60;
+        let values = series
+            .entry(key)
+            .or_insert_with(|| vec![None; scrapes.len()]);
+        let slot = values
+            .get_mut(usize::try_from(minute)?)
+            .ok_or_else(|| anyhow::anyhow!("sample outside the scrapes: {line:?}"))?;
+        *slot = Some(value.parse::<f64>()?);
+    }
+    Ok(series)
+}
+
+/// The value of the label-less series `name` in scrape `i`.
+fn ingested(
+    series: &std::collections::BTreeMap<String, Vec<Option<f64>>>,
+    name: &str,
+    i: usize,
+) -> anyhow::Result<f64> {
+    series
+        .get(&format!("{name}{{}}"))
+        .and_then(|values| values.get(i).copied().flatten())
+        .ok_or_else(|| anyhow::anyhow!("{name} is not in scrape {i}"))
+}
+
+/// The rules file's annotations of `alert`, with `{{ $labels.instance }}` filled in.
+fn expected_annotations(alert: &str, instance: &str) -> anyhow::Result<serde_yaml::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/monitoring/rules/longhorn-guard.rules.yaml");
+    let rules: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+    let rule = rules["groups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .find(|r| r["alert"].as_str() == Some(alert))
+        .ok_or_else(|| anyhow::anyhow!("no alert {alert} in {}", path.display()))?;
+    let mut annotations = serde_yaml::Mapping::new();
+    for (key, value) in rule["annotations"].as_mapping().into_iter().flatten() {
+        let text = value.as_str().unwrap_or_default();
+        let filled = text.replace("{{ $labels.instance }}", instance);
+        anyhow::ensure!(
+            !filled.contains("{{"),
+            "{alert}: template this test does not fill in: {text}"
+        );
+        annotations.insert(key.clone(), serde_yaml::Value::from(filled));
+    }
+    Ok(serde_yaml::Value::Mapping(annotations))
+}
+
+/// The leak detector as an operator meets it. A call future inside a running agent is polled
+/// until it holds its lease, then forgotten (`mem::forget`): it keeps its lease past the deadline
+/// and its channel past max age. The agent's real `/metrics`, parsed by an OpenMetrics parser,
+/// shows both; the scraped series, one scrape a minute for promtool with the real alert rules,
+/// fire `LonghornGuardAgentLeakedLeases` and `LonghornGuardAgentLeakedChannels` after their 5 min,
+/// and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaked_lease_and_channel_show_in_the_scrape_and_fire_the_alerts() -> TestResult {
+    let pki = pki()?;
+    let (_fake, server) = start_fake().await?;
+    let agent = start_agent_with(&pki, false, server.local_addr.port(), |config| {
+        config.pool.max_lease = Duration::from_millis(300);
+        config.pool.max_age = Duration::from_millis(400);
+        config.pool.leak_grace = Duration::from_millis(200);
+        config.pool.reap_interval = Duration::from_millis(20);
+    })
+    .await?;
+    let endpoint = server.local_addr.to_string();
+
+    let mut scrapes = Vec::new();
+    for _ in 0..3 {
+        scrapes.push(scrape_after_a_sweep(&agent).await?);
+    }
+    let mut call = Box::pin(agent.pool.call(
+        &endpoint,
+        "SnapshotList",
+        deadline_in(Duration::from_secs(60)),
+        // The call keeps its channel while it waits forever.
+        |channel, _left| async move {
+            let _in_use = channel;
+            std::future::pending::<Result<(), tonic::Status>>().await
+        },
+    ));
+    tokio::select! {
+        ended = &mut call => anyhow::bail!("a call that never answers ended: {ended:?}"),
+        // Holding its lease and the channel it dialled (the closure has it from then on).
+        holds = eventually(Duration::from_secs(5), || {
+            let book = agent.pool.book();
+            book.leases_active == 1 && book.channels_created == 1
+        }) => {
+            anyhow::ensure!(holds, "the call never got its lease: {:?}", agent.pool.book());
+        }
+    }
+    std::mem::forget(call);
+    anyhow::ensure!(
+        eventually(Duration::from_secs(10), || {
+            let book = agent.pool.book();
+            book.leaked_leases == 1 && book.leaked_channels == 1
+        })
+        .await,
+        "the sweep never found the forgotten lease and its channel: {:?}",
+        agent.pool.book()
+    );
+    for _ in 0..9 {
+        scrapes.push(scrape_after_a_sweep(&agent).await?);
+    }
+
+    let series = ingested_by_prometheus(&scrapes)?;
+    let last = scrapes.len() - 1;
+    assert_eq!(
+        ingested(&series, "longhorn_guard_agent_leaked_leases", 0)?,
+        0.0
+    );
+    assert_eq!(
+        ingested(&series, "longhorn_guard_agent_leaked_leases", last)?,
+        1.0
+    );
+    assert_eq!(
+        ingested(&series, "longhorn_guard_agent_leaked_channels", last)?,
+        1.0
+    );
+    assert_eq!(
+        ingested(&series, "longhorn_guard_agent_leases_active", last)?,
+        1.0
+    );
+    assert_eq!(
+        ingested(
+            &series,
+            "longhorn_guard_agent_leaked_leases_detected_total",
+            last
+        )?,
+        1.0
+    );
+    assert!(
+        ingested(
+            &series,
+            "longhorn_guard_agent_leaked_lease_oldest_age_seconds",
+            last
+        )? >= 0.4
+    );
+    assert!(
+        ingested(
+            &series,
+            "longhorn_guard_agent_leaked_channel_oldest_age_seconds",
+            last
+        )? > 0.4
+    );
+
+    // promtool: every stored series, labelled as Prometheus labels the agent's target.
+    let instance = format!("127.0.0.1:{}", agent.http_port);
+    let target = format!("instance=\"{instance}\", job=\"longhorn-guard-agent\"");
+    let input_series: Vec<serde_yaml::Value> = series
+        .iter()
+        .map(|(key, values)| {
+            let values: Vec<String> = values
+                .iter()
+                .map(|v| v.map_or("_".to_string(), |v| v.to_string()))
+                .collect();
+            let labelled = match key.strip_suffix("{}") {
+                Some(name) => format!("{name}{{{target}}}"),
+                None => format!("{}, {target}}}", key.trim_end_matches('}')),
+            };
+            let mut entry = serde_yaml::Mapping::new();
+            entry.insert("series".into(), labelled.into());
+            entry.insert("values".into(), values.join(" ").into());
+            serde_yaml::Value::Mapping(entry)
+        })
+        .collect();
+    let mut cases = Vec::new();
+    for alert in [
+        "LonghornGuardAgentLeakedLeases",
+        "LonghornGuardAgentLeakedChannels",
+    ] {
+        // Leaked from minute 3: pending at 6, firing from 8 on.
+        cases.push(serde_yaml::to_value(serde_json::json!({
+            "eval_time": "6m", "alertname": alert, "exp_alerts": []
+        }))?);
+        cases.push(serde_yaml::to_value(serde_json::json!({
+            "eval_time": "11m",
+            "alertname": alert,
+            "exp_alerts": [{
+                "exp_labels": {
+                    "instance": instance, "job": "longhorn-guard-agent", "severity": "warning"
+                },
+                "exp_annotations": serde_json::to_value(expected_annotations(alert, &instance)?)?,
+            }],
+        }))?);
+    }
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/monitoring/rules/longhorn-guard.rules.yaml")
+        .canonicalize()?;
+    let test = serde_json::json!({
+        "rule_files": [rules.display().to_string()],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": serde_json::to_value(&input_series)?,
+            "alert_rule_test": serde_json::to_value(&cases)?,
+        }],
+    });
+    let dir = files_dir(&[("scraped-leak.yaml", &serde_yaml::to_string(&test)?)])?;
+    let file = dir.path().join("scraped-leak.yaml");
+    let (ok, report) = run_promtool(&["test", "rules", &file.display().to_string()], None)?;
+    assert!(
+        ok && report.contains("SUCCESS"),
+        "promtool test rules on the scraped series failed:\n{report}\n--- test file ---\n{}",
+        std::fs::read_to_string(&file)?
+    );
+
+    agent.stop().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// A flood of silent TCP connections to the agent's gRPC port: the handshakes in progress stay
+/// at the cap (tasks and fds bounded, the oldest silent connections closed by the server) and a
+/// real client is served in the middle of the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_costs_bounded_tasks_and_fds_and_real_clients_are_served() -> TestResult
+{
+    const MAX_HANDSHAKES: usize = 16;
+    const FLOOD: usize = 400;
+    let pki = pki()?;
+    let (_fake, server) = start_fake().await?;
+    let agent = start_agent_with(&pki, false, server.local_addr.port(), |config| {
+        config.max_tls_handshakes = MAX_HANDSHAKES;
+    })
+    .await?;
+    feed(&agent.index);
+    agent.index.mark_synced();
+    // Warm up: a real client served, its connection closed again.
+    let channel = tls_channel(agent.grpc_port, &pki.ca_pem, None).await?;
+    SnapshotServiceClient::new(channel)
+        .get_snapshot(get(VOLUME, "snap-a"))
+        .await?;
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let (tasks0, fds0) = (runtime.num_alive_tasks(), open_fds()?);
+
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        flood.push(tokio::net::TcpStream::connect(("127.0.0.1", agent.grpc_port)).await?);
+    }
+    // The server closes all but the newest MAX_HANDSHAKES; watch the process meanwhile.
+    let closed_by_server = |flood: &[tokio::net::TcpStream]| {
+        flood
+            .iter()
+            .filter(|s| {
+                let mut byte = [0u8; 1];
+                !matches!(s.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count()
+    };
+    let (mut peak_tasks, mut peak_fds) = (0, 0);
+    let evicted = eventually(Duration::from_secs(5), || {
+        peak_tasks = peak_tasks.max(runtime.num_alive_tasks());
+        peak_fds = peak_fds.max(open_fds().unwrap_or(usize::MAX));
+        closed_by_server(&flood) >= FLOOD - MAX_HANDSHAKES
+    })
+    .await;
+    assert!(
+        evicted,
+        "the server holds {} of {FLOOD} silent connections (cap {MAX_HANDSHAKES})",
+        FLOOD - closed_by_server(&flood)
+    );
+    // Our own FLOOD client sockets, at most MAX_HANDSHAKES server sockets and their tasks.
+    let slack = 8;
+    assert!(
+        peak_tasks <= tasks0 + MAX_HANDSHAKES + slack,
+        "tasks {tasks0} -> {peak_tasks} during a flood of {FLOOD}"
+    );
+    assert!(
+        peak_fds <= fds0 + FLOOD + MAX_HANDSHAKES + slack,
+        "fds {fds0} -> {peak_fds} during a flood of {FLOOD} (its own client sockets included)"
+    );
+
+    // A real client, with MAX_HANDSHAKES silent connections still in the server's slots.
+    let channel = tls_channel(agent.grpc_port, &pki.ca_pem, None).await?;
+    let found = SnapshotServiceClient::new(channel)
+        .get_snapshot(get(VOLUME, "snap-a"))
+        .await?
+        .into_inner();
+    assert!(found.found);
+    eprintln!(
+        "flood of {FLOOD}: tasks {tasks0} -> peak {peak_tasks}, fds {fds0} -> peak {peak_fds}, {} closed by the server; a real client was served",
+        closed_by_server(&flood)
+    );
+    drop(flood);
     agent.stop().await?;
     server.shutdown().await;
     Ok(())

@@ -1,5 +1,7 @@
 //! 10k engine calls with ~30 % injected faults: afterwards the process's fds, the pool's channels
-//! and the runtime's alive tasks are back at their baseline and no lease leaked.
+//! and the runtime's alive tasks are back at their baseline, and the pool's leak sweep, running
+//! all along, never found a lease held past its deadline or a channel alive past what the pool
+//! allows it; at the end no channel the pool ever opened is still alive.
 //! Alone in its own test binary so no other test disturbs the fd / task counts.
 
 mod support;
@@ -10,7 +12,6 @@ use std::time::Duration;
 
 use fake_engine::{Fault, Method};
 use longhorn_guard_agent::PoolConfig;
-use longhorn_guard_agent::metrics::process_open_fds;
 use support::*;
 use tonic::Code;
 
@@ -51,7 +52,7 @@ async fn ten_thousand_faulty_calls_leave_no_trace() -> anyhow::Result<()> {
     };
     let fx = fixture(config).await?;
     let runtime = tokio::runtime::Handle::current().metrics();
-    let fds_before = process_open_fds().unwrap_or(0);
+    let fds_before = open_fds()?;
     let tasks_before = runtime.num_alive_tasks();
     assert_eq!(fx.pool.open_channels(), 0);
 
@@ -97,7 +98,6 @@ async fn ten_thousand_faulty_calls_leave_no_trace() -> anyhow::Result<()> {
 
     let book = fx.pool.book();
     assert_eq!(book.leases_active, 0, "{book:?}");
-    assert_eq!(book.leaked_leases(), 0, "{book:?}");
     let failed = failures.load(Ordering::Relaxed);
     // ~30 % faults plus breaker sheds: the load really was faulty, and not everything failed.
     assert!(
@@ -109,7 +109,7 @@ async fn ten_thousand_faulty_calls_leave_no_trace() -> anyhow::Result<()> {
     // Settle: idle channels close, the server's connection tasks end.
     let settled = eventually(Duration::from_secs(5), || {
         fx.pool.open_channels() == 0
-            && process_open_fds().unwrap_or(usize::MAX) <= fds_before
+            && open_fds().is_ok_and(|fds| fds <= fds_before)
             && runtime.num_alive_tasks() <= tasks_before
     })
     .await;
@@ -117,18 +117,30 @@ async fn ten_thousand_faulty_calls_leave_no_trace() -> anyhow::Result<()> {
     assert!(
         settled,
         "not back to baseline after {CALLS} calls: fds {:?} (before {fds_before}), tasks {} (before {tasks_before}), channels {}, {book:?}",
-        process_open_fds(),
+        open_fds().ok(),
         runtime.num_alive_tasks(),
         fx.pool.open_channels(),
     );
-    assert_eq!(book.leaked_channels(), 0, "{book:?}");
-    assert_eq!(book.leaked_leases(), 0, "{book:?}");
+    // Every channel the pool opened is gone, not only closed in the book: no clone, no connection.
+    assert!(
+        eventually(Duration::from_secs(5), || fx.pool.channels_alive() == 0).await,
+        "{} channels still alive",
+        fx.pool.channels_alive()
+    );
+    let book = fx.pool.sweep_leaks();
+    assert!(book.leak_sweeps > 20, "the sweep did not run: {book:?}");
+    assert_eq!(
+        (book.leaked_leases_detected, book.leaked_channels_detected),
+        (0, 0),
+        "{book:?}"
+    );
+    assert_eq!((book.leaked_leases, book.leaked_channels), (0, 0));
     assert_eq!(fx.fake.stats().open_connections, 0);
     eprintln!(
         "{CALLS} calls in {took:?}, {failed} failed; channels created {}, closed {}; fds {fds_before} -> {:?}; tasks {tasks_before} -> {}",
         book.channels_created,
         book.channels_closed,
-        process_open_fds(),
+        open_fds().ok(),
         runtime.num_alive_tasks()
     );
     Ok(())

@@ -505,8 +505,11 @@ pub async fn agent_figures(
         channels_active: get("channels_active") as u64,
         leases_acquired: get("leases_acquired_total") as u64,
         leases_active: get("leases_active") as u64,
-        leaked_leases: get("leaked_leases") as i64,
-        leaked_channels: get("leaked_channels") as i64,
+        leaked_leases: get("leaked_leases") as u64,
+        leaked_channels: get("leaked_channels") as u64,
+        leaked_leases_detected: get("leaked_leases_detected_total") as u64,
+        leaked_channels_detected: get("leaked_channels_detected_total") as u64,
+        leak_sweeps: get("leak_sweeps_total") as u64,
     })
 }
 

@@ -15,6 +15,7 @@ pub struct Sample {
 
 /// What the agents' `/metrics` said at the end of a run (summed over the nodes' agents).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AgentFigures {
     pub agents: u64,
     /// `GetSnapshot` calls the demo's engine probe sent through the agents.
@@ -24,8 +25,14 @@ pub struct AgentFigures {
     pub channels_active: u64,
     pub leases_acquired: u64,
     pub leases_active: u64,
-    pub leaked_leases: i64,
-    pub leaked_channels: i64,
+    /// Leases / channels the agents' leak sweep found leaked at its last pass (the gauges).
+    pub leaked_leases: u64,
+    pub leaked_channels: u64,
+    /// Distinct leases / channels the sweep found leaked during the whole run.
+    pub leaked_leases_detected: u64,
+    pub leaked_channels_detected: u64,
+    /// Sweeps the agents made (each sweeps its live leases and channels).
+    pub leak_sweeps: u64,
 }
 
 /// The figures of one run.
@@ -256,13 +263,21 @@ impl Report {
                     .map(|a| format!("{} / {}", a.leases_acquired, a.leases_active)),
             )
         });
-        row("agent leaked leases / channels", &|r| {
-            cell(
-                r.agent
-                    .as_ref()
-                    .map(|a| format!("{} / {}", a.leaked_leases, a.leaked_channels)),
-            )
-        });
+        row(
+            "agent leases / channels found leaked by the leak sweep (run; at the end)",
+            &|r| {
+                cell(r.agent.as_ref().map(|a| {
+                    format!(
+                        "{} / {} over {} sweeps; {} / {}",
+                        a.leaked_leases_detected,
+                        a.leaked_channels_detected,
+                        a.leak_sweeps,
+                        a.leaked_leases,
+                        a.leaked_channels
+                    )
+                }))
+            },
+        );
         row("storm / run seconds", &|r| {
             format!("{:.1} / {:.1}", r.storm_seconds, r.run_seconds)
         });

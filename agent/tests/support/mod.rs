@@ -2,8 +2,11 @@
 //! pointed at it.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use fake_engine::{EngineSpec, FakeEngine, RunningServer, SnapshotSpec};
 use longhorn_guard_agent::{EngineClient, EngineTarget, LeasePool, PoolConfig, PoolMetrics};
@@ -36,6 +39,7 @@ pub fn test_pool_config() -> PoolConfig {
         breaker_failure_threshold: 1_000_000,
         breaker_cool_down: Duration::from_millis(200),
         reap_interval: Duration::from_millis(50),
+        leak_grace: Duration::from_secs(1),
         ..PoolConfig::default()
     }
 }
@@ -154,4 +158,27 @@ pub fn files_dir(files: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
         std::fs::write(dir.path().join(name), contents)?;
     }
     Ok(dir)
+}
+
+/// Open fds of this process. An error naming the directory, never a silent 0, when
+/// /proc/self/fd cannot be read: an fd check must not pass because it could not look.
+pub fn open_fds() -> anyhow::Result<usize> {
+    count_fds_in(Path::new("/proc/self/fd"))
+}
+
+/// Entries of `dir` (a procfs fd directory), or an error naming it.
+pub fn count_fds_in(dir: &Path) -> anyhow::Result<usize> {
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "cannot count open fds in {}: the fd check needs Linux procfs",
+            dir.display()
+        )
+    })?;
+    Ok(entries.count())
+}
+
+/// VmRSS of this process in bytes, or an error (never a silent 0).
+pub fn resident_bytes() -> anyhow::Result<u64> {
+    longhorn_guard_agent::metrics::process_resident_memory_bytes()
+        .context("cannot read VmRSS from /proc/self/status: the memory check needs Linux procfs")
 }

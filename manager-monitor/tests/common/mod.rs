@@ -305,6 +305,11 @@ pub fn known_metric_names() -> std::collections::BTreeSet<String> {
         // agent (longhorn_guard_agent_*)
         "longhorn_guard_agent_leaked_leases",
         "longhorn_guard_agent_leaked_channels",
+        "longhorn_guard_agent_leaked_lease_oldest_age_seconds",
+        "longhorn_guard_agent_leaked_channel_oldest_age_seconds",
+        "longhorn_guard_agent_leaked_leases_detected_total",
+        "longhorn_guard_agent_leaked_channels_detected_total",
+        "longhorn_guard_agent_leak_sweeps_total",
         "longhorn_guard_agent_leases_active",
         "longhorn_guard_agent_channels_active",
         "longhorn_guard_agent_lease_wait_overflow_total",
