@@ -1117,7 +1117,8 @@ async fn a_connection_flood_costs_bounded_tasks_and_fds_and_real_clients_are_ser
         FLOOD - closed_by_server(&flood)
     );
     // Our own FLOOD client sockets, at most MAX_HANDSHAKES server sockets and their tasks.
-    let slack = 8;
+    // The accept loop, the warm-up connection's tail, the gRPC server's own tasks.
+    let slack = 16;
     assert!(
         peak_tasks <= tasks0 + MAX_HANDSHAKES + slack,
         "tasks {tasks0} -> {peak_tasks} during a flood of {FLOOD}"

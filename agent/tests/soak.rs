@@ -137,9 +137,12 @@ async fn ten_thousand_faulty_calls_leave_no_trace() -> anyhow::Result<()> {
     assert_eq!((book.leaked_leases, book.leaked_channels), (0, 0));
     assert_eq!(fx.fake.stats().open_connections, 0);
     eprintln!(
-        "{CALLS} calls in {took:?}, {failed} failed; channels created {}, closed {}; fds {fds_before} -> {:?}; tasks {tasks_before} -> {}",
+        "{CALLS} calls in {took:?}, {failed} failed; channels created {}, closed {}; leak sweeps {}, leases / channels found leaked {} / {}; fds {fds_before} -> {:?}; tasks {tasks_before} -> {}",
         book.channels_created,
         book.channels_closed,
+        book.leak_sweeps,
+        book.leaked_leases_detected,
+        book.leaked_channels_detected,
         open_fds().ok(),
         runtime.num_alive_tasks()
     );
