@@ -271,6 +271,7 @@ async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
     let agent = b.agent.as_ref().context("run B has agent figures")?;
     assert_eq!(agent.agents, 3);
     // The agents' leak sweep ran through the run and never found a leaked lease or channel.
+    eprintln!("run B agents: {agent:?}");
     assert!(agent.leak_sweeps > 0, "{agent:?}");
     assert_eq!(
         (agent.leaked_leases_detected, agent.leaked_channels_detected),
