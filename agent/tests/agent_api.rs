@@ -538,35 +538,13 @@ fn promtool_check(text: &str) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let stamped: String = text
-        .lines()
-        .map(|line| {
-            if line.starts_with('#') {
-                format!("{line}\n")
-            } else {
-                format!("{line} {now}\n")
-            }
-        })
-        .collect();
     let dir = files_dir(&[])?;
-    let dir = dir.path();
-    let input = dir.join("metrics.om");
-    std::fs::write(&input, &stamped)?;
-    let blocks = dir.join("blocks");
-    let (ok, report) = run_promtool(
-        &[
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            &input.display().to_string(),
-            &blocks.display().to_string(),
-        ],
-        None,
+    ingest_into_tsdb(
+        text,
+        now,
+        &dir.path().join("metrics.om"),
+        &dir.path().join("blocks"),
     )?;
-    anyhow::ensure!(
-        ok,
-        "Prometheus's OpenMetrics parser rejected the exposition:\n{report}\n--- exposition ---\n{text}"
-    );
 
     let (ok, report) = run_promtool(&["check", "metrics"], Some(text))?;
     let unexpected: Vec<&str> = report
@@ -584,6 +562,35 @@ fn promtool_check(text: &str) -> anyhow::Result<()> {
         unexpected.is_empty(),
         "promtool check metrics (exit ok: {ok}) found problems:\n{}\n--- exposition ---\n{text}",
         unexpected.join("\n")
+    );
+    Ok(())
+}
+
+/// Puts `text` (an OpenMetrics exposition) through Prometheus's own OpenMetrics parser into the
+/// TSDB at `blocks`: `promtool tsdb create-blocks-from openmetrics` on a copy at `input` with
+/// timestamp `at` (seconds) appended to every sample, nothing else changed.
+fn ingest_into_tsdb(text: &str, at: u64, input: &Path, blocks: &Path) -> anyhow::Result<()> {
+    let stamped: String = text
+        .lines()
+        .map(|line| match line.starts_with('#') {
+            true => format!("{line}\n"),
+            false => format!("{line} {at}\n"),
+        })
+        .collect();
+    std::fs::write(input, stamped)?;
+    let (ok, report) = run_promtool(
+        &[
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            &input.display().to_string(),
+            &blocks.display().to_string(),
+        ],
+        None,
+    )?;
+    anyhow::ensure!(
+        ok,
+        "Prometheus's OpenMetrics parser rejected the exposition:\n{report}\n--- exposition ---\n{text}"
     );
     Ok(())
 }
@@ -808,30 +815,8 @@ fn ingested_by_prometheus(
     let dir = files_dir(&[])?;
     let blocks = dir.path().join("blocks");
     for (i, text) in scrapes.iter().enumerate() {
-        let at = start + 60 * i as u64;
-        let stamped: String = text
-            .lines()
-            .map(|line| match line.starts_with('#') {
-                true => format!("{line}\n"),
-                false => format!("{line} {at}\n"),
-            })
-            .collect();
         let input = dir.path().join(format!("scrape-{i}.om"));
-        std::fs::write(&input, stamped)?;
-        let (ok, report) = run_promtool(
-            &[
-                "tsdb",
-                "create-blocks-from",
-                "openmetrics",
-                &input.display().to_string(),
-                &blocks.display().to_string(),
-            ],
-            None,
-        )?;
-        anyhow::ensure!(
-            ok,
-            "Prometheus rejected scrape {i}:\n{report}\n--- scrape ---\n{text}"
-        );
+        ingest_into_tsdb(text, start + 60 * i as u64, &input, &blocks)?;
     }
     // `tsdb dump` opens the directory as a TSDB, which wants a (here empty) write-ahead log.
     std::fs::create_dir_all(blocks.join("wal"))?;
