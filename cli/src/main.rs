@@ -32,9 +32,10 @@ enum Command {
     Webhook(WebhookArgs),
     /// Run the per-node agent (engine gRPC through lease-bounded channels, leak metrics).
     Agent(AgentArgs),
-    /// List non-terminal Backups with the reason each is stuck (read-only). Exit code 0:
-    /// nothing needs attention; 1: something does; 2: the check itself failed.
-    Doctor(DoctorArgs),
+    /// List non-terminal Backups with the reason each is stuck, and check the guard's own
+    /// policy (read-only). Exit code 0: nothing needs attention; 1: something does; 2: the
+    /// check itself failed.
+    Doctor(DoctorCommandArgs),
     /// Delete Backup objects that can never complete and hold no data in the backup target
     /// (dry run unless --yes; writes a restore file first).
     Prune(PruneArgs),
@@ -113,6 +114,19 @@ struct DoctorArgs {
     stuck_after_minutes: u64,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
+}
+
+#[derive(clap::Args)]
+struct DoctorCommandArgs {
+    #[command(flatten)]
+    doctor: DoctorArgs,
+    /// The guard's namespace, where its policy ConfigMap is (checked for exemptions of
+    /// Longhorn's own service account).
+    #[arg(long, env = "LHG_GUARD_NAMESPACE", default_value = longhorn_guard_stuck_backups::guard_policy::DEFAULT_GUARD_NAMESPACE)]
+    guard_namespace: String,
+    /// The webhook's policy ConfigMap (key `policy.yaml`).
+    #[arg(long, default_value = longhorn_guard_stuck_backups::guard_policy::DEFAULT_POLICY_CONFIGMAP)]
+    guard_policy_configmap: String,
 }
 
 #[derive(clap::Args)]
@@ -333,22 +347,38 @@ async fn kube_client(args: &KubeArgs) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-async fn run_doctor(args: DoctorArgs, kube: KubeArgs) -> anyhow::Result<ExitCode> {
+async fn run_doctor(args: DoctorCommandArgs, kube: KubeArgs) -> anyhow::Result<ExitCode> {
+    let client = kube_client(&kube).await?;
     let report =
-        longhorn_guard_stuck_backups::doctor(kube_client(&kube).await?, &doctor_options(&args))
-            .await?;
-    match args.output {
+        longhorn_guard_stuck_backups::doctor(client.clone(), &doctor_options(&args.doctor)).await?;
+    let guard_policy = longhorn_guard_stuck_backups::check_guard_policy(
+        client,
+        &longhorn_guard_stuck_backups::GuardPolicyOptions {
+            namespace: args.guard_namespace,
+            configmap: args.guard_policy_configmap,
+            longhorn_namespace: args.doctor.namespace.clone(),
+        },
+    )
+    .await;
+    match args.doctor.output {
         Output::Table => print!(
-            "{}",
-            longhorn_guard_stuck_backups::render::doctor_text(&report)
+            "{}\n{}\n",
+            longhorn_guard_stuck_backups::render::doctor_text(&report),
+            guard_policy.describe()
         ),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Json => {
+            let mut json = serde_json::to_value(&report)?;
+            json["guardPolicy"] = serde_json::to_value(&guard_policy)?;
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
     }
-    Ok(if report.needs_attention > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if report.needs_attention > 0 || !guard_policy.findings().is_empty() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 async fn run_prune(args: PruneArgs, kube: KubeArgs) -> anyhow::Result<()> {

@@ -8,6 +8,8 @@
 //!   default; before deleting it writes every object to a YAML file that restores them
 //!   ([`restore`]). A Backup younger than the stuck threshold is never eligible, and the
 //!   engine's snapshot list alone never makes one eligible.
+//! - [`check_guard_policy`]: part of `doctor`: the guard's own policy must not exempt
+//!   Longhorn's service account (that switches the guard off for the storm).
 //!
 //! This crate must never touch backup data in a backup target, never delete a Backup that has
 //! a URL or an empty snapshot name (Longhorn syncing existing backups), and never write
@@ -16,6 +18,7 @@
 pub mod cluster_state;
 pub mod diagnosis;
 pub mod doomed_volumes;
+pub mod guard_policy;
 pub mod prune;
 pub mod render;
 pub mod restore;
@@ -23,6 +26,7 @@ pub mod restore;
 pub use cluster_state::ClusterState;
 pub use diagnosis::{BackupFinding, EngineSays, Evidence, Report, StuckReason, diagnose};
 pub use doomed_volumes::DoomedVolume;
+pub use guard_policy::{GuardPolicyCheck, GuardPolicyOptions, check_guard_policy};
 pub use prune::{PruneOptions, PruneOutcome, delete_planned, plan, plan_prune, prune, recheck};
 pub use restore::{RESTORED_FROM_ANNOTATION, RESTORED_LABEL, RestoreOutcome, restore};
 

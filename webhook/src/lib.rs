@@ -201,6 +201,7 @@ pub async fn start_with_source(
     let index = Arc::new(Index::new(index_options(&policy)));
     index.set_staleness(policy.index_staleness());
     let metrics = Arc::new(Metrics::new());
+    metrics.policy_in_force(&policy, config.namespace.as_deref());
     let state = AppState::new(policy.clone(), index.clone(), metrics.clone(), snapshots);
     if let Some(info) = longhorn {
         metrics.longhorn.set(&info);
@@ -242,6 +243,7 @@ pub async fn start_with_source(
         let watch = throttle::PolicyFileWatch::new(path.clone(), initial.as_deref());
         let reload_metrics = metrics.clone();
         let (reload_index, reload_policy) = (index.clone(), state.policy.clone());
+        let longhorn_namespace = config.namespace.clone();
         watches.spawn(throttle::reload::run_reloader(
             watch,
             state.policy.clone(),
@@ -251,7 +253,9 @@ pub async fn start_with_source(
                     reload_metrics.throttle.policy_reload_errors.inc();
                 }
                 throttle::ReloadOutcome::Reloaded { generation } => {
-                    reload_index.set_staleness(reload_policy.get().index_staleness());
+                    let policy = reload_policy.get();
+                    reload_index.set_staleness(policy.index_staleness());
+                    reload_metrics.policy_in_force(&policy, longhorn_namespace.as_deref());
                     reload_metrics
                         .throttle
                         .policy_generation

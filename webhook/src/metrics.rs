@@ -53,6 +53,12 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SectionLabels {
+    /// `exemptions` or `throttle.exemptions`.
+    pub section: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MalformedLabels {
     /// `body_too_large`, `unreadable_body`, `invalid_review`, `invalid_object`.
     pub problem: &'static str,
@@ -76,6 +82,9 @@ pub struct Metrics {
     pub deadline_exceeded: Counter,
     pub malformed: Family<MalformedLabels, Counter>,
     pub in_flight: Gauge,
+    /// Exemption entries of the policy in force that cover Longhorn's own service account
+    /// (`Policy::longhorn_exemptions`), by policy section.
+    pub policy_longhorn_exemptions: Family<SectionLabels, Gauge>,
     /// Throttling and Backup-index figures (`crate::throttle::metrics`).
     pub throttle: crate::throttle::ThrottleMetrics,
     /// Engine-truth checks through the agents (`crate::engine_truth::metrics`).
@@ -185,6 +194,12 @@ impl Metrics {
             "Reviews being processed now",
             in_flight.clone(),
         );
+        let policy_longhorn_exemptions = Family::<SectionLabels, Gauge>::default();
+        registry.register(
+            "policy_longhorn_exemptions",
+            "Exemption entries of the policy in force that cover Longhorn's own service account (its recurring-job Backups then skip the guard), by policy section",
+            policy_longhorn_exemptions.clone(),
+        );
         let throttle = crate::throttle::ThrottleMetrics::register(&mut registry);
         let engine_checks = crate::engine_truth::EngineCheckMetrics::register(&mut registry);
         let longhorn = crate::version::VersionMetrics::register(&mut registry);
@@ -206,6 +221,35 @@ impl Metrics {
             deadline_exceeded,
             malformed,
             in_flight,
+            policy_longhorn_exemptions,
+        }
+    }
+
+    /// Warns about the exemptions of `policy` that cover Longhorn's own service account in
+    /// `longhorn_namespace` (`None`: any): one log line each, and the
+    /// `policy_longhorn_exemptions` gauge per section (0 when none). Run for every policy put
+    /// in force (start and hot reload).
+    pub fn policy_in_force(
+        &self,
+        policy: &crate::policy::Policy,
+        longhorn_namespace: Option<&str>,
+    ) {
+        use crate::policy::ExemptedSection;
+        let found = policy.longhorn_exemptions(longhorn_namespace);
+        for exemption in &found {
+            tracing::warn!(
+                section = exemption.section.as_str(),
+                entry = %exemption.entry,
+                "{exemption}"
+            );
+        }
+        for section in [ExemptedSection::Checks, ExemptedSection::Throttle] {
+            let n = found.iter().filter(|e| e.section == section).count();
+            self.policy_longhorn_exemptions
+                .get_or_create(&SectionLabels {
+                    section: section.as_str(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

@@ -64,6 +64,96 @@ pub struct Exemptions {
     pub groups: Vec<String>,
 }
 
+impl Exemptions {
+    /// The entries (`field: "value"`) that exempt the service account `name` of
+    /// `namespace` (`None`: of any namespace): `serviceAccounts` naming it, `users` spelling
+    /// its username, and the groups every service account of a namespace (or of the cluster)
+    /// belongs to.
+    pub fn covering_service_account(&self, name: &str, namespace: Option<&str>) -> Vec<String> {
+        let in_namespace = |ns: &str| ns == "*" || namespace.is_none_or(|want| want == ns);
+        let mut entries: Vec<String> = self
+            .service_accounts
+            .iter()
+            .filter(|sa| {
+                sa.split_once(':')
+                    .is_some_and(|(ns, sa_name)| sa_name == name && in_namespace(ns))
+            })
+            .map(|sa| format!("serviceAccounts: {sa:?}"))
+            .collect();
+        entries.extend(
+            self.users
+                .iter()
+                .filter(|user| {
+                    user.strip_prefix("system:serviceaccount:")
+                        .and_then(|rest| rest.split_once(':'))
+                        .is_some_and(|(ns, sa_name)| sa_name == name && in_namespace(ns))
+                })
+                .map(|user| format!("users: {user:?}")),
+        );
+        entries.extend(
+            self.groups
+                .iter()
+                .filter(|group| match group.as_str() {
+                    "system:authenticated" | "system:serviceaccounts" => true,
+                    g => g
+                        .strip_prefix("system:serviceaccounts:")
+                        .is_some_and(in_namespace),
+                })
+                .map(|group| format!("groups: {group:?}")),
+        );
+        entries
+    }
+}
+
+/// Which exemptions an entry belongs to, and so what it switches off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExemptedSection {
+    /// Top-level `exemptions`: every check, and the throttle.
+    Checks,
+    /// `throttle.exemptions`: the throttle.
+    Throttle,
+}
+
+impl ExemptedSection {
+    /// The policy key, also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Checks => "exemptions",
+            Self::Throttle => "throttle.exemptions",
+        }
+    }
+
+    fn switches_off(self) -> &'static str {
+        match self {
+            Self::Checks => "every check and the throttle are",
+            Self::Throttle => "the throttle is",
+        }
+    }
+}
+
+/// An exemption entry that covers Longhorn's own service account ([`Policy::longhorn_exemptions`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LonghornExemption {
+    pub section: ExemptedSection,
+    /// The entry as written, e.g. `serviceAccounts: "*:longhorn-service-account"`.
+    pub entry: String,
+    /// Longhorn's service account (`longhornServiceAccount`).
+    pub account: String,
+}
+
+impl std::fmt::Display for LonghornExemption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "policy {}.{} exempts Longhorn's own service account {:?}: Longhorn's recurring jobs create their Backups as it, so {} off for exactly the Backup storm the guard exists to stop; exempt a dedicated account instead",
+            self.section.as_str(),
+            self.entry,
+            self.account,
+            self.section.switches_off()
+        )
+    }
+}
+
 /// The mutating endpoint: force `spec.backupMode: full` for some volumes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -222,6 +312,30 @@ impl Policy {
         Duration::from_millis(self.deadline_ms)
     }
 
+    /// The exemptions (top-level and `throttle.exemptions`) that cover Longhorn's own service
+    /// account ([`Policy::longhorn_service_account`]) in `longhorn_namespace` (`None`: any
+    /// namespace, when the webhook watches them all). Longhorn's recurring jobs create their
+    /// Backups as that account, so such an exemption switches the guard off for exactly the
+    /// storm it exists to stop; the loader warns about each (log, metric, `doctor`).
+    pub fn longhorn_exemptions(&self, longhorn_namespace: Option<&str>) -> Vec<LonghornExemption> {
+        let account = self.longhorn_service_account.as_str();
+        [
+            (ExemptedSection::Checks, &self.exemptions),
+            (ExemptedSection::Throttle, &self.throttle.exemptions),
+        ]
+        .into_iter()
+        .flat_map(|(section, ex)| {
+            ex.covering_service_account(account, longhorn_namespace)
+                .into_iter()
+                .map(move |entry| LonghornExemption {
+                    section,
+                    entry,
+                    account: account.to_string(),
+                })
+        })
+        .collect()
+    }
+
     /// The index's staleness bound (`indexStalenessMs`).
     pub fn index_staleness(&self) -> Duration {
         Duration::from_millis(self.index_staleness_ms)
@@ -252,6 +366,66 @@ mod tests {
             Some(("backup.example.com/mode", Some("full")))
         );
         assert_eq!(p.deadline_ms, 2000);
+    }
+
+    #[test]
+    fn exemptions_covering_longhorns_service_account_are_found() {
+        let p = Policy::from_yaml(
+            "exemptions:\n  serviceAccounts: ['*:longhorn-service-account', 'ops:backup-bot']\n  users: ['system:serviceaccount:longhorn-system:longhorn-service-account', 'alice']\n  groups: ['system:serviceaccounts:longhorn-system', 'system:serviceaccounts:ops', 'backup-admins']\nthrottle:\n  exemptions:\n    serviceAccounts: ['longhorn-system:longhorn-service-account']\n    groups: ['system:serviceaccounts']\n",
+        )
+        .expect("valid policy");
+        let found: Vec<(&str, String)> = p
+            .longhorn_exemptions(Some("longhorn-system"))
+            .into_iter()
+            .map(|e| (e.section.as_str(), e.entry))
+            .collect();
+        let want = |s: &'static str, e: &str| (s, e.to_string());
+        assert_eq!(
+            found,
+            vec![
+                want(
+                    "exemptions",
+                    "serviceAccounts: \"*:longhorn-service-account\""
+                ),
+                want(
+                    "exemptions",
+                    "users: \"system:serviceaccount:longhorn-system:longhorn-service-account\""
+                ),
+                want(
+                    "exemptions",
+                    "groups: \"system:serviceaccounts:longhorn-system\""
+                ),
+                want(
+                    "throttle.exemptions",
+                    "serviceAccounts: \"longhorn-system:longhorn-service-account\""
+                ),
+                want("throttle.exemptions", "groups: \"system:serviceaccounts\""),
+            ]
+        );
+        // Watching every namespace, another namespace's group may hold Longhorn's account.
+        assert_eq!(p.longhorn_exemptions(None).len(), 6);
+        let message = p.longhorn_exemptions(Some("longhorn-system"))[0].to_string();
+        assert!(
+            message.contains("exempts Longhorn's own service account \"longhorn-service-account\"")
+                && message.contains("every check and the throttle are off"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn other_accounts_and_a_renamed_longhorn_account_are_not_reported() {
+        let mut p = Policy::from_yaml(
+            "exemptions:\n  serviceAccounts: ['*:backup-bot', 'longhorn-system:longhorn-ui']\n  users: ['system:serviceaccount:ops:longhorn-service-account-reader']\n  groups: ['system:serviceaccounts:ops']\n",
+        )
+        .expect("valid policy");
+        assert_eq!(p.longhorn_exemptions(Some("longhorn-system")), vec![]);
+        assert_eq!(Policy::default().longhorn_exemptions(None), vec![]);
+        // Longhorn installed with another account name: that name is the one looked for.
+        p.longhorn_service_account = "backup-bot".into();
+        assert_eq!(
+            p.longhorn_exemptions(Some("longhorn-system"))[0].entry,
+            "serviceAccounts: \"*:backup-bot\""
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use longhorn_guard_testkit::TestCluster;
+use longhorn_guard_testkit::admission::{Review, SERVICE_ACCOUNT_GROUPS};
 use longhorn_guard_webhook::Policy;
 use longhorn_guard_webhook::policy::Mode;
 use longhorn_types::{Backup, Snapshot, shapes};
@@ -302,41 +303,117 @@ async fn only_create_reaches_the_webhook() -> Result<()> {
     )
     .await?;
     api.delete("backup-ok", &DeleteParams::default()).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The API server calls the webhook within each request: had it sent any of the three
+    // reviews, the counter would have moved before the calls above returned.
     let after = reviews(&served.metrics().await?);
     assert_eq!(
         after, before,
         "status update, label patch and delete must not be reviewed"
     );
+
+    // Were the registration to send one (a wrong rule), the webhook itself must let it
+    // through: the status update of a Backup whose snapshot is gone (Longhorn moving a stuck
+    // Backup to Error) is allowed, with a warning naming the registration, and counted.
+    let old = shapes::backup(&ns, "backup-stuck", "vol-1", "snap-gone", None);
+    let mut new = old.clone();
+    new["status"] = shapes::backup_status("Error", "node-1", "vol-1", "snap-gone");
+    let mut update = Review::new(
+        &ns,
+        "uid-status-update",
+        &format!("system:serviceaccount:{ns}:longhorn-service-account"),
+        new,
+    )
+    .operation("UPDATE")
+    .groups(SERVICE_ACCOUNT_GROUPS)
+    .into_value();
+    update["request"]["subResource"] = json!("status");
+    update["request"]["requestSubResource"] = json!("status");
+    update["request"]["oldObject"] = old;
+    let (status, body) =
+        tls_post(&served, "/validate/backups", serde_json::to_vec(&update)?).await?;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    let response = &answer["response"];
+    assert_eq!(response["uid"], "uid-status-update", "{answer}");
+    assert_eq!(response["allowed"], true, "{answer}");
+    assert!(
+        response["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("only checks CREATE")
+                && w.contains("UPDATE of longhorn.io/v1beta2/backups/status")),
+        "{answer}"
+    );
+    let text = served.metrics().await?;
+    assert_eq!(
+        metric(
+            &text,
+            "longhorn_guard_webhook_reviews_total",
+            "operation=\"UPDATE\",decision=\"warned\",reason=\"unexpected\""
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(reviews(&text), after + 1, "{text}");
     reg.remove().await?;
     served.stop().await
 }
 
+/// A dedicated account can be exempted; Longhorn's own stays checked (its recurring jobs
+/// are the storm), and a policy exempting it is reported by the metric.
 #[tokio::test]
 async fn exemption_by_service_account_through_impersonation() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("webhook-sa").await?;
     fixtures(&cluster, &ns).await?;
-    let sa = format!("system:serviceaccount:{ns}:longhorn-service-account");
-    grant(&cluster, &ns, &sa, "longhorn-sa", true).await?;
+    let bot = format!("system:serviceaccount:{ns}:restore-bot");
+    let longhorn_sa = format!("system:serviceaccount:{ns}:longhorn-service-account");
+    grant(&cluster, &ns, &bot, "restore-bot", true).await?;
+    grant(&cluster, &ns, &longhorn_sa, "longhorn-sa", true).await?;
     grant(&cluster, &ns, "mallory", "mallory", true).await?;
     let mut policy = Policy::default();
-    policy.exemptions.service_accounts = vec!["*:longhorn-service-account".into()];
+    policy.exemptions.service_accounts = vec![format!("{ns}:restore-bot")];
     let served = serve(cluster.client(), &ns, policy).await?;
     wait_ready(&served).await?;
     let reg = register(&cluster, &served, &ns).await?;
+    let exempting_longhorn = |text: &str| {
+        metric(
+            text,
+            "longhorn_guard_webhook_policy_longhorn_exemptions",
+            "section=\"exemptions\"",
+        )
+    };
+    let text = served.metrics().await?;
+    assert!(
+        text.contains(
+            "longhorn_guard_webhook_policy_longhorn_exemptions{section=\"exemptions\"} 0"
+        ),
+        "{text}"
+    );
 
-    let longhorn = cluster.client_as(&sa, &["system:serviceaccounts", "system:authenticated"])?;
+    let sa_groups = ["system:serviceaccounts", "system:authenticated"];
+    let restore = cluster.client_as(&bot, &sa_groups)?;
     assert_eq!(
         create_backup(
-            &longhorn,
+            &restore,
             &ns,
-            shapes::backup(&ns, "backup-sa", "vol-1", "snap-gone", None),
+            shapes::backup(&ns, "backup-restore", "vol-1", "snap-gone", None),
             false
         )
         .await?,
         None,
-        "Longhorn's service account is exempt"
+        "the exempt service account"
+    );
+    let longhorn = cluster.client_as(&longhorn_sa, &sa_groups)?;
+    let denied = create_backup(
+        &longhorn,
+        &ns,
+        shapes::backup(&ns, "backup-longhorn", "vol-1", "snap-gone", None),
+        false,
+    )
+    .await?;
+    assert!(
+        denied.as_deref().is_some_and(|m| m.contains("snap-gone")),
+        "Longhorn's own service account is checked: {denied:?}"
     );
     let other = cluster.client_as("mallory", &["system:authenticated"])?;
     assert!(
@@ -351,6 +428,14 @@ async fn exemption_by_service_account_through_impersonation() -> Result<()> {
         "another user is not"
     );
     reg.remove().await?;
+    served.stop().await?;
+
+    // The example this README once showed: exempting Longhorn's account is reported.
+    let mut policy = Policy::default();
+    policy.exemptions.service_accounts = vec!["*:longhorn-service-account".into()];
+    let served = serve(cluster.client(), &ns, policy).await?;
+    let text = served.metrics().await?;
+    assert_eq!(exempting_longhorn(&text), 1, "{text}");
     served.stop().await
 }
 
