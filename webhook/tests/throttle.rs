@@ -376,7 +376,22 @@ async fn generate_name_backups_hold_their_slot_before_and_after_the_watch() -> R
         .await?
         .unwrap();
     assert_eq!(code, 429, "{m}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the watch has delivered the generated Backup, the index holds the slot.
+    let index = served.handle.state().index.clone();
+    wait_for(
+        Duration::from_secs(30),
+        "the generated Backup in the index",
+        || async {
+            Ok(index
+                .view()
+                .data()
+                .backups
+                .generated_from(&ns, "backup-")
+                .count()
+                == 1)
+        },
+    )
+    .await?;
     let (code, m) = try_create(&c, &ns, generated("snap-vol-1-2"))
         .await?
         .unwrap();
@@ -565,8 +580,21 @@ async fn policy_file_is_hot_reloaded_and_a_bad_one_keeps_the_last_good() -> Resu
     let cert = TestCert::new()?;
     let policy_path = cert.dir.join("policy.yaml");
     let yaml = |per_volume: &str| {
+        // From generation 2 on, a throttle exemption of Longhorn's own account (reported).
+        let exemption = if per_volume == "1" {
+            ""
+        } else {
+            "  exemptions: {serviceAccounts: ['*:longhorn-service-account']}\n"
+        };
         format!(
-            "throttle:\n  maxInFlightPerVolume: {per_volume}\n  clusterRate: {{perMinute: 0}}\n  userRate: {{perMinute: 0}}\n"
+            "throttle:\n  maxInFlightPerVolume: {per_volume}\n  clusterRate: {{perMinute: 0}}\n  userRate: {{perMinute: 0}}\n{exemption}"
+        )
+    };
+    let exempting_longhorn = |text: &str| {
+        metric(
+            text,
+            "longhorn_guard_webhook_policy_longhorn_exemptions",
+            "section=\"throttle.exemptions\"",
         )
     };
     std::fs::write(&policy_path, yaml("1"))?;
@@ -584,12 +612,13 @@ async fn policy_file_is_hot_reloaded_and_a_bad_one_keeps_the_last_good() -> Resu
 
     expect_allowed(&c, &ns, "r1", "vol-1", "snap-vol-1-0").await?;
     expect_throttled(&c, &ns, "r2", "vol-1", "snap-vol-1-1", "volume").await?;
-    assert_eq!(
-        gauge(
-            &served.metrics().await?,
-            "longhorn_guard_webhook_policy_generation"
+    let text = served.metrics().await?;
+    assert_eq!(gauge(&text, "longhorn_guard_webhook_policy_generation"), 1);
+    assert!(
+        text.contains(
+            "longhorn_guard_webhook_policy_longhorn_exemptions{section=\"throttle.exemptions\"} 0"
         ),
-        1
+        "{text}"
     );
 
     std::fs::write(&policy_path, yaml("2"))?;
@@ -600,6 +629,9 @@ async fn policy_file_is_hot_reloaded_and_a_bad_one_keeps_the_last_good() -> Resu
         ) == 2)
     })
     .await?;
+    // The reloaded policy exempts Longhorn's account from the throttle: reported.
+    let text = served.metrics().await?;
+    assert_eq!(exempting_longhorn(&text), 1, "{text}");
     expect_allowed(&c, &ns, "r2", "vol-1", "snap-vol-1-1").await?;
 
     // A typo: rejected, counted once, generation 2 (two per volume) stays in force.

@@ -76,13 +76,39 @@ pub struct EngineEntry {
     pub active: bool,
 }
 
-/// A Backup: volume, snapshot, state and creation time (unix seconds).
+/// A Backup: volume, snapshot, state, creation time (unix seconds) and whether the API
+/// server generated its name (`metadata.generateName`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupEntry {
     pub volume: Option<Arc<str>>,
     pub snapshot: Option<Arc<str>>,
     state: u8,
+    /// Its name is `generateName` (cut to [`MAX_GENERATED_BASE`]) + 5 random characters; the
+    /// entry is then also found by that base (`KindTable::generated_from`). Fits in the
+    /// padding after `state`: entries stay the same size.
+    pub generated: bool,
     pub created_unix: i64,
+}
+
+/// The longest `generateName` prefix the API server keeps: names are at most 63 characters
+/// and it appends 5 random ones (apiserver `names.SimpleNameGenerator`).
+pub const MAX_GENERATED_BASE: usize = 58;
+/// Characters the API server appends to a `generateName`.
+pub const GENERATED_SUFFIX_LEN: usize = 5;
+
+/// The prefix of the names the API server generates from `generate_name`.
+pub fn generated_base(generate_name: &str) -> &str {
+    let mut end = generate_name.len().min(MAX_GENERATED_BASE);
+    while !generate_name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &generate_name[..end]
+}
+
+/// True when `name` is one the API server generated from `generate_name`.
+pub fn is_generated_from(name: &str, generate_name: &str) -> bool {
+    let base = generated_base(generate_name);
+    !base.is_empty() && name.len() == base.len() + GENERATED_SUFFIX_LEN && name.starts_with(base)
 }
 
 impl BackupEntry {
@@ -148,6 +174,15 @@ impl Grouped for BackupEntry {
 
     fn tally(&self) -> Option<&'static str> {
         Some(state_label(&self.state()))
+    }
+
+    fn generated_base<'n>(&self, name: &'n str) -> Option<&'n str> {
+        if !self.generated {
+            return None;
+        }
+        name.len()
+            .checked_sub(GENERATED_SUFFIX_LEN)
+            .and_then(|end| name.get(..end))
     }
 }
 
@@ -342,6 +377,11 @@ impl IndexedKind for Backup {
         let (ns, name) = key(self, interner)?;
         let volume = self.volume_label().and_then(|v| opt_intern(interner, v));
         let snapshot = opt_intern(interner, &self.spec.snapshot_name);
+        let generated = self
+            .metadata
+            .generate_name
+            .as_deref()
+            .is_some_and(|g| is_generated_from(&name, g));
         let created_unix = self
             .metadata
             .creation_timestamp
@@ -354,6 +394,7 @@ impl IndexedKind for Backup {
                 volume,
                 snapshot,
                 state: state_code(&self.state()),
+                generated,
                 created_unix,
             },
         ))

@@ -17,6 +17,13 @@ pub trait Grouped {
     fn tally(&self) -> Option<&'static str> {
         None
     }
+
+    /// For an entry whose name the API server generated, the `generateName` base it was
+    /// generated from (a prefix of `name`), so reservations of a `generateName` CREATE find it
+    /// without scanning the namespace; `None` = not generated.
+    fn generated_base<'n>(&self, _name: &'n str) -> Option<&'n str> {
+        None
+    }
 }
 
 /// Namespace → tally label → entries, kept up to date with every change.
@@ -107,12 +114,15 @@ impl Groups {
         }
     }
 
-    /// The groups of `table`, from scratch (after a relist).
-    pub(super) fn of<V: Grouped>(table: &HashMap<Arc<str>, HashMap<Arc<str>, V>>) -> Self {
+    /// The groups of `table` by `key`, from scratch (after a relist).
+    pub(super) fn of<V>(
+        table: &HashMap<Arc<str>, HashMap<Arc<str>, V>>,
+        key: impl Fn(&Arc<str>, &V) -> Option<Arc<str>>,
+    ) -> Self {
         let mut groups = Self::default();
         for (ns, entries) in table {
             for (name, v) in entries {
-                if let Some(g) = v.group() {
+                if let Some(g) = key(name, v) {
                     groups.add(ns, g, name);
                 }
             }

@@ -134,6 +134,7 @@ struct Thin<K: IndexedKind> {
 #[serde(rename_all = "camelCase", default)]
 struct ThinMeta {
     name: Option<String>,
+    generate_name: Option<String>,
     namespace: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
@@ -146,6 +147,7 @@ impl<K: IndexedKind> Thin<K> {
         let m = self.metadata;
         let metadata = ObjectMeta {
             name: m.name,
+            generate_name: m.generate_name,
             namespace: m.namespace,
             uid: m.uid,
             resource_version: m.resource_version,

@@ -21,8 +21,8 @@ use std::time::Instant;
 use kube::runtime::watcher::Event;
 
 pub use entries::{
-    BackupEntry, EngineEntry, IndexedKind, NO_SNAPSHOT_GROUP, SnapshotEntry, SnapshotFacts,
-    TargetEntry, VolumeEntry, state_label,
+    BackupEntry, EngineEntry, IndexedKind, MAX_GENERATED_BASE, NO_SNAPSHOT_GROUP, SnapshotEntry,
+    SnapshotFacts, TargetEntry, VolumeEntry, generated_base, is_generated_from, state_label,
 };
 pub use groups::{Grouped, Groups, Tallies};
 pub use health::{Trust, WatchState};
@@ -116,6 +116,8 @@ pub struct KindTable<V> {
     relist: Option<(Table<V>, usize)>,
     /// The live entries by their [`Grouped::group`] key.
     groups: Groups,
+    /// The live entries with a generated name, by [`Grouped::generated_base`].
+    generated: Groups,
     /// The live entries counted by their [`Grouped::tally`] label.
     tallies: Tallies,
 }
@@ -127,9 +129,15 @@ impl<V> Default for KindTable<V> {
             len: 0,
             relist: None,
             groups: Groups::default(),
+            generated: Groups::default(),
             tallies: Tallies::default(),
         }
     }
+}
+
+/// The [`Grouped::generated_base`] of an entry, as a group key.
+fn generated_key<V: Grouped>(name: &str, v: &V) -> Option<Arc<str>> {
+    v.generated_base(name).map(Arc::from)
 }
 
 impl<V: Grouped> KindTable<V> {
@@ -166,6 +174,18 @@ impl<V: Grouped> KindTable<V> {
             .filter_map(move |n| Some((n, self.get(namespace, n)?)))
     }
 
+    /// Entries of a namespace whose names the API server generated from `generate_name`
+    /// (see [`Grouped::generated_base`]): an index lookup, not a scan of the namespace.
+    pub fn generated_from<'a>(
+        &'a self,
+        namespace: &'a str,
+        generate_name: &str,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a V)> {
+        self.generated
+            .names(namespace, entries::generated_base(generate_name))
+            .filter_map(move |n| Some((n, self.get(namespace, n)?)))
+    }
+
     /// (label, count) of the entries of a namespace (see [`Grouped::tally`]).
     pub fn tallies(&self, namespace: &str) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         self.tallies.in_namespace(namespace)
@@ -192,12 +212,18 @@ impl<V: Grouped> KindTable<V> {
             if let Some(g) = old.group() {
                 self.groups.remove(&ns, &g, &name);
             }
+            if let Some(base) = old.generated_base(&name) {
+                self.generated.remove(&ns, base, &name);
+            }
             if let Some(label) = old.tally() {
                 self.tallies.remove(&ns, label);
             }
         }
         if let Some(g) = v.group() {
             self.groups.add(&ns, g, &name);
+        }
+        if let Some(base) = generated_key(&name, &v) {
+            self.generated.add(&ns, base, &name);
         }
         if let Some(label) = v.tally() {
             self.tallies.add(&ns, label);
@@ -213,6 +239,9 @@ impl<V: Grouped> KindTable<V> {
             Some(old) => {
                 if let Some(g) = old.group() {
                     self.groups.remove(ns, &g, name);
+                }
+                if let Some(base) = old.generated_base(name) {
+                    self.generated.remove(ns, base, name);
                 }
                 if let Some(label) = old.tally() {
                     self.tallies.remove(ns, label);
@@ -246,7 +275,8 @@ impl<V: Grouped> KindTable<V> {
 
     fn relist_done(&mut self) {
         if let Some((table, len)) = self.relist.take() {
-            self.groups = Groups::of(&table);
+            self.groups = Groups::of(&table, |_, v| v.group());
+            self.generated = Groups::of(&table, |name, v| generated_key(name, v));
             self.tallies = Tallies::of(&table);
             self.live = table;
             self.len = len;

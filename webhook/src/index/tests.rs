@@ -228,3 +228,24 @@ fn a_watch_failing_past_the_bound_untrusts_the_kind_until_news_arrives() {
     idx.apply(Event::Apply(snap("a", "s2", "v1")));
     assert!(idx.all_trusted());
 }
+
+/// A generated name is recognised from `generateName` (cut to the 58 characters the API
+/// server keeps) + 5 characters, and nothing else; the flag costs no memory per Backup.
+#[test]
+fn generated_names_are_recognised_exactly() {
+    assert!(is_generated_from("backup-x7k2q", "backup-"));
+    assert!(
+        !is_generated_from("backup-by-hand", "backup-"),
+        "not 5 more"
+    );
+    assert!(!is_generated_from("other-x7k2q", "backup-"));
+    assert!(!is_generated_from("x7k2q", ""));
+    let long = "b".repeat(70);
+    assert_eq!(generated_base(&long).len(), MAX_GENERATED_BASE);
+    assert!(is_generated_from(&format!("{}abcde", &long[..58]), &long));
+    // Cut on a character boundary, never inside one.
+    let wide = "é".repeat(40);
+    assert_eq!(generated_base(&wide).len(), 58);
+    #[cfg(target_pointer_width = "64")]
+    assert_eq!(std::mem::size_of::<BackupEntry>(), 48);
+}

@@ -85,12 +85,39 @@ fn index() -> Index {
 /// Puts a Backup into the index: `state` as Longhorn writes it, created `age` seconds
 /// before T0.
 fn backup_in(idx: &Index, name: &str, volume: &str, snapshot: &str, state: &str, age: i64) {
+    apply_backup(idx, backup_obj(name, volume, snapshot, state, age));
+}
+
+/// [`backup_in`] of a Backup whose name the API server generated: `generate_name` (cut to 58
+/// characters) + `suffix` (5 characters).
+fn generated_backup_in(
+    idx: &Index,
+    generate_name: &str,
+    suffix: &str,
+    (volume, snapshot, state): (&str, &str, &str),
+) {
+    let name = format!("{}{suffix}", crate::index::generated_base(generate_name));
+    let mut obj = backup_obj(&name, volume, snapshot, state, 1);
+    obj["metadata"]["generateName"] = json!(generate_name);
+    apply_backup(idx, obj);
+}
+
+fn backup_obj(
+    name: &str,
+    volume: &str,
+    snapshot: &str,
+    state: &str,
+    age: i64,
+) -> serde_json::Value {
     let mut obj = shapes::backup(NS, name, volume, snapshot, None);
     obj["metadata"]["creationTimestamp"] = json!(rfc3339(T0 - age));
-    let obj = with_status(
+    with_status(
         obj,
         shapes::backup_status(state, "node-1", volume, snapshot),
-    );
+    )
+}
+
+fn apply_backup(idx: &Index, obj: serde_json::Value) {
     let b: Backup = serde_json::from_value(obj).unwrap();
     idx.apply(Event::Apply(b));
 }
@@ -246,20 +273,32 @@ fn generate_name_reservations_match_by_prefix_and_snapshot() {
     r.generate_name = "backup-".into();
     allowed(&t.admit(&p, &idx.view(), &r, n));
     assert_eq!(t.reservations(), 1);
-    // Another Backup of another snapshot with the same prefix does not match it.
-    backup_in(&idx, "backup-zzz", "vol-3", "snap-vol-3-0", "Completed", 1);
+    // Another generated Backup of another snapshot, and a Backup named (not generated) with
+    // the prefix and the snapshot: neither is the one admitted.
+    generated_backup_in(
+        &idx,
+        "backup-",
+        "zzzzz",
+        ("vol-3", "snap-vol-3-0", "Completed"),
+    );
+    backup_in(
+        &idx,
+        "backup-by-hand",
+        "vol-1",
+        "snap-vol-1-0",
+        "Completed",
+        1,
+    );
     let o = t.admit(&p, &idx.view(), &req("x", "vol-1", "snap-vol-1-1"), n);
     assert!(
         denied(&o).message.contains("backup-<generated> (admitted"),
         "{o:?}"
     );
-    backup_in(
+    generated_backup_in(
         &idx,
-        "backup-0123456789abcdef",
-        "vol-1",
-        "snap-vol-1-0",
-        "Pending",
-        1,
+        "backup-",
+        "x7k2q",
+        ("vol-1", "snap-vol-1-0", "Pending"),
     );
     denied(&t.admit(&p, &idx.view(), &req("y", "vol-1", "snap-vol-1-1"), n));
     assert_eq!(
@@ -267,6 +306,69 @@ fn generate_name_reservations_match_by_prefix_and_snapshot() {
         0,
         "matched and dropped once the generated name was seen"
     );
+}
+
+/// The index lookup of generated names finds what the former scan of the namespace found,
+/// and also the names generated from a `generateName` longer than the 58 characters the API
+/// server keeps (the scan's prefix test missed those: their reservation was held until its
+/// timeout). A generated name leaves the lookup when its Backup is deleted or relisted away.
+#[test]
+fn generated_names_are_found_by_the_index_as_by_the_scan() {
+    use super::reservations::{Reservation, ReservationKey};
+    let idx = index();
+    let long = format!("nightly-{}-", "v".repeat(60));
+    let reservation = |generate_name: &str, snapshot: &str| Reservation {
+        namespace: NS.into(),
+        key: ReservationKey::Uid {
+            uid: format!("uid-{generate_name}-{snapshot}"),
+            generate_name: generate_name.into(),
+        },
+        volume: Some("vol-1".into()),
+        node: None,
+        snapshot: snapshot.into(),
+        at: Instant::now(),
+        at_unix: T0,
+    };
+    for (i, prefix) in ["backup-", "backup-b-", "recurring-"].iter().enumerate() {
+        for n in 0..3 {
+            generated_backup_in(
+                &idx,
+                prefix,
+                &format!("q{i}{n}zz"),
+                ("vol-1", &format!("snap-vol-1-{n}"), "Pending"),
+            );
+        }
+    }
+    generated_backup_in(&idx, &long, "abcde", ("vol-1", "snap-vol-1-4", "Pending"));
+    let view = idx.view();
+    for prefix in ["backup-", "backup-b-", "recurring-", "other-"] {
+        for n in 0..5 {
+            let r = reservation(prefix, &format!("snap-vol-1-{n}"));
+            let found = prefix != "other-" && n < 3;
+            assert_eq!(r.seen(&view), found, "{prefix} snap-vol-1-{n}");
+            // "backup-" is a prefix of "backup-b-": the scan also met those, same answer.
+            assert_eq!(r.seen_by_scan(&view), found, "{prefix} snap-vol-1-{n}");
+        }
+    }
+    let r = reservation(&long, "snap-vol-1-4");
+    assert!(
+        r.seen(&view),
+        "generated from a generateName cut to 58 characters"
+    );
+    assert!(!r.seen_by_scan(&view), "the scan's prefix test misses it");
+    drop(view);
+
+    let gone = format!("{}q10zz", "backup-b-");
+    let mut obj = backup_obj(&gone, "vol-1", "snap-vol-1-0", "Pending", 1);
+    obj["metadata"]["generateName"] = json!("backup-b-");
+    idx.apply(Event::Delete(
+        serde_json::from_value::<Backup>(obj).unwrap(),
+    ));
+    assert!(!reservation("backup-b-", "snap-vol-1-0").seen(&idx.view()));
+    assert!(reservation("backup-b-", "snap-vol-1-1").seen(&idx.view()));
+    idx.apply::<Backup>(Event::Init);
+    idx.apply::<Backup>(Event::InitDone);
+    assert!(!reservation("backup-", "snap-vol-1-1").seen(&idx.view()));
 }
 
 #[test]
