@@ -81,13 +81,21 @@ impl AppState {
         let figures =
             crate::throttle::inflight::figures(&view, namespaces.iter().map(|n| &**n), now.unix);
         drop(view);
-        // The cluster bucket of the (first) watched namespace; all namespaces share the gauge.
-        let tokens = namespaces
-            .first()
-            .map(|ns| self.throttle.cluster_tokens(&policy.throttle, ns, now.at));
+        // The cluster bucket is per namespace (one Longhorn install): one series each, for the
+        // namespaces with Backups and those whose bucket is in use.
+        let mut bucket_namespaces: std::collections::BTreeSet<Arc<str>> =
+            namespaces.into_iter().collect();
+        bucket_namespaces.extend(self.throttle.cluster_bucket_namespaces());
+        let tokens: Vec<(Arc<str>, f64)> = bucket_namespaces
+            .into_iter()
+            .map(|ns| {
+                let t = self.throttle.cluster_tokens(&policy.throttle, &ns, now.at);
+                (ns, t)
+            })
+            .collect();
         self.metrics
             .throttle
-            .refresh(&figures, tokens, self.throttle.reservations());
+            .refresh(&figures, &tokens, self.throttle.reservations());
         self.metrics
             .throttle
             .policy_generation

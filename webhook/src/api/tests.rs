@@ -216,13 +216,13 @@ async fn warn_only_exemption_and_dry_run() {
     );
 
     let mut policy = Policy::default();
-    policy.exemptions.service_accounts = vec!["*:longhorn-service-account".into()];
+    policy.exemptions.service_accounts = vec!["*:backup-bot".into()];
     let (exempt, _) = setup(policy, source(None, 0));
     let r = validate_create(
         &exempt,
         "b-rm",
         "snap-removed",
-        "system:serviceaccount:lh:longhorn-service-account",
+        "system:serviceaccount:lh:backup-bot",
         false,
     )
     .await;
@@ -234,6 +234,46 @@ async fn warn_only_exemption_and_dry_run() {
     let r = validate_create(&exempt, "b-rm", "snap-removed", "bob", true).await;
     assert_eq!(r["allowed"], false, "{r}");
     assert_eq!(r["status"]["code"], 410);
+}
+
+/// The cluster rate bucket is per namespace: the gauge has one series per namespace, each
+/// with that namespace's tokens (it once showed one arbitrary namespace's bucket).
+#[tokio::test]
+async fn cluster_rate_tokens_are_reported_per_namespace() {
+    // A refill too slow to matter within the test.
+    let mut policy = Policy::default();
+    policy.throttle.cluster_rate = crate::throttle::policy::RateLimit::new(0.01, 50);
+    let (state, index) = setup(policy, source(None, 0));
+    // Another namespace with a Backup in the index and an untouched bucket.
+    index.apply(Event::Apply(
+        typed_with_status::<longhorn_types::Backup>(
+            shapes::backup("other", "old", "vol-9", "snap-9", None),
+            shapes::backup_status("Completed", "node-1", "vol-9", "snap-9"),
+        )
+        .unwrap(),
+    ));
+    let r = validate_create(&state, "b-1", "snap-ok", "alice", false).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    state.refresh_throttle_metrics();
+    let text = metrics_text(&state);
+    let tokens = |ns: &str| -> f64 {
+        let series =
+            format!("longhorn_guard_webhook_rate_tokens{{bucket=\"cluster\",namespace=\"{ns}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series}in {text}"))
+    };
+    let burst = 50.0;
+    assert!(
+        (burst - 1.0..burst - 0.9).contains(&tokens(NS)),
+        "one token spent in {NS}: {text}"
+    );
+    assert_eq!(tokens("other"), burst, "{text}");
+    assert_eq!(
+        text.matches("longhorn_guard_webhook_rate_tokens{").count(),
+        2,
+        "{text}"
+    );
 }
 
 #[tokio::test]

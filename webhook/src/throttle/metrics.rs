@@ -1,6 +1,6 @@
 //! Throttling metrics (registered into the webhook's registry, prefix
 //! `longhorn_guard_webhook`): throttled reviews by scope, in-flight Backups for the cluster
-//! and per node (no per-volume or per-Backup label), cluster bucket tokens, the policy
+//! and per node (no per-volume or per-Backup label), cluster bucket tokens per namespace, the policy
 //! generation and reload errors, and the Backup index figures for alerting, computed at
 //! scrape time, among them Backups that cannot finish by volume (only volumes that have
 //! some, so usually no series at all).
@@ -40,6 +40,9 @@ pub struct VolumeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BucketLabels {
     pub bucket: &'static str,
+    /// The namespace the bucket limits (one Longhorn install); bounded by the namespaces
+    /// holding Backups.
+    pub namespace: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,7 +88,7 @@ impl ThrottleMetrics {
         );
         registry.register(
             "rate_tokens",
-            "Tokens left in this replica's creation-rate bucket",
+            "Tokens left in this replica's creation-rate bucket, per namespace",
             m.rate_tokens.clone(),
         );
         registry.register(
@@ -151,7 +154,7 @@ impl ThrottleMetrics {
     pub fn refresh(
         &self,
         figures: &BackupFigures,
-        cluster_tokens: Option<f64>,
+        cluster_tokens: &[(std::sync::Arc<str>, f64)],
         reservations: usize,
     ) {
         self.in_flight.clear();
@@ -173,10 +176,14 @@ impl ThrottleMetrics {
                 })
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
-        if let Some(t) = cluster_tokens {
+        self.rate_tokens.clear();
+        for (namespace, t) in cluster_tokens {
             self.rate_tokens
-                .get_or_create(&BucketLabels { bucket: "cluster" })
-                .set(t);
+                .get_or_create(&BucketLabels {
+                    bucket: "cluster",
+                    namespace: namespace.to_string(),
+                })
+                .set(*t);
         }
         self.reservations
             .set(i64::try_from(reservations).unwrap_or(i64::MAX));

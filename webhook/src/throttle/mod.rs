@@ -276,6 +276,11 @@ impl Throttle {
         self.lock().reservations.len()
     }
 
+    /// Namespaces whose cluster bucket is in use (not full again since its last sweep).
+    pub fn cluster_bucket_namespaces(&self) -> Vec<Arc<str>> {
+        self.lock().cluster_buckets.keys().cloned().collect()
+    }
+
     /// Tokens left in the cluster bucket of `namespace` (burst when untouched).
     pub fn cluster_tokens(&self, policy: &ThrottlePolicy, namespace: &str, now: Instant) -> f64 {
         let key: Arc<str> = Arc::from(namespace);

@@ -109,6 +109,11 @@ impl<K: Eq + Hash + Clone> Buckets<K> {
         self.map.retain(|_, b| !b.is_full_at(limit, now));
     }
 
+    /// The keys with a bucket.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.map.keys()
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
