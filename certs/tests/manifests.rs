@@ -719,3 +719,327 @@ async fn rbac_grants_exactly_what_each_component_needs() {
     let again = longhorn_guard_certs::rotate(as_certs, &opts).await.unwrap();
     assert!(!again.changed(), "{:#?}", again.actions);
 }
+
+/// An object of the rendered manifests a runbook command can name: the workloads' pods
+/// (kind `Pod`, from their templates), and every object itself.
+struct Target {
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+    labels: serde_json::Map<String, Value>,
+    containers: Vec<String>,
+}
+
+fn targets(objs: &[Value]) -> Vec<Target> {
+    let mut out = Vec::new();
+    for o in objs {
+        let kind = o["kind"].as_str().unwrap_or_default().to_string();
+        let namespace = o["metadata"]["namespace"].as_str().map(str::to_string);
+        let name = o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let template = match kind.as_str() {
+            "Deployment" | "DaemonSet" | "StatefulSet" | "Job" => Some(&o["spec"]["template"]),
+            "CronJob" => Some(&o["spec"]["jobTemplate"]["spec"]["template"]),
+            _ => None,
+        };
+        if let Some(t) = template {
+            out.push(Target {
+                kind: "Pod".into(),
+                namespace: namespace.clone(),
+                name: format!("{name}-<generated>"),
+                labels: t["metadata"]["labels"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                containers: t["spec"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect(),
+            });
+        }
+        out.push(Target {
+            kind,
+            namespace,
+            name,
+            labels: o["metadata"]["labels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            containers: Vec::new(),
+        });
+    }
+    out
+}
+
+/// The kinds a kubectl resource name stands for (endpoints carry their Service's labels).
+fn kinds_of(resource: &str) -> Vec<&'static str> {
+    let kind = match resource.split('.').next().unwrap_or_default() {
+        "po" | "pod" | "pods" => "Pod",
+        "ep" | "endpoints" | "svc" | "service" | "services" => "Service",
+        "deploy" | "deployment" | "deployments" => "Deployment",
+        "ds" | "daemonset" | "daemonsets" => "DaemonSet",
+        "cj" | "cronjob" | "cronjobs" => "CronJob",
+        "job" | "jobs" => "Job",
+        "cm" | "configmap" | "configmaps" => "ConfigMap",
+        "secret" | "secrets" => "Secret",
+        "servicemonitor" | "servicemonitors" => "ServiceMonitor",
+        "podmonitor" | "podmonitors" => "PodMonitor",
+        "prometheusrule" | "prometheusrules" => "PrometheusRule",
+        _ => return Vec::new(),
+    };
+    vec![kind]
+}
+
+/// `key=value`, `key!=value` and `key` terms, all of which must hold.
+fn selector_matches(selector: &str, labels: &serde_json::Map<String, Value>) -> bool {
+    selector.split(',').all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels.get(k).and_then(Value::as_str) != Some(v)
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels.get(k).and_then(Value::as_str) == Some(v.trim_start_matches('='))
+        } else {
+            labels.contains_key(term)
+        }
+    })
+}
+
+/// The kubectl commands of a Markdown file: those in fenced code blocks (continuation lines
+/// joined, one command per `kubectl` in a pipeline, a `$( )` or a loop) and in inline code
+/// spans, as (block number, command words with quotes removed and `$VAR`s of the file's
+/// `VAR=value` lines substituted).
+fn kubectl_commands(markdown: &str) -> Vec<(usize, Vec<String>)> {
+    let mut lines: Vec<(usize, String)> = Vec::new();
+    let (mut block, mut in_fence, mut pending) = (0, false, String::new());
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            block += 1;
+            continue;
+        }
+        if in_fence {
+            pending.push_str(line.trim_end_matches('\\'));
+            pending.push(' ');
+            if !line.ends_with('\\') {
+                lines.push((block, std::mem::take(&mut pending)));
+            }
+        } else {
+            block += usize::from(line.trim().is_empty());
+            for (i, span) in line.split('`').enumerate() {
+                if i % 2 == 1 && span.starts_with("kubectl ") {
+                    lines.push((block, span.to_string()));
+                }
+            }
+        }
+    }
+    let vars: Vec<(String, String)> = lines
+        .iter()
+        .filter_map(|(_, l)| {
+            let (k, v) = l.trim().split_once('=')?;
+            (k.chars().all(|c| c.is_ascii_uppercase() || c == '_') && !v.contains(' '))
+                .then(|| (format!("${k}"), v.trim().to_string()))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (block, line) in lines {
+        let mut line = line.replace(['\'', '"'], "");
+        for (k, v) in &vars {
+            line = line.replace(k.as_str(), v);
+        }
+        for part in line.split("kubectl ").skip(1) {
+            let end = part.find(['|', ';', ')']).unwrap_or(part.len());
+            let words = part[..end].split_whitespace().map(str::to_string).collect();
+            out.push((block, words));
+        }
+    }
+    out
+}
+
+/// Checks every kubectl command of `markdown` that names objects of the rendered manifests:
+/// its `-n` must be the namespace they are deployed in. Returns (commands checked, errors).
+fn check_commands(markdown: &str, objs: &[Value]) -> (usize, Vec<String>) {
+    const WITH_VALUE: &[&str] = &[
+        "-n",
+        "--namespace",
+        "-l",
+        "--selector",
+        "-o",
+        "-c",
+        "--container",
+        "--field-selector",
+        "--sort-by",
+    ];
+    let targets = targets(objs);
+    let (mut checked, mut errors) = (0, Vec::new());
+    // Pods found by the last command of each block (a `--raw` pod proxy path names them).
+    let mut pod_namespace: Option<(usize, String)> = None;
+    for (block, words) in kubectl_commands(markdown) {
+        let shown = format!("kubectl {}", words.join(" "));
+        let (mut namespace, mut selector, mut container, mut positional) =
+            (None, None, None, Vec::new());
+        let mut raw = None;
+        let mut it = words.iter();
+        while let Some(w) = it.next() {
+            let (flag, inline) = match w.split_once('=') {
+                Some((f, v)) if f.starts_with('-') => (f, Some(v.to_string())),
+                _ => (w.as_str(), None),
+            };
+            let value = if WITH_VALUE.contains(&flag) || flag == "--raw" {
+                inline.or_else(|| it.next().cloned())
+            } else {
+                None
+            };
+            match flag {
+                "-n" | "--namespace" => namespace = value,
+                "-l" | "--selector" => selector = value,
+                "-c" | "--container" => container = value,
+                "--raw" => raw = value,
+                f if f.starts_with('-') => {}
+                _ => positional.push(w.clone()),
+            }
+        }
+        if let Some(path) = raw {
+            if let Some(ns) = path
+                .strip_prefix("/api/v1/namespaces/")
+                .and_then(|rest| rest.split_once("/pods/"))
+                .map(|(ns, _)| ns)
+            {
+                checked += 1;
+                match &pod_namespace {
+                    Some((b, want)) if *b == block && want == ns => {}
+                    Some((b, want)) if *b == block => errors.push(format!(
+                        "{shown}: pod proxy path in namespace {ns}, the pods listed above are in {want}"
+                    )),
+                    _ => errors.push(format!("{shown}: no pods listed before it in its block")),
+                }
+            }
+            continue;
+        }
+        // `logs` reads pods; `top pod`, `get a,b NAME`, `delete TYPE NAME`, `rollout restart
+        // TYPE/NAME`: the resource, then the name.
+        let verb = positional.first().cloned().unwrap_or_default();
+        let rest: Vec<String> = positional
+            .iter()
+            .skip(if verb == "rollout" { 2 } else { 1 })
+            .cloned()
+            .collect();
+        let (resources, name): (Vec<&str>, Option<String>) = match rest.first() {
+            _ if verb == "logs" => (
+                vec!["pods"],
+                rest.first().filter(|n| !n.starts_with('<')).cloned(),
+            ),
+            Some(r) if r.contains('/') => {
+                let (t, n) = r.split_once('/').unwrap();
+                (vec![t], Some(n.to_string()))
+            }
+            Some(r) => (r.split(',').collect(), rest.get(1).cloned()),
+            None => (Vec::new(), None),
+        };
+        let (resources, name) = match name.as_deref().and_then(|n| n.split_once('/')) {
+            Some((t, n)) if verb == "logs" => (vec![t], Some(n.to_string())),
+            _ => (resources, name),
+        };
+        let kinds: Vec<&str> = resources.iter().flat_map(|r| kinds_of(r)).collect();
+        let name = name.filter(|n| !n.starts_with('<') && !n.starts_with('$'));
+        if selector.is_none() && name.is_none() {
+            continue;
+        }
+        let matched: Vec<&Target> = targets
+            .iter()
+            .filter(|t| kinds.contains(&t.kind.as_str()))
+            .filter(|t| {
+                selector
+                    .as_deref()
+                    .is_none_or(|s| selector_matches(s, &t.labels))
+            })
+            .filter(|t| name.as_deref().is_none_or(|n| t.name == n))
+            .filter(|t| {
+                container
+                    .as_deref()
+                    .is_none_or(|c| t.containers.iter().any(|x| x == c))
+            })
+            .collect();
+        let ours = selector
+            .iter()
+            .chain(name.iter())
+            .any(|s| s.contains("longhorn-guard") || s.contains("app.kubernetes.io/component"));
+        if matched.is_empty() {
+            if ours {
+                errors.push(format!(
+                    "{shown}: names no object of the rendered manifests"
+                ));
+            }
+            continue;
+        }
+        checked += 1;
+        let mut wrong: Vec<String> = matched
+            .iter()
+            .filter(|t| t.namespace != namespace)
+            .map(|t| {
+                format!(
+                    "{} {} is in namespace {}",
+                    t.kind,
+                    t.name,
+                    t.namespace.as_deref().unwrap_or("(cluster)")
+                )
+            })
+            .collect();
+        wrong.dedup();
+        if !wrong.is_empty() {
+            errors.push(format!(
+                "{shown}: runs in namespace {}, but {}",
+                namespace.as_deref().unwrap_or("(kubeconfig default)"),
+                wrong.join(", ")
+            ));
+        }
+        if kinds.contains(&"Pod")
+            && let Some(ns) = matched
+                .iter()
+                .find(|t| t.kind == "Pod")
+                .and_then(|t| t.namespace.clone())
+        {
+            pod_namespace = Some((block, ns));
+        }
+    }
+    (checked, errors)
+}
+
+/// Every runbook command for the guard's own objects (its pods, their logs, endpoints,
+/// ServiceMonitor, `/readyz` through the pod proxy) runs in the namespace the rendered
+/// manifests deploy them in; Longhorn's own objects are looked for in `longhorn-system`.
+#[test]
+fn runbook_commands_use_the_namespaces_of_the_rendered_manifests() {
+    let mut objs = kustomize("overlays/monitoring");
+    objs.extend(kustomize("overlays/sidecar-example"));
+    let runbook = std::fs::read_to_string(manifests_dir().join("../docs/runbook.md")).unwrap();
+    let (checked, errors) = check_commands(&runbook, &objs);
+    assert!(errors.is_empty(), "docs/runbook.md:\n{}", errors.join("\n"));
+    assert!(
+        checked >= 10,
+        "only {checked} commands named manifest objects"
+    );
+
+    // The checker catches what the runbook once said (the guard's pods in longhorn-system).
+    let old = "```bash\n\
+        kubectl -n longhorn-system get pods,endpoints -l app.kubernetes.io/component=webhook\n\
+        for p in $(kubectl -n longhorn-guard get pods -l app.kubernetes.io/component=webhook -o name); do\n  \
+        kubectl get --raw \"/api/v1/namespaces/longhorn-system/pods/${p#pod/}:9090/proxy/readyz\"; done\n\
+        ```\n\
+        Logs: `kubectl -n longhorn-system logs -l app.kubernetes.io/component=agent`,\n\
+        `kubectl -n longhorn-guard get servicemonitors.monitoring.coreos.com longhorn-guard-webhook`,\n\
+        `kubectl -n longhorn-guard logs deploy/longhorn-guard-webhook-typo`.\n";
+    let (_, errors) = check_commands(old, &objs);
+    assert_eq!(errors.len(), 5, "{errors:#?}");
+    for (error, says) in errors.iter().zip([
+        "Pod longhorn-guard-webhook-<generated> is in namespace longhorn-guard",
+        "pod proxy path in namespace longhorn-system, the pods listed above are in longhorn-guard",
+        "Pod longhorn-guard-agent-<generated> is in namespace longhorn-guard",
+        "ServiceMonitor longhorn-guard-webhook is in namespace longhorn-system",
+        "names no object of the rendered manifests",
+    ]) {
+        assert!(error.contains(says), "{error}");
+    }
+}
