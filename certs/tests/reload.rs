@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use longhorn_guard_certs::pki::{self, KeyedCert, LeafSpec, LeafUsage};
@@ -106,42 +106,110 @@ async fn handshake(
     Ok(cert.into_owned())
 }
 
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+/// One handshake of the load, as it went: when it started and ended on the load's clock (one
+/// counter ticked at every start and end), the phase of the test at both moments, and the
+/// certificate served (or the error).
+struct Handshake {
+    start: u64,
+    end: u64,
+    phase_at_start: u8,
+    phase_at_end: u8,
+    served: Result<CertificateDer<'static>, String>,
 }
 
-/// `n` clients doing back-to-back handshakes until stopped.
-fn start_load(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>, n: usize) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let tasks = (0..n)
-        .map(|_| {
-            let (stop, ok, failed, config) =
-                (stop.clone(), ok.clone(), failed.clone(), config.clone());
-            tokio::spawn(async move {
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match handshake(addr, config.clone()).await {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            errors.push(format!("{e:#}"));
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-                errors
+/// What the files hold, set by the test around each write (see the swap test).
+const PHASE_FIRST: u8 = 0;
+const PHASE_SECOND: u8 = 1;
+const PHASE_THIRD_CERT_ONLY: u8 = 2;
+const PHASE_THIRD: u8 = 3;
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    phase: Arc<AtomicU8>,
+    clock: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Handshake>>>,
+}
+
+impl Load {
+    /// `n` clients doing back-to-back handshakes until stopped, each recorded.
+    fn start(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>, n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let phase = Arc::new(AtomicU8::new(PHASE_FIRST));
+        let clock = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let tasks = (0..n)
+            .map(|_| {
+                let (stop, phase, clock, done, config) = (
+                    stop.clone(),
+                    phase.clone(),
+                    clock.clone(),
+                    done.clone(),
+                    config.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut log = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let phase_at_start = phase.load(Ordering::SeqCst);
+                        let start = clock.fetch_add(1, Ordering::SeqCst);
+                        let served = handshake(addr, config.clone())
+                            .await
+                            .map_err(|e| format!("{e:#}"));
+                        let end = clock.fetch_add(1, Ordering::SeqCst);
+                        let phase_at_end = phase.load(Ordering::SeqCst);
+                        log.push(Handshake {
+                            start,
+                            end,
+                            phase_at_start,
+                            phase_at_end,
+                            served,
+                        });
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    log
+                })
             })
-        })
-        .collect();
-    Load {
-        stop,
-        ok,
-        failed,
-        tasks,
+            .collect();
+        Self {
+            stop,
+            phase,
+            clock,
+            done,
+            tasks,
+        }
+    }
+
+    fn set_phase(&self, phase: u8) {
+        self.phase.store(phase, Ordering::SeqCst);
+    }
+
+    /// The load's clock now: handshakes starting later have a larger `start`.
+    fn now(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` handshakes that started after this call have completed (the
+    /// load ran against what the files hold now; those in flight at the call do not count);
+    /// fails after 10 s.
+    async fn wait_for_handshakes(&self, n: u64) {
+        let in_flight = self.tasks.len() as u64;
+        let target = self.done.load(Ordering::SeqCst) + in_flight + n;
+        for _ in 0..2_000 {
+            if self.done.load(Ordering::SeqCst) >= target {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the load did not complete {n} more handshakes within 10 s");
+    }
+
+    async fn finish(self) -> Vec<Handshake> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
     }
 }
 
@@ -168,6 +236,10 @@ async fn wait_until_served(
     );
 }
 
+/// Handshakes run back to back while the files change; afterwards each one is checked
+/// against what the files held while it ran: none fails, the second pair stays served while
+/// only the certificate was replaced (a mismatched pair on disk, refused by the reloader), and
+/// no handshake gets an older pair than one completed before it started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaps_under_load_without_a_failed_handshake_and_keeps_the_old_pair_on_corruption() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,38 +262,59 @@ async fn swaps_under_load_without_a_failed_handshake_and_keeps_the_old_pair_on_c
         der(&first.cert_pem)
     );
 
-    let load = start_load(addr, client.clone(), 4);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let load = Load::start(addr, client.clone(), 4);
+    load.wait_for_handshakes(20).await;
 
     // 1. Atomic swap (kubelet style).
     let second = leaf(&ca, LeafUsage::Server, "second");
+    load.set_phase(PHASE_SECOND);
     write_atomic(&cert, &second.cert_pem);
     write_atomic(&key, &second.key_pem);
     wait_until_served(addr, client.clone(), &der(&second.cert_pem), &handle).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second_served = load.now();
+    load.wait_for_handshakes(20).await;
 
-    // 2. Non-atomic swap: the certificate first, the key 100 ms later. In between, the pair
-    // does not match; the old pair must stay in force.
+    // 2. Non-atomic swap: the certificate first; the key only once the reloader has refused
+    // the mismatched pair and the load has run against it. The old pair stays in force.
     let third = leaf(&ca, LeafUsage::Server, "third");
     std::fs::write(&cert, &third.cert_pem).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    load.set_phase(PHASE_THIRD_CERT_ONLY);
+    // The poller may have read the file half-written; a forced re-read of the whole
+    // mismatched pair is refused now, or already was.
+    let recheck = handle.check_now();
+    assert!(
+        !matches!(recheck, Ok(true)),
+        "a mismatched pair was loaded: {recheck:?}"
+    );
+    assert_eq!(
+        handle.resolver().current_leaf().unwrap(),
+        der(&second.cert_pem)
+    );
+    let mismatch_refused = load.now();
+    load.wait_for_handshakes(20).await;
+    load.set_phase(PHASE_THIRD);
     std::fs::write(&key, &third.key_pem).unwrap();
     wait_until_served(addr, client.clone(), &der(&third.cert_pem), &handle).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third_served = load.now();
+    load.wait_for_handshakes(20).await;
 
-    // 3. A corrupt certificate file: refused, counted, the third pair keeps being served.
+    // 3. A corrupt certificate file: refused, counted once however often it is re-read, and
+    // the third pair keeps being served.
     let errors_before = handle.stats().errors_total;
     write_atomic(
         &cert,
         "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
     );
     assert!(handle.check_now().is_err() || handle.stats().errors_total > errors_before);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        assert!(!handle.check_now().unwrap(), "the same bad content again");
+    }
     assert_eq!(
         handle.stats().errors_total,
         errors_before + 1,
         "one count per bad content"
     );
+    load.wait_for_handshakes(20).await;
     assert_eq!(
         handshake(addr, client.clone()).await.unwrap(),
         der(&third.cert_pem)
@@ -231,19 +324,72 @@ async fn swaps_under_load_without_a_failed_handshake_and_keeps_the_old_pair_on_c
         der(&third.cert_pem)
     );
 
-    load.stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for t in load.tasks {
-        errors.extend(t.await.unwrap());
+    // Handshake by handshake: 0 = first pair, 1 = second, 2 = third.
+    let log = load.finish().await;
+    let pairs = [&first, &second, &third].map(|p| der(&p.cert_pem));
+    let pair_of = |h: &Handshake| -> usize {
+        let served = h
+            .served
+            .as_ref()
+            .unwrap_or_else(|e| panic!("handshake {}..{} failed: {e}", h.start, h.end));
+        pairs.iter().position(|p| p == served).unwrap_or_else(|| {
+            panic!(
+                "handshake {}..{} served an unknown certificate",
+                h.start, h.end
+            )
+        })
+    };
+    let (mut second_checked, mut during_mismatch) = (0, 0);
+    for h in &log {
+        let pair = pair_of(h);
+        let at = format!("handshake {}..{}", h.start, h.end);
+        if h.phase_at_end == PHASE_FIRST {
+            assert_eq!(pair, 0, "{at}: before the first swap, the first pair");
+        }
+        if h.start > second_served && h.phase_at_end <= PHASE_THIRD_CERT_ONLY {
+            assert_eq!(
+                pair, 1,
+                "{at}: the second pair, from when it was served until the third key was written"
+            );
+            second_checked += 1;
+        }
+        if h.phase_at_start == PHASE_THIRD_CERT_ONLY
+            && h.phase_at_end == PHASE_THIRD_CERT_ONLY
+            && h.start > mismatch_refused
+        {
+            during_mismatch += 1;
+        }
+        if h.start > third_served {
+            assert_eq!(pair, 2, "{at}: the third pair, once served");
+        }
     }
-    let (ok, failed) = (
-        load.ok.load(Ordering::Relaxed),
-        load.failed.load(Ordering::Relaxed),
+    // No handshake gets an older pair than one that completed before it started.
+    let mut events: Vec<(u64, bool, usize)> = log
+        .iter()
+        .flat_map(|h| [(h.start, false, pair_of(h)), (h.end, true, pair_of(h))])
+        .collect();
+    events.sort_unstable();
+    let mut newest_completed = 0;
+    for (at, is_end, pair) in events {
+        if is_end {
+            newest_completed = newest_completed.max(pair);
+        } else {
+            assert!(
+                pair >= newest_completed,
+                "the handshake started at {at} got pair {pair} after pair {newest_completed} had been served"
+            );
+        }
+    }
+    assert!(
+        during_mismatch >= 20,
+        "only {during_mismatch} handshakes ran after the reloader refused the mismatched pair"
     );
-    assert_eq!(failed, 0, "failed handshakes: {errors:?}");
-    assert!(ok > 50, "only {ok} handshakes");
     assert!(handle.stats().reloads_total >= 2, "{:?}", handle.stats());
-    eprintln!("{ok} handshakes, 0 failed; {:?}", handle.stats());
+    eprintln!(
+        "{} handshakes, 0 failed; {second_checked} served the second pair while it was due, {during_mismatch} of them while the mismatched pair was on disk; {:?}",
+        log.len(),
+        handle.stats()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -466,6 +466,18 @@ pub fn longhorn_crds() -> Option<Vec<CustomResourceDefinition>> {
     Some(out)
 }
 
+/// [`longhorn_crds`] for the tests that need them: those are `#[ignore]`d (a plain test run
+/// shows them skipped), `scripts/test.sh` (and so CI) runs them with `--run-ignored only`,
+/// and then a missing file is a failure naming it.
+pub fn require_longhorn_crds() -> Vec<CustomResourceDefinition> {
+    longhorn_crds().unwrap_or_else(|| {
+        panic!(
+            "Longhorn's CRDs are absent ({}): this test needs Longhorn v1.7.2's crds-v1.7.2.yaml in ../shared/longhorn next to the repository, or LHG_LONGHORN_CRDS naming it",
+            longhorn_crds_file().display()
+        )
+    })
+}
+
 fn from_dynamic<K: DeserializeOwned>(obj: DynamicObject) -> Result<K> {
     Ok(serde_json::from_value(serde_json::to_value(obj)?)?)
 }

@@ -22,39 +22,40 @@ use longhorn_guard_webhook::{Policy, WebhookConfig};
 use longhorn_types::{Release, crds, shapes};
 use serde_json::Value;
 
-/// Detection reads Longhorn's real v1.7.2 Backup CRD (test data, when present) as 1.7: from
-/// its chart label `app.kubernetes.io/version`, and from its schema alone without the label.
-#[test]
-fn longhorn_v1_7_2_crds_are_detected_as_1_7() {
-    use longhorn_guard_webhook::version::{
-        BACKUP_CRD, Evidence, Source, detect, release_from_schema,
-    };
-    let Some(theirs) = longhorn_guard_testkit::longhorn_crds() else {
-        eprintln!(
-            "NOT CHECKED: Longhorn's CRDs are absent ({})",
-            longhorn_guard_testkit::longhorn_crds_file().display()
+mod longhorn_data {
+    use super::*;
+
+    /// Detection reads Longhorn's real v1.7.2 Backup CRD (test data outside the project) as 1.7:
+    /// from its chart label `app.kubernetes.io/version`, and from its schema alone without the
+    /// label. Ignored by a plain test run (shown skipped); `scripts/test.sh` runs it, and there a
+    /// missing file fails it.
+    #[test]
+    #[ignore = "needs Longhorn's CRDs (../shared/longhorn or LHG_LONGHORN_CRDS): scripts/test.sh runs it"]
+    fn longhorn_v1_7_2_crds_are_detected_as_1_7() {
+        use longhorn_guard_webhook::version::{
+            BACKUP_CRD, Evidence, Source, detect, release_from_schema,
+        };
+        let theirs = longhorn_guard_testkit::require_longhorn_crds();
+        let mut backup = theirs
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some(BACKUP_CRD))
+            .expect("Longhorn's Backup CRD");
+        let evidence = |crd: &CustomResourceDefinition| Evidence {
+            backup_crd: Some(crd.clone()),
+            ..Evidence::default()
+        };
+        let info = detect(&evidence(&backup));
+        assert_eq!(info.source, Source::CrdLabel, "{info:?}");
+        assert_eq!(info.version_label(), "v1.7.2");
+        assert_eq!(info.release, Some(Release::V1_7));
+        assert_eq!(release_from_schema(&backup), Release::V1_7);
+        backup.metadata.labels = None;
+        let info = detect(&evidence(&backup));
+        assert_eq!(
+            (info.source, info.release),
+            (Source::CrdSchema, Some(Release::V1_7))
         );
-        return;
-    };
-    let mut backup = theirs
-        .into_iter()
-        .find(|c| c.metadata.name.as_deref() == Some(BACKUP_CRD))
-        .expect("Longhorn's Backup CRD");
-    let evidence = |crd: &CustomResourceDefinition| Evidence {
-        backup_crd: Some(crd.clone()),
-        ..Evidence::default()
-    };
-    let info = detect(&evidence(&backup));
-    assert_eq!(info.source, Source::CrdLabel, "{info:?}");
-    assert_eq!(info.version_label(), "v1.7.2");
-    assert_eq!(info.release, Some(Release::V1_7));
-    assert_eq!(release_from_schema(&backup), Release::V1_7);
-    backup.metadata.labels = None;
-    let info = detect(&evidence(&backup));
-    assert_eq!(
-        (info.source, info.release),
-        (Source::CrdSchema, Some(Release::V1_7))
-    );
+    }
 }
 
 #[tokio::test]

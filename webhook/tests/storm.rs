@@ -206,7 +206,9 @@ async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let o = watch.take_after(Duration::from_millis(300)).await;
+    let admitted = usize::try_from(tally.jobs_admitted.load(Ordering::Relaxed))?;
+    let o = watch.take_when_seen(admitted, WATCH_CATCH_UP).await?;
+    assert_eq!(o.backups.len(), admitted, "only admitted Backups exist");
     let stuck = ctl.stuck.lock().unwrap().clone();
     let t = &*tally;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -366,7 +368,9 @@ async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
         .try_collect::<Vec<()>>()
         .await?;
     let elapsed = start.elapsed();
-    let o = watch.take_after(Duration::from_millis(500)).await;
+    let o = watch
+        .take_when_seen(admitted.load(Ordering::Relaxed), WATCH_CATCH_UP)
+        .await?;
     let r = 2u32;
     eprintln!(
         "replicas: {total} reviews split over {r} replicas in {elapsed:.1?}, admitted {}; max in flight: {}; overshoot volume {}, node {}, cluster {}",

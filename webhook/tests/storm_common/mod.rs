@@ -27,6 +27,8 @@ pub const CONCURRENCY: usize = 32;
 pub const STARTS_PER_TICK: usize = 8;
 pub const TICK: Duration = Duration::from_millis(20);
 pub const RUN_TIME: Duration = Duration::from_millis(300);
+/// How long the storm's watch may lag behind the last admission before a test fails.
+pub const WATCH_CATCH_UP: Duration = Duration::from_secs(60);
 
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -282,10 +284,20 @@ impl StormWatch {
         std::mem::take(&mut *self.observer.lock().unwrap())
     }
 
-    /// [`Self::take`] once the watch has had `settle` to deliver the last admissions.
-    pub async fn take_after(&self, settle: Duration) -> Observer {
-        tokio::time::sleep(settle).await;
-        self.take()
+    /// [`Self::take`] once the watch has delivered every one of the `admitted` Backups of the
+    /// namespace (all with a snapshot name, none deleted): the maxima in flight are then
+    /// final, since the events after a Backup's creation only end Backups. A watch that lags
+    /// more than `timeout` fails the caller instead of under-counting.
+    pub async fn take_when_seen(&self, admitted: usize, timeout: Duration) -> Result<Observer> {
+        let seen = || self.observer.lock().unwrap().backups.len();
+        longhorn_guard_testkit::wait_for(
+            timeout,
+            &format!("the watch to deliver all {admitted} admitted Backups"),
+            || async { Ok(seen() >= admitted) },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#} (it delivered {})", seen()))?;
+        Ok(self.take())
     }
 }
 
@@ -571,7 +583,9 @@ pub async fn replica_storm(cluster: &TestCluster, run: &ReplicaStorm) -> Result<
         .try_collect::<Vec<()>>()
         .await?;
     let elapsed = start.elapsed();
-    let o = watch.take_after(Duration::from_millis(500)).await;
+    let o = watch
+        .take_when_seen(outcomes[0].load(Ordering::Relaxed), WATCH_CATCH_UP)
+        .await?;
     let figures = ReplicaFigures {
         elapsed,
         admitted: outcomes[0].load(Ordering::Relaxed),
