@@ -386,7 +386,7 @@ async fn generate_name_backups_hold_their_slot_before_and_after_the_watch() -> R
                 .view()
                 .data()
                 .backups
-                .generated_from(&ns, "backup-")
+                .generated_from(&ns, "backup-", "snap-vol-1-0")
                 .count()
                 == 1)
         },

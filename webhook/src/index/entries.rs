@@ -84,8 +84,8 @@ pub struct BackupEntry {
     pub snapshot: Option<Arc<str>>,
     state: u8,
     /// Its name is `generateName` (cut to [`MAX_GENERATED_BASE`]) + 5 random characters; the
-    /// entry is then also found by that base (`KindTable::generated_from`). Fits in the
-    /// padding after `state`: entries stay the same size.
+    /// entry is then also found by that base and its snapshot (`KindTable::generated_from`).
+    /// Fits in the padding after `state`: entries stay the same size.
     pub generated: bool,
     pub created_unix: i64,
 }
@@ -103,6 +103,12 @@ pub fn generated_base(generate_name: &str) -> &str {
         end -= 1;
     }
     &generate_name[..end]
+}
+
+/// The key of generated Backups: their `generateName` base and their snapshot (`/` is in
+/// neither a name nor a snapshot name).
+pub fn generated_key(base: &str, snapshot: &str) -> String {
+    format!("{base}/{snapshot}")
 }
 
 /// True when `name` is one the API server generated from `generate_name`.
@@ -176,13 +182,13 @@ impl Grouped for BackupEntry {
         Some(state_label(&self.state()))
     }
 
-    fn generated_base<'n>(&self, name: &'n str) -> Option<&'n str> {
-        if !self.generated {
-            return None;
-        }
-        name.len()
+    fn generated_key(&self, name: &str) -> Option<Arc<str>> {
+        let snapshot = self.snapshot.as_deref().filter(|_| self.generated)?;
+        let base = name
+            .len()
             .checked_sub(GENERATED_SUFFIX_LEN)
-            .and_then(|end| name.get(..end))
+            .and_then(|end| name.get(..end))?;
+        Some(Arc::from(generated_key(base, snapshot)))
     }
 }
 

@@ -18,10 +18,11 @@ pub trait Grouped {
         None
     }
 
-    /// For an entry whose name the API server generated, the `generateName` base it was
-    /// generated from (a prefix of `name`), so reservations of a `generateName` CREATE find it
-    /// without scanning the namespace; `None` = not generated.
-    fn generated_base<'n>(&self, _name: &'n str) -> Option<&'n str> {
+    /// For an entry whose name the API server generated, its key among the generated
+    /// entries (`generateName` base and snapshot, [`super::generated_key`]), so a reservation
+    /// of a `generateName` CREATE finds its Backup without scanning the namespace; `None` =
+    /// not generated.
+    fn generated_key(&self, _name: &str) -> Option<Arc<str>> {
         None
     }
 }
@@ -131,7 +132,11 @@ impl Groups {
     }
 
     /// Names in one group of a namespace.
-    pub fn names(&self, namespace: &str, group: &str) -> impl Iterator<Item = &Arc<str>> {
+    pub fn names<'a>(
+        &'a self,
+        namespace: &str,
+        group: &str,
+    ) -> impl Iterator<Item = &'a Arc<str>> + use<'a> {
         self.by_namespace
             .get(namespace)
             .and_then(|g| g.get(group))

@@ -22,7 +22,8 @@ use kube::runtime::watcher::Event;
 
 pub use entries::{
     BackupEntry, EngineEntry, IndexedKind, MAX_GENERATED_BASE, NO_SNAPSHOT_GROUP, SnapshotEntry,
-    SnapshotFacts, TargetEntry, VolumeEntry, generated_base, is_generated_from, state_label,
+    SnapshotFacts, TargetEntry, VolumeEntry, generated_base, generated_key, is_generated_from,
+    state_label,
 };
 pub use groups::{Grouped, Groups, Tallies};
 pub use health::{Trust, WatchState};
@@ -116,7 +117,7 @@ pub struct KindTable<V> {
     relist: Option<(Table<V>, usize)>,
     /// The live entries by their [`Grouped::group`] key.
     groups: Groups,
-    /// The live entries with a generated name, by [`Grouped::generated_base`].
+    /// The live entries with a generated name, by [`Grouped::generated_key`].
     generated: Groups,
     /// The live entries counted by their [`Grouped::tally`] label.
     tallies: Tallies,
@@ -133,11 +134,6 @@ impl<V> Default for KindTable<V> {
             tallies: Tallies::default(),
         }
     }
-}
-
-/// The [`Grouped::generated_base`] of an entry, as a group key.
-fn generated_key<V: Grouped>(name: &str, v: &V) -> Option<Arc<str>> {
-    v.generated_base(name).map(Arc::from)
 }
 
 impl<V: Grouped> KindTable<V> {
@@ -174,15 +170,17 @@ impl<V: Grouped> KindTable<V> {
             .filter_map(move |n| Some((n, self.get(namespace, n)?)))
     }
 
-    /// Entries of a namespace whose names the API server generated from `generate_name`
-    /// (see [`Grouped::generated_base`]): an index lookup, not a scan of the namespace.
+    /// Entries of a namespace of `snapshot` whose names the API server generated from
+    /// `generate_name` (see [`Grouped::generated_key`]): an index lookup, not a scan.
     pub fn generated_from<'a>(
         &'a self,
         namespace: &'a str,
         generate_name: &str,
+        snapshot: &str,
     ) -> impl Iterator<Item = (&'a Arc<str>, &'a V)> {
+        let key = generated_key(generated_base(generate_name), snapshot);
         self.generated
-            .names(namespace, entries::generated_base(generate_name))
+            .names(namespace, &key)
             .filter_map(move |n| Some((n, self.get(namespace, n)?)))
     }
 
@@ -212,8 +210,8 @@ impl<V: Grouped> KindTable<V> {
             if let Some(g) = old.group() {
                 self.groups.remove(&ns, &g, &name);
             }
-            if let Some(base) = old.generated_base(&name) {
-                self.generated.remove(&ns, base, &name);
+            if let Some(key) = old.generated_key(&name) {
+                self.generated.remove(&ns, &key, &name);
             }
             if let Some(label) = old.tally() {
                 self.tallies.remove(&ns, label);
@@ -222,8 +220,8 @@ impl<V: Grouped> KindTable<V> {
         if let Some(g) = v.group() {
             self.groups.add(&ns, g, &name);
         }
-        if let Some(base) = generated_key(&name, &v) {
-            self.generated.add(&ns, base, &name);
+        if let Some(key) = v.generated_key(&name) {
+            self.generated.add(&ns, key, &name);
         }
         if let Some(label) = v.tally() {
             self.tallies.add(&ns, label);
@@ -240,8 +238,8 @@ impl<V: Grouped> KindTable<V> {
                 if let Some(g) = old.group() {
                     self.groups.remove(ns, &g, name);
                 }
-                if let Some(base) = old.generated_base(name) {
-                    self.generated.remove(ns, base, name);
+                if let Some(key) = old.generated_key(name) {
+                    self.generated.remove(ns, &key, name);
                 }
                 if let Some(label) = old.tally() {
                     self.tallies.remove(ns, label);
@@ -276,7 +274,7 @@ impl<V: Grouped> KindTable<V> {
     fn relist_done(&mut self) {
         if let Some((table, len)) = self.relist.take() {
             self.groups = Groups::of(&table, |_, v| v.group());
-            self.generated = Groups::of(&table, |name, v| generated_key(name, v));
+            self.generated = Groups::of(&table, |name, v| v.generated_key(name));
             self.tallies = Tallies::of(&table);
             self.live = table;
             self.len = len;

@@ -14,8 +14,8 @@ use crate::index::IndexView;
 pub enum ReservationKey {
     /// `metadata.name` was known at admission.
     Name(String),
-    /// `generateName` without a name: keyed by the review uid, matched by snapshot among the
-    /// Backups the API server generated from that `generateName` once the index has one
+    /// `generateName` without a name: keyed by the review uid, matched once the index has a
+    /// Backup of that snapshot whose name the API server generated from that `generateName`
     /// (an index lookup: `KindTable::generated_from`).
     Uid { uid: String, generate_name: String },
 }
@@ -49,8 +49,9 @@ impl Reservation {
             ReservationKey::Uid { generate_name, .. } => view
                 .data()
                 .backups
-                .generated_from(&self.namespace, generate_name)
-                .any(|(_, b)| b.snapshot.as_deref() == Some(&*self.snapshot)),
+                .generated_from(&self.namespace, generate_name, &self.snapshot)
+                .next()
+                .is_some(),
         }
     }
 
