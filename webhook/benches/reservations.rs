@@ -4,8 +4,7 @@
 //! used to scan every Backup of the namespace for a name with its prefix
 //! (`Reservation::seen_by_scan`, kept as the baseline); it now looks its generated names up in
 //! a grouping the index keeps by generateName base and snapshot (`KindTable::generated_from`).
-//! Both run here, in the same
-//! process on the same index, in alternating rounds.
+//! Both run here, in the same process on the same index, in alternating rounds.
 //!
 //! The index: `LHG_BENCH_BACKUPS` Backups (default 100,000) in ONE namespace, as Longhorn keeps
 //! them: named ones (recurring jobs and CSI name their Backups) and 1 % generated from
