@@ -3,28 +3,14 @@
 //! the exit code 1; with a safe policy the same cluster exits 0.
 #![allow(clippy::unwrap_used)]
 
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 use longhorn_guard_testkit::TestCluster;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_longhorn-guard");
 
 async fn put_policy(cluster: &TestCluster, ns: &str, text: &str) {
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "longhorn-guard-policy", "namespace": ns},
-        "data": {"policy.yaml": text},
-    }))
-    .unwrap();
-    Api::<ConfigMap>::namespaced(cluster.client(), ns)
-        .patch(
-            "longhorn-guard-policy",
-            &PatchParams::apply("doctor-test").force(),
-            &Patch::Apply(&cm),
-        )
+    cluster
+        .put_config_map(ns, "longhorn-guard-policy", "policy.yaml", text)
         .await
         .unwrap();
 }

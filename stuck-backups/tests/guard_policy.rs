@@ -4,28 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 use longhorn_guard_stuck_backups::guard_policy::{POLICY_KEY, check_policy_text};
 use longhorn_guard_stuck_backups::{GuardPolicyCheck, GuardPolicyOptions, check_guard_policy};
 use longhorn_guard_testkit::TestCluster;
-use serde_json::json;
 
 async fn put_policy(cluster: &TestCluster, ns: &str, text: &str) {
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "longhorn-guard-policy", "namespace": ns},
-        "data": {POLICY_KEY: text},
-    }))
-    .unwrap();
-    Api::<ConfigMap>::namespaced(cluster.client(), ns)
-        .patch(
-            "longhorn-guard-policy",
-            &PatchParams::apply("guard-policy-test").force(),
-            &Patch::Apply(&cm),
-        )
+    cluster
+        .put_config_map(ns, "longhorn-guard-policy", POLICY_KEY, text)
         .await
         .unwrap();
 }

@@ -147,6 +147,26 @@ impl TestCluster {
     /// Creates a fresh namespace `<prefix>-<random>` labelled [`TEST_NAMESPACE_LABEL`]=name.
     /// Namespaces are never deleted: the 1.20 control plane has no namespace controller, and
     /// the whole cluster is thrown away after the run.
+    /// Creates or replaces the ConfigMap `name` in `ns` with one `key` holding `text`
+    /// (server-side apply).
+    pub async fn put_config_map(&self, ns: &str, name: &str, key: &str, text: &str) -> Result<()> {
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns},
+            "data": {key: text},
+        }))?;
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(self.client.clone(), ns)
+            .patch(
+                name,
+                &kube::api::PatchParams::apply("longhorn-guard-tests").force(),
+                &kube::api::Patch::Apply(&cm),
+            )
+            .await
+            .with_context(|| format!("applying ConfigMap {ns}/{name}"))?;
+        Ok(())
+    }
+
     pub async fn namespace(&self, prefix: &str) -> Result<String> {
         let suffix = format!("{:08x}", rand::random::<u32>());
         let mut prefix: String = prefix
