@@ -56,10 +56,13 @@ fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/helm/longhorn-guard")
 }
 
-/// helm or kubectl against the test cluster only (its kubeconfig, a private helm home).
+/// helm or kubectl against the test cluster only (its kubeconfig, a private helm home, and a
+/// private HOME: kubectl's discovery cache goes to `$HOME/.kube/cache`, and with no HOME it
+/// lands in the working directory, the crate's source tree).
 fn client(cluster: &TestCluster, var: &str, home: &Path) -> Command {
     let mut cmd = cluster.command(tool(var));
-    cmd.env("HELM_CONFIG_HOME", home.join("config"))
+    cmd.env("HOME", home)
+        .env("HELM_CONFIG_HOME", home.join("config"))
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_DATA_HOME", home.join("data"));
     cmd
