@@ -3,13 +3,17 @@
 //! Pending forever, a leaked gRPC client per reconcile), and optionally forces full backups.
 //!
 //! Decisions are a pure function ([`decide`]) over a compact watch-fed [`Index`]; the index
-//! never keeps full objects. This crate must not write to the cluster (its only API calls are
-//! list/watch and a live GET of a Snapshot before denying on an index miss), must not assume
-//! Longhorn's namespace, and must not deny on an index miss alone.
+//! never keeps full objects. This crate must not write to the cluster (its API calls are
+//! list/watch and a live GET of a Snapshot before denying on an index miss), with one
+//! exception: Kubernetes Events (`events.k8s.io`) on the Volume of a refused Backup, written by
+//! a background task off the request path, bounded and rate-limited, their failures never an
+//! admission error ([`events`]; policy `events.enabled: false` turns them off). It must not
+//! assume Longhorn's namespace, and must not deny on an index miss alone.
 
 pub mod api;
 pub mod decision;
 pub mod engine_truth;
+pub mod events;
 pub mod index;
 pub mod metrics;
 pub mod policy;
@@ -122,6 +126,8 @@ pub struct WebhookHandle {
     ops_stop: Option<tokio::sync::oneshot::Sender<()>>,
     servers: JoinSet<anyhow::Result<()>>,
     watches: JoinSet<()>,
+    /// The Event writer; stopped after the servers so it flushes the last refusals' counts.
+    events: Option<events::EventWriterHandle>,
     grace: Duration,
 }
 
@@ -160,6 +166,9 @@ impl WebhookHandle {
                 Ok(Err(e)) => result = Err(e),
                 Err(e) => result = Err(anyhow::anyhow!("server task failed: {e}")),
             }
+        }
+        if let Some(writer) = self.events.take() {
+            writer.stop(self.grace).await;
         }
         self.watches.shutdown().await;
         tracing::info!("webhook stopped");
@@ -219,6 +228,18 @@ pub async fn start_with_source(
         }
         tracing::info!(agents = %truth.directory().describe(), "engine checks configured");
         let _ = state.engine_truth.set(Arc::new(truth));
+    }
+    let mut event_writer = None;
+    if let Some(client) = &client {
+        let (sink, writer) = events::spawn(events::EventWriter {
+            client: client.clone(),
+            index: index.clone(),
+            policy: state.policy.clone(),
+            metrics: metrics.events.clone(),
+            instance: events::reporting_instance(),
+        });
+        let _ = state.events.set(sink);
+        event_writer = Some(writer);
     }
     if let Some(client) = client {
         let scope = match &config.namespace {
@@ -313,6 +334,7 @@ pub async fn start_with_source(
         ops_stop: Some(ops_stop),
         servers,
         watches,
+        events: event_writer,
         grace: config.shutdown_grace,
     })
 }

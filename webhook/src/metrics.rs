@@ -91,6 +91,8 @@ pub struct Metrics {
     pub engine_checks: crate::engine_truth::EngineCheckMetrics,
     /// The detected Longhorn (`crate::version`).
     pub longhorn: crate::version::VersionMetrics,
+    /// Events about refused Backups (`crate::events`).
+    pub events: crate::events::EventMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -203,7 +205,9 @@ impl Metrics {
         let throttle = crate::throttle::ThrottleMetrics::register(&mut registry);
         let engine_checks = crate::engine_truth::EngineCheckMetrics::register(&mut registry);
         let longhorn = crate::version::VersionMetrics::register(&mut registry);
+        let events = crate::events::EventMetrics::register(&mut registry);
         Self {
+            events,
             longhorn,
             throttle,
             engine_checks,

@@ -218,6 +218,8 @@ pub struct Policy {
     /// How long a listed kind's watch may keep failing before the index is no longer trusted
     /// for it and `/readyz` answers 503 (until a relist completes).
     pub index_staleness_ms: u64,
+    /// Kubernetes Events on the Volume of a refused Backup (`crate::events`).
+    pub events: crate::events::EventsPolicy,
 }
 
 impl Default for Policy {
@@ -240,6 +242,7 @@ impl Default for Policy {
             engine_check: crate::engine_truth::EngineCheckMode::default(),
             engine_check_budget_ms: crate::engine_truth::DEFAULT_BUDGET_MS,
             index_staleness_ms: crate::index::DEFAULT_STALENESS.as_millis() as u64,
+            events: crate::events::EventsPolicy::default(),
         }
     }
 }
@@ -305,6 +308,7 @@ impl Policy {
         if self.index_staleness_ms == 0 {
             return Err("indexStalenessMs must be > 0".into());
         }
+        self.events.validate()?;
         self.throttle.validate()
     }
 

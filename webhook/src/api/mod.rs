@@ -40,6 +40,8 @@ pub struct Shared {
     pub engine_truth: std::sync::OnceLock<Arc<crate::engine_truth::EngineTruth>>,
     /// The detected Longhorn release (`crate::version`); unknown until set.
     pub longhorn: Arc<crate::version::LonghornCell>,
+    /// Where refused Backups go to become Events (`crate::events`); unset without a client.
+    pub events: std::sync::OnceLock<crate::events::EventSink>,
 }
 
 /// Cheap-to-clone handle on [`Shared`].
@@ -64,6 +66,7 @@ impl AppState {
             serving: AtomicBool::new(false),
             engine_truth: std::sync::OnceLock::new(),
             longhorn: Arc::default(),
+            events: std::sync::OnceLock::new(),
         }))
     }
 

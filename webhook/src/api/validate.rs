@@ -130,6 +130,9 @@ pub(super) async fn validate_backup(
     );
     let reason = decision.reason().unwrap_or(Reason::Checked);
     state.metrics.review(operation, decision.label(), reason);
+    if let Decision::Deny(denial) = &decision {
+        record_refusal(&state, &backup, denial, req.dry_run);
+    }
     tracing::info!(
         uid = %req.uid,
         namespace = %backup.namespace,
@@ -142,6 +145,31 @@ pub(super) async fn validate_backup(
         "backup review"
     );
     Json(respond(req, &decision).into_review())
+}
+
+/// Hands a refused Backup to the Event writer (never waits; not for dry runs, which must have
+/// no side effects; not when the policy turns Events off).
+fn record_refusal(
+    state: &AppState,
+    backup: &BackupRequest,
+    denial: &crate::decision::Denial,
+    dry_run: bool,
+) {
+    let Some(sink) = state.events.get() else {
+        return;
+    };
+    if dry_run || !state.policy().events.enabled {
+        return;
+    }
+    sink.record(crate::events::Refusal {
+        namespace: backup.namespace.clone(),
+        backup: backup.display_name(),
+        snapshot: backup.snapshot.clone(),
+        volume_label: backup.volume_label().map(str::to_string),
+        reason: denial.reason,
+        message: denial.message.clone(),
+        requester: backup.username.clone(),
+    });
 }
 
 /// Decides, doing the live GET when the index misses the snapshot. Waits for a permit.

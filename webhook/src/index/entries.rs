@@ -66,6 +66,9 @@ pub struct VolumeEntry {
     pub backup_target: Option<Arc<str>>,
     /// `status.lastBackupAt` (the volume's last completed Backup) as unix seconds; 0 = none.
     pub last_backup_unix: i64,
+    /// `metadata.uid`: what an Event about a refused Backup names as its regarding object
+    /// (`crate::events`; `kubectl describe volume` matches Events by uid). Not interned: unique.
+    pub uid: Option<Arc<str>>,
 }
 
 /// An Engine: its volume and node (for the node of a volume).
@@ -336,6 +339,7 @@ impl IndexedKind for Volume {
                 full_backup_label,
                 backup_target,
                 last_backup_unix,
+                uid: self.metadata.uid.as_deref().map(Arc::from),
             },
         ))
     }
