@@ -274,3 +274,33 @@ fn the_policy_refuses_bounds_that_would_make_events_unbounded_or_stuck() {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn a_full_queue_drops_refusals_and_counts_them_without_waiting() {
+    let (tx, _rx) = mpsc::channel(2);
+    let sink = EventSink {
+        tx,
+        metrics: EventMetrics::default(),
+    };
+    let refusal = Refusal {
+        namespace: "ns".into(),
+        backup: "Backup \"b\"".into(),
+        snapshot: "s".into(),
+        volume_label: Some("vol-a".into()),
+        reason: Reason::Throttled,
+        message: "throttled".into(),
+        requester: "job".into(),
+    };
+    // Nobody reads: the first two wait in the queue, the other three are dropped at once.
+    for _ in 0..5 {
+        sink.record(refusal.clone());
+    }
+    let dropped = sink
+        .metrics
+        .refusals
+        .get_or_create(&RefusalLabels {
+            outcome: "queue_full",
+        })
+        .get();
+    assert_eq!(dropped, 3);
+}
