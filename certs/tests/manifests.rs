@@ -132,7 +132,8 @@ fn every_kustomization_renders_with_the_expected_objects() {
         json!([{"apiGroups": ["longhorn.io"], "apiVersions": ["v1beta2"],
         "resources": ["backups"], "operations": ["CREATE"], "scope": "Namespaced"}])
     );
-    assert_eq!(wh["sideEffects"], "None");
+    // Events about refused Backups are written for real requests only.
+    assert_eq!(wh["sideEffects"], "NoneOnDryRun");
     assert_eq!(wh["admissionReviewVersions"], json!(["v1"]));
     assert_eq!(wh["timeoutSeconds"], 5);
     assert_eq!(wh["matchPolicy"], "Equivalent");
@@ -503,6 +504,26 @@ async fn rbac_grants_exactly_what_each_component_needs() {
         Some(elsewhere.as_str()),
     );
 
+    // Events on the Volume of a refused Backup: create/patch in Longhorn's namespace only.
+    for (verb, allowed) in [("create", true), ("patch", true), ("delete", false)] {
+        for (ns, here) in [(l, true), (e, false)] {
+            assert_eq!(
+                can(
+                    &cluster,
+                    &guard,
+                    "longhorn-guard-webhook",
+                    verb,
+                    "events.k8s.io",
+                    "events",
+                    ns,
+                    None
+                )
+                .await,
+                allowed && here,
+                "webhook {verb} events in {ns:?}"
+            );
+        }
+    }
     for verb in ["get", "list", "watch"] {
         for r in [
             "backups",

@@ -567,7 +567,7 @@ impl EventWriter {
 
     async fn write(&self, key: &SeriesKey, s: &Series, w: &PlannedWrite) -> Result<String, bool> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
-        let series = (w.count > 1).then(|| EventSeries {
+        let series = (w.count > 1).then_some(EventSeries {
             count: w.count,
             last_observed_time: MicroTime(s.last_observed_at),
         });
