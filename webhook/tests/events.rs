@@ -158,24 +158,14 @@ async fn a_refused_backup_leaves_an_event_on_its_volume_with_the_message_and_req
     assert!(events_section.contains("SnapshotMissing"), "{text}");
     assert!(events_section.contains("backup-job"), "{text}");
 
-    // A dry run has no side effects: no second count.
-    create_backup(
-        &job,
-        &ns,
-        shapes::backup(&ns, "nightly-dry", "vol-1", "snap-gone", None),
-        true,
-    )
-    .await?
-    .context("denied")?;
-    // Then a real one: the queue is FIFO, so once it is counted the dry run would have been.
-    create_backup(
-        &job,
-        &ns,
-        shapes::backup(&ns, "nightly-2", "vol-1", "snap-gone", None),
-        false,
-    )
-    .await?
-    .context("denied")?;
+    // A dry run has no side effects: no second count. Then a real one: the queue is FIFO, so
+    // once it is counted the dry run would have been.
+    for (name, dry_run) in [("nightly-dry", true), ("nightly-2", false)] {
+        let backup = shapes::backup(&ns, name, "vol-1", "snap-gone", None);
+        create_backup(&job, &ns, backup, dry_run)
+            .await?
+            .context("denied")?;
+    }
     let metrics = Arc::clone(&served.handle.state().metrics);
     wait_for(
         Duration::from_secs(20),

@@ -10,11 +10,25 @@ fn policy() -> EventsPolicy {
     }
 }
 
+/// The policy, a start instant, and an aggregator with a full bucket.
+fn start(p: EventsPolicy) -> (EventsPolicy, Instant, Aggregator) {
+    let t0 = Instant::now();
+    let agg = Aggregator::new(&p, t0);
+    (p, t0, agg)
+}
+
 fn key(volume: &str, reason: Reason) -> SeriesKey {
     SeriesKey {
         namespace: "longhorn-system".to_string(),
         volume: volume.to_string(),
         reason,
+    }
+}
+
+/// One `throttled` refusal on each of vol-0..vol-`volumes`.
+fn throttled_on(agg: &mut Aggregator, p: &EventsPolicy, volumes: usize, now: Instant) {
+    for v in 0..volumes {
+        observe(agg, p, key(&format!("vol-{v}"), Reason::Throttled), now);
     }
 }
 
@@ -49,9 +63,7 @@ fn write_ok(
 
 #[test]
 fn a_storm_within_one_window_is_one_create_per_series_then_one_patch_with_the_count() {
-    let p = policy();
-    let t0 = Instant::now();
-    let mut agg = Aggregator::new(&p, t0);
+    let (p, t0, mut agg) = start(policy());
     let volumes = ["vol-a", "vol-b", "vol-c", "vol-d"];
     let mut writes = Vec::new();
     for i in 0..4_000u32 {
@@ -83,17 +95,8 @@ fn a_storm_within_one_window_is_one_create_per_series_then_one_patch_with_the_co
 
 #[test]
 fn the_write_bucket_caps_writes_across_all_series() {
-    let p = policy();
-    let t0 = Instant::now();
-    let mut agg = Aggregator::new(&p, t0);
-    for v in 0..20 {
-        observe(
-            &mut agg,
-            &p,
-            key(&format!("vol-{v}"), Reason::Throttled),
-            t0,
-        );
-    }
+    let (p, t0, mut agg) = start(policy());
+    throttled_on(&mut agg, &p, 20, t0);
     assert_eq!(write_ok(&mut agg, &p, t0, false).len(), 5, "burst 5");
     assert_eq!(write_ok(&mut agg, &p, t0, false).len(), 0, "bucket empty");
     // 60 per minute: one more token a second.
@@ -106,12 +109,10 @@ fn the_write_bucket_caps_writes_across_all_series() {
 
 #[test]
 fn series_past_the_limit_are_refused_and_distinct_reasons_are_distinct_series() {
-    let p = EventsPolicy {
+    let (p, t0, mut agg) = start(EventsPolicy {
         max_series: 2,
         ..policy()
-    };
-    let t0 = Instant::now();
-    let mut agg = Aggregator::new(&p, t0);
+    });
     assert!(observe(
         &mut agg,
         &p,
@@ -137,9 +138,7 @@ fn series_past_the_limit_are_refused_and_distinct_reasons_are_distinct_series() 
 
 #[test]
 fn an_idle_series_ends_and_the_next_refusal_creates_a_new_event() {
-    let p = policy();
-    let t0 = Instant::now();
-    let mut agg = Aggregator::new(&p, t0);
+    let (p, t0, mut agg) = start(policy());
     observe(&mut agg, &p, key("vol-a", Reason::SnapshotLost), t0);
     assert_eq!(write_ok(&mut agg, &p, t0, false).len(), 1);
     agg.expire(&p, t0 + Duration::from_secs(59));
@@ -155,9 +154,7 @@ fn an_idle_series_ends_and_the_next_refusal_creates_a_new_event() {
 
 #[test]
 fn an_unwritten_count_keeps_its_series_alive_until_tried() {
-    let p = policy();
-    let t0 = Instant::now();
-    let mut agg = Aggregator::new(&p, t0);
+    let (p, t0, mut agg) = start(policy());
     observe(&mut agg, &p, key("vol-a", Reason::SnapshotLost), t0);
     agg.expire(&p, t0 + Duration::from_secs(120));
     assert_eq!(agg.series.len(), 1, "count never written nor tried");
@@ -169,9 +166,7 @@ fn an_unwritten_count_keeps_its_series_alive_until_tried() {
 
 #[test]
 fn a_failed_write_is_retried_next_window_and_a_vanished_event_is_created_again() {
-    let p = policy();
-    let t0 = Instant::now();
-    let mut agg = Aggregator::new(&p, t0);
+    let (p, t0, mut agg) = start(policy());
     observe(&mut agg, &p, key("vol-a", Reason::SnapshotMissing), t0);
     let first = agg.plan(&p, t0, false);
     agg.written(&first[0], Err(false));
@@ -196,26 +191,10 @@ fn a_failed_write_is_retried_next_window_and_a_vanished_event_is_created_again()
 
 #[test]
 fn flush_ignores_the_window_but_not_the_bucket() {
-    let p = policy();
-    let t0 = Instant::now();
-    let mut agg = Aggregator::new(&p, t0);
-    for v in 0..3 {
-        observe(
-            &mut agg,
-            &p,
-            key(&format!("vol-{v}"), Reason::Throttled),
-            t0,
-        );
-    }
+    let (p, t0, mut agg) = start(policy());
+    throttled_on(&mut agg, &p, 3, t0);
     assert_eq!(write_ok(&mut agg, &p, t0, false).len(), 3);
-    for v in 0..3 {
-        observe(
-            &mut agg,
-            &p,
-            key(&format!("vol-{v}"), Reason::Throttled),
-            t0,
-        );
-    }
+    throttled_on(&mut agg, &p, 3, t0);
     assert!(agg.plan(&p, t0, false).is_empty(), "within the window");
     let flushed = write_ok(&mut agg, &p, t0, true);
     assert_eq!(flushed.len(), 2, "the bucket had 2 tokens left");
