@@ -583,7 +583,12 @@ impl EventWriter {
                 let params = PostParams::default();
                 let call = api.create(&params, &event);
                 let name = event.metadata.name.clone().unwrap_or_default();
-                ("create", timed(call).await.map(|_| name))
+                // AlreadyExists: an earlier create that timed out went through; patch it next.
+                let result = match timed(call).await {
+                    Err(e) if e.starts_with("AlreadyExists") => Ok(name),
+                    other => other.map(|_| name),
+                };
+                ("create", result)
             }
         };
         self.metrics.write(op, result.is_ok());
