@@ -97,12 +97,15 @@ impl TestCluster {
     }
 
     /// A command for one of the guard's executables, run against this control plane only:
-    /// an empty environment but `PATH` and `KUBECONFIG` (never a developer's own cluster or
-    /// settings), stdin closed.
+    /// an empty environment but `PATH`, `KUBECONFIG` (never a developer's own cluster or
+    /// settings) and a `HOME` of the tests' own (kubectl writes its discovery cache under
+    /// `$HOME/.kube`, and without a HOME into the working directory: the source tree), stdin
+    /// closed.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
         let mut cmd = std::process::Command::new(program);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir().join("lhg-test-home"))
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(std::process::Stdio::null());
         cmd
