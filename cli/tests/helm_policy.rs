@@ -130,6 +130,14 @@ fn a_policy_setting_every_field_renders_into_what_the_webhook_loads() {
         "engineCheck": "enforce",
         "engineCheckBudgetMs": 400,
         "indexStalenessMs": 20000,
+        "events": {
+            "enabled": false,
+            "aggregateWindowSeconds": 30,
+            "seriesIdleSeconds": 300,
+            "writes": rate(60.0, 4),
+            "queueCapacity": 256,
+            "maxSeries": 512,
+        },
     });
     let dir = std::env::temp_dir().join(format!("lhg-helm-policy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
