@@ -9,6 +9,10 @@
 //! 3. the webhook runs with the installed Deployment's args and env; its Secret and ConfigMap
 //!    volumes are written to local directories and the mount paths in the args pointed there;
 //!    `0.0.0.0:PORT` listeners are moved to free loopback ports;
+//!    the agent runs the same way from the installed DaemonSet (its own executable, node
+//!    `node-1`), and answers a gRPC health check over mTLS made with the webhook's client
+//!    certificate, CA and agent server name from the Deployment's args (refusing a client
+//!    without a certificate);
 //! 4. kubectl v1.33.9 creates a Backup of a missing snapshot (denied, with the guard's message
 //!    shown to the user) and one of an existing snapshot (created);
 //! 5. rotation under load (RELIABILITY.md, R3): an unpaced stream of Backup CREATE dry runs
@@ -19,7 +23,8 @@
 //!    figures: 144-187 reviews/s here);
 //! 6. `helm upgrade --set policy.mode=warn-only`: the running webhook takes the new ConfigMap up
 //!    without a restart (the next missing-snapshot Backup is admitted with the guard's warning);
-//! 7. `helm uninstall` removes the registration.
+//! 7. `helm uninstall` removes the registration, before the webhook's Deployment and Service
+//!    (the etcd revisions of their DELETED watch events).
 //!
 //! The one change to an installed object: the registration's `clientConfig.service` becomes
 //! `url: https://127.0.0.1:PORT/validate/backups` (caBundle kept), because the local control
@@ -260,6 +265,212 @@ impl Stream {
     }
 }
 
+/// A container of an installed pod template, run here as kubelet would run it: its Secret
+/// and ConfigMap volumes projected into `volumes_dir/<volume>` (an optional Secret that does
+/// not exist becomes an empty directory, as kubelet mounts it), the mount paths in its args
+/// pointed there, `$(VAR)` in its args expanded from its env (downward-API fields: node
+/// `node-1`, pod IP `127.0.0.1`), every `0.0.0.0:PORT` listener moved by `listeners`, and its
+/// command (when it names one) resolved next to the guard's binary.
+struct Container {
+    child: Killed,
+    args: Vec<String>,
+    log: PathBuf,
+    volumes: BTreeMap<String, Value>,
+}
+
+impl Container {
+    fn run(
+        cluster: &TestCluster,
+        kubectl: &impl Fn() -> Command,
+        ns: &str,
+        pod: &Value,
+        volumes_dir: &Path,
+        listeners: &[(&str, String)],
+    ) -> Result<Self> {
+        let container = &pod["containers"][0];
+        let volumes: BTreeMap<String, Value> = pod["volumes"]
+            .as_array()
+            .context("volumes")?
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap_or_default().to_owned(), v.clone()))
+            .collect();
+        let mut mounts = Vec::new();
+        for m in container["volumeMounts"]
+            .as_array()
+            .context("volumeMounts")?
+        {
+            let name = m["name"].as_str().context("mount name")?;
+            let dir = volumes_dir.join(name);
+            let volume = volumes.get(name).context("mounted volume")?;
+            if volume["secret"]["optional"] == json!(true) && !secret_exists(kubectl, ns, volume)? {
+                std::fs::create_dir_all(&dir)?;
+            } else {
+                project(kubectl, ns, volume, &dir)?;
+            }
+            let path = m["mountPath"].as_str().context("mountPath")?;
+            mounts.push((path.trim_end_matches('/').to_owned(), dir));
+        }
+        let mut env = Vec::new();
+        for e in container["env"].as_array().context("env")? {
+            let name = e["name"].as_str().context("env name")?.to_owned();
+            let value = match (
+                e["value"].as_str(),
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            ) {
+                (Some(v), _) => v.to_owned(),
+                (None, Some("spec.nodeName")) => "node-1".to_owned(),
+                (None, Some("status.podIP")) => "127.0.0.1".to_owned(),
+                (None, Some("metadata.name")) => "installed-pod".to_owned(),
+                _ => bail!("env {name}: a source this test does not map: {e}"),
+            };
+            env.push((name, value));
+        }
+        let mut args = Vec::new();
+        for arg in container["args"].as_array().context("args")? {
+            let mut arg = arg.as_str().context("arg")?.to_owned();
+            for (path, dir) in &mounts {
+                arg = arg.replace(&format!("={path}/"), &format!("={}/", dir.display()));
+            }
+            for (name, value) in &env {
+                arg = arg.replace(&format!("$({name})"), value);
+            }
+            for (from, to) in listeners {
+                arg = arg.replace(from, to);
+            }
+            ensure!(
+                !arg.contains("0.0.0.0") && !arg.contains("$("),
+                "an arg this test does not map: {arg}"
+            );
+            args.push(arg);
+        }
+        let program = match container["command"][0].as_str() {
+            None => PathBuf::from(BIN),
+            Some(command) => {
+                let name = Path::new(command).file_name().context("command")?;
+                let sibling = Path::new(BIN).with_file_name(name);
+                ensure!(
+                    sibling.is_file(),
+                    "{} is not built (cargo build -p longhorn-guard-agent; scripts/test.sh builds every binary)",
+                    sibling.display()
+                );
+                sibling
+            }
+        };
+        let mut command = cluster.command(&program);
+        command.args(&args).envs(env);
+        std::fs::create_dir_all(volumes_dir)?;
+        let log = volumes_dir.join("container.log");
+        let file = std::fs::File::create(&log)?;
+        let child = Killed(command.stdout(file.try_clone()?).stderr(file).spawn()?);
+        Ok(Self {
+            child,
+            args,
+            log,
+            volumes,
+        })
+    }
+}
+
+/// Whether the Secret of a secret volume exists.
+fn secret_exists(kubectl: &impl Fn() -> Command, ns: &str, volume: &Value) -> Result<bool> {
+    let name = volume["secret"]["secretName"]
+        .as_str()
+        .context("secretName")?;
+    let mut cmd = kubectl();
+    cmd.args([
+        "get",
+        "secret",
+        name,
+        "-n",
+        ns,
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ]);
+    Ok(!run(cmd, "kubectl get secret")?.trim().is_empty())
+}
+
+/// Watches for the deletion of the registration and of the objects it relies on (the webhook's
+/// Deployment and Service), recording the revision of each DELETED event.
+struct Deletions {
+    watches: Vec<(&'static str, tokio::task::JoinHandle<Result<u64>>)>,
+}
+
+impl Deletions {
+    async fn watch(client: kube::Client, ns: &str) -> Result<Self> {
+        use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+        use k8s_openapi::api::apps::v1::Deployment;
+        use k8s_openapi::api::core::v1::Service;
+        let watches = vec![
+            (
+                "registration",
+                deleted(
+                    kube::Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+                    "longhorn-guard",
+                )
+                .await?,
+            ),
+            (
+                "Deployment",
+                deleted(
+                    kube::Api::<Deployment>::namespaced(client.clone(), ns),
+                    "longhorn-guard-webhook",
+                )
+                .await?,
+            ),
+            (
+                "Service",
+                deleted(
+                    kube::Api::<Service>::namespaced(client, ns),
+                    "longhorn-guard-webhook",
+                )
+                .await?,
+            ),
+        ];
+        Ok(Self { watches })
+    }
+
+    async fn collect(self) -> Result<BTreeMap<&'static str, u64>> {
+        let mut order = BTreeMap::new();
+        for (what, watch) in self.watches {
+            let revision = tokio::time::timeout(Duration::from_secs(60), watch)
+                .await
+                .with_context(|| format!("no DELETED event for the {what} within 60 s"))??;
+            order.insert(what, revision?);
+        }
+        Ok(order)
+    }
+}
+
+/// A task that resolves to the revision at which the object `name` is deleted (watching from
+/// its current resourceVersion, so a deletion after this call is not missed).
+async fn deleted<K>(api: kube::Api<K>, name: &str) -> Result<tokio::task::JoinHandle<Result<u64>>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    let current = api.get(name).await?;
+    let version = current
+        .meta()
+        .resource_version
+        .clone()
+        .context("resourceVersion")?;
+    let params = kube::api::WatchParams::default().fields(&format!("metadata.name={name}"));
+    let name = name.to_owned();
+    Ok(tokio::spawn(async move {
+        let mut stream = api.watch(&params, &version).await?.boxed();
+        while let Some(event) = stream.next().await {
+            if let kube::api::WatchEvent::Deleted(obj) = event? {
+                let revision = obj.meta().resource_version.clone().unwrap_or_default();
+                return revision
+                    .parse()
+                    .with_context(|| format!("{name}: resourceVersion {revision}"));
+            }
+        }
+        bail!("the watch of {name} ended before its deletion")
+    }))
+}
+
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -365,61 +576,98 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
         &kubectl,
         &["-n", &guard, "deployment", "longhorn-guard-webhook"],
     )?;
-    let pod = &deploy["spec"]["template"]["spec"];
-    let container = &pod["containers"][0];
-    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
-        .as_array()
-        .context("volumes")?
-        .iter()
-        .map(|v| (v["name"].as_str().unwrap_or_default(), v))
-        .collect();
-    let mut mounts = Vec::new();
-    for m in container["volumeMounts"]
-        .as_array()
-        .context("volumeMounts")?
-    {
-        let name = m["name"].as_str().context("mount name")?;
-        let dir = work.join("volumes").join(name);
-        project(
-            &kubectl,
-            &guard,
-            volumes.get(name).context("mounted volume")?,
-            &dir,
-        )?;
-        mounts.push((
-            m["mountPath"].as_str().context("mountPath")?.to_owned(),
-            dir,
-        ));
-    }
     let (listen, metrics) = (free_port()?, free_port()?);
-    let mut args = Vec::new();
-    for arg in container["args"].as_array().context("args")? {
-        let mut arg = arg.as_str().context("arg")?.to_owned();
-        for (path, dir) in &mounts {
-            arg = arg.replace(&format!("={path}/"), &format!("={}/", dir.display()));
-        }
-        arg = arg
-            .replace("0.0.0.0:8443", &format!("127.0.0.1:{listen}"))
-            .replace("0.0.0.0:9090", &format!("127.0.0.1:{metrics}"));
-        ensure!(
-            !arg.contains("0.0.0.0"),
-            "a listener this test does not map: {arg}"
-        );
-        args.push(arg);
-    }
-    let mut command = cluster.command(BIN);
-    command.args(&args);
-    for e in container["env"].as_array().context("env")? {
-        command.env(
-            e["name"].as_str().context("env name")?,
-            e["value"].as_str().context("env value")?,
-        );
-    }
-    let log = std::fs::File::create(work.join("webhook.log"))?;
-    let mut webhook = Killed(command.stdout(log.try_clone()?).stderr(log).spawn()?);
+    let webhook_pod = Container::run(
+        &cluster,
+        &kubectl,
+        &guard,
+        &deploy["spec"]["template"]["spec"],
+        &work.join("volumes"),
+        &[
+            ("0.0.0.0:8443", format!("127.0.0.1:{listen}")),
+            ("0.0.0.0:9090", format!("127.0.0.1:{metrics}")),
+        ],
+    )?;
+    let volumes = &webhook_pod.volumes;
+    let mut webhook = webhook_pod.child;
     common::wait_until_ready(metrics)
         .await
-        .with_context(|| std::fs::read_to_string(work.join("webhook.log")).unwrap_or_default())?;
+        .with_context(|| std::fs::read_to_string(&webhook_pod.log).unwrap_or_default())?;
+
+    // 3b. The agent as the DaemonSet runs it (the agent-only executable its command names,
+    //     on node "node-1"), then called over mTLS exactly as the installed webhook would call
+    //     it: the webhook's client certificate, CA and agent server name from the Deployment's
+    //     args, all issued by the bootstrap. A client without a certificate is refused.
+    let daemonset = get(
+        &kubectl,
+        &["-n", &guard, "daemonset", "longhorn-guard-agent"],
+    )?;
+    let (agent_grpc, agent_metrics) = (free_port()?, free_port()?);
+    let agent = Container::run(
+        &cluster,
+        &kubectl,
+        &guard,
+        &daemonset["spec"]["template"]["spec"],
+        &work.join("agent-volumes"),
+        &[
+            ("0.0.0.0:9443", format!("127.0.0.1:{agent_grpc}")),
+            ("0.0.0.0:9091", format!("127.0.0.1:{agent_metrics}")),
+        ],
+    )?;
+    common::wait_until_ready(agent_metrics)
+        .await
+        .with_context(|| std::fs::read_to_string(&agent.log).unwrap_or_default())?;
+    let flag = |name: &str| -> Result<String> {
+        let prefix = format!("--{name}=");
+        webhook_pod
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix(&prefix).map(str::to_owned))
+            .with_context(|| format!("the installed webhook has no {prefix}"))
+    };
+    let agent_url = format!("https://127.0.0.1:{agent_grpc}");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .domain_name(flag("agent-server-name")?)
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+            flag("agent-ca")?,
+        )?));
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(flag("agent-client-cert")?)?,
+        std::fs::read(flag("agent-client-key")?)?,
+    );
+    let channel = tonic::transport::Channel::from_shared(agent_url.clone())?
+        .tls_config(tls.clone().identity(identity))?
+        .connect()
+        .await
+        .context("the webhook's client certificate to the installed agent")?;
+    let serving = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .context("health check through the webhook's mTLS identity")?
+        .into_inner()
+        .status;
+    assert_eq!(
+        serving,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let anonymous = async {
+        let channel = tonic::transport::Channel::from_shared(agent_url)?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        anyhow::Ok(())
+    };
+    ensure!(
+        anonymous.await.is_err(),
+        "the installed agent served a client without a certificate"
+    );
 
     // No Service network here: the registration calls the webhook by URL, same caBundle.
     let mut installed_client_config = vwc["webhooks"][0]["clientConfig"].clone();
@@ -638,8 +886,20 @@ async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
         "the webhook restarted or exited on the policy change"
     );
 
-    // 7. helm uninstall removes the registration.
+    // 7. helm uninstall removes the registration, and removes it first: were the webhook's
+    //    Deployment or Service gone while the registration (failurePolicy Fail) still named
+    //    them, every Backup CREATE in between would fail. Order = the etcd revisions of the
+    //    DELETED watch events (one global sequence).
+    let deletions = Deletions::watch(cluster.client(), &guard).await?;
     run(release.0.take().context("release guard")?, "helm uninstall")?;
+    let order = deletions.collect().await?;
+    let registration = order["registration"];
+    for (what, revision) in &order {
+        ensure!(
+            *what == "registration" || registration < *revision,
+            "helm uninstall deleted the webhook's {what} (revision {revision}) before its registration (revision {registration}): {order:?}"
+        );
+    }
     let mut left = kubectl();
     left.args([
         "get",
