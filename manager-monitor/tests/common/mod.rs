@@ -302,6 +302,10 @@ pub fn known_metric_names() -> std::collections::BTreeSet<String> {
         "longhorn_guard_webhook_backups_oldest_non_terminal_age_seconds",
         "longhorn_guard_webhook_doomed_backups",
         "longhorn_guard_webhook_doomed_volume_last_backup_age_seconds",
+        "longhorn_guard_webhook_event_refusals_total",
+        "longhorn_guard_webhook_event_writes_total",
+        "longhorn_guard_webhook_event_series",
+        "longhorn_guard_webhook_policy_longhorn_exemptions",
         // agent (longhorn_guard_agent_*)
         "longhorn_guard_agent_leaked_leases",
         "longhorn_guard_agent_leaked_channels",
