@@ -17,6 +17,13 @@
 //! 3. Soak: N calls with ~30 % injected faults; fds, channels, tasks and RSS before / after.
 //!
 //! Per-call clients are dropped after their call so the machine survives (v1.7.2 leaked them).
+//!
+//! With `--rtt-ms 0.1,0.5,1` (and `--rtt-calls N`, `--rtt-connect-calls N`), instead: for each
+//! round trip, the link emulator (`link-emulator`: half the RTT each way, the TCP handshake's
+//! round trip included) between the agent and a fresh fake engine, and in one run per RTT:
+//! pooled vs the raw shared channel vs the v1.7.2 pattern, clients closed and leaking, on a
+//! plaintext instance manager, then pooled mTLS vs mTLS per call on a TLS one; the RTT achieved
+//! through the emulator (ping-pong) is printed with each. Ends with a Markdown table.
 
 mod common;
 
@@ -89,7 +96,24 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(bench(args()))
+    match common::flag::<String>("--rtt-ms") {
+        Some(list) => {
+            let rtts = list
+                .split(',')
+                .map(|ms| {
+                    ms.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--rtt-ms {list}: {ms:?} is not milliseconds")
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            runtime.block_on(bench_rtt(&rtts))
+        }
+        None => runtime.block_on(bench(args())),
+    }
 }
 
 fn new_fake() -> FakeEngine {
@@ -501,5 +525,166 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     pool.shutdown();
     server.shutdown().await;
+    Ok(())
+}
+
+/// One RTT's figures (calls/s).
+struct RttRow {
+    rtt: Duration,
+    measured_p50: Duration,
+    pooled: f64,
+    raw: f64,
+    closed: f64,
+    leaking: f64,
+    pooled_tls: f64,
+    per_call_tls: f64,
+}
+
+/// The pool bench with the link emulator between the agent and the fake engine, per RTT.
+async fn bench_rtt(rtts: &[Duration]) -> anyhow::Result<()> {
+    use link_emulator::{LinkConfig, LinkEmulator, probe};
+    let calls: usize = common::flag("--rtt-calls").unwrap_or(20_000);
+    let connect_calls: usize = common::flag("--rtt-connect-calls").unwrap_or(2_000);
+    let c: usize = common::flag("--concurrency").unwrap_or(16);
+    let tls_dir = longhorn_tls_files()?;
+    let with_tls_files = PoolConfig {
+        longhorn_tls_dir: Some(tls_dir.clone()),
+        ..bench_pool_config()
+    };
+    let echo = probe::echo_server().await?;
+    println!(
+        "machine: {} cores, load {}; concurrency {c}; {calls} pooled / raw calls, {connect_calls} per-call calls",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    let mut rows = Vec::new();
+    for &rtt in rtts {
+        let ms = rtt.as_secs_f64() * 1000.0;
+        let link_config = LinkConfig::symmetric_rtt(rtt);
+        let echo_link = LinkEmulator::start(echo.local_addr(), link_config.clone()).await?;
+        let measured = probe::ping_pong(echo_link.local_addr(), 64, 50, 500).await?;
+        drop(echo_link);
+        println!(
+            "=== configured RTT {ms:.2} ms; measured through the emulator: {} ===",
+            measured.summary_ms()
+        );
+
+        let fake = new_fake();
+        let server = fake_engine::serve(fake.clone(), "127.0.0.1:0".parse()?).await?;
+        let link = LinkEmulator::start(server.local_addr, link_config.clone()).await?;
+        let endpoint = link.local_addr().to_string();
+        let target = target_for(&endpoint);
+        let pool = LeasePool::new(bench_pool_config(), Arc::new(PoolMetrics::new()))?;
+        let client = EngineClient::new(pool.clone());
+        run_pooled(&client, &target, 500, c).await;
+        let (pooled, failed) = run_pooled(&client, &target, calls, c).await;
+        println!(
+            "pooled:                          {pooled:>8.0} calls/s ({failed} failed); channels opened {}",
+            pool.book().channels_created
+        );
+        let (raw, failed) = run_raw_reused(&endpoint, &target, calls, c).await;
+        println!(
+            "raw shared tonic channel:        {raw:>8.0} calls/s ({failed} failed); pooled / raw {:.2}x",
+            pooled / raw
+        );
+        let mut per_call = Vec::new();
+        for (name, mode) in [
+            ("v1.7.2 pattern, clients closed: ", PerCall::LonghornManager),
+            (
+                "v1.7.2 pattern, leaking:        ",
+                PerCall::LonghornManagerLeaking,
+            ),
+        ] {
+            let before = fake.stats().total_connections;
+            let (rate, failed) =
+                run_per_call(mode, &endpoint, &with_tls_files, &target, connect_calls, c).await;
+            let leaked = LEAKED
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .unwrap_or_default();
+            println!(
+                "{name}{rate:>8.0} calls/s ({failed} failed); connections {}; clients held open {}; RSS {:.1} MiB; pooled / this {:.1}x",
+                fake.stats().total_connections - before,
+                leaked.len(),
+                rss_mib(),
+                pooled / rate
+            );
+            drop(leaked);
+            per_call.push(rate);
+        }
+        pool.shutdown();
+        drop(link);
+        server.shutdown().await;
+
+        let tls_fake = new_fake();
+        let tls_server = fake_engine::serve_tls(
+            tls_fake.clone(),
+            "127.0.0.1:0".parse()?,
+            &FakeTls::longhorn_dir(&tls_dir),
+        )
+        .await?;
+        let tls_link = LinkEmulator::start(tls_server.local_addr, link_config).await?;
+        let tls_endpoint = tls_link.local_addr().to_string();
+        let tls_target = target_for(&tls_endpoint);
+        let tls_pool = LeasePool::new(with_tls_files.clone(), Arc::new(PoolMetrics::new()))?;
+        let tls_client = EngineClient::new(tls_pool.clone());
+        run_pooled(&tls_client, &tls_target, 500, c).await;
+        let (pooled_tls, failed) = run_pooled(&tls_client, &tls_target, calls, c).await;
+        println!(
+            "pooled mTLS (TLS IM):            {pooled_tls:>8.0} calls/s ({failed} failed); TLS handshakes {}",
+            tls_fake.stats().tls_connections
+        );
+        let (per_call_tls, failed) = run_per_call(
+            PerCall::LonghornManager,
+            &tls_endpoint,
+            &with_tls_files,
+            &tls_target,
+            connect_calls,
+            c,
+        )
+        .await;
+        println!(
+            "mTLS+health+call per call:       {per_call_tls:>8.0} calls/s ({failed} failed); pooled mTLS / this {:.1}x",
+            pooled_tls / per_call_tls
+        );
+        tls_pool.shutdown();
+        drop(tls_link);
+        tls_server.shutdown().await;
+        rows.push(RttRow {
+            rtt,
+            measured_p50: measured.quantile(0.5),
+            pooled,
+            raw,
+            closed: per_call[0],
+            leaking: per_call[1],
+            pooled_tls,
+            per_call_tls,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&tls_dir);
+    println!();
+    println!(
+        "| RTT configured (measured p50) | pooled | raw shared channel | pooled / raw | v1.7.2 closed | pooled / closed | v1.7.2 leaking | pooled / leaking | pooled mTLS, TLS IM | mTLS per call | pooled mTLS / per call |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {:.2} ms ({:.3} ms) | {:.0} | {:.0} | {:.2}x | {:.0} | **{:.1}x** | {:.0} | {:.1}x | {:.0} | {:.0} | {:.1}x |",
+            r.rtt.as_secs_f64() * 1000.0,
+            r.measured_p50.as_secs_f64() * 1000.0,
+            r.pooled,
+            r.raw,
+            r.pooled / r.raw,
+            r.closed,
+            r.pooled / r.closed,
+            r.leaking,
+            r.pooled / r.leaking,
+            r.pooled_tls,
+            r.per_call_tls,
+            r.pooled_tls / r.per_call_tls
+        );
+    }
     Ok(())
 }
