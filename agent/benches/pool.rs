@@ -23,7 +23,8 @@
 //! round trip included) between the agent and a fresh fake engine, and in one run per RTT:
 //! pooled vs the raw shared channel vs the v1.7.2 pattern, clients closed and leaking, on a
 //! plaintext instance manager, then pooled mTLS vs mTLS per call on a TLS one; the RTT achieved
-//! through the emulator (ping-pong) is printed with each. Ends with a Markdown table.
+//! through the emulator (ping-pong) is printed with each. Ends with a Markdown table; `--svg PATH`
+//! also writes calls/s against RTT as a plot.
 
 mod common;
 
@@ -664,6 +665,11 @@ async fn bench_rtt(rtts: &[Duration]) -> anyhow::Result<()> {
         });
     }
     let _ = std::fs::remove_dir_all(&tls_dir);
+    if let Some(path) = common::flag::<String>("--svg") {
+        std::fs::write(&path, rtt_svg(&rows))
+            .map_err(|e| anyhow::anyhow!("writing the plot {path}: {e}"))?;
+        println!("plot written to {path}");
+    }
     println!();
     println!(
         "| RTT configured (measured p50) | pooled | raw shared channel | pooled / raw | v1.7.2 closed | pooled / closed | v1.7.2 leaking | pooled / leaking | pooled mTLS, TLS IM | mTLS per call | pooled mTLS / per call |"
@@ -687,4 +693,95 @@ async fn bench_rtt(rtts: &[Duration]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A plotted line: name, colour, value.
+type Series = (&'static str, &'static str, fn(&RttRow) -> f64);
+
+/// calls/s against RTT, one line per pattern, as a dependency-free SVG.
+fn rtt_svg(rows: &[RttRow]) -> String {
+    let series: [Series; 6] = [
+        ("pooled (plaintext IM)", "#1f77b4", |r| r.pooled),
+        ("raw shared channel (plaintext IM)", "#17becf", |r| r.raw),
+        ("v1.7.2 pattern, clients closed", "#d62728", |r| r.closed),
+        ("v1.7.2 pattern, leaking", "#ff7f0e", |r| r.leaking),
+        ("pooled mTLS (TLS IM)", "#2ca02c", |r| r.pooled_tls),
+        ("mTLS per call (TLS IM)", "#9467bd", |r| r.per_call_tls),
+    ];
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 250.0, 30.0, 50.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let x_max = rows
+        .iter()
+        .map(|r| r.rtt.as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max)
+        .max(0.1);
+    let y_top = rows
+        .iter()
+        .flat_map(|r| series.iter().map(move |(_, _, f)| f(r)))
+        .fold(0.0, f64::max);
+    let step = 10f64.powf((y_top.max(1.0) / 5.0).log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * step)
+        .find(|s| y_top / s <= 6.0)
+        .unwrap_or(step * 10.0);
+    let y_max = (y_top / step).ceil() * step;
+    let x = |ms: f64| left + pw * ms / x_max;
+    let y = |v: f64| top + ph * (1.0 - v / y_max);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"14\">Agent pool through the link emulator: SnapshotList calls/s against RTT (16 callers)</text>\n"
+    );
+    let mut tick = 0.0;
+    while tick <= y_max + step / 2.0 {
+        svg += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.0}</text>\n",
+            left + pw,
+            left - 6.0,
+            y(tick) + 4.0,
+            y0 = y(tick)
+        );
+        tick += step;
+    }
+    for r in rows {
+        let ms = r.rtt.as_secs_f64() * 1000.0;
+        svg += &format!(
+            "<line x1=\"{x0:.1}\" x2=\"{x0:.1}\" y1=\"{top}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{x0:.1}\" y=\"{}\" text-anchor=\"middle\">{ms}</text>\n",
+            top + ph,
+            top + ph + 18.0,
+            x0 = x(ms)
+        );
+    }
+    svg += &format!(
+        "<line x1=\"{left}\" x2=\"{left}\" y1=\"{top}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{left}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">configured round trip (ms)</text>\n<text transform=\"translate(16 {}) rotate(-90)\" text-anchor=\"middle\">calls/s</text>\n",
+        top + ph,
+        left + pw,
+        top + ph,
+        top + ph,
+        left + pw / 2.0,
+        h - 10.0,
+        top + ph / 2.0
+    );
+    for (i, (name, colour, value)) in series.iter().enumerate() {
+        let points: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{:.1},{:.1}", x(r.rtt.as_secs_f64() * 1000.0), y(value(r))))
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            points.join(" ")
+        );
+        for p in &points {
+            let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
+            svg += &format!("<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{colour}\"/>\n");
+        }
+        let ly = top + 10.0 + 20.0 * i as f64;
+        svg += &format!(
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{colour}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{name}</text>\n",
+            left + pw + 12.0,
+            left + pw + 32.0,
+            left + pw + 38.0,
+            ly + 4.0
+        );
+    }
+    svg + "</svg>\n"
 }
