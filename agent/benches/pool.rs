@@ -665,11 +665,6 @@ async fn bench_rtt(rtts: &[Duration]) -> anyhow::Result<()> {
         });
     }
     let _ = std::fs::remove_dir_all(&tls_dir);
-    if let Some(path) = common::flag::<String>("--svg") {
-        std::fs::write(&path, rtt_svg(&rows))
-            .map_err(|e| anyhow::anyhow!("writing the plot {path}: {e}"))?;
-        println!("plot written to {path}");
-    }
     println!();
     println!(
         "| RTT configured (measured p50) | pooled | raw shared channel | pooled / raw | v1.7.2 closed | pooled / closed | v1.7.2 leaking | pooled / leaking | pooled mTLS, TLS IM | mTLS per call | pooled mTLS / per call |"
@@ -691,6 +686,11 @@ async fn bench_rtt(rtts: &[Duration]) -> anyhow::Result<()> {
             r.per_call_tls,
             r.pooled_tls / r.per_call_tls
         );
+    }
+    if let Some(path) = common::flag::<String>("--svg") {
+        std::fs::write(&path, rtt_svg(&rows))
+            .map_err(|e| anyhow::anyhow!("writing the plot {path}: {e}"))?;
+        println!("plot written to {path}");
     }
     Ok(())
 }
