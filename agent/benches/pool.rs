@@ -688,7 +688,7 @@ async fn bench_rtt(rtts: &[Duration]) -> anyhow::Result<()> {
         );
     }
     if let Some(path) = common::flag::<String>("--svg") {
-        std::fs::write(&path, rtt_svg(&rows))
+        std::fs::write(&path, rtt_svg(&rows, c))
             .map_err(|e| anyhow::anyhow!("writing the plot {path}: {e}"))?;
         println!("plot written to {path}");
     }
@@ -699,7 +699,7 @@ async fn bench_rtt(rtts: &[Duration]) -> anyhow::Result<()> {
 type Series = (&'static str, &'static str, fn(&RttRow) -> f64);
 
 /// calls/s against RTT, one line per pattern, as a dependency-free SVG.
-fn rtt_svg(rows: &[RttRow]) -> String {
+fn rtt_svg(rows: &[RttRow], callers: usize) -> String {
     let series: [Series; 6] = [
         ("pooled (plaintext IM)", "#1f77b4", |r| r.pooled),
         ("raw shared channel (plaintext IM)", "#17becf", |r| r.raw),
@@ -729,7 +729,7 @@ fn rtt_svg(rows: &[RttRow]) -> String {
     let x = |ms: f64| left + pw * ms / x_max;
     let y = |v: f64| top + ph * (1.0 - v / y_max);
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"14\">Agent pool through the link emulator: SnapshotList calls/s against RTT (16 callers)</text>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"14\">Agent pool through the link emulator: SnapshotList calls/s against RTT ({callers} callers)</text>\n"
     );
     let mut tick = 0.0;
     while tick <= y_max + step / 2.0 {

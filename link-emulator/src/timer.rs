@@ -1,8 +1,8 @@
 //! Sub-millisecond waits. tokio's timer ticks in whole milliseconds, too coarse for a 0.05 ms
 //! one-way delay, so deadlines go to one dedicated thread per emulator that keeps them in a heap
 //! and sleeps on a futex until the earliest. The kernel adds its timer slack (~50 µs) to every
-//! such sleep; the thread measures that overshoot at start and wakes that much early, then spins
-//! the few remaining microseconds. Spinning only ever covers that last stretch, so an idle or
+//! such sleep, and more under load; the thread measures that overshoot at start, keeps an average
+//! of the overshoots it sees, wakes that much early, then spins the few remaining microseconds. Spinning only ever covers that last stretch, so an idle or
 //! slow link costs no CPU.
 
 use std::cmp::Reverse;
@@ -82,7 +82,7 @@ fn calibrate_lead(incoming: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>) -> 
     lead
 }
 
-fn run(incoming: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>, lead: Duration) {
+fn run(incoming: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>, mut lead: Duration) {
     let mut heap: BinaryHeap<Reverse<Deadline>> = BinaryHeap::new();
     let mut seq = 0u64;
     loop {
@@ -99,7 +99,13 @@ fn run(incoming: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>, lead: Duration
             },
             Some(left) if left > lead => match incoming.recv_timeout(left - lead) {
                 Ok(request) => Some(request),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Track how late the kernel wakes us (it varies with the sleep's length and
+                    // the machine's load): an average of the recent overshoots.
+                    let late = now.elapsed().saturating_sub(left - lead);
+                    lead = ((lead * 7 + late) / 8).min(MAX_LEAD);
+                    None
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             },
             Some(_) => match incoming.try_recv() {
