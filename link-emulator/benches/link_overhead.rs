@@ -68,12 +68,17 @@ async fn main() -> anyhow::Result<()> {
     let zero = LinkEmulator::start(echo.local_addr(), LinkConfig::default()).await?;
     println!(
         "1-byte ping-pong, {samples} samples after 100 warm-up, one connection (load: {})",
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     let direct = ping_pong(echo.local_addr(), 1, 100, samples).await?;
     println!("direct to the echo server:       {}", direct.summary_ms());
     let through_plain = ping_pong(plain.local_addr(), 1, 100, samples).await?;
-    println!("plain proxy (copy_bidirectional): {}", through_plain.summary_ms());
+    println!(
+        "plain proxy (copy_bidirectional): {}",
+        through_plain.summary_ms()
+    );
     let through_zero = ping_pong(zero.local_addr(), 1, 100, samples).await?;
     println!(
         "emulator, 0 delay:               {}; overhead vs plain proxy p50 {:+.3} ms",
