@@ -170,6 +170,28 @@ fn longhorn_tls_files() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// A fake engine served over TLS as an instance manager with Longhorn's files in `tls_dir`.
+async fn tls_fake_engine(
+    tls_dir: &std::path::Path,
+) -> anyhow::Result<(FakeEngine, fake_engine::RunningServer)> {
+    let fake = new_fake();
+    let server = fake_engine::serve_tls(
+        fake.clone(),
+        "127.0.0.1:0".parse()?,
+        &FakeTls::longhorn_dir(tls_dir),
+    )
+    .await?;
+    Ok((fake, server))
+}
+
+/// Takes the clients the leaking baseline held (they close when the returned Vec is dropped).
+fn take_leaked() -> Vec<tonic::transport::Channel> {
+    LEAKED
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default()
+}
+
 fn bench_pool_config() -> PoolConfig {
     PoolConfig {
         max_leases_per_endpoint: 32,
@@ -366,10 +388,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         let before = fake.stats().total_connections;
         let (rate, failed) =
             run_per_call(mode, &endpoint, config, &target, args.connect_calls, c).await;
-        let leaked = LEAKED
-            .lock()
-            .map(|mut l| std::mem::take(&mut *l))
-            .unwrap_or_default();
+        let leaked = take_leaked();
         let held = if leaked.is_empty() {
             String::new()
         } else {
@@ -390,13 +409,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
 
     println!("--- TLS instance manager (longhorn-grpc-tls on both sides) ---");
-    let tls_fake = new_fake();
-    let tls_server = fake_engine::serve_tls(
-        tls_fake.clone(),
-        "127.0.0.1:0".parse()?,
-        &FakeTls::longhorn_dir(&tls_dir),
-    )
-    .await?;
+    let (tls_fake, tls_server) = tls_fake_engine(&tls_dir).await?;
     let tls_endpoint = tls_server.local_addr.to_string();
     let tls_target = target_for(&tls_endpoint);
     let tls_pool = LeasePool::new(with_tls_files.clone(), Arc::new(PoolMetrics::new()))?;
@@ -601,10 +614,7 @@ async fn bench_rtt(rtts: &[Duration]) -> anyhow::Result<()> {
             let before = fake.stats().total_connections;
             let (rate, failed) =
                 run_per_call(mode, &endpoint, &with_tls_files, &target, connect_calls, c).await;
-            let leaked = LEAKED
-                .lock()
-                .map(|mut l| std::mem::take(&mut *l))
-                .unwrap_or_default();
+            let leaked = take_leaked();
             println!(
                 "{name}{rate:>8.0} calls/s ({failed} failed); connections {}; clients held open {}; RSS {:.1} MiB; pooled / this {:.1}x",
                 fake.stats().total_connections - before,
@@ -619,13 +629,7 @@ async fn bench_rtt(rtts: &[Duration]) -> anyhow::Result<()> {
         drop(link);
         server.shutdown().await;
 
-        let tls_fake = new_fake();
-        let tls_server = fake_engine::serve_tls(
-            tls_fake.clone(),
-            "127.0.0.1:0".parse()?,
-            &FakeTls::longhorn_dir(&tls_dir),
-        )
-        .await?;
+        let (tls_fake, tls_server) = tls_fake_engine(&tls_dir).await?;
         let tls_link = LinkEmulator::start(tls_server.local_addr, link_config).await?;
         let tls_endpoint = tls_link.local_addr().to_string();
         let tls_target = target_for(&tls_endpoint);

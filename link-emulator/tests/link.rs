@@ -21,6 +21,24 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
     }
 }
 
+/// A loopback upstream that accepts one connection and runs `serve` on it.
+async fn serve_one<F, Fut, T>(
+    serve: F,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<T>>)>
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<T>> + Send,
+    T: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await?;
+        serve(stream).await
+    });
+    Ok((upstream, server))
+}
+
 fn jittery(delay_us: u64, jitter_us: u64) -> Direction {
     Direction {
         delay: Duration::from_micros(delay_us),
@@ -74,15 +92,13 @@ async fn jitter_larger_than_the_gaps_between_writes_never_reorders_bytes() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_takes_at_least_its_size_over_the_bandwidth() -> TestResult {
     // upstream counts bytes to EOF, then answers with the count
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let upstream = listener.local_addr()?;
-    let sink = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await?;
+    let (upstream, sink) = serve_one(|mut stream| async move {
         let mut all = Vec::new();
         stream.read_to_end(&mut all).await?;
         stream.write_all(&(all.len() as u64).to_be_bytes()).await?;
-        Ok::<_, std::io::Error>(all)
-    });
+        Ok(all)
+    })
+    .await?;
     let rate = 400_000u64; // bytes per second
     let config = LinkConfig {
         to_upstream: Direction {
@@ -114,10 +130,7 @@ async fn a_transfer_takes_at_least_its_size_over_the_bandwidth() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_crosses_the_link_in_both_directions() -> TestResult {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let upstream = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await?;
+    let (upstream, server) = serve_one(|mut stream| async move {
         // reads the request to EOF: only possible if the client's FIN crossed the link
         let mut request = Vec::new();
         stream.read_to_end(&mut request).await?;
@@ -125,8 +138,9 @@ async fn half_close_crosses_the_link_in_both_directions() -> TestResult {
         stream.write_all(b"answer to ").await?;
         stream.write_all(&request).await?;
         stream.shutdown().await?;
-        Ok::<_, std::io::Error>(request)
-    });
+        Ok(request)
+    })
+    .await?;
     let link = LinkEmulator::start(
         upstream,
         LinkConfig::symmetric_rtt(Duration::from_micros(400)),
@@ -144,16 +158,14 @@ async fn half_close_crosses_the_link_in_both_directions() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_half_close_first_leaves_the_client_able_to_send() -> TestResult {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let upstream = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await?;
+    let (upstream, server) = serve_one(|mut stream| async move {
         stream.write_all(b"banner").await?;
         stream.shutdown().await?;
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).await?;
-        Ok::<_, std::io::Error>(rest)
-    });
+        Ok(rest)
+    })
+    .await?;
     let link = LinkEmulator::start(
         upstream,
         LinkConfig::symmetric_rtt(Duration::from_micros(200)),
@@ -171,16 +183,14 @@ async fn server_half_close_first_leaves_the_client_able_to_send() -> TestResult 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_reset_reaches_the_client_as_a_reset() -> TestResult {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let upstream = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await?;
+    let (upstream, server) = serve_one(|mut stream| async move {
         let mut hello = [0u8; 5];
         stream.read_exact(&mut hello).await?;
         stream.set_zero_linger()?;
         drop(stream); // RST
-        Ok::<_, std::io::Error>(())
-    });
+        Ok(())
+    })
+    .await?;
     let link = LinkEmulator::start(
         upstream,
         LinkConfig::symmetric_rtt(Duration::from_micros(200)),
