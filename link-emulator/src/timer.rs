@@ -123,3 +123,40 @@ fn run(incoming: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>, mut lead: Dura
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sub_millisecond_waits_never_end_before_their_deadline() {
+        let timer = PreciseTimer::start().expect("the timer thread starts");
+        for i in 0..200u64 {
+            let deadline = Instant::now() + Duration::from_micros(20 + 7 * i);
+            timer.sleep_until(deadline).await;
+            let now = Instant::now();
+            assert!(now >= deadline, "woke {:?} early", deadline - now);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_waits_each_end_after_their_own_deadline() {
+        let timer = PreciseTimer::start().expect("the timer thread starts");
+        let start = Instant::now();
+        // deadlines handed over out of order: the heap must wake each at its own
+        let waits = (0..64u64).map(|i| {
+            let timer = timer.clone();
+            let deadline = start + Duration::from_micros(((i * 37) % 64) * 25);
+            tokio::spawn(async move {
+                timer.sleep_until(deadline).await;
+                Instant::now() >= deadline
+            })
+        });
+        for wait in waits {
+            assert!(
+                wait.await.expect("the wait task completes"),
+                "a wait ended early"
+            );
+        }
+    }
+}

@@ -352,3 +352,14 @@ async fn everything_listens_on_loopback_and_stops_on_drop() -> TestResult {
     .await;
     Ok(())
 }
+
+#[test]
+fn the_binary_names_a_bad_flag_value_and_exits_non_zero() -> TestResult {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_link-emulator"))
+        .args(["--upstream", "127.0.0.1:9", "--rtt-ms=-1"])
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--rtt-ms -1"), "{stderr}");
+    Ok(())
+}
