@@ -23,7 +23,7 @@ ensure_packages python3 curl jq openssl
 ensure_rust
 bash "${CP}/build.sh" >/dev/null
 log "building longhorn-guard (release)"
-cargo build --locked --release -p longhorn-guard >&2
+cargo build --locked --release -p longhorn-guard --features demo >&2
 BIN="${CARGO_TARGET_DIR:-${ROOT}/target}/release/longhorn-guard"
 
 log "running: longhorn-guard demo $*"

@@ -46,6 +46,7 @@ enum Command {
     Certs(longhorn_guard_certs::CertsCommand),
     /// Replay the Longhorn v1.7.2 Backup storm without and with the guard on a local
     /// control plane (or the cluster of --kubeconfig) and report side by side.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
 }
 
@@ -62,6 +63,7 @@ struct KubeArgs {
     context: Option<String>,
 }
 
+#[cfg(feature = "demo")]
 #[derive(clap::Args)]
 struct DemoArgs {
     /// Backups the storm creates.
@@ -265,6 +267,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => block_on(run_prune(args, kube)),
         Command::Crds => print_crds(),
         Command::Certs(cmd) => block_on(run_certs(cmd, kube)),
+        #[cfg(feature = "demo")]
         Command::Demo(a) => block_on(async move {
             let report = longhorn_guard_demo::run(longhorn_guard_demo::DemoOptions {
                 backups: a.backups,
