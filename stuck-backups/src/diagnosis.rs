@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use longhorn_types::{Backup, BackupState, Engine};
+use longhorn_types::{Backup, BackupState, BackupStatus, Engine, Snapshot};
 use serde::Serialize;
 
 use crate::ClusterState;
@@ -307,70 +307,12 @@ pub fn diagnose_one(
         .unwrap_or_default();
     let engine_says = EngineSays::of(engine, &snapshot_name);
 
-    let mut reasons = Vec::new();
-    if !snapshot_name.is_empty() {
-        match snapshot {
-            None => reasons.push(StuckReason::SnapshotMissing),
-            Some(s) => {
-                if s.mark_removed() {
-                    reasons.push(StuckReason::SnapshotMarkedRemoved);
-                }
-                // Engine-status evidence counts only when the Snapshot object agrees: Longhorn
-                // itself says it lost it, or the object says it was taken (readyToUse) and the
-                // engine status, listed after the Snapshots (`ClusterState::fetch`), no longer
-                // has it. Absent while not ready is a snapshot still being taken.
-                // The engine asked is the Backup's volume's: it says nothing about a Snapshot of
-                // another volume.
-                let engine_lacks = engine_says == EngineSays::Lacks
-                    && s.volume()
-                        .is_none_or(|sv| volume.is_empty() || sv == volume);
-                if s.lost_in_engine() || (engine_lacks && s.ready_to_use()) {
-                    reasons.push(StuckReason::SnapshotLostInEngine {
-                        engine: engine_name.clone(),
-                    });
-                } else if engine_lacks {
-                    reasons.push(StuckReason::SnapshotNotInEngineYet {
-                        engine: engine_name.clone(),
-                    });
-                }
-                if let Some(sv) = s.volume()
-                    && !volume.is_empty()
-                    && sv != volume
-                {
-                    reasons.push(StuckReason::SnapshotOfOtherVolume {
-                        snapshot_volume: sv.to_string(),
-                    });
-                }
-            }
-        }
-        // The engine still has it: whatever the object says, the snapshot is not gone.
-        if engine_says == EngineSays::Lists && reasons.iter().any(StuckReason::snapshot_gone) {
-            reasons.retain(|r| !r.snapshot_gone());
-            reasons.push(StuckReason::SnapshotStillInEngine {
-                engine: engine_name.clone(),
-            });
-        }
-    }
-    if !volume.is_empty() && !state.volumes.contains_key(&volume) {
-        reasons.push(StuckReason::VolumeMissing);
-    }
-    // 1.8+: the Backup's own target (label, else status.backupTargetName); 1.7: `default`.
-    let target = backup
-        .backup_target()
-        .unwrap_or(longhorn_types::DEFAULT_BACKUP_TARGET)
-        .to_string();
-    if !state.targets.get(&target).is_some_and(|t| t.available()) {
-        reasons.push(StuckReason::BackupTargetUnavailable { target });
-    }
-    if reasons.is_empty() {
-        let message = status
-            .messages
-            .as_ref()
-            .and_then(|m| m.get("info"))
-            .cloned()
-            .unwrap_or_else(|| status.error.clone());
-        reasons.push(StuckReason::Waiting { message });
-    }
+    let mut reasons = if snapshot_name.is_empty() {
+        Vec::new()
+    } else {
+        snapshot_reasons(snapshot, &volume, engine_says, &engine_name)
+    };
+    add_volume_and_target_reasons(state, backup, &volume, &status, &mut reasons);
 
     // No creationTimestamp reads as age 0: never old enough to prune.
     let age_seconds = backup
@@ -415,6 +357,90 @@ pub fn diagnose_one(
         reasons,
         evidence,
     }
+}
+
+/// The volume and the backup target the Backup needs; a Backup with no reason at all is
+/// `Waiting` (with Longhorn's own message).
+fn add_volume_and_target_reasons(
+    state: &ClusterState,
+    backup: &Backup,
+    volume: &str,
+    status: &BackupStatus,
+    reasons: &mut Vec<StuckReason>,
+) {
+    if !volume.is_empty() && !state.volumes.contains_key(volume) {
+        reasons.push(StuckReason::VolumeMissing);
+    }
+    // 1.8+: the Backup's own target (label, else status.backupTargetName); 1.7: `default`.
+    let target = backup
+        .backup_target()
+        .unwrap_or(longhorn_types::DEFAULT_BACKUP_TARGET)
+        .to_string();
+    if !state.targets.get(&target).is_some_and(|t| t.available()) {
+        reasons.push(StuckReason::BackupTargetUnavailable { target });
+    }
+    if reasons.is_empty() {
+        let message = status
+            .messages
+            .as_ref()
+            .and_then(|m| m.get("info"))
+            .cloned()
+            .unwrap_or_else(|| status.error.clone());
+        reasons.push(StuckReason::Waiting { message });
+    }
+}
+
+/// What the Snapshot object and the engine of the Backup's volume say about the Backup's
+/// snapshot (`snapshot`: the object, `None` when it is gone).
+fn snapshot_reasons(
+    snapshot: Option<&Snapshot>,
+    volume: &str,
+    engine_says: EngineSays,
+    engine_name: &str,
+) -> Vec<StuckReason> {
+    let mut reasons = Vec::new();
+    match snapshot {
+        None => reasons.push(StuckReason::SnapshotMissing),
+        Some(s) => {
+            if s.mark_removed() {
+                reasons.push(StuckReason::SnapshotMarkedRemoved);
+            }
+            // Engine-status evidence counts only when the Snapshot object agrees: Longhorn
+            // itself says it lost it, or the object says it was taken (readyToUse) and the
+            // engine status, listed after the Snapshots (`ClusterState::fetch`), no longer
+            // has it. Absent while not ready is a snapshot still being taken.
+            // The engine asked is the Backup's volume's: it says nothing about a Snapshot of
+            // another volume.
+            let engine_lacks = engine_says == EngineSays::Lacks
+                && s.volume()
+                    .is_none_or(|sv| volume.is_empty() || sv == volume);
+            if s.lost_in_engine() || (engine_lacks && s.ready_to_use()) {
+                reasons.push(StuckReason::SnapshotLostInEngine {
+                    engine: engine_name.to_string(),
+                });
+            } else if engine_lacks {
+                reasons.push(StuckReason::SnapshotNotInEngineYet {
+                    engine: engine_name.to_string(),
+                });
+            }
+            if let Some(sv) = s.volume()
+                && !volume.is_empty()
+                && sv != volume
+            {
+                reasons.push(StuckReason::SnapshotOfOtherVolume {
+                    snapshot_volume: sv.to_string(),
+                });
+            }
+        }
+    }
+    // The engine still has it: whatever the object says, the snapshot is not gone.
+    if engine_says == EngineSays::Lists && reasons.iter().any(StuckReason::snapshot_gone) {
+        reasons.retain(|r| !r.snapshot_gone());
+        reasons.push(StuckReason::SnapshotStillInEngine {
+            engine: engine_name.to_string(),
+        });
+    }
+    reasons
 }
 
 /// `BackupState::label` back to the string Longhorn writes.
