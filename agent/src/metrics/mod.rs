@@ -5,147 +5,31 @@
 //! and `channels_active` are exact counts; whether a lease or channel is *leaked* is decided by
 //! the sweep of the pool's live set ([`crate::LeasePool`]), which looks at each lease's deadline
 //! and each channel's liveness, not at the counters.
+//!
+//! [`labels`] holds the label sets, [`collectors`] what is read at scrape time.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
-    LabelValueEncoder,
-};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// Latency buckets in seconds, resolving sub-millisecond calls (loopback) up to the 30 s cap.
-pub const LATENCY_BUCKETS_SECONDS: [f64; 18] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
-];
+mod collectors;
+mod labels;
 
-/// Why a pooled channel was closed.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum CloseReason {
-    Idle,
-    MaxAge,
-    TransportError,
-    Shutdown,
-}
-
-impl CloseReason {
-    pub const ALL: [CloseReason; 4] = [
-        CloseReason::Idle,
-        CloseReason::MaxAge,
-        CloseReason::TransportError,
-        CloseReason::Shutdown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Idle => "idle",
-            CloseReason::MaxAge => "max_age",
-            CloseReason::TransportError => "transport_error",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-}
-
-/// How a lease ended.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum LeaseOutcome {
-    Ok,
-    Error,
-    Deadline,
-    Cancelled,
-    Panic,
-}
-
-impl LeaseOutcome {
-    pub const ALL: [LeaseOutcome; 5] = [
-        LeaseOutcome::Ok,
-        LeaseOutcome::Error,
-        LeaseOutcome::Deadline,
-        LeaseOutcome::Cancelled,
-        LeaseOutcome::Panic,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeaseOutcome::Ok => "ok",
-            LeaseOutcome::Error => "error",
-            LeaseOutcome::Deadline => "deadline",
-            LeaseOutcome::Cancelled => "cancelled",
-            LeaseOutcome::Panic => "panic",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-macro_rules! label_value_as_str {
-    ($t:ty) => {
-        impl EncodeLabelValue for $t {
-            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-                encoder.write_str(self.as_str())
-            }
-        }
-    };
-}
-label_value_as_str!(CloseReason);
-label_value_as_str!(LeaseOutcome);
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CloseLabels {
-    pub reason: CloseReason,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: LeaseOutcome,
-}
-
-/// `endpoint` is an instance manager's `ip:port`: bounded by the number of nodes.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
-    pub endpoint: String,
-}
-
-/// `method` is an engine-proxy RPC name, `code` a gRPC status code name: both closed sets.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
-    pub method: &'static str,
-    pub code: &'static str,
-}
-
-/// Snake-case name of a gRPC code, for labels.
-pub fn code_label(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "ok",
-        Cancelled => "cancelled",
-        Unknown => "unknown",
-        InvalidArgument => "invalid_argument",
-        DeadlineExceeded => "deadline_exceeded",
-        NotFound => "not_found",
-        AlreadyExists => "already_exists",
-        PermissionDenied => "permission_denied",
-        ResourceExhausted => "resource_exhausted",
-        FailedPrecondition => "failed_precondition",
-        Aborted => "aborted",
-        OutOfRange => "out_of_range",
-        Unimplemented => "unimplemented",
-        Internal => "internal",
-        Unavailable => "unavailable",
-        DataLoss => "data_loss",
-        Unauthenticated => "unauthenticated",
-    }
-}
+use collectors::LeakCheckCollector;
+pub(crate) use collectors::encode_const_counter;
+pub use collectors::{
+    AGENT_PREFIX, ProcessCollector, agent_registry, encode_registry, process_open_fds,
+    process_resident_memory_bytes,
+};
+pub use labels::{
+    CallLabels, CloseLabels, CloseReason, EndpointLabels, LATENCY_BUCKETS_SECONDS, LeaseOutcome,
+    OutcomeLabels, code_label,
+};
 
 /// Exact counts, changed only under the lock together with the exported metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -428,160 +312,6 @@ impl PoolMetrics {
             metrics: Arc::clone(self),
         }));
     }
-}
-
-/// The last leak sweep's result (see [`crate::LeasePool`]), read from the book at scrape time.
-#[derive(Debug)]
-struct LeakCheckCollector {
-    metrics: Arc<PoolMetrics>,
-}
-
-impl Collector for LeakCheckCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let book = self.metrics.snapshot();
-        encode_const_gauge(
-            &mut encoder,
-            "leaked_leases",
-            "Engine-proxy leases the last sweep found still held past their deadline + leak grace (a call future neither polled nor dropped); must be 0",
-            None,
-            book.leaked_leases as i64,
-        )?;
-        encode_const_gauge(
-            &mut encoder,
-            "leaked_lease_oldest_age",
-            "Time since the oldest leaked lease was acquired; 0 when none is leaked",
-            Some(&Unit::Seconds),
-            book.leaked_lease_oldest_age.as_secs_f64(),
-        )?;
-        encode_const_gauge(
-            &mut encoder,
-            "leaked_channels",
-            "Engine-proxy channels the last sweep found still open max-lease + leak grace after the pool closed them, or older than max-age + max-lease + leak grace; must be 0",
-            None,
-            book.leaked_channels as i64,
-        )?;
-        encode_const_gauge(
-            &mut encoder,
-            "leaked_channel_oldest_age",
-            "Time since the oldest leaked channel was opened; 0 when none is leaked",
-            Some(&Unit::Seconds),
-            book.leaked_channel_oldest_age.as_secs_f64(),
-        )?;
-        for (name, help, value) in [
-            (
-                "leaked_leases_detected",
-                "Distinct leases ever found leaked by the sweep",
-                book.leaked_leases_detected,
-            ),
-            (
-                "leaked_channels_detected",
-                "Distinct channels ever found leaked by the sweep",
-                book.leaked_channels_detected,
-            ),
-            (
-                "leak_sweeps",
-                "Sweeps of the live leases and channels for leaks",
-                book.leak_sweeps,
-            ),
-        ] {
-            encode_const_counter(&mut encoder, name, help, value)?;
-        }
-        Ok(())
-    }
-}
-
-/// Open file descriptors and resident memory of this process, read from /proc at scrape time.
-#[derive(Debug, Default)]
-pub struct ProcessCollector;
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if let Some(fds) = process_open_fds() {
-            encode_const_gauge(
-                &mut encoder,
-                "process_open_fds",
-                "Open file descriptors of the agent process (/proc/self/fd)",
-                None,
-                fds as i64,
-            )?;
-        }
-        if let Some(rss) = process_resident_memory_bytes() {
-            encode_const_gauge(
-                &mut encoder,
-                "process_resident_memory",
-                "Resident set size of the agent process (VmRSS in /proc/self/status)",
-                Some(&Unit::Bytes),
-                rss as i64,
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// One counter family `name` (`_total` is appended) with one sample, for collectors.
-pub(crate) fn encode_const_counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    let counter = ConstCounter::new(value);
-    let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-    counter.encode(metric)
-}
-
-fn encode_const_gauge<N: EncodeGaugeValue>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: N,
-) -> Result<(), std::fmt::Error> {
-    let gauge = ConstGauge::new(value);
-    let metric_encoder = encoder.encode_descriptor(name, help, unit, gauge.metric_type())?;
-    gauge.encode(metric_encoder)
-}
-
-/// Number of entries in /proc/self/fd (None off Linux).
-pub fn process_open_fds() -> Option<usize> {
-    std::fs::read_dir("/proc/self/fd")
-        .ok()
-        .map(|dir| dir.count())
-}
-
-/// VmRSS of /proc/self/status in bytes (None off Linux).
-pub fn process_resident_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
-/// Prefix of every metric the agent itself exports.
-pub const AGENT_PREFIX: &str = "longhorn_guard_agent";
-
-/// Builds the agent's root registry: unprefixed, with the agent's own metrics in a
-/// `longhorn_guard_agent` sub-registry, so that embedded components (the longhorn-manager
-/// monitor registers `longhorn_guard_manager_*`) can register their own prefix beside it.
-pub fn agent_registry(pool: &Arc<PoolMetrics>) -> Registry {
-    let mut root = Registry::default();
-    let agent = root.sub_registry_with_prefix(AGENT_PREFIX);
-    pool.register(agent);
-    agent.register_collector(Box::new(ProcessCollector));
-    root
-}
-
-/// OpenMetrics text of `registry`.
-pub fn encode_registry(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)?;
-    Ok(out)
 }
 
 #[cfg(test)]
