@@ -114,58 +114,43 @@ fn main() {
     }
     println!("ready pid={} http={http_port}", std::process::id());
 
-    let mut held: Vec<(u16, TcpStream)> = Vec::new();
-    let mut memory: Vec<Vec<u8>> = Vec::new();
+    let mut process = Process {
+        fake,
+        held: Vec::new(),
+        memory: Vec::new(),
+    };
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
+        let reply = process.command(&line);
+        println!("{reply}");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// What the fake manager holds on behalf of the test driving it over stdin.
+struct Process {
+    fake: Arc<Fake>,
+    /// Open TCP connections by destination port (a leak the test makes).
+    held: Vec<(u16, TcpStream)>,
+    memory: Vec<Vec<u8>>,
+}
+
+impl Process {
+    /// One stdin command (`connect ADDR:PORT N`, `drop PORT N`, `grow MIB`, `threads N`,
+    /// `goroutines N`, `proxy N`, `exit`) and its one-line reply.
+    fn command(&mut self, line: &str) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
         let number = |i: usize| words.get(i).and_then(|w| w.parse::<i64>().ok());
-        let reply = match words.as_slice() {
-            ["connect", addr, _] => match (
-                number(2),
-                addr.rsplit_once(':')
-                    .and_then(|(_, p)| p.parse::<u16>().ok()),
-            ) {
-                (Some(n), Some(port)) => {
-                    let mut err = None;
-                    for _ in 0..n {
-                        match TcpStream::connect(addr) {
-                            Ok(s) => held.push((port, s)),
-                            Err(e) => {
-                                err = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    match err {
-                        None => format!("ok held={}", held.len()),
-                        Some(e) => format!("err connect {addr}: {e}"),
-                    }
-                }
-                _ => "err usage: connect ADDR:PORT N".to_owned(),
-            },
-            ["drop", port, _] => match (port.parse::<u16>().ok(), number(2)) {
-                (Some(port), Some(n)) => {
-                    let mut left = n;
-                    held.retain(|(p, _)| {
-                        if *p == port && left > 0 {
-                            left -= 1;
-                            false
-                        } else {
-                            true
-                        }
-                    });
-                    format!("ok held={}", held.len())
-                }
-                _ => "err usage: drop PORT N".to_owned(),
-            },
+        match words.as_slice() {
+            ["connect", addr, _] => self.connect(addr, number(2)),
+            ["drop", port, _] => self.drop_held(port, number(2)),
             ["grow", _] => match number(1).and_then(|m| usize::try_from(m).ok()) {
                 Some(mib) => {
-                    memory.push(vec![0x5a; mib * 1024 * 1024]);
+                    self.memory.push(vec![0x5a; mib * 1024 * 1024]);
                     format!(
                         "ok mib={}",
-                        memory.iter().map(Vec::len).sum::<usize>() / (1024 * 1024)
+                        self.memory.iter().map(Vec::len).sum::<usize>() / (1024 * 1024)
                     )
                 }
                 None => "err usage: grow MIB".to_owned(),
@@ -185,22 +170,54 @@ fn main() {
             },
             ["goroutines", _] => match number(1) {
                 Some(n) => {
-                    fake.goroutines.store(n, Ordering::SeqCst);
+                    self.fake.goroutines.store(n, Ordering::SeqCst);
                     "ok".to_owned()
                 }
                 None => "err usage: goroutines N".to_owned(),
             },
             ["proxy", _] => match number(1) {
                 Some(n) => {
-                    fake.proxy.store(n, Ordering::SeqCst);
+                    self.fake.proxy.store(n, Ordering::SeqCst);
                     "ok".to_owned()
                 }
                 None => "err usage: proxy N".to_owned(),
             },
             ["exit"] => std::process::exit(0),
             _ => format!("err unknown command {line:?}"),
+        }
+    }
+
+    /// Opens `n` connections to `addr` and holds them.
+    fn connect(&mut self, addr: &str, n: Option<i64>) -> String {
+        let port = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        let (Some(n), Some(port)) = (n, port) else {
+            return "err usage: connect ADDR:PORT N".to_owned();
         };
-        println!("{reply}");
-        let _ = std::io::stdout().flush();
+        for _ in 0..n {
+            match TcpStream::connect(addr) {
+                Ok(s) => self.held.push((port, s)),
+                Err(e) => return format!("err connect {addr}: {e}"),
+            }
+        }
+        format!("ok held={}", self.held.len())
+    }
+
+    /// Closes `n` held connections to `port`.
+    fn drop_held(&mut self, port: &str, n: Option<i64>) -> String {
+        let (Some(port), Some(n)) = (port.parse::<u16>().ok(), n) else {
+            return "err usage: drop PORT N".to_owned();
+        };
+        let mut left = n;
+        self.held.retain(|(p, _)| {
+            if *p == port && left > 0 {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        format!("ok held={}", self.held.len())
     }
 }
