@@ -160,27 +160,11 @@ impl Report {
     /// The side-by-side Markdown report.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let s = &self.settings;
         let _ = writeln!(
             out,
             "# longhorn-guard demo: the v1.7.2 Backup storm, twice\n"
         );
-        let _ = writeln!(
-            out,
-            "{} Backups over {} volumes on {} nodes; {:.0} % of their snapshots lost in the outage, \
-             {:.0} % more lost right after admission; each run bounded to {:.0} s; the simulated \
-             Longhorn v1.7.2 backup controller re-reconciles every stuck Backup every {:.0} s and \
-             leaks one gRPC connection each time (safety cap {}). Cluster: {}.\n",
-            s.backups,
-            s.volumes,
-            s.nodes,
-            s.lost_share * 100.0,
-            s.mid_storm_loss_share * 100.0,
-            s.duration_seconds,
-            s.resync_seconds,
-            s.leak_cap,
-            s.cluster
-        );
+        out.push_str(&settings_paragraph(&self.settings));
         let mut header = "| figure |".to_string();
         let mut rule = "| --- |".to_string();
         for r in &self.runs {
@@ -242,42 +226,7 @@ impl Report {
         row("admission latency p50 / p99 (ms)", &|r| {
             format!("{:.1} / {:.1}", r.admission_p50_ms, r.admission_p99_ms)
         });
-        row("agent engine checks (errors)", &|r| {
-            cell(
-                r.agent
-                    .as_ref()
-                    .map(|a| format!("{} ({})", a.engine_checks, a.engine_check_errors)),
-            )
-        });
-        row("agent channels created / open", &|r| {
-            cell(
-                r.agent
-                    .as_ref()
-                    .map(|a| format!("{} / {}", a.channels_created, a.channels_active)),
-            )
-        });
-        row("agent leases acquired / active", &|r| {
-            cell(
-                r.agent
-                    .as_ref()
-                    .map(|a| format!("{} / {}", a.leases_acquired, a.leases_active)),
-            )
-        });
-        row(
-            "agent leases / channels found leaked by the leak sweep (run; at the end)",
-            &|r| {
-                cell(r.agent.as_ref().map(|a| {
-                    format!(
-                        "{} / {} over {} sweeps; {} / {}",
-                        a.leaked_leases_detected,
-                        a.leaked_channels_detected,
-                        a.leak_sweeps,
-                        a.leaked_leases,
-                        a.leaked_channels
-                    )
-                }))
-            },
-        );
+        agent_rows(&mut row);
         row("storm / run seconds", &|r| {
             format!("{:.1} / {:.1}", r.storm_seconds, r.run_seconds)
         });
@@ -290,6 +239,68 @@ impl Report {
         );
         out
     }
+}
+
+/// The run's settings in one paragraph.
+fn settings_paragraph(s: &Settings) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} Backups over {} volumes on {} nodes; {:.0} % of their snapshots lost in the outage, \
+         {:.0} % more lost right after admission; each run bounded to {:.0} s; the simulated \
+         Longhorn v1.7.2 backup controller re-reconciles every stuck Backup every {:.0} s and \
+         leaks one gRPC connection each time (safety cap {}). Cluster: {}.\n",
+        s.backups,
+        s.volumes,
+        s.nodes,
+        s.lost_share * 100.0,
+        s.mid_storm_loss_share * 100.0,
+        s.duration_seconds,
+        s.resync_seconds,
+        s.leak_cap,
+        s.cluster
+    );
+    out
+}
+
+/// The rows of the agents' figures (`—` for a run without the guard).
+fn agent_rows(row: &mut impl FnMut(&str, &dyn Fn(&RunReport) -> String)) {
+    row("agent engine checks (errors)", &|r| {
+        cell(
+            r.agent
+                .as_ref()
+                .map(|a| format!("{} ({})", a.engine_checks, a.engine_check_errors)),
+        )
+    });
+    row("agent channels created / open", &|r| {
+        cell(
+            r.agent
+                .as_ref()
+                .map(|a| format!("{} / {}", a.channels_created, a.channels_active)),
+        )
+    });
+    row("agent leases acquired / active", &|r| {
+        cell(
+            r.agent
+                .as_ref()
+                .map(|a| format!("{} / {}", a.leases_acquired, a.leases_active)),
+        )
+    });
+    row(
+        "agent leases / channels found leaked by the leak sweep (run; at the end)",
+        &|r| {
+            cell(r.agent.as_ref().map(|a| {
+                format!(
+                    "{} / {} over {} sweeps; {} / {}",
+                    a.leaked_leases_detected,
+                    a.leaked_channels_detected,
+                    a.leak_sweeps,
+                    a.leaked_leases,
+                    a.leaked_channels
+                )
+            }))
+        },
+    );
 }
 
 #[cfg(test)]
