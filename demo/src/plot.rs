@@ -118,7 +118,18 @@ pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
         TOP + plot_h / 2.0,
         TOP + plot_h / 2.0
     );
-    // Lines and legend.
+    lines_and_legend(&mut svg, series, &x, &y);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Each series' polyline, and its legend entry with its peak.
+fn lines_and_legend(
+    svg: &mut String,
+    series: &[Series<'_>],
+    x: &dyn Fn(f64) -> f64,
+    y: &dyn Fn(f64) -> f64,
+) {
     for (i, s) in series.iter().enumerate() {
         if !s.samples.is_empty() {
             let points: Vec<String> = s
@@ -146,8 +157,6 @@ pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
             escape(s.label)
         );
     }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 #[cfg(test)]

@@ -203,6 +203,25 @@ pub async fn populate(
     concurrency: usize,
     scenario_dir: &Path,
 ) -> anyhow::Result<()> {
+    let objects = run_objects(ns, nodes, volumes, plan);
+    load_scenarios(ns, nodes, volumes, plan, scenario_dir)?;
+    futures::stream::iter(objects)
+        .map(|(obj, status)| create_with_status(client, ns, obj, status))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    delete_lost_snapshots(client, ns, plan, concurrency).await
+}
+
+/// The run's Longhorn objects with their status: the BackupTarget, an InstanceManager per
+/// node, each volume with its engine, and every planned Backup's Snapshot (without a status
+/// when it is lost in the outage).
+fn run_objects(
+    ns: &str,
+    nodes: &Nodes,
+    volumes: usize,
+    plan: &[PlannedBackup],
+) -> Vec<(Value, Option<Value>)> {
     use longhorn_types::shapes as s;
     let mut objects: Vec<(Value, Option<Value>)> = Vec::new();
     objects.push((
@@ -237,24 +256,39 @@ pub async fn populate(
             )),
         ));
     }
-    let mut chains: HashMap<&str, Vec<SnapshotScenario>> = HashMap::new();
     for b in plan {
         let owner = volume_owner(nodes, &b.volume);
         let status =
             (b.fate != SnapshotFate::LostBeforeStorm).then(|| s::snapshot_status(&owner, ""));
         objects.push((s::snapshot(ns, &b.snapshot, &b.volume), status));
-        if b.fate != SnapshotFate::LostBeforeStorm {
-            chains
-                .entry(b.volume.as_str())
-                .or_default()
-                .push(SnapshotScenario {
-                    name: b.snapshot.clone(),
-                    user_created: true,
-                    created: "2026-11-24T10:00:00Z".into(),
-                    size: 4096,
-                    ..SnapshotScenario::default()
-                });
-        }
+    }
+    objects
+}
+
+/// Gives each node's fake engine proxy its engines and their surviving snapshots through a
+/// scenario file (`scenario-<ns>-<node>.yaml` in `scenario_dir`).
+fn load_scenarios(
+    ns: &str,
+    nodes: &Nodes,
+    volumes: usize,
+    plan: &[PlannedBackup],
+    scenario_dir: &Path,
+) -> anyhow::Result<()> {
+    let mut chains: HashMap<&str, Vec<SnapshotScenario>> = HashMap::new();
+    for b in plan
+        .iter()
+        .filter(|b| b.fate != SnapshotFate::LostBeforeStorm)
+    {
+        chains
+            .entry(b.volume.as_str())
+            .or_default()
+            .push(SnapshotScenario {
+                name: b.snapshot.clone(),
+                user_created: true,
+                created: "2026-11-24T10:00:00Z".into(),
+                size: 4096,
+                ..SnapshotScenario::default()
+            });
     }
     let mut scenarios: Vec<Scenario> = nodes.nodes.iter().map(|_| Scenario::default()).collect();
     for v in 0..volumes {
@@ -279,12 +313,16 @@ pub async fn populate(
             .load_scenario(&Scenario::from_file(&path)?)
             .with_context(|| format!("loading the fake engines of {}", node.name))?;
     }
-    futures::stream::iter(objects)
-        .map(|(obj, status)| create_with_status(client, ns, obj, status))
-        .buffer_unordered(concurrency.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
-    // The outage: these snapshots are gone.
+    Ok(())
+}
+
+/// The outage: the Snapshots of the Backups planned as lost before the storm are deleted.
+async fn delete_lost_snapshots(
+    client: &Client,
+    ns: &str,
+    plan: &[PlannedBackup],
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let snapshots = api(client, ns, "Snapshot");
     futures::stream::iter(
         plan.iter()
