@@ -191,7 +191,7 @@ impl Case {
         let backup = BackupRequest::from_object(obj, Some(NS), USER, &groups).unwrap();
         let d = decide(&self.policy, &self.state.index.view(), &backup);
         let d = throttle_decision(
-            &self.state,
+            self.state.throttle_inputs(),
             &self.policy,
             &backup,
             "uid",

@@ -75,6 +75,15 @@ impl AppState {
         self.0.policy.get()
     }
 
+    /// What the throttle judges with (`crate::throttle::admission`).
+    pub fn throttle_inputs(&self) -> crate::throttle::admission::ThrottleInputs<'_> {
+        crate::throttle::admission::ThrottleInputs {
+            throttle: &self.throttle,
+            index: &self.index,
+            metrics: &self.metrics.throttle,
+        }
+    }
+
     /// Refreshes the scrape-time throttle and Backup figures of the metrics.
     pub fn refresh_throttle_metrics(&self) {
         let policy = self.policy();

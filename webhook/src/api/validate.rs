@@ -120,7 +120,7 @@ pub(super) async fn validate_backup(
         }
     };
     let decision = crate::throttle::admission::throttle_decision(
-        &state,
+        state.throttle_inputs(),
         &policy,
         &backup,
         &req.uid,

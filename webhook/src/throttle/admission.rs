@@ -1,17 +1,26 @@
 //! Where the throttle meets the validating handler: runs after the snapshot checks on
 //! every Backup they allowed (except top-level exemptions), and turns a throttle denial
-//! into a 429 [`Decision::Deny`].
+//! into a 429 [`Decision::Deny`]. Its inputs are explicit (the throttle, the index, the
+//! throttle's metrics): it knows nothing of the HTTP layer.
 
-use crate::api::AppState;
 use crate::decision::{BackupRequest, Decision, Denial, Reason};
-use crate::index::SnapshotLookup;
+use crate::index::{Index, SnapshotLookup};
 use crate::policy::{Mode, Policy};
 
-use super::{Now, ThrottleOutcome, ThrottleRequest};
+use super::{Now, Throttle, ThrottleMetrics, ThrottleOutcome, ThrottleRequest};
+
+/// What the throttle judges with: this replica's throttle state, the index it counts
+/// in-flight Backups in, and where its warnings and refusals are counted.
+#[derive(Clone, Copy)]
+pub struct ThrottleInputs<'a> {
+    pub throttle: &'a Throttle,
+    pub index: &'a Index,
+    pub metrics: &'a ThrottleMetrics,
+}
 
 /// Applies the throttle to `base`, the snapshot checks' decision.
 pub fn throttle_decision(
-    state: &AppState,
+    inputs: ThrottleInputs<'_>,
     policy: &Policy,
     backup: &BackupRequest,
     uid: &str,
@@ -19,6 +28,11 @@ pub fn throttle_decision(
     dry_run: bool,
     base: Decision,
 ) -> Decision {
+    let ThrottleInputs {
+        throttle,
+        index,
+        metrics,
+    } = inputs;
     let Decision::Allow {
         reason,
         mut warnings,
@@ -41,13 +55,13 @@ pub fn throttle_decision(
         &policy.throttle
     };
     let outcome = {
-        let view = state.index.view();
+        let view = index.view();
         if req.volume.is_none()
             && let SnapshotLookup::Indexed(f) = view.snapshot(&req.namespace, &req.snapshot)
         {
             req.volume = f.volume;
         }
-        state.throttle.admit(tp, &view, &req, Now::system())
+        throttle.admit(tp, &view, &req, Now::system())
     };
     match outcome {
         ThrottleOutcome::Skipped => Decision::Allow { reason, warnings },
@@ -57,7 +71,7 @@ pub fn throttle_decision(
             ..
         } => {
             if let Some(scope) = warned {
-                state.metrics.throttle.warned(scope);
+                metrics.warned(scope);
             }
             warnings.extend(more);
             let reason = match (reason, warned) {
@@ -67,7 +81,7 @@ pub fn throttle_decision(
             Decision::Allow { reason, warnings }
         }
         ThrottleOutcome::Denied(d) => {
-            state.metrics.throttle.throttled(d.scope);
+            metrics.throttled(d.scope);
             tracing::info!(
                 namespace = %backup.namespace,
                 backup = %backup.display_name(),
