@@ -23,7 +23,7 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster, wait_for};
-use longhorn_guard_webhook::throttle::policy::{RateLimit, ThrottlePolicy};
+use longhorn_guard_webhook::policy::throttle::{RateLimit, ThrottlePolicy};
 use longhorn_guard_webhook::{Policy, WebhookConfig, tls};
 use longhorn_types::{Backup, BackupTarget, Snapshot, Volume, shapes};
 use serde_json::json;

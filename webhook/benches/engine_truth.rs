@@ -25,9 +25,8 @@ use longhorn_guard_agent::{Agent, AgentConfig};
 use longhorn_guard_certs::{Options, pki};
 use longhorn_guard_testkit::admission::{Review, SERVICE_ACCOUNT_GROUPS};
 use longhorn_guard_testkit::{admissible_backup_objects, typed_with_status};
-use longhorn_guard_webhook::engine_truth::{
-    AgentDiscovery, EngineCheckMode, EngineTruth, EngineTruthConfig,
-};
+use longhorn_guard_webhook::engine_truth::{AgentDiscovery, EngineTruth, EngineTruthConfig};
+use longhorn_guard_webhook::policy::EngineCheckMode;
 use longhorn_guard_webhook::{AppState, Index, Metrics, NoSnapshotSource, Policy, router, tls};
 use longhorn_types::{Engine, InstanceManager, shapes};
 use serde_json::{Value, json};

@@ -38,14 +38,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::decision::Reason;
 use crate::index::Index;
-use crate::throttle::PolicyCell;
-use crate::throttle::policy::RateLimit;
+use crate::policy::PolicyCell;
 use crate::throttle::token_bucket::TokenBucket;
+
+use crate::policy::EventsPolicy;
 
 /// `reportingController` of the Events.
 pub const REPORTING_CONTROLLER: &str = "longhorn-guard.io/webhook";
@@ -53,64 +54,6 @@ pub const REPORTING_CONTROLLER: &str = "longhorn-guard.io/webhook";
 const MAX_NOTE_BYTES: usize = 1024;
 /// A write that takes longer is abandoned (and counted as failed).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The `events` section of the policy.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
-pub struct EventsPolicy {
-    /// Write Events about refused Backups on their Volumes (hot-reloadable).
-    pub enabled: bool,
-    /// A series (namespace + volume + reason) is written at most once per window.
-    pub aggregate_window_seconds: u64,
-    /// A series with no refusal for this long ends; the next refusal starts a new Event.
-    pub series_idle_seconds: u64,
-    /// Event writes of this replica (creates and patches, all namespaces).
-    pub writes: RateLimit,
-    /// Refusals waiting for the writer; when full, refusals are dropped (counted). Fixed at
-    /// start.
-    pub queue_capacity: usize,
-    /// Series tracked at once; refusals of further series are dropped (counted).
-    pub max_series: usize,
-}
-
-impl Default for EventsPolicy {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            aggregate_window_seconds: 60,
-            series_idle_seconds: 360,
-            writes: RateLimit::new(120.0, 10),
-            queue_capacity: 1024,
-            max_series: 4096,
-        }
-    }
-}
-
-impl EventsPolicy {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.aggregate_window_seconds == 0 {
-            return Err("events.aggregateWindowSeconds must be > 0".into());
-        }
-        if self.series_idle_seconds < self.aggregate_window_seconds {
-            return Err("events.seriesIdleSeconds must be >= events.aggregateWindowSeconds".into());
-        }
-        if !self.writes.enabled() || self.writes.burst == 0 {
-            return Err("events.writes needs perMinute > 0 and burst > 0 (set events.enabled: false to write none)".into());
-        }
-        if self.queue_capacity == 0 || self.max_series == 0 {
-            return Err("events.queueCapacity and events.maxSeries must be > 0".into());
-        }
-        Ok(())
-    }
-
-    fn window(&self) -> Duration {
-        Duration::from_secs(self.aggregate_window_seconds)
-    }
-
-    fn idle(&self) -> Duration {
-        Duration::from_secs(self.series_idle_seconds)
-    }
-}
 
 /// One refused Backup, as the admission handler hands it over.
 #[derive(Clone, Debug)]

@@ -261,19 +261,19 @@ pub async fn start_with_source(
         && let Some(path) = &config.policy_path
     {
         let initial = std::fs::read(path).ok();
-        let watch = throttle::PolicyFileWatch::new(path.clone(), initial.as_deref());
+        let watch = policy::PolicyFileWatch::new(path.clone(), initial.as_deref());
         let reload_metrics = metrics.clone();
         let (reload_index, reload_policy) = (index.clone(), state.policy.clone());
         let longhorn_namespace = config.namespace.clone();
-        watches.spawn(throttle::reload::run_reloader(
+        watches.spawn(policy::reload::run_reloader(
             watch,
             state.policy.clone(),
             config.policy_poll_interval,
             move |outcome| match outcome {
-                throttle::ReloadOutcome::Rejected { .. } => {
+                policy::ReloadOutcome::Rejected { .. } => {
                     reload_metrics.throttle.policy_reload_errors.inc();
                 }
-                throttle::ReloadOutcome::Reloaded { generation } => {
+                policy::ReloadOutcome::Reloaded { generation } => {
                     let policy = reload_policy.get();
                     reload_index.set_staleness(policy.index_staleness());
                     reload_metrics.policy_in_force(&policy, longhorn_namespace.as_deref());
@@ -282,7 +282,7 @@ pub async fn start_with_source(
                         .policy_generation
                         .set(i64::try_from(*generation).unwrap_or(i64::MAX));
                 }
-                throttle::ReloadOutcome::Unchanged => {}
+                policy::ReloadOutcome::Unchanged => {}
             },
         ));
     }

@@ -24,7 +24,7 @@ use serde_json::json;
 /// throttle's default caps would refuse (throttling is tested in tests/throttle.rs).
 fn unthrottled(policy: Policy) -> Policy {
     Policy {
-        throttle: longhorn_guard_webhook::throttle::policy::ThrottlePolicy {
+        throttle: longhorn_guard_webhook::policy::throttle::ThrottlePolicy {
             enabled: false,
             ..Default::default()
         },

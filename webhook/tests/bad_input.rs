@@ -403,7 +403,7 @@ async fn hostile_reviews_get_specific_answers_and_the_server_keeps_serving() -> 
 }
 
 /// The policy file: a precise error naming the file and the field, and a hot reload that
-/// fails keeps the last good policy in force (what `policy.rs` and `throttle::reload` do not
+/// fails keeps the last good policy in force (what `policy` and `policy::reload` do not
 /// already cover end to end).
 #[test]
 fn invalid_policy_files_name_the_file_and_the_field() -> Result<()> {

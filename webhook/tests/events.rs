@@ -17,15 +17,16 @@ use kube::Api;
 use kube::api::ListParams;
 use longhorn_guard_testkit::{TestCluster, wait_for};
 use longhorn_guard_webhook::Policy;
-use longhorn_guard_webhook::events::{EventsPolicy, RefusalLabels, WriteLabels};
+use longhorn_guard_webhook::events::{RefusalLabels, WriteLabels};
 use longhorn_guard_webhook::metrics::Metrics;
+use longhorn_guard_webhook::policy::EventsPolicy;
 use longhorn_types::{Volume, shapes};
 use serde_json::json;
 
 /// No throttling (the storm must be refused for its snapshots only), Events as given.
 fn policy(events: EventsPolicy) -> Policy {
     Policy {
-        throttle: longhorn_guard_webhook::throttle::policy::ThrottlePolicy {
+        throttle: longhorn_guard_webhook::policy::throttle::ThrottlePolicy {
             enabled: false,
             ..Default::default()
         },

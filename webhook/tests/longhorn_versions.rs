@@ -184,7 +184,7 @@ async fn start(cluster: &TestCluster) -> anyhow::Result<common::Served> {
         target_unavailable: longhorn_guard_webhook::policy::CheckAction::Deny,
         ..Policy::default()
     };
-    let off = longhorn_guard_webhook::throttle::policy::RateLimit::OFF;
+    let off = longhorn_guard_webhook::policy::throttle::RateLimit::OFF;
     policy.throttle.cluster_rate = off;
     policy.throttle.user_rate = off;
     policy.throttle.recurring_job_rate = off;

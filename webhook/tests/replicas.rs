@@ -15,7 +15,7 @@ mod storm_common;
 use anyhow::Result;
 use longhorn_guard_testkit::TestCluster;
 use longhorn_guard_webhook::Policy;
-use longhorn_guard_webhook::throttle::policy::{RateLimit, ThrottlePolicy};
+use longhorn_guard_webhook::policy::throttle::{RateLimit, ThrottlePolicy};
 use storm_common::{ReplicaStorm, env_usize, replica_storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

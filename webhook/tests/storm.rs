@@ -26,7 +26,7 @@ use kube::Api;
 use kube::api::DeleteParams;
 use longhorn_guard_testkit::TestCluster;
 use longhorn_guard_webhook::Policy;
-use longhorn_guard_webhook::throttle::policy::ThrottlePolicy;
+use longhorn_guard_webhook::policy::throttle::ThrottlePolicy;
 use longhorn_types::{Backup, BackupState, Snapshot, shapes};
 use storm_common::*;
 
@@ -322,9 +322,9 @@ async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
             max_in_flight_per_volume: 1,
             max_in_flight_per_node: 4,
             max_in_flight_per_cluster: 12,
-            cluster_rate: longhorn_guard_webhook::throttle::policy::RateLimit::OFF,
-            recurring_job_rate: longhorn_guard_webhook::throttle::policy::RateLimit::OFF,
-            user_rate: longhorn_guard_webhook::throttle::policy::RateLimit::OFF,
+            cluster_rate: longhorn_guard_webhook::policy::throttle::RateLimit::OFF,
+            recurring_job_rate: longhorn_guard_webhook::policy::throttle::RateLimit::OFF,
+            user_rate: longhorn_guard_webhook::policy::throttle::RateLimit::OFF,
             ..ThrottlePolicy::default()
         },
         ..Policy::default()

@@ -13,7 +13,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use longhorn_guard_testkit::{TestCluster, wait_for};
 use longhorn_guard_webhook::policy::Mode;
-use longhorn_guard_webhook::throttle::policy::{RateLimit, ThrottlePolicy};
+use longhorn_guard_webhook::policy::throttle::{RateLimit, ThrottlePolicy};
 use longhorn_guard_webhook::{Policy, WebhookConfig};
 use longhorn_types::{Backup, Snapshot, shapes};
 use serde_json::json;

@@ -17,8 +17,9 @@ use tokio::sync::Semaphore;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::policy::PolicyCell;
 use crate::snapshot_source::SnapshotSource;
-use crate::throttle::{PolicyCell, Throttle};
+use crate::throttle::Throttle;
 
 pub use review::{Review, ReviewRejection};
 

@@ -242,7 +242,7 @@ async fn warn_only_exemption_and_dry_run() {
 async fn cluster_rate_tokens_are_reported_per_namespace() {
     // A refill too slow to matter within the test.
     let mut policy = Policy::default();
-    policy.throttle.cluster_rate = crate::throttle::policy::RateLimit::new(0.01, 50);
+    policy.throttle.cluster_rate = crate::policy::throttle::RateLimit::new(0.01, 50);
     let (state, index) = setup(policy, source(None, 0));
     // Another namespace with a Backup in the index and an untouched bucket.
     index.apply(Event::Apply(

@@ -1,44 +1,15 @@
 //! How the webhook reaches the agents: mTLS material, where each node's agent listens, and the
 //! limits that keep engine checks cheap (concurrency, breaker). Fixed at start; the per-review
-//! switch and budget are in the policy ([`EngineCheckMode`], `engineCheckBudgetMs`).
+//! switch and budget are in the policy (`crate::policy::EngineCheckMode`,
+//! `engineCheckBudgetMs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 /// The name the agent's serving certificate is checked against when none is configured: the
 /// agent Service's name, as `longhorn_guard_certs` issues it (`<svc>.<ns>.svc`).
 pub const DEFAULT_AGENT_SERVER_NAME: &str = "longhorn-guard-agent.longhorn-guard.svc";
-
-/// Default per-check budget (policy `engineCheckBudgetMs`).
-pub const DEFAULT_BUDGET_MS: u64 = 250;
-
-/// What the webhook does with the engine's answer (policy `engineCheck`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineCheckMode {
-    /// No agent call.
-    Off,
-    /// Ask the engine; a definite "absent" or "removed" becomes a warning, never a denial.
-    #[default]
-    Warn,
-    /// Ask the engine; a definite "absent" or "removed" denies (410). Anything less than a
-    /// definite answer (error, timeout, open breaker, no agent) still falls back to the
-    /// Snapshot CR's decision with a warning.
-    Enforce,
-}
-
-impl EngineCheckMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineCheckMode::Off => "off",
-            EngineCheckMode::Warn => "warn",
-            EngineCheckMode::Enforce => "enforce",
-        }
-    }
-}
 
 /// Where the agent serving a node is.
 #[derive(Clone, Debug, PartialEq, Eq)]

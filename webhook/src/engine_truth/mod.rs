@@ -29,14 +29,11 @@ use tokio::sync::Semaphore;
 
 use crate::decision::{BackupRequest, Decision};
 use crate::index::{Index, IndexView, SnapshotLookup};
-use crate::policy::Policy;
+use crate::policy::{EngineCheckMode, Policy};
 use breaker::{Admit, Breakers};
 use channels::{AgentChannels, CallError};
 
-pub use config::{
-    AgentDiscovery, DEFAULT_AGENT_SERVER_NAME, DEFAULT_BUDGET_MS, EngineCheckMode,
-    EngineTruthConfig,
-};
+pub use config::{AgentDiscovery, DEFAULT_AGENT_SERVER_NAME, EngineTruthConfig};
 pub use discovery::AgentDirectory;
 pub use metrics::EngineCheckMetrics;
 pub use outcome::{Finding, Outcome, apply, is_eligible};

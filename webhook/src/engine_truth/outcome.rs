@@ -6,9 +6,7 @@
 //! engine check was skipped and why.
 
 use crate::decision::{BackupRequest, Decision, Denial, Reason};
-use crate::policy::Mode;
-
-use super::config::EngineCheckMode;
+use crate::policy::{EngineCheckMode, Mode};
 
 /// How one engine check ended. Also the `outcome` metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::*;
 use crate::decision::{Denial, Reason, decide};
-use crate::policy::Mode;
+use crate::policy::{EngineCheckMode, Mode};
 
 const NS: &str = "lh-ns";
 

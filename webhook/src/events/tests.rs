@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::throttle::RateLimit;
 
 fn policy() -> EventsPolicy {
     EventsPolicy {

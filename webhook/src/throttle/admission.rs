@@ -46,7 +46,7 @@ pub fn throttle_decision(
     let mut req = ThrottleRequest::from_backup(backup, uid, recurring_job, dry_run);
     let warn_only_override;
     let tp = if policy.mode == Mode::WarnOnly && policy.throttle.mode != Mode::WarnOnly {
-        warn_only_override = crate::throttle::policy::ThrottlePolicy {
+        warn_only_override = crate::policy::throttle::ThrottlePolicy {
             mode: Mode::WarnOnly,
             ..policy.throttle.clone()
         };

@@ -16,8 +16,6 @@
 pub mod admission;
 pub mod inflight;
 pub mod metrics;
-pub mod policy;
-pub mod reload;
 pub mod reservations;
 pub mod token_bucket;
 
@@ -31,15 +29,13 @@ use longhorn_types::{BackupState, labels};
 
 use crate::decision::BackupRequest;
 use crate::index::IndexView;
+use crate::policy::throttle::{RateLimit, RecurringAction, ThrottlePolicy};
 use crate::policy::{Exemptions, Mode};
 use inflight::{Counts, Holder, NodeMap, ScopeCount};
-use policy::{RateLimit, RecurringAction, ThrottlePolicy};
 use reservations::{Reservation, ReservationKey, Reservations};
 use token_bucket::Buckets;
 
 pub use metrics::ThrottleMetrics;
-pub use policy::RecurringJobRule;
-pub use reload::{PolicyCell, PolicyFileWatch, ReloadOutcome};
 
 /// The HTTP-style code of every throttle denial.
 pub const THROTTLED_CODE: u16 = 429;

@@ -7,12 +7,12 @@ use kube::runtime::watcher::Event;
 use longhorn_types::{Backup, Engine, Snapshot, Volume, shapes};
 use serde_json::json;
 
-use super::policy::{RateLimit, RecurringAction, ThrottlePolicy};
-use super::reload::{PolicyCell, PolicyFileWatch, ReloadOutcome};
 use super::token_bucket::{Buckets, TokenBucket};
 use super::*;
 use crate::index::Index;
+use crate::policy::throttle::{RateLimit, RecurringAction, RecurringJobRule, ThrottlePolicy};
 use crate::policy::{Mode, Policy};
+use crate::policy::{PolicyCell, PolicyFileWatch, ReloadOutcome};
 
 const NS: &str = "lh-ns";
 const T0: i64 = 1_800_000_000;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use super::policy::RateLimit;
+use crate::policy::throttle::RateLimit;
 
 /// One bucket. Starts full.
 #[derive(Clone, Debug)]

@@ -69,7 +69,7 @@ impl Observer {
     /// The maxima against `caps`: "volume M (cap C), node M (cap C), cluster M (cap C)".
     pub fn maxima(
         &self,
-        caps: &longhorn_guard_webhook::throttle::policy::ThrottlePolicy,
+        caps: &longhorn_guard_webhook::policy::throttle::ThrottlePolicy,
     ) -> String {
         format!(
             "volume {} (cap {}), node {} (cap {}), cluster {} (cap {})",

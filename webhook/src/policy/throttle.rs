@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Exemptions, Mode};
+use super::{Exemptions, Mode};
 
 /// A token bucket: `perMinute` tokens are added per minute up to `burst`. `perMinute: 0`
 /// turns the limit off.

@@ -1,12 +1,23 @@
 //! The webhook's policy: what to deny, what to warn about, who is exempt, and the limits that
 //! protect the API server. Loaded from YAML at start and hot-reloaded from the same file
-//! (`crate::throttle::reload`); every field has a default.
+//! ([`reload`]); every field has a default. The sections other modules act on live beside it
+//! ([`throttle`], [`events`], [`engine_check`]), so the policy depends on nothing but the
+//! index's staleness default, and the throttle, Events writer and engine checks depend on it.
+
+pub mod engine_check;
+pub mod events;
+pub mod reload;
+pub mod throttle;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use engine_check::{DEFAULT_BUDGET_MS, EngineCheckMode};
+pub use events::EventsPolicy;
+pub use reload::{PolicyCell, PolicyFileWatch, ReloadOutcome};
 
 /// Enforce denials, or only report them as warnings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,17 +220,17 @@ pub struct Policy {
     pub max_body_bytes: usize,
     pub full_backup: FullBackupRule,
     /// Throttling of bulk Backup creation (see `THROTTLING.md`).
-    pub throttle: crate::throttle::policy::ThrottlePolicy,
+    pub throttle: throttle::ThrottlePolicy,
     /// Ask the volume's engine (through the node's agent) whether the snapshot really exists:
     /// `off`, `warn` or `enforce` (`crate::engine_truth`).
-    pub engine_check: crate::engine_truth::EngineCheckMode,
+    pub engine_check: EngineCheckMode,
     /// Budget of one engine check in milliseconds (never past the review's deadline).
     pub engine_check_budget_ms: u64,
     /// How long a listed kind's watch may keep failing before the index is no longer trusted
     /// for it and `/readyz` answers 503 (until a relist completes).
     pub index_staleness_ms: u64,
     /// Kubernetes Events on the Volume of a refused Backup (`crate::events`).
-    pub events: crate::events::EventsPolicy,
+    pub events: EventsPolicy,
 }
 
 impl Default for Policy {
@@ -238,11 +249,11 @@ impl Default for Policy {
             max_concurrent_reviews: 64,
             max_body_bytes: 1024 * 1024,
             full_backup: FullBackupRule::default(),
-            throttle: crate::throttle::policy::ThrottlePolicy::default(),
-            engine_check: crate::engine_truth::EngineCheckMode::default(),
-            engine_check_budget_ms: crate::engine_truth::DEFAULT_BUDGET_MS,
+            throttle: throttle::ThrottlePolicy::default(),
+            engine_check: EngineCheckMode::default(),
+            engine_check_budget_ms: DEFAULT_BUDGET_MS,
             index_staleness_ms: crate::index::DEFAULT_STALENESS.as_millis() as u64,
-            events: crate::events::EventsPolicy::default(),
+            events: EventsPolicy::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::policy::Policy;
+use super::Policy;
 
 /// The policy in force and its generation (1 = the one loaded at start).
 #[derive(Debug)]
