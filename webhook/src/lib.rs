@@ -255,7 +255,13 @@ pub async fn start_with_source(
                 config.longhorn_version_poll_interval,
             ));
         }
-        index::run_watches(&mut watches, client, &scope, index.clone(), metrics.clone());
+        index::run_watches(
+            &mut watches,
+            client,
+            &scope,
+            index.clone(),
+            metrics.index.clone(),
+        );
     }
     if config.policy.is_none()
         && let Some(path) = &config.policy_path

@@ -10,10 +10,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
 
 use crate::decision::Reason;
-use crate::index::{Index, Kind};
+use crate::index::{Index, IndexMetrics};
 
 /// Buckets from 100 µs to 2.5 s: resolves in-memory decisions and live GETs alike.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -48,11 +47,6 @@ pub struct LookupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SectionLabels {
     /// `exemptions` or `throttle.exemptions`.
     pub section: &'static str,
@@ -70,15 +64,8 @@ pub struct Metrics {
     pub reviews: Family<ReviewLabels, Counter>,
     pub review_duration: Family<EndpointLabels, Histogram>,
     pub live_get_fallbacks: Family<LookupLabels, Counter>,
-    pub index_objects: Family<KindLabels, Gauge>,
-    pub watch_restarts: Family<KindLabels, Counter>,
-    pub watch_errors: Family<KindLabels, Counter>,
-    pub last_sync_age: Family<KindLabels, Gauge<f64, AtomicU64>>,
-    pub list_duration: Family<KindLabels, Gauge<f64, AtomicU64>>,
-    /// 1 while the kind is listed and its watch has not failed past the staleness bound.
-    pub index_trusted: Family<KindLabels, Gauge>,
-    /// Times the kind's watch failed for longer than the staleness bound (each forces a relist).
-    pub index_stale: Family<KindLabels, Counter>,
+    /// The index's list and watch figures (`crate::index::metrics`).
+    pub index: IndexMetrics,
     pub deadline_exceeded: Counter,
     pub malformed: Family<MalformedLabels, Counter>,
     pub in_flight: Gauge,
@@ -134,50 +121,7 @@ impl Metrics {
             "Live GETs of Snapshots the index did not have, by outcome",
             live_get_fallbacks.clone(),
         );
-        let index_objects = Family::<KindLabels, Gauge>::default();
-        registry.register(
-            "index_objects",
-            "Objects in the index, by kind",
-            index_objects.clone(),
-        );
-        let watch_restarts = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "watch_restarts",
-            "Watch restarts (relists after the initial one), by kind",
-            watch_restarts.clone(),
-        );
-        let watch_errors = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "watch_errors",
-            "Watch errors (retried with backoff), by kind",
-            watch_errors.clone(),
-        );
-        let last_sync_age = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "last_sync_age_seconds",
-            "Seconds since the kind's watch last delivered an event (-1 before the first)",
-            last_sync_age.clone(),
-        );
-        let list_duration = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "list_duration_seconds",
-            "How long the kind's last completed (re)list took, from its request to its last \
-             item indexed (what a replica's start-up waits for)",
-            list_duration.clone(),
-        );
-        let index_trusted = Family::<KindLabels, Gauge>::default();
-        registry.register(
-            "index_trusted",
-            "1 when the kind is listed and its watch has not been failing for longer than the \
-             staleness bound (what /readyz requires of every kind), else 0",
-            index_trusted.clone(),
-        );
-        let index_stale = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "index_stale",
-            "Times the kind's watch failed for longer than the staleness bound (each forces a relist)",
-            index_stale.clone(),
-        );
+        let index = IndexMetrics::register(&mut registry);
         let deadline_exceeded = Counter::default();
         registry.register(
             "deadline_exceeded",
@@ -215,13 +159,7 @@ impl Metrics {
             reviews,
             review_duration,
             live_get_fallbacks,
-            index_objects,
-            watch_restarts,
-            watch_errors,
-            last_sync_age,
-            list_duration,
-            index_trusted,
-            index_stale,
+            index,
             deadline_exceeded,
             malformed,
             in_flight,
@@ -279,38 +217,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn watch_restarted(&self, kind: Kind) {
-        self.watch_restarts
-            .get_or_create(&KindLabels {
-                kind: kind.as_str(),
-            })
-            .inc();
-    }
-
-    pub fn watch_failed(&self, kind: Kind) {
-        self.watch_errors
-            .get_or_create(&KindLabels {
-                kind: kind.as_str(),
-            })
-            .inc();
-    }
-
-    pub fn list_done(&self, kind: Kind, took: std::time::Duration) {
-        self.list_duration
-            .get_or_create(&KindLabels {
-                kind: kind.as_str(),
-            })
-            .set(took.as_secs_f64());
-    }
-
-    pub fn index_went_stale(&self, kind: Kind) {
-        self.index_stale
-            .get_or_create(&KindLabels {
-                kind: kind.as_str(),
-            })
-            .inc();
-    }
-
     /// Total reviews counted so far (all labels); for tests.
     pub fn reviews_total(&self) -> u64 {
         // prometheus-client has no iteration over a family; encode and sum instead.
@@ -320,23 +226,7 @@ impl Metrics {
 
     /// Refreshes scrape-time values from the index and encodes OpenMetrics text.
     pub fn encode(&self, index: &Index) -> String {
-        for (kind, n) in index.counts() {
-            self.index_objects
-                .get_or_create(&KindLabels {
-                    kind: kind.as_str(),
-                })
-                .set(n as i64);
-            self.last_sync_age
-                .get_or_create(&KindLabels {
-                    kind: kind.as_str(),
-                })
-                .set(index.last_event_age_seconds(kind).unwrap_or(-1.0));
-            self.index_trusted
-                .get_or_create(&KindLabels {
-                    kind: kind.as_str(),
-                })
-                .set(i64::from(index.trust(kind).is_trusted()));
-        }
+        self.index.refresh(index);
         self.encode_text()
     }
 

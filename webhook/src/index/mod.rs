@@ -11,6 +11,7 @@ mod entries;
 mod groups;
 mod health;
 mod list;
+pub mod metrics;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -28,6 +29,7 @@ pub use entries::{
 pub use groups::{Grouped, Groups, Tallies};
 pub use health::{Trust, WatchState};
 pub use list::cache_list_request;
+pub use metrics::IndexMetrics;
 pub use watch::{WatchScope, run_watches};
 
 /// Default staleness bound: how long a listed kind's watch may fail before the kind is no

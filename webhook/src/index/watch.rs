@@ -13,8 +13,7 @@ use longhorn_types::{Backup, BackupTarget, Engine, Snapshot, Volume};
 use tokio::task::JoinSet;
 
 use super::list::list_into;
-use super::{Applied, Index, IndexedKind};
-use crate::metrics::Metrics;
+use super::{Applied, Index, IndexMetrics, IndexedKind};
 
 /// Which namespaces to watch.
 #[derive(Clone, Debug, Default)]
@@ -49,7 +48,7 @@ pub fn run_watches(
     client: Client,
     scope: &WatchScope,
     index: Arc<Index>,
-    metrics: Arc<Metrics>,
+    metrics: IndexMetrics,
 ) {
     let c = || client.clone();
     let s = || scope.clone();
@@ -72,7 +71,7 @@ pub fn run_watches(
 /// server needs just to send the lists, 49 MiB peak. kube-runtime's watcher, which this
 /// replaces, took 83 s in pages of 500 from etcd, or peaked at 2 GiB unpaged from the watch
 /// cache (kube decodes each kind's whole response at once).
-async fn watch_kind<K>(client: Client, scope: WatchScope, index: Arc<Index>, metrics: Arc<Metrics>)
+async fn watch_kind<K>(client: Client, scope: WatchScope, index: Arc<Index>, metrics: IndexMetrics)
 where
     K: IndexedKind + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
 {
@@ -149,7 +148,7 @@ async fn follow<K: IndexedKind>(
     api: &Api<K>,
     resource_version: &mut String,
     index: &Index,
-    metrics: &Metrics,
+    metrics: &IndexMetrics,
     backoff: &mut WatchBackoff,
 ) -> Relist {
     let kind = K::KIND;
