@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use kube::core::DynamicObject;
-use kube::runtime::watcher::Event;
+use longhorn_guard_webhook::index::IndexEvent;
 use libfuzzer_sys::fuzz_target;
 use longhorn_guard_webhook::index::LiveSnapshot;
 use longhorn_guard_webhook::policy::{CheckAction, Mode};
@@ -53,14 +53,14 @@ fn build_index(header: &[u8], flags: u8) -> Index {
             shapes::volume(NS, v, "node-1"),
             shapes::volume_status("node-1"),
         )) {
-            index.apply(Event::Apply(vol));
+            index.apply(IndexEvent::Upsert(vol));
         }
     }
     if let Ok(t) = serde_json::from_value::<BackupTarget>(with_status(
         shapes::backup_target(NS, "default", "s3://bk@us-east-1/"),
         shapes::backup_target_status("node-1", flags & 0x40 == 0),
     )) {
-        index.apply(Event::Apply(t));
+        index.apply(IndexEvent::Upsert(t));
     }
     let names = String::from_utf8_lossy(header);
     for (i, name) in names
@@ -81,7 +81,7 @@ fn build_index(header: &[u8], flags: u8) -> Index {
             status,
         );
         if let Ok(s) = serde_json::from_value::<Snapshot>(obj) {
-            index.apply(Event::Apply(s));
+            index.apply(IndexEvent::Upsert(s));
         }
     }
     index

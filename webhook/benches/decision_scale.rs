@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::core::DynamicObject;
-use kube::runtime::watcher::Event;
+use longhorn_guard_webhook::index::IndexEvent;
 use longhorn_guard_webhook::throttle::admission::throttle_decision;
 use longhorn_guard_webhook::throttle::recurring_job_of;
 use longhorn_guard_webhook::{
@@ -46,11 +46,11 @@ fn list<K>(index: &Index, objects: impl Iterator<Item = Value>)
 where
     K: longhorn_guard_webhook::index::IndexedKind,
 {
-    index.apply::<K>(Event::Init);
+    index.apply::<K>(IndexEvent::RelistStart);
     for v in objects {
-        index.apply::<K>(Event::InitApply(serde_json::from_value(v).unwrap()));
+        index.apply::<K>(IndexEvent::Listed(serde_json::from_value(v).unwrap()));
     }
-    index.apply::<K>(Event::InitDone);
+    index.apply::<K>(IndexEvent::RelistDone);
 }
 
 /// An index holding about `objects` entries (see the module docs for the mix).

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http_body_util::BodyExt as _;
-use kube::runtime::watcher::Event;
 use longhorn_guard_agent::{Agent, AgentConfig};
 use longhorn_guard_certs::{Options, pki};
 use longhorn_guard_testkit::admission::{Review, SERVICE_ACCOUNT_GROUPS};
 use longhorn_guard_testkit::{admissible_backup_objects, typed_with_status};
 use longhorn_guard_webhook::engine_truth::{AgentDiscovery, EngineTruth, EngineTruthConfig};
+use longhorn_guard_webhook::index::IndexEvent;
 use longhorn_guard_webhook::policy::EngineCheckMode;
 use longhorn_guard_webhook::{AppState, Index, Metrics, NoSnapshotSource, Policy, router, tls};
 use longhorn_types::{Engine, InstanceManager, shapes};
@@ -169,10 +169,10 @@ async fn main() {
     // The webhook's index and policy, shared by both modes.
     let index = Arc::new(Index::default());
     let (volume, snapshot, target) = admissible_backup_objects(NS, "snap-1").unwrap();
-    index.apply(Event::Apply(volume));
-    index.apply(Event::Apply(snapshot));
-    index.apply(Event::Apply(target));
-    index.apply(Event::Apply(engine));
+    index.apply(IndexEvent::Upsert(volume));
+    index.apply(IndexEvent::Upsert(snapshot));
+    index.apply(IndexEvent::Upsert(target));
+    index.apply(IndexEvent::Upsert(engine));
     let mut policy = serde_json::to_value(Policy {
         engine_check: EngineCheckMode::Enforce,
         ..Policy::default()

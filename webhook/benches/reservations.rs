@@ -19,8 +19,8 @@
 
 use std::time::{Duration, Instant};
 
-use kube::runtime::watcher::Event;
 use longhorn_guard_webhook::Index;
+use longhorn_guard_webhook::index::IndexEvent;
 use longhorn_guard_webhook::index::IndexView;
 use longhorn_guard_webhook::throttle::reservations::{Reservation, ReservationKey, Reservations};
 use longhorn_types::shapes::with_status;
@@ -41,7 +41,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// `backups` Backups through the index's list path (see the module docs for the mix).
 fn fill(backups: usize) -> Index {
     let index = Index::default();
-    index.apply::<Backup>(Event::Init);
+    index.apply::<Backup>(IndexEvent::RelistStart);
     for b in 0..backups {
         let vol = format!("vol-{}", b % VOLUMES);
         let snap = format!("snap-{b}");
@@ -62,9 +62,9 @@ fn fill(backups: usize) -> Index {
             obj,
             shapes::backup_status("Completed", "node-0", &vol, &snap),
         );
-        index.apply::<Backup>(Event::InitApply(serde_json::from_value(obj).unwrap()));
+        index.apply::<Backup>(IndexEvent::Listed(serde_json::from_value(obj).unwrap()));
     }
-    index.apply::<Backup>(Event::InitDone);
+    index.apply::<Backup>(IndexEvent::RelistDone);
     index
 }
 

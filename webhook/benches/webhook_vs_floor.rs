@@ -14,9 +14,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 
-use kube::runtime::watcher::Event;
 use longhorn_guard_testkit::admissible_backup_objects;
 use longhorn_guard_testkit::admission::{Review, SERVICE_ACCOUNT_GROUPS};
+use longhorn_guard_webhook::index::IndexEvent;
 use longhorn_guard_webhook::{AppState, Index, Metrics, NoSnapshotSource, Policy, router, tls};
 use longhorn_types::shapes;
 
@@ -103,9 +103,9 @@ async fn main() {
     let policy = Arc::new(Policy::default());
     let index = Arc::new(Index::default());
     let (volume, snapshot, target) = admissible_backup_objects(NS, "snap-1").unwrap();
-    index.apply(Event::Apply(volume));
-    index.apply(Event::Apply(snapshot));
-    index.apply(Event::Apply(target));
+    index.apply(IndexEvent::Upsert(volume));
+    index.apply(IndexEvent::Upsert(snapshot));
+    index.apply(IndexEvent::Upsert(target));
     let state = AppState::new(
         policy,
         index,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use kube::runtime::watcher::Event;
+use longhorn_guard_webhook::index::IndexEvent;
 use longhorn_guard_webhook::{AppState, Index, Metrics, NoSnapshotSource, Policy, router};
 use longhorn_types::{Backup, BackupTarget, Engine, Snapshot, Volume, shapes};
 use serde_json::{Value, json};
@@ -38,20 +38,20 @@ fn index(total: usize, volumes: usize) -> Arc<Index> {
     let idx = Arc::new(Index::default());
     for v in 0..volumes {
         let (vol, node) = (format!("vol-{v}"), format!("node-{}", v % NODES));
-        idx.apply(Event::Apply(
+        idx.apply(IndexEvent::Upsert(
             serde_json::from_value::<Volume>(with_status(
                 shapes::volume(NS, &vol, &node),
                 shapes::volume_status(&node),
             ))
             .unwrap(),
         ));
-        idx.apply(Event::Apply(
+        idx.apply(IndexEvent::Upsert(
             serde_json::from_value::<Engine>(shapes::engine(NS, &vol, &node)).unwrap(),
         ));
     }
     for i in (0..total).filter(|i| i % 10 >= 3) {
         let vol = format!("vol-{}", i % volumes);
-        idx.apply(Event::Apply(
+        idx.apply(IndexEvent::Upsert(
             serde_json::from_value::<Snapshot>(with_status(
                 shapes::snapshot(NS, &format!("snap-{i}"), &vol),
                 shapes::snapshot_status("node-0", ""),
@@ -59,7 +59,7 @@ fn index(total: usize, volumes: usize) -> Arc<Index> {
             .unwrap(),
         ));
     }
-    idx.apply(Event::Apply(
+    idx.apply(IndexEvent::Upsert(
         serde_json::from_value::<BackupTarget>(with_status(
             shapes::backup_target(NS, "default", "s3://bk@us-east-1/"),
             shapes::backup_target_status("node-0", true),
@@ -121,7 +121,7 @@ async fn run(policy: Policy, total: usize, volumes: usize) -> Run {
         while let Some((at, obj)) = rx.recv().await {
             tokio::time::sleep_until((at + RUN_TIME).into()).await;
             let done = with_status(obj, shapes::backup_status("Completed", "node-0", "", ""));
-            ctl_idx.apply(Event::Apply(
+            ctl_idx.apply(IndexEvent::Upsert(
                 serde_json::from_value::<Backup>(done).unwrap(),
             ));
         }
@@ -154,7 +154,7 @@ async fn run(policy: Policy, total: usize, volumes: usize) -> Run {
                     allowed.fetch_add(1, Ordering::Relaxed);
                     // The watch delivers the new Backup (New) at once.
                     let created = with_status(obj.clone(), shapes::backup_status("", "", "", ""));
-                    idx.apply(Event::Apply(
+                    idx.apply(IndexEvent::Upsert(
                         serde_json::from_value::<Backup>(created).unwrap(),
                     ));
                     let _ = tx.send((Instant::now(), obj));

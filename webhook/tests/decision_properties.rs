@@ -12,7 +12,7 @@ use longhorn_types::shapes::with_status;
 use std::collections::BTreeMap;
 
 use kube::core::DynamicObject;
-use kube::runtime::watcher::Event;
+use longhorn_guard_webhook::index::IndexEvent;
 use longhorn_guard_webhook::index::LiveSnapshot;
 use longhorn_guard_webhook::policy::{CheckAction, EmptySnapshotRule, FailMode, Mode};
 use longhorn_guard_webhook::{BackupRequest, Decision, Index, Policy, Reason, decide};
@@ -178,7 +178,7 @@ fn build(case: &Case, state: SnapshotState) -> (Index, BackupRequest) {
             shapes::volume_status("node-1"),
         ))
         .unwrap();
-        index.apply(Event::Apply(vol));
+        index.apply(IndexEvent::Upsert(vol));
     }
     if let Some(available) = case.target {
         let t: BackupTarget = serde_json::from_value(with_status(
@@ -186,7 +186,7 @@ fn build(case: &Case, state: SnapshotState) -> (Index, BackupRequest) {
             shapes::backup_target_status("node-1", available),
         ))
         .unwrap();
-        index.apply(Event::Apply(t));
+        index.apply(IndexEvent::Upsert(t));
     }
     let mut status = shapes::snapshot_status("node-1", "");
     let snapshot_volume = match state {
@@ -208,7 +208,7 @@ fn build(case: &Case, state: SnapshotState) -> (Index, BackupRequest) {
             status,
         ))
         .unwrap();
-        index.apply(Event::Apply(snap));
+        index.apply(IndexEvent::Upsert(snap));
     }
 
     let mut obj = shapes::backup(ns, &case.backup, &case.volume, &case.snapshot, None);

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::index::IndexEvent;
 use axum::body::Body;
 use futures::future::BoxFuture;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use kube::runtime::watcher::Event;
 use longhorn_guard_testkit::admission::Review;
 use longhorn_guard_testkit::{admissible_backup_objects, typed_with_status};
 use longhorn_types::{BackupTarget, Snapshot, Volume, shapes};
@@ -47,15 +47,15 @@ impl SnapshotSource for FakeSource {
 fn setup(policy: Policy, source: Arc<FakeSource>) -> (AppState, Arc<Index>) {
     let index = Arc::new(Index::new(crate::index_options(&policy)));
     let (volume, snapshot, target) = admissible_backup_objects(NS, "snap-ok").unwrap();
-    index.apply(Event::Apply(volume));
-    index.apply(Event::Apply(snapshot));
+    index.apply(IndexEvent::Upsert(volume));
+    index.apply(IndexEvent::Upsert(snapshot));
     let mut removed = shapes::snapshot_status("node-1", "");
     removed["markRemoved"] = json!(true);
     let snapshot = shapes::snapshot(NS, "snap-removed", "vol-1");
-    index.apply(Event::Apply(
+    index.apply(IndexEvent::Upsert(
         typed_with_status::<Snapshot>(snapshot, removed).unwrap(),
     ));
-    index.apply(Event::Apply(target));
+    index.apply(IndexEvent::Upsert(target));
     let state = AppState::new(
         Arc::new(policy),
         index.clone(),
@@ -245,7 +245,7 @@ async fn cluster_rate_tokens_are_reported_per_namespace() {
     policy.throttle.cluster_rate = crate::policy::throttle::RateLimit::new(0.01, 50);
     let (state, index) = setup(policy, source(None, 0));
     // Another namespace with a Backup in the index and an untouched bucket.
-    index.apply(Event::Apply(
+    index.apply(IndexEvent::Upsert(
         typed_with_status::<longhorn_types::Backup>(
             shapes::backup("other", "old", "vol-9", "snap-9", None),
             shapes::backup_status("Completed", "node-1", "vol-9", "snap-9"),
@@ -488,16 +488,16 @@ async fn readyz_waits_for_every_watch_and_the_listener() {
     };
     assert_eq!(get("/healthz").await.0, StatusCode::OK);
     state.set_serving(true);
-    index.apply::<Snapshot>(Event::Init);
-    index.apply::<Snapshot>(Event::InitDone);
-    index.apply::<Volume>(Event::Init);
-    index.apply::<Volume>(Event::InitDone);
+    index.apply::<Snapshot>(IndexEvent::RelistStart);
+    index.apply::<Snapshot>(IndexEvent::RelistDone);
+    index.apply::<Volume>(IndexEvent::RelistStart);
+    index.apply::<Volume>(IndexEvent::RelistDone);
     let (status, body) = get("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("engine, backup, backuptarget"), "{body}");
-    index.apply::<Engine>(Event::InitDone);
-    index.apply::<Backup>(Event::InitDone);
-    index.apply::<BackupTarget>(Event::InitDone);
+    index.apply::<Engine>(IndexEvent::RelistDone);
+    index.apply::<Backup>(IndexEvent::RelistDone);
+    index.apply::<BackupTarget>(IndexEvent::RelistDone);
     assert!(Kind::ALL.iter().all(|k| index.synced(*k)));
     assert_eq!(get("/readyz").await.0, StatusCode::OK);
     state.set_serving(false);

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
-use kube::runtime::watcher::Event;
+use crate::index::IndexEvent;
 use longhorn_types::shapes::with_status;
 use longhorn_types::{Backup, BackupTarget, Snapshot, Volume, shapes};
 use serde_json::{Value, json};
@@ -32,7 +32,7 @@ fn index() -> Index {
             shapes::volume_status("node-1"),
         ))
         .unwrap();
-        idx.apply(Event::Apply(vol));
+        idx.apply(IndexEvent::Upsert(vol));
     }
     for s in [
         snapshot("snap-ok", "vol-1", json!({})),
@@ -50,7 +50,7 @@ fn index() -> Index {
         snapshot("snap-v2", "vol-2", json!({})),
         snapshot("snap-gone-vol", "vol-9", json!({})),
     ] {
-        idx.apply(Event::Apply(s));
+        idx.apply(IndexEvent::Upsert(s));
     }
     for (name, available) in [("default", true), ("broken", false)] {
         let t: BackupTarget = serde_json::from_value(with_status(
@@ -58,7 +58,7 @@ fn index() -> Index {
             shapes::backup_target_status("node-1", available),
         ))
         .unwrap();
-        idx.apply(Event::Apply(t));
+        idx.apply(IndexEvent::Upsert(t));
     }
     idx
 }
@@ -526,13 +526,13 @@ fn full_backup_patch_for_listed_and_labelled_volumes() {
     let idx = Index::new(opts);
     let mut labelled = shapes::volume(NS, "vol-l", "node-1");
     labelled["metadata"]["labels"] = json!({"backup.example.com/mode": "full"});
-    idx.apply(Event::Apply(
+    idx.apply(IndexEvent::Upsert(
         serde_json::from_value::<Volume>(labelled).unwrap(),
     ));
-    idx.apply(Event::Apply(
+    idx.apply(IndexEvent::Upsert(
         serde_json::from_value::<Volume>(shapes::volume(NS, "vol-plain", "node-1")).unwrap(),
     ));
-    idx.apply(Event::Apply(snapshot("snap-l", "vol-l", json!({}))));
+    idx.apply(IndexEvent::Upsert(snapshot("snap-l", "vol-l", json!({}))));
 
     let mut policy = Policy {
         full_backup: FullBackupRule {
@@ -613,14 +613,14 @@ fn decide_by_release() {
         shapes::volume_status("node-1"),
     ))
     .unwrap();
-    idx.apply(Event::Apply(vol));
-    idx.apply(Event::Apply(snapshot("snap-t", "vol-t", json!({}))));
+    idx.apply(IndexEvent::Upsert(vol));
+    idx.apply(IndexEvent::Upsert(snapshot("snap-t", "vol-t", json!({}))));
     let t: BackupTarget = serde_json::from_value(with_status(
         shapes::backup_target(NS, "offsite", "nfs://offsite:/backups"),
         shapes::backup_target_status("node-1", false),
     ))
     .unwrap();
-    idx.apply(Event::Apply(t));
+    idx.apply(IndexEvent::Upsert(t));
 
     let deny_targets = |p: &mut Policy| p.target_unavailable = CheckAction::Deny;
     let labelled_target = |name: &str, volume: &str, snap: &str, target: &str| {

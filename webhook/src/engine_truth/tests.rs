@@ -3,7 +3,7 @@
 use longhorn_types::shapes::with_status;
 use std::collections::BTreeMap;
 
-use kube::runtime::watcher::Event;
+use crate::index::IndexEvent;
 use longhorn_types::{Engine, Snapshot, Volume, shapes};
 use serde_json::json;
 
@@ -255,27 +255,27 @@ fn index() -> Index {
         shapes::volume_status("node-b"),
     ))
     .unwrap();
-    idx.apply(Event::Apply(vol));
+    idx.apply(IndexEvent::Upsert(vol));
     let snap: Snapshot = serde_json::from_value(with_status(
         shapes::snapshot(NS, "snap-a", "vol-1"),
         shapes::snapshot_status("node-b", ""),
     ))
     .unwrap();
-    idx.apply(Event::Apply(snap));
+    idx.apply(IndexEvent::Upsert(snap));
     // Migration: an inactive engine on node-a, two active ones (node-c first by name).
-    idx.apply(Event::Apply(renamed(
+    idx.apply(IndexEvent::Upsert(renamed(
         engine("vol-1", "node-a", false),
         "vol-1-e-0",
     )));
-    idx.apply(Event::Apply(renamed(
+    idx.apply(IndexEvent::Upsert(renamed(
         engine("vol-1", "node-c", true),
         "vol-1-e-1",
     )));
-    idx.apply(Event::Apply(renamed(
+    idx.apply(IndexEvent::Upsert(renamed(
         engine("vol-1", "node-b", true),
         "vol-1-e-2",
     )));
-    idx.apply(Event::Apply(engine("vol-2", "", true)));
+    idx.apply(IndexEvent::Upsert(engine("vol-2", "", true)));
     idx
 }
 
@@ -329,7 +329,7 @@ fn the_lost_track_error_is_denied_by_decide_without_any_agent() {
     let snap: Snapshot =
         serde_json::from_value(with_status(shapes::snapshot(NS, "snap-a", "vol-1"), status))
             .unwrap();
-    idx.apply(Event::Apply(snap));
+    idx.apply(IndexEvent::Upsert(snap));
     let d = decide(
         &Policy::default(),
         &idx.view(),

@@ -158,7 +158,7 @@ impl Groups {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use kube::runtime::watcher::Event;
+    use crate::index::IndexEvent;
     use longhorn_types::{Backup, Engine, shapes};
     use serde_json::json;
 
@@ -195,15 +195,15 @@ mod tests {
     #[test]
     fn backups_in_flight_follow_every_change() {
         let idx = Index::default();
-        idx.apply(Event::Apply(backup("b1", Some("v1"), "InProgress")));
-        idx.apply(Event::Apply(backup("b2", Some("v1"), "Completed")));
-        idx.apply(Event::Apply(backup("b3", None, "")));
+        idx.apply(IndexEvent::Upsert(backup("b1", Some("v1"), "InProgress")));
+        idx.apply(IndexEvent::Upsert(backup("b2", Some("v1"), "Completed")));
+        idx.apply(IndexEvent::Upsert(backup("b3", None, "")));
         assert_eq!(in_flight(&idx), pairs(&[("", "b3"), ("v1", "b1")]));
 
         // State changes move Backups in and out; a changed volume moves it between groups.
-        idx.apply(Event::Apply(backup("b1", Some("v1"), "Completed")));
-        idx.apply(Event::Apply(backup("b2", Some("v2"), "Pending")));
-        idx.apply(Event::Apply(backup("b3", Some("v2"), "Pending")));
+        idx.apply(IndexEvent::Upsert(backup("b1", Some("v1"), "Completed")));
+        idx.apply(IndexEvent::Upsert(backup("b2", Some("v2"), "Pending")));
+        idx.apply(IndexEvent::Upsert(backup("b3", Some("v2"), "Pending")));
         assert_eq!(in_flight(&idx), pairs(&[("v2", "b2"), ("v2", "b3")]));
         let view = idx.view();
         assert_eq!(view.data().backups.in_group("ns", "v2").count(), 2);
@@ -212,16 +212,16 @@ mod tests {
         drop(view);
 
         // Deletion, then a relist that keeps only b9: the grouping is rebuilt from it.
-        idx.apply(Event::Delete(backup("b2", Some("v2"), "Pending")));
+        idx.apply(IndexEvent::Delete(backup("b2", Some("v2"), "Pending")));
         assert_eq!(in_flight(&idx), pairs(&[("v2", "b3")]));
-        idx.apply::<Backup>(Event::Init);
-        idx.apply(Event::InitApply(backup("b9", Some("v9"), "New")));
+        idx.apply::<Backup>(IndexEvent::RelistStart);
+        idx.apply(IndexEvent::Listed(backup("b9", Some("v9"), "New")));
         assert_eq!(
             in_flight(&idx),
             pairs(&[("v2", "b3")]),
             "not before InitDone"
         );
-        idx.apply::<Backup>(Event::InitDone);
+        idx.apply::<Backup>(IndexEvent::RelistDone);
         assert_eq!(in_flight(&idx), pairs(&[("v9", "b9")]));
     }
 
@@ -240,22 +240,22 @@ mod tests {
     #[test]
     fn backups_are_counted_by_state_through_every_change_and_relist() {
         let idx = Index::default();
-        idx.apply(Event::Apply(backup("b1", Some("v1"), "InProgress")));
-        idx.apply(Event::Apply(backup("b2", Some("v1"), "Completed")));
-        idx.apply(Event::Apply(backup("b3", Some("v2"), "Completed")));
+        idx.apply(IndexEvent::Upsert(backup("b1", Some("v1"), "InProgress")));
+        idx.apply(IndexEvent::Upsert(backup("b2", Some("v1"), "Completed")));
+        idx.apply(IndexEvent::Upsert(backup("b3", Some("v2"), "Completed")));
         let t = |p: &[(&str, u64)]| -> Vec<(String, u64)> {
             p.iter().map(|(l, n)| (l.to_string(), *n)).collect()
         };
         assert_eq!(tallies(&idx), t(&[("Completed", 2), ("InProgress", 1)]));
-        idx.apply(Event::Apply(backup("b1", Some("v1"), "Completed")));
-        idx.apply(Event::Delete(backup("b2", Some("v1"), "Completed")));
+        idx.apply(IndexEvent::Upsert(backup("b1", Some("v1"), "Completed")));
+        idx.apply(IndexEvent::Delete(backup("b2", Some("v1"), "Completed")));
         assert_eq!(tallies(&idx), t(&[("Completed", 2)]));
-        idx.apply::<Backup>(Event::Init);
-        idx.apply(Event::InitApply(backup("b9", Some("v9"), "Error")));
+        idx.apply::<Backup>(IndexEvent::RelistStart);
+        idx.apply(IndexEvent::Listed(backup("b9", Some("v9"), "Error")));
         assert_eq!(tallies(&idx), t(&[("Completed", 2)]), "not before InitDone");
-        idx.apply::<Backup>(Event::InitDone);
+        idx.apply::<Backup>(IndexEvent::RelistDone);
         assert_eq!(tallies(&idx), t(&[("Error", 1)]));
-        idx.apply(Event::Delete(backup("b9", Some("v9"), "Error")));
+        idx.apply(IndexEvent::Delete(backup("b9", Some("v9"), "Error")));
         assert!(tallies(&idx).is_empty());
     }
 
@@ -264,10 +264,10 @@ mod tests {
         let idx = Index::default();
         let mut synced = shapes::backup("ns", "synced", "v1", "", None);
         synced["status"] = shapes::backup_status("Pending", "node-1", "v1", "");
-        idx.apply(Event::Apply(
+        idx.apply(IndexEvent::Upsert(
             serde_json::from_value::<Backup>(synced).unwrap(),
         ));
-        idx.apply(Event::Apply(backup("b1", Some("v1"), "Pending")));
+        idx.apply(IndexEvent::Upsert(backup("b1", Some("v1"), "Pending")));
         assert_eq!(
             in_flight(&idx),
             pairs(&[(super::super::NO_SNAPSHOT_GROUP, "synced"), ("v1", "b1")])
@@ -292,8 +292,8 @@ mod tests {
         let engine = |volume: &str, node: &str| -> Engine {
             serde_json::from_value(shapes::engine("ns", volume, node)).unwrap()
         };
-        idx.apply(Event::Apply(engine("v1", "node-1")));
-        idx.apply(Event::Apply(engine("v2", "node-2")));
+        idx.apply(IndexEvent::Upsert(engine("v1", "node-1")));
+        idx.apply(IndexEvent::Upsert(engine("v2", "node-2")));
         let view = idx.view();
         let nodes: Vec<_> = view
             .data()
@@ -303,7 +303,7 @@ mod tests {
             .collect();
         assert_eq!(nodes, vec!["node-1".to_string()]);
         drop(view);
-        idx.apply(Event::Delete(engine("v1", "node-1")));
+        idx.apply(IndexEvent::Delete(engine("v1", "node-1")));
         assert_eq!(idx.view().data().engines.in_group("ns", "v1").count(), 0);
         assert_eq!(idx.view().data().engines.in_group("ns", "v2").count(), 1);
     }

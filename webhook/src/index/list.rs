@@ -19,11 +19,10 @@ use futures::{AsyncRead, AsyncReadExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Client;
 use kube::api::ListParams;
-use kube::runtime::watcher::Event;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::{Index, IndexedKind};
+use super::{Index, IndexEvent, IndexedKind};
 
 /// How long a list response may stay silent before the list is abandoned and retried (kube's
 /// client has no read timeout of its own, and a half-open connection would otherwise leave
@@ -72,7 +71,7 @@ pub async fn list_into<K: IndexedKind>(
             },
         );
         decode_list::<Thin<K>, _>(reader, |thin| {
-            index.apply(Event::InitApply(thin.into_object()));
+            index.apply(IndexEvent::Listed(thin.into_object()));
         })
     })
     .await??;

@@ -19,8 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
-use kube::runtime::watcher::Event;
-
 pub use entries::{
     BackupEntry, EngineEntry, IndexedKind, MAX_GENERATED_BASE, NO_SNAPSHOT_GROUP, SnapshotEntry,
     SnapshotFacts, TargetEntry, VolumeEntry, generated_base, generated_key, is_generated_from,
@@ -354,6 +352,24 @@ pub struct Index {
     created: Instant,
 }
 
+/// What the index's own list and watch (`list.rs`, `watch.rs`) feed it for one kind `K`: a
+/// (re)list is `RelistStart`, one `Listed` per object, `RelistDone`; then the watch's
+/// `Upsert`s and `Delete`s. The index's boundary type: it does not depend on how the objects
+/// were fetched (kube-runtime's watcher is not used).
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexEvent<K> {
+    /// A (re)list begins: the kind is not trusted until `RelistDone`.
+    RelistStart,
+    /// One object of the (re)list.
+    Listed(K),
+    /// The (re)list is complete: objects it did not list are gone.
+    RelistDone,
+    /// An object added or modified.
+    Upsert(K),
+    /// An object deleted.
+    Delete(K),
+}
+
 /// What an event did, for the caller's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -417,17 +433,17 @@ impl Index {
         }
     }
 
-    /// Applies one watcher event for kind `K`.
-    pub fn apply<K: IndexedKind>(&self, event: Event<K>) -> Applied {
+    /// Applies one list or watch event for kind `K`.
+    pub fn apply<K: IndexedKind>(&self, event: IndexEvent<K>) -> Applied {
         let sync = &self.sync[K::KIND.slot()];
-        if !matches!(event, Event::Init) {
+        if !matches!(event, IndexEvent::RelistStart) {
             // Data from the API server: the watch works (again).
             self.watch_alive(K::KIND);
         }
         let mut data = self.write();
         let data = &mut *data;
         match event {
-            Event::Init => {
+            IndexEvent::RelistStart => {
                 // The watcher relists: events were missed (or this is the start), so the
                 // kind is not trusted until the new list is complete.
                 sync.synced.store(false, Ordering::Release);
@@ -439,28 +455,28 @@ impl Index {
                 };
                 Applied::RelistStarted { restart: n > 0 }
             }
-            Event::InitApply(obj) => {
+            IndexEvent::Listed(obj) => {
                 if let Some((ns, name, entry)) = K::extract(&obj, &mut data.interner, &self.options)
                 {
                     K::table(data).relist_apply(ns, name, entry);
                 }
                 Applied::Object
             }
-            Event::InitDone => {
+            IndexEvent::RelistDone => {
                 K::table(data).relist_done();
                 data.interner.purge();
                 data.deletes_since_purge = 0;
                 sync.synced.store(true, Ordering::Release);
                 Applied::RelistDone
             }
-            Event::Apply(obj) => {
+            IndexEvent::Upsert(obj) => {
                 if let Some((ns, name, entry)) = K::extract(&obj, &mut data.interner, &self.options)
                 {
                     K::table(data).apply(ns, name, entry);
                 }
                 Applied::Object
             }
-            Event::Delete(obj) => {
+            IndexEvent::Delete(obj) => {
                 let ns = obj.meta().namespace.as_deref().unwrap_or_default();
                 let name = obj.meta().name.as_deref().unwrap_or_default();
                 if K::table(data).remove(ns, name) {

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
-use kube::runtime::watcher::Event;
+use crate::index::IndexEvent;
 use longhorn_types::{Backup, BackupState, Engine, Snapshot, Volume, shapes};
 use serde_json::json;
 
@@ -13,26 +13,26 @@ fn snap(ns: &str, name: &str, volume: &str) -> Snapshot {
 #[test]
 fn relist_replaces_a_kind_atomically() {
     let idx = Index::default();
-    idx.apply::<Snapshot>(Event::Init);
-    idx.apply(Event::InitApply(snap("a", "s1", "v1")));
-    idx.apply(Event::InitApply(snap("a", "s2", "v1")));
+    idx.apply::<Snapshot>(IndexEvent::RelistStart);
+    idx.apply(IndexEvent::Listed(snap("a", "s1", "v1")));
+    idx.apply(IndexEvent::Listed(snap("a", "s2", "v1")));
     // Not visible before InitDone, and not synced.
     assert!(idx.view().data().snapshots.is_empty());
     assert!(!idx.synced(Kind::Snapshot));
-    idx.apply::<Snapshot>(Event::InitDone);
+    idx.apply::<Snapshot>(IndexEvent::RelistDone);
     assert!(idx.synced(Kind::Snapshot));
     assert_eq!(idx.view().data().len(Kind::Snapshot), 2);
     assert!(!idx.all_synced(), "other kinds have not listed yet");
 
     // A relist that no longer has s1 drops it only at InitDone; the old table serves until then.
     assert_eq!(
-        idx.apply::<Snapshot>(Event::Init),
+        idx.apply::<Snapshot>(IndexEvent::RelistStart),
         Applied::RelistStarted { restart: true }
     );
-    idx.apply(Event::InitApply(snap("a", "s2", "v1")));
-    idx.apply(Event::InitApply(snap("b", "s3", "v2")));
+    idx.apply(IndexEvent::Listed(snap("a", "s2", "v1")));
+    idx.apply(IndexEvent::Listed(snap("b", "s3", "v2")));
     assert!(idx.view().data().snapshots.get("a", "s1").is_some());
-    idx.apply::<Snapshot>(Event::InitDone);
+    idx.apply::<Snapshot>(IndexEvent::RelistDone);
     let view = idx.view();
     assert!(view.data().snapshots.get("a", "s1").is_none());
     assert_eq!(view.data().len(Kind::Snapshot), 2);
@@ -48,10 +48,10 @@ fn relist_replaces_a_kind_atomically() {
 #[test]
 fn apply_updates_and_delete_removes() {
     let idx = Index::default();
-    idx.apply(Event::Apply(snap("a", "s1", "v1")));
+    idx.apply(IndexEvent::Upsert(snap("a", "s1", "v1")));
     let mut obj = shapes::snapshot("a", "s1", "v1");
     obj["status"] = json!({"markRemoved": true});
-    idx.apply(Event::Apply(
+    idx.apply(IndexEvent::Upsert(
         serde_json::from_value::<Snapshot>(obj).unwrap(),
     ));
     assert_eq!(idx.view().data().len(Kind::Snapshot), 1);
@@ -59,7 +59,7 @@ fn apply_updates_and_delete_removes() {
         SnapshotLookup::Indexed(f) => assert!(f.mark_removed),
         other => panic!("{other:?}"),
     }
-    idx.apply(Event::Delete(snap("a", "s1", "v1")));
+    idx.apply(IndexEvent::Delete(snap("a", "s1", "v1")));
     assert_eq!(idx.view().snapshot("a", "s1"), SnapshotLookup::NotIndexed);
     assert_eq!(idx.view().data().len(Kind::Snapshot), 0);
 }
@@ -70,7 +70,9 @@ fn backups_keep_volume_snapshot_state_and_time() {
     let mut obj = shapes::backup("a", "b1", "v1", "s1", Some("daily"));
     obj["metadata"]["creationTimestamp"] = json!("2026-11-24T10:00:00Z");
     obj["status"] = shapes::backup_status("Pending", "node-1", "v1", "s1");
-    idx.apply(Event::Apply(serde_json::from_value::<Backup>(obj).unwrap()));
+    idx.apply(IndexEvent::Upsert(
+        serde_json::from_value::<Backup>(obj).unwrap(),
+    ));
     let view = idx.view();
     let b = view.backup("a", "b1").unwrap();
     assert_eq!(b.volume.as_deref(), Some("v1"));
@@ -84,12 +86,14 @@ fn volume_node_falls_back_to_the_active_engine() {
     let idx = Index::default();
     let mut vol = shapes::volume("a", "v1", "");
     vol["spec"]["nodeID"] = json!("");
-    idx.apply(Event::Apply(serde_json::from_value::<Volume>(vol).unwrap()));
-    idx.apply(Event::Apply(
+    idx.apply(IndexEvent::Upsert(
+        serde_json::from_value::<Volume>(vol).unwrap(),
+    ));
+    idx.apply(IndexEvent::Upsert(
         serde_json::from_value::<Engine>(shapes::engine("a", "v1", "node-7")).unwrap(),
     ));
     assert_eq!(idx.view().volume_node("a", "v1"), Some("node-7"));
-    idx.apply(Event::Apply(
+    idx.apply(IndexEvent::Upsert(
         serde_json::from_value::<Volume>(shapes::volume("a", "v1", "node-3")).unwrap(),
     ));
     assert_eq!(idx.view().volume_node("a", "v1"), Some("node-3"));
@@ -99,7 +103,11 @@ fn volume_node_falls_back_to_the_active_engine() {
 fn strings_are_shared_and_released() {
     let idx = Index::default();
     for i in 0..1000 {
-        idx.apply(Event::Apply(snap("ns", &format!("s{i}"), "vol-shared")));
+        idx.apply(IndexEvent::Upsert(snap(
+            "ns",
+            &format!("s{i}"),
+            "vol-shared",
+        )));
     }
     {
         let view = idx.view();
@@ -107,8 +115,8 @@ fn strings_are_shared_and_released() {
         assert_eq!(view.data().interned_strings(), 1002);
     }
     // A relist with nothing in it drops every entry and purges the strings.
-    idx.apply::<Snapshot>(Event::Init);
-    idx.apply::<Snapshot>(Event::InitDone);
+    idx.apply::<Snapshot>(IndexEvent::RelistStart);
+    idx.apply::<Snapshot>(IndexEvent::RelistDone);
     assert_eq!(idx.view().data().interned_strings(), 0);
 }
 
@@ -117,39 +125,39 @@ fn last_event_age_and_restart_counting() {
     let idx = Index::default();
     assert_eq!(idx.last_event_age_seconds(Kind::Volume), None);
     assert_eq!(
-        idx.apply::<Volume>(Event::Init),
+        idx.apply::<Volume>(IndexEvent::RelistStart),
         Applied::RelistStarted { restart: false }
     );
     // Init comes before the list request: it is no news from the API server.
     assert_eq!(idx.last_event_age_seconds(Kind::Volume), None);
     // The list failed and the watcher retries: the same relist, not a restart.
     assert_eq!(
-        idx.apply::<Volume>(Event::Init),
+        idx.apply::<Volume>(IndexEvent::RelistStart),
         Applied::RelistStarted { restart: false }
     );
-    idx.apply::<Volume>(Event::InitDone);
+    idx.apply::<Volume>(IndexEvent::RelistDone);
     assert!(idx.last_event_age_seconds(Kind::Volume).is_some());
     assert_eq!(
-        idx.apply::<Volume>(Event::Init),
+        idx.apply::<Volume>(IndexEvent::RelistStart),
         Applied::RelistStarted { restart: true }
     );
     assert_eq!(
-        idx.apply::<Volume>(Event::Init),
+        idx.apply::<Volume>(IndexEvent::RelistStart),
         Applied::RelistStarted { restart: false }
     );
 }
 
 fn list_all(idx: &Index) {
-    idx.apply::<Snapshot>(Event::Init);
-    idx.apply::<Snapshot>(Event::InitDone);
-    idx.apply::<Volume>(Event::Init);
-    idx.apply::<Volume>(Event::InitDone);
-    idx.apply::<Engine>(Event::Init);
-    idx.apply::<Engine>(Event::InitDone);
-    idx.apply::<Backup>(Event::Init);
-    idx.apply::<Backup>(Event::InitDone);
-    idx.apply::<longhorn_types::BackupTarget>(Event::Init);
-    idx.apply::<longhorn_types::BackupTarget>(Event::InitDone);
+    idx.apply::<Snapshot>(IndexEvent::RelistStart);
+    idx.apply::<Snapshot>(IndexEvent::RelistDone);
+    idx.apply::<Volume>(IndexEvent::RelistStart);
+    idx.apply::<Volume>(IndexEvent::RelistDone);
+    idx.apply::<Engine>(IndexEvent::RelistStart);
+    idx.apply::<Engine>(IndexEvent::RelistDone);
+    idx.apply::<Backup>(IndexEvent::RelistStart);
+    idx.apply::<Backup>(IndexEvent::RelistDone);
+    idx.apply::<longhorn_types::BackupTarget>(IndexEvent::RelistStart);
+    idx.apply::<longhorn_types::BackupTarget>(IndexEvent::RelistDone);
 }
 
 #[test]
@@ -158,9 +166,9 @@ fn a_relist_untrusts_the_kind_until_it_is_done() {
     assert!(!idx.all_trusted());
     list_all(&idx);
     assert!(idx.all_trusted());
-    idx.apply(Event::Apply(snap("a", "s1", "v1")));
+    idx.apply(IndexEvent::Upsert(snap("a", "s1", "v1")));
     // A relist (e.g. after 410 Gone): the old table still answers, but is not trusted.
-    idx.apply::<Snapshot>(Event::Init);
+    idx.apply::<Snapshot>(IndexEvent::RelistStart);
     assert_eq!(
         idx.trust(Kind::Snapshot),
         Trust::Listing { failing_ms: None }
@@ -168,7 +176,7 @@ fn a_relist_untrusts_the_kind_until_it_is_done() {
     assert!(!idx.all_trusted());
     assert!(idx.trust(Kind::Volume).is_trusted());
     assert!(idx.view().data().snapshots.get("a", "s1").is_some());
-    idx.apply::<Snapshot>(Event::InitDone);
+    idx.apply::<Snapshot>(IndexEvent::RelistDone);
     assert!(idx.all_trusted());
     assert!(idx.view().data().snapshots.get("a", "s1").is_none());
 }
@@ -203,7 +211,7 @@ fn a_watch_failing_past_the_bound_untrusts_the_kind_until_news_arrives() {
 
     // The watch task then relists: failures of the list keep the clock running, the
     // relist's objects and InitDone end it.
-    idx.apply::<Engine>(Event::Init);
+    idx.apply::<Engine>(IndexEvent::RelistStart);
     idx.watch_failed(Kind::Engine);
     assert!(matches!(
         idx.trust(Kind::Engine),
@@ -214,10 +222,10 @@ fn a_watch_failing_past_the_bound_untrusts_the_kind_until_news_arrives() {
         None,
         "listing: nothing to time"
     );
-    idx.apply(Event::InitApply(
+    idx.apply(IndexEvent::Listed(
         serde_json::from_value::<Engine>(shapes::engine("a", "v1", "node-7")).unwrap(),
     ));
-    idx.apply::<Engine>(Event::InitDone);
+    idx.apply::<Engine>(IndexEvent::RelistDone);
     assert_eq!(idx.trust(Kind::Engine), Trust::Trusted { failing_ms: None });
     assert!(idx.all_trusted());
 
@@ -225,7 +233,7 @@ fn a_watch_failing_past_the_bound_untrusts_the_kind_until_news_arrives() {
     idx.watch_failed(Kind::Snapshot);
     std::thread::sleep(std::time::Duration::from_millis(5));
     assert!(!idx.all_trusted());
-    idx.apply(Event::Apply(snap("a", "s2", "v1")));
+    idx.apply(IndexEvent::Upsert(snap("a", "s2", "v1")));
     assert!(idx.all_trusted());
 }
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{WatchEvent, WatchParams};
-use kube::runtime::watcher;
+
 use kube::{Api, Client, Resource};
 use longhorn_types::{Backup, BackupTarget, Engine, Snapshot, Volume};
 use tokio::task::JoinSet;
 
 use super::list::list_into;
-use super::{Applied, Index, IndexMetrics, IndexedKind};
+use super::{Applied, Index, IndexEvent, IndexMetrics, IndexedKind};
 
 /// Which namespaces to watch.
 #[derive(Clone, Debug, Default)]
@@ -82,13 +82,14 @@ where
     loop {
         // (Re)list until one succeeds. Until then the kind is listing: not trusted.
         let started = std::time::Instant::now();
-        if let Applied::RelistStarted { restart: true } = index.apply::<K>(watcher::Event::Init) {
+        if let Applied::RelistStarted { restart: true } = index.apply::<K>(IndexEvent::RelistStart)
+        {
             metrics.watch_restarted(kind);
             tracing::info!(kind = kind.as_str(), "relisting");
         }
         let mut resource_version = match list_into::<K>(&client, &url_path, &index).await {
             Ok(listed) => {
-                index.apply::<K>(watcher::Event::InitDone);
+                index.apply::<K>(IndexEvent::RelistDone);
                 metrics.list_done(kind, started.elapsed());
                 backoff.reset();
                 tracing::info!(
@@ -170,10 +171,10 @@ async fn follow<K: IndexedKind>(
                 }
                 match event {
                     WatchEvent::Added(obj) | WatchEvent::Modified(obj) => {
-                        index.apply(watcher::Event::Apply(obj));
+                        index.apply(IndexEvent::Upsert(obj));
                     }
                     WatchEvent::Deleted(obj) => {
-                        index.apply(watcher::Event::Delete(obj));
+                        index.apply(IndexEvent::Delete(obj));
                     }
                     WatchEvent::Bookmark(_) => index.watch_alive(kind),
                     WatchEvent::Error(status) => return Err(WatchFailure::Status(status)),

@@ -3,7 +3,7 @@
 use longhorn_types::shapes::with_status;
 use std::time::{Duration, Instant};
 
-use kube::runtime::watcher::Event;
+use crate::index::IndexEvent;
 use longhorn_types::{Backup, Engine, Snapshot, Volume, shapes};
 use serde_json::json;
 
@@ -67,18 +67,18 @@ fn index() -> Index {
             shapes::volume_status(node),
         ))
         .unwrap();
-        idx.apply(Event::Apply(vol));
+        idx.apply(IndexEvent::Upsert(vol));
         for n in 0..5 {
             let s: Snapshot = serde_json::from_value(with_status(
                 shapes::snapshot(NS, &format!("snap-{v}-{n}"), v),
                 shapes::snapshot_status(node, ""),
             ))
             .unwrap();
-            idx.apply(Event::Apply(s));
+            idx.apply(IndexEvent::Upsert(s));
         }
     }
     let e: Engine = serde_json::from_value(shapes::engine(NS, "vol-2", "node-1")).unwrap();
-    idx.apply(Event::Apply(e));
+    idx.apply(IndexEvent::Upsert(e));
     idx
 }
 
@@ -119,7 +119,7 @@ fn backup_obj(
 
 fn apply_backup(idx: &Index, obj: serde_json::Value) {
     let b: Backup = serde_json::from_value(obj).unwrap();
-    idx.apply(Event::Apply(b));
+    idx.apply(IndexEvent::Upsert(b));
 }
 
 fn req(name: &str, volume: &str, snapshot: &str) -> ThrottleRequest {
@@ -361,13 +361,13 @@ fn generated_names_are_found_by_the_index_as_by_the_scan() {
     let gone = format!("{}q10zz", "backup-b-");
     let mut obj = backup_obj(&gone, "vol-1", "snap-vol-1-0", "Pending", 1);
     obj["metadata"]["generateName"] = json!("backup-b-");
-    idx.apply(Event::Delete(
+    idx.apply(IndexEvent::Delete(
         serde_json::from_value::<Backup>(obj).unwrap(),
     ));
     assert!(!reservation("backup-b-", "snap-vol-1-0").seen(&idx.view()));
     assert!(reservation("backup-b-", "snap-vol-1-1").seen(&idx.view()));
-    idx.apply::<Backup>(Event::Init);
-    idx.apply::<Backup>(Event::InitDone);
+    idx.apply::<Backup>(IndexEvent::RelistStart);
+    idx.apply::<Backup>(IndexEvent::RelistDone);
     assert!(!reservation("backup-", "snap-vol-1-1").seen(&idx.view()));
 }
 
@@ -540,7 +540,7 @@ fn a_backup_that_cannot_finish_holds_its_volume_slot_only_until_stuck_after() {
             st,
         ))
         .unwrap();
-        idx.apply(Event::Apply(snap));
+        idx.apply(IndexEvent::Upsert(snap));
         backup_in(
             &idx,
             &format!("gone-{i}"),
@@ -1091,7 +1091,7 @@ fn figures_count_backups_that_cannot_finish_by_volume() {
     st["lastBackupAt"] = json!(rfc3339(T0 - 86_400));
     let vol: Volume =
         serde_json::from_value(with_status(shapes::volume(NS, "vol-1", "node-1"), st)).unwrap();
-    idx.apply(Event::Apply(vol));
+    idx.apply(IndexEvent::Upsert(vol));
     backup_in(&idx, "a", "vol-1", "snap-gone-a", "Pending", 600);
     backup_in(&idx, "b", "vol-1", "snap-gone-b", "", 60);
     backup_in(&idx, "c", "vol-3", "snap-gone-c", "Pending", 7200);
