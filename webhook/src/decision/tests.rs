@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::index::{Index, LiveSnapshot, SnapshotFacts};
 use crate::policy::{CheckAction, EmptySnapshotRule, FullBackupRule, Mode, Policy};
+use kube::core::DynamicObject;
 
 const NS: &str = "lh-ns";
 
