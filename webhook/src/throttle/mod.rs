@@ -16,24 +16,26 @@
 pub mod admission;
 pub mod inflight;
 pub mod metrics;
+mod request;
 pub mod reservations;
 pub mod token_bucket;
+mod violations;
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kube::core::DynamicObject;
-use longhorn_types::{BackupState, labels};
-
-use crate::decision::BackupRequest;
 use crate::index::IndexView;
+use crate::policy::Mode;
 use crate::policy::throttle::{RateLimit, RecurringAction, ThrottlePolicy};
-use crate::policy::{Exemptions, Mode};
-use inflight::{Counts, Holder, NodeMap, ScopeCount};
+use inflight::NodeMap;
 use reservations::{Reservation, ReservationKey, Reservations};
 use token_bucket::Buckets;
+use violations::{
+    Violation, denial_message, first_violation, near_limit_warnings, released_warning,
+};
+
+pub use request::{ThrottleRequest, is_exempt, recurring_job_of};
+pub use violations::age;
 
 pub use metrics::ThrottleMetrics;
 
@@ -114,95 +116,6 @@ impl Scope {
     }
 }
 
-/// What the throttle needs from a Backup CREATE.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ThrottleRequest {
-    /// The AdmissionReview uid (reservation key for `generateName` requests).
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
-    pub generate_name: String,
-    pub snapshot: String,
-    /// The volume: `backup-volume` label, else the Snapshot's volume.
-    pub volume: Option<String>,
-    /// `spec.labels.RecurringJob`.
-    pub recurring_job: Option<String>,
-    pub username: String,
-    pub groups: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    /// Dry runs are checked but take no token and no slot.
-    pub dry_run: bool,
-}
-
-impl ThrottleRequest {
-    pub fn from_backup(
-        b: &BackupRequest,
-        uid: &str,
-        recurring_job: Option<String>,
-        dry_run: bool,
-    ) -> Self {
-        Self {
-            uid: uid.to_string(),
-            namespace: b.namespace.clone(),
-            name: b.name.clone(),
-            generate_name: b.generate_name.clone(),
-            snapshot: b.snapshot.clone(),
-            volume: b.volume_label().map(str::to_string),
-            recurring_job,
-            username: b.username.clone(),
-            groups: b.groups.clone(),
-            labels: b.labels.clone(),
-            dry_run,
-        }
-    }
-
-    fn display_name(&self) -> String {
-        if !self.name.is_empty() {
-            format!("Backup {:?}", self.name)
-        } else if !self.generate_name.is_empty() {
-            format!("Backup with generateName {:?}", self.generate_name)
-        } else {
-            "Backup (no name)".to_string()
-        }
-    }
-}
-
-/// `spec.labels.RecurringJob` of a Backup object, if set and a non-empty string.
-pub fn recurring_job_of(obj: &DynamicObject) -> Option<String> {
-    obj.data
-        .get("spec")?
-        .get("labels")?
-        .get(labels::RECURRING_JOB)?
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
-/// Whether the throttle exemptions match (label `"*"` = any value; service accounts as
-/// `namespace:name`, `*:name`).
-pub fn is_exempt(ex: &Exemptions, req: &ThrottleRequest) -> bool {
-    if ex
-        .labels
-        .iter()
-        .any(|(k, v)| req.labels.get(k).is_some_and(|have| v == "*" || v == have))
-    {
-        return true;
-    }
-    if ex.users.contains(&req.username) {
-        return true;
-    }
-    if let Some(rest) = req.username.strip_prefix("system:serviceaccount:")
-        && let Some((ns, name)) = rest.split_once(':')
-        && ex.service_accounts.iter().any(|sa| {
-            sa.split_once(':')
-                .is_some_and(|(wn, wname)| (wn == "*" || wn == ns) && wname == name)
-        })
-    {
-        return true;
-    }
-    ex.groups.iter().any(|g| req.groups.contains(g))
-}
-
 /// A throttle denial: 429, the scope, and a message with the count, the limit, the oldest
 /// holders and when to retry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,14 +151,6 @@ struct Inner {
     last_sweep: Option<Instant>,
 }
 
-/// A throttle violation before the policy decides what it costs.
-struct Violation {
-    scope: Scope,
-    what: String,
-    holders: Vec<Holder>,
-    retry: Duration,
-}
-
 /// The throttle of one webhook replica.
 #[derive(Debug, Default)]
 pub struct Throttle {
@@ -253,9 +158,6 @@ pub struct Throttle {
 }
 
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
-/// Suggested retry for a cap: Longhorn's own requeue interval for a Backup is ~30 s.
-const CAP_RETRY: Duration = Duration::from_secs(30);
-
 impl Throttle {
     pub fn new() -> Self {
         Self::default()
@@ -301,25 +203,11 @@ impl Throttle {
         let exempt = is_exempt(&policy.exemptions, req);
         let nodes = NodeMap::lookup(view, &req.namespace);
         let node = req.volume.as_deref().and_then(|v| nodes.node_of(v));
-        let ns: Arc<str> = Arc::from(req.namespace.as_str());
-        let job_key = req.recurring_job.as_ref().map(|j| (ns.clone(), j.clone()));
+        let keys = BucketKeys::of(req);
 
         let mut inner = self.lock();
         let inner = &mut *inner;
-        inner.reservations.settle(
-            view,
-            now.at,
-            Duration::from_secs(policy.reservation_timeout_seconds),
-        );
-        if inner
-            .last_sweep
-            .is_none_or(|t| now.at.saturating_duration_since(t) >= SWEEP_EVERY)
-        {
-            inner.cluster_buckets.sweep(&policy.cluster_rate, now.at);
-            inner.job_buckets.sweep(&policy.recurring_job_rate, now.at);
-            inner.user_buckets.sweep(&policy.user_rate, now.at);
-            inner.last_sweep = Some(now.at);
-        }
+        inner.housekeep(policy, view, now);
         let counts = inflight::count(
             view,
             &nodes,
@@ -331,87 +219,18 @@ impl Throttle {
             now.unix,
             policy.stuck_after_seconds,
         );
+        let rates = inner.tokens(policy, &keys, req, now.at);
 
-        // Tokens each bucket has now (refilled), without taking any yet.
-        let rates: [(Scope, &RateLimit, f64); 3] = [
-            (
-                Scope::ClusterRate,
-                &policy.cluster_rate,
-                if policy.cluster_rate.enabled() {
-                    inner
-                        .cluster_buckets
-                        .get(&ns, &policy.cluster_rate, now.at)
-                        .tokens()
-                } else {
-                    f64::INFINITY
-                },
-            ),
-            (
-                Scope::RecurringJobRate,
-                &policy.recurring_job_rate,
-                match &job_key {
-                    Some(k) if policy.recurring_job_rate.enabled() => inner
-                        .job_buckets
-                        .get(k, &policy.recurring_job_rate, now.at)
-                        .tokens(),
-                    _ => f64::INFINITY,
-                },
-            ),
-            (
-                Scope::UserRate,
-                &policy.user_rate,
-                if policy.user_rate.enabled() {
-                    inner
-                        .user_buckets
-                        .get(&req.username, &policy.user_rate, now.at)
-                        .tokens()
-                } else {
-                    f64::INFINITY
-                },
-            ),
-        ];
-
-        let violation = first_violation(policy, req, &counts, node.as_deref(), &rates);
-        let recurring = req.recurring_job.is_some();
         let mut warnings = Vec::new();
         let mut warned = None;
-        if let Some(v) = violation {
-            let action = if exempt {
-                None
-            } else if policy.mode == Mode::WarnOnly {
-                Some(RecurringAction::Warn)
-            } else if recurring {
-                Some(if v.scope.is_rate() {
-                    policy.recurring_jobs.rates
-                } else if v.scope.is_cap() {
-                    policy.recurring_jobs.caps
-                } else {
-                    policy.recurring_jobs.duplicates
-                })
-            } else {
-                Some(RecurringAction::Deny)
-            };
-            let message = denial_message(policy, req, node.as_deref(), &v);
-            match action {
-                Some(RecurringAction::Deny) => {
-                    return ThrottleOutcome::Denied(ThrottleDenial {
-                        scope: v.scope,
-                        code: THROTTLED_CODE,
-                        message,
-                        retry_after_seconds: u32::try_from(v.retry.as_secs().max(1))
-                            .unwrap_or(u32::MAX),
-                    });
-                }
-                Some(RecurringAction::Warn) => {
-                    let why = if policy.mode == Mode::WarnOnly {
-                        "throttle warn-only mode"
-                    } else {
-                        "recurring-job rule"
-                    };
-                    warnings.push(format!("{why}, would deny: {message}"));
+        if let Some(v) = first_violation(policy, req, &counts, node.as_deref(), &rates) {
+            match judge(policy, exempt, req, node.as_deref(), &v) {
+                Err(denial) => return ThrottleOutcome::Denied(denial),
+                Ok(Some(warning)) => {
+                    warnings.push(warning);
                     warned = Some(v.scope);
                 }
-                None => {}
+                Ok(None) => {}
             }
         }
 
@@ -431,46 +250,9 @@ impl Throttle {
             };
         }
         if !exempt {
-            if policy.cluster_rate.enabled() {
-                let b = inner.cluster_buckets.get(&ns, &policy.cluster_rate, now.at);
-                if b.tokens() >= 1.0 {
-                    b.take();
-                }
-            }
-            if let Some(k) = &job_key
-                && policy.recurring_job_rate.enabled()
-            {
-                let b = inner.job_buckets.get(k, &policy.recurring_job_rate, now.at);
-                if b.tokens() >= 1.0 {
-                    b.take();
-                }
-            }
-            if policy.user_rate.enabled() {
-                let b = inner
-                    .user_buckets
-                    .get(&req.username, &policy.user_rate, now.at);
-                if b.tokens() >= 1.0 {
-                    b.take();
-                }
-            }
+            inner.take_tokens(policy, &keys, req, now.at);
         }
-        let key = if req.name.is_empty() {
-            ReservationKey::Uid {
-                uid: req.uid.clone(),
-                generate_name: req.generate_name.clone(),
-            }
-        } else {
-            ReservationKey::Name(req.name.clone())
-        };
-        inner.reservations.add(Reservation {
-            namespace: ns,
-            key,
-            volume: req.volume.as_deref().map(Arc::from),
-            node,
-            snapshot: Arc::from(req.snapshot.as_str()),
-            at: now.at,
-            at_unix: now.unix,
-        });
+        inner.reserve(req, keys.namespace, node, now);
         ThrottleOutcome::Allowed {
             warnings,
             warned,
@@ -480,334 +262,193 @@ impl Throttle {
     }
 }
 
-fn cap_violation(
-    scope: Scope,
-    sc: &ScopeCount,
-    limit: u32,
-    what: impl FnOnce() -> String,
-) -> Option<Violation> {
-    (limit > 0 && sc.count >= limit).then(|| Violation {
-        scope,
-        what: what(),
-        holders: sc.oldest.clone(),
-        retry: CAP_RETRY,
-    })
-}
-
-fn first_violation(
+/// What violation `v` costs `req`: `Err` the denial, `Ok(Some(..))` the warning that
+/// replaces it, `Ok(None)` nothing (exempt).
+fn judge(
     policy: &ThrottlePolicy,
-    req: &ThrottleRequest,
-    counts: &Counts,
-    node: Option<&str>,
-    rates: &[(Scope, &RateLimit, f64); 3],
-) -> Option<Violation> {
-    if policy.deny_duplicates
-        && let Some(d) = &counts.duplicate
-    {
-        return Some(Violation {
-            scope: Scope::Duplicate,
-            what: format!(
-                "Snapshot {:?} already has a Backup in flight: {:?} ({}, {}); a second Backup of the same snapshot adds work and no protection",
-                req.snapshot,
-                d.name,
-                d.state,
-                age(d.age_seconds)
-            ),
-            holders: vec![d.clone()],
-            retry: CAP_RETRY,
-        });
-    }
-    if let Some(volume) = req.volume.as_deref()
-        && let Some(v) = cap_violation(
-            Scope::Volume,
-            &counts.volume,
-            policy.max_in_flight_per_volume,
-            || {
-                format!(
-                    "volume {volume:?} has {} Backup(s) in flight, the limit is {} (throttle.maxInFlightPerVolume)",
-                    counts.volume.count, policy.max_in_flight_per_volume
-                )
-            },
-        )
-    {
-        return Some(v);
-    }
-    if let Some(node) = node
-        && let Some(v) = cap_violation(
-            Scope::Node,
-            &counts.node,
-            policy.max_in_flight_per_node,
-            || {
-                format!(
-                    "node {node:?} has {} Backup(s) in flight, the limit is {} (throttle.maxInFlightPerNode)",
-                    counts.node.count, policy.max_in_flight_per_node
-                )
-            },
-        )
-    {
-        return Some(v);
-    }
-    if let Some(v) = cap_violation(
-        Scope::Cluster,
-        &counts.cluster,
-        policy.max_in_flight_per_cluster,
-        || {
-            format!(
-                "namespace {:?} has {} Backup(s) in flight, the limit is {} (throttle.maxInFlightPerCluster)",
-                req.namespace, counts.cluster.count, policy.max_in_flight_per_cluster
-            )
-        },
-    ) {
-        return Some(v);
-    }
-    for (scope, limit, tokens) in rates {
-        if *tokens >= 1.0 {
-            continue;
-        }
-        let (field, whose) = match scope {
-            Scope::ClusterRate => (
-                "throttle.clusterRate",
-                format!("namespace {:?}", req.namespace),
-            ),
-            Scope::RecurringJobRate => (
-                "throttle.recurringJobRate",
-                format!(
-                    "recurring job {:?}",
-                    req.recurring_job.as_deref().unwrap_or_default()
-                ),
-            ),
-            _ => ("throttle.userRate", format!("user {:?}", req.username)),
-        };
-        let wait = if limit.per_second() > 0.0 {
-            Duration::from_secs_f64(((1.0 - tokens).max(0.0) / limit.per_second()).ceil())
-        } else {
-            CAP_RETRY
-        };
-        return Some(Violation {
-            scope: *scope,
-            what: format!(
-                "the Backup creation rate of {whose} is above {}/min with a burst of {} ({field}); {} of {} tokens left",
-                limit.per_minute,
-                limit.burst,
-                tokens.floor().max(0.0),
-                limit.burst
-            ),
-            holders: Vec::new(),
-            retry: wait.max(Duration::from_secs(1)),
-        });
-    }
-    None
-}
-
-fn near_limit_warnings(
-    policy: &ThrottlePolicy,
-    req: &ThrottleRequest,
-    counts: &Counts,
-    node: Option<&str>,
-    rates: &[(Scope, &RateLimit, f64); 3],
-    out: &mut Vec<String>,
-) {
-    let mut caps: Vec<(String, u32, u32)> = Vec::new();
-    // A cap of 1 would warn on every Backup: near-limit warnings need a limit of 2 or more.
-    if let Some(v) = req.volume.as_deref() {
-        caps.push((
-            format!("volume {v:?}"),
-            counts.volume.count + 1,
-            policy.max_in_flight_per_volume,
-        ));
-    }
-    if let Some(n) = node {
-        caps.push((
-            format!("node {n:?}"),
-            counts.node.count + 1,
-            policy.max_in_flight_per_node,
-        ));
-    }
-    caps.push((
-        format!("namespace {:?}", req.namespace),
-        counts.cluster.count + 1,
-        policy.max_in_flight_per_cluster,
-    ));
-    for (whose, after, limit) in caps {
-        if limit >= 2 && policy.near(after, limit) {
-            out.push(format!(
-                "longhorn-guard: {whose} now has {after} of {limit} Backups in flight; further Backups will be throttled (429) at the limit"
-            ));
-        }
-    }
-    for (scope, limit, tokens) in rates {
-        if !limit.enabled() || !tokens.is_finite() {
-            continue;
-        }
-        let used_after = f64::from(limit.burst) - (tokens - 1.0);
-        if limit.burst >= 2
-            && used_after * 100.0 >= f64::from(limit.burst) * f64::from(policy.warn_at_percent)
-        {
-            out.push(format!(
-                "longhorn-guard: {} burst nearly used ({} of {} tokens left at {}/min) [{}]",
-                match scope {
-                    Scope::ClusterRate => format!("namespace {:?} creation rate", req.namespace),
-                    Scope::RecurringJobRate => format!(
-                        "recurring job {:?} creation rate",
-                        req.recurring_job.as_deref().unwrap_or_default()
-                    ),
-                    _ => format!("user {:?} creation rate", req.username),
-                },
-                (tokens - 1.0).floor().max(0.0),
-                limit.burst,
-                limit.per_minute,
-                scope.as_str()
-            ));
-        }
-    }
-}
-
-/// The warning an allowed Backup carries when its volume has Backups that cannot finish and
-/// no longer hold its slot: they still cost longhorn-manager a reconcile each ~30 s.
-fn released_warning(
-    policy: &ThrottlePolicy,
-    req: &ThrottleRequest,
-    released: &ScopeCount,
-) -> Option<String> {
-    if released.count == 0 {
-        return None;
-    }
-    let list: Vec<String> = released
-        .oldest
-        .iter()
-        .map(|h| {
-            format!(
-                "{} ({}, {}, snapshot {:?})",
-                h.name,
-                h.state,
-                age(h.age_seconds),
-                h.snapshot
-            )
-        })
-        .collect();
-    Some(format!(
-        "longhorn-guard: volume {} has {} Backup(s) that cannot finish, their snapshot gone: {}; older than {} (throttle.stuckAfterSeconds), they no longer hold the volume's slot, but longhorn-manager keeps reconciling each: remove them with `longhorn-guard prune -n {}`",
-        req.volume
-            .as_deref()
-            .map_or("unknown".to_string(), |v| format!("{v:?}")),
-        released.count,
-        list.join(", "),
-        age(policy.stuck_after_seconds as i64),
-        req.namespace
-    ))
-}
-
-/// `42s`, `7m03s`, `2h05m`.
-pub fn age(seconds: i64) -> String {
-    let s = seconds.max(0);
-    if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    }
-}
-
-fn denial_message(
-    policy: &ThrottlePolicy,
+    exempt: bool,
     req: &ThrottleRequest,
     node: Option<&str>,
     v: &Violation,
-) -> String {
-    let mut m = format!(
-        "longhorn-guard throttled {} in namespace {:?} (snapshot {:?}, volume {}, node {}) [throttled: {}]: {}.",
-        req.display_name(),
-        req.namespace,
-        req.snapshot,
-        req.volume
-            .as_deref()
-            .map_or("unknown".to_string(), |v| format!("{v:?}")),
-        node.map_or("unknown".to_string(), |n| format!("{n:?}")),
-        v.scope.as_str(),
-        v.what
-    );
-    if !v.holders.is_empty() {
-        let list: Vec<String> = v
-            .holders
-            .iter()
-            .map(|h| {
-                let mut s = format!("{} ({}, {})", h.name, h.state, age(h.age_seconds));
-                if h.snapshot_gone {
-                    let _ = write!(s, " [snapshot {:?} is gone]", h.snapshot);
-                } else if h.stuck {
-                    let _ = write!(
-                        s,
-                        " [stuck: over {}]",
-                        age(policy.stuck_after_seconds as i64)
-                    );
-                }
-                s
-            })
-            .collect();
-        let _ = write!(m, " Oldest in flight: {}.", list.join(", "));
-        let stuck: Vec<&Holder> = v
-            .holders
-            .iter()
-            .filter(|h| (h.stuck || h.snapshot_gone) && h.state != "admitted")
-            .collect();
-        if let Some(first) = stuck.first() {
-            let why = if first.snapshot_gone {
-                format!(
-                    "its snapshot {:?} is gone, so Longhorn will keep it Pending",
-                    first.snapshot
-                )
+) -> Result<Option<String>, ThrottleDenial> {
+    let message = denial_message(policy, req, node, v);
+    match violation_action(policy, exempt, req.recurring_job.is_some(), v.scope) {
+        Some(RecurringAction::Deny) => Err(ThrottleDenial {
+            scope: v.scope,
+            code: THROTTLED_CODE,
+            message,
+            retry_after_seconds: u32::try_from(v.retry.as_secs().max(1)).unwrap_or(u32::MAX),
+        }),
+        Some(RecurringAction::Warn) => {
+            let why = if policy.mode == Mode::WarnOnly {
+                "throttle warn-only mode"
             } else {
-                format!(
-                    "it has been {} for {}, longer than {} (throttle.stuckAfterSeconds)",
-                    first.state,
-                    age(first.age_seconds),
-                    age(policy.stuck_after_seconds as i64)
-                )
+                "recurring-job rule"
             };
-            let holds = if v.scope == Scope::Volume
-                && first.snapshot_gone
-                && first.state != BackupState::InProgress.as_str()
-            {
-                format!(
-                    "it holds the volume's slot until it is {} old (throttle.stuckAfterSeconds), then the volume's Backups are admitted again while it keeps counting for the node and the cluster",
-                    age(policy.stuck_after_seconds as i64)
-                )
-            } else {
-                "it holds the slot until it ends".to_string()
-            };
-            let _ = write!(
-                m,
-                " Backup {:?} looks stuck: {why}; {holds}. Way out: `longhorn-guard prune`, or `kubectl -n {} delete backups.longhorn.io {}` after checking it has no backup URL (`kubectl -n {} get backups.longhorn.io {} -o jsonpath='{{.status.url}}'` prints nothing).",
-                first.name, req.namespace, first.name, req.namespace, first.name
-            );
+            Ok(Some(format!("{why}, would deny: {message}")))
         }
+        None => Ok(None),
     }
-    let retry = v.retry.as_secs().max(1);
-    match v.scope {
-        Scope::Duplicate => {
-            let _ = write!(
-                m,
-                " Wait for that Backup to finish instead of creating another; retry after {retry}s if it fails."
-            );
-        }
-        s if s.is_rate() => {
-            let _ = write!(m, " Retry after {retry}s.");
-        }
-        _ => {
-            let _ = write!(
-                m,
-                " Retry after about {retry}s, once a Backup in this scope completes."
-            );
-        }
+}
+
+/// What a violation costs: `None` for an exempt request, a warning in warn-only mode, the
+/// recurring-job rule's action for a recurring job's Backup, else a denial.
+fn violation_action(
+    policy: &ThrottlePolicy,
+    exempt: bool,
+    recurring: bool,
+    scope: Scope,
+) -> Option<RecurringAction> {
+    if exempt {
+        None
+    } else if policy.mode == Mode::WarnOnly {
+        Some(RecurringAction::Warn)
+    } else if recurring {
+        Some(if scope.is_rate() {
+            policy.recurring_jobs.rates
+        } else if scope.is_cap() {
+            policy.recurring_jobs.caps
+        } else {
+            policy.recurring_jobs.duplicates
+        })
+    } else {
+        Some(RecurringAction::Deny)
     }
-    if let Some(job) = &req.recurring_job {
-        let _ = write!(
-            m,
-            " This Backup comes from recurring job {job:?}: the job pod exits and its CronJob retries it with a new snapshot (bounded by the Job's backoffLimit)."
+}
+
+/// The keys of a request's cluster and recurring-job buckets (its user bucket is keyed by
+/// its username).
+struct BucketKeys {
+    namespace: Arc<str>,
+    job: Option<(Arc<str>, String)>,
+}
+
+impl BucketKeys {
+    fn of(req: &ThrottleRequest) -> Self {
+        let namespace: Arc<str> = Arc::from(req.namespace.as_str());
+        let job = req
+            .recurring_job
+            .as_ref()
+            .map(|j| (namespace.clone(), j.clone()));
+        Self { namespace, job }
+    }
+}
+
+impl Inner {
+    /// Settles reservations the watch has caught up with (or that timed out) and, every
+    /// [`SWEEP_EVERY`], drops buckets that are full again.
+    fn housekeep(&mut self, policy: &ThrottlePolicy, view: &IndexView<'_>, now: Now) {
+        self.reservations.settle(
+            view,
+            now.at,
+            Duration::from_secs(policy.reservation_timeout_seconds),
         );
+        if self
+            .last_sweep
+            .is_none_or(|t| now.at.saturating_duration_since(t) >= SWEEP_EVERY)
+        {
+            self.cluster_buckets.sweep(&policy.cluster_rate, now.at);
+            self.job_buckets.sweep(&policy.recurring_job_rate, now.at);
+            self.user_buckets.sweep(&policy.user_rate, now.at);
+            self.last_sweep = Some(now.at);
+        }
     }
-    m
+
+    /// Tokens each bucket has now (refilled), without taking any yet; infinite when the
+    /// rate is off.
+    fn tokens<'p>(
+        &mut self,
+        policy: &'p ThrottlePolicy,
+        keys: &BucketKeys,
+        req: &ThrottleRequest,
+        at: Instant,
+    ) -> [(Scope, &'p RateLimit, f64); 3] {
+        let cluster = if policy.cluster_rate.enabled() {
+            self.cluster_buckets
+                .get(&keys.namespace, &policy.cluster_rate, at)
+                .tokens()
+        } else {
+            f64::INFINITY
+        };
+        let job = match &keys.job {
+            Some(k) if policy.recurring_job_rate.enabled() => self
+                .job_buckets
+                .get(k, &policy.recurring_job_rate, at)
+                .tokens(),
+            _ => f64::INFINITY,
+        };
+        let user = if policy.user_rate.enabled() {
+            self.user_buckets
+                .get(&req.username, &policy.user_rate, at)
+                .tokens()
+        } else {
+            f64::INFINITY
+        };
+        [
+            (Scope::ClusterRate, &policy.cluster_rate, cluster),
+            (Scope::RecurringJobRate, &policy.recurring_job_rate, job),
+            (Scope::UserRate, &policy.user_rate, user),
+        ]
+    }
+
+    /// Takes a token from each enabled bucket that has one.
+    fn take_tokens(
+        &mut self,
+        policy: &ThrottlePolicy,
+        keys: &BucketKeys,
+        req: &ThrottleRequest,
+        at: Instant,
+    ) {
+        if policy.cluster_rate.enabled() {
+            let b = self
+                .cluster_buckets
+                .get(&keys.namespace, &policy.cluster_rate, at);
+            if b.tokens() >= 1.0 {
+                b.take();
+            }
+        }
+        if let Some(k) = &keys.job
+            && policy.recurring_job_rate.enabled()
+        {
+            let b = self.job_buckets.get(k, &policy.recurring_job_rate, at);
+            if b.tokens() >= 1.0 {
+                b.take();
+            }
+        }
+        if policy.user_rate.enabled() {
+            let b = self.user_buckets.get(&req.username, &policy.user_rate, at);
+            if b.tokens() >= 1.0 {
+                b.take();
+            }
+        }
+    }
+
+    /// Holds the slot of an admitted Backup until the watch sees it.
+    fn reserve(
+        &mut self,
+        req: &ThrottleRequest,
+        namespace: Arc<str>,
+        node: Option<Arc<str>>,
+        now: Now,
+    ) {
+        let key = if req.name.is_empty() {
+            ReservationKey::Uid {
+                uid: req.uid.clone(),
+                generate_name: req.generate_name.clone(),
+            }
+        } else {
+            ReservationKey::Name(req.name.clone())
+        };
+        self.reservations.add(Reservation {
+            namespace,
+            key,
+            volume: req.volume.as_deref().map(Arc::from),
+            node,
+            snapshot: Arc::from(req.snapshot.as_str()),
+            at: now.at,
+            at_unix: now.unix,
+        });
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,99 @@
+//! [`ThrottleRequest`]: what the throttle needs from a Backup CREATE, and whether its
+//! exemptions cover it.
+
+use std::collections::BTreeMap;
+
+use kube::core::DynamicObject;
+use longhorn_types::labels;
+
+use crate::decision::BackupRequest;
+use crate::policy::Exemptions;
+
+/// What the throttle needs from a Backup CREATE.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleRequest {
+    /// The AdmissionReview uid (reservation key for `generateName` requests).
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub generate_name: String,
+    pub snapshot: String,
+    /// The volume: `backup-volume` label, else the Snapshot's volume.
+    pub volume: Option<String>,
+    /// `spec.labels.RecurringJob`.
+    pub recurring_job: Option<String>,
+    pub username: String,
+    pub groups: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Dry runs are checked but take no token and no slot.
+    pub dry_run: bool,
+}
+
+impl ThrottleRequest {
+    pub fn from_backup(
+        b: &BackupRequest,
+        uid: &str,
+        recurring_job: Option<String>,
+        dry_run: bool,
+    ) -> Self {
+        Self {
+            uid: uid.to_string(),
+            namespace: b.namespace.clone(),
+            name: b.name.clone(),
+            generate_name: b.generate_name.clone(),
+            snapshot: b.snapshot.clone(),
+            volume: b.volume_label().map(str::to_string),
+            recurring_job,
+            username: b.username.clone(),
+            groups: b.groups.clone(),
+            labels: b.labels.clone(),
+            dry_run,
+        }
+    }
+
+    pub(super) fn display_name(&self) -> String {
+        if !self.name.is_empty() {
+            format!("Backup {:?}", self.name)
+        } else if !self.generate_name.is_empty() {
+            format!("Backup with generateName {:?}", self.generate_name)
+        } else {
+            "Backup (no name)".to_string()
+        }
+    }
+}
+
+/// `spec.labels.RecurringJob` of a Backup object, if set and a non-empty string.
+pub fn recurring_job_of(obj: &DynamicObject) -> Option<String> {
+    obj.data
+        .get("spec")?
+        .get("labels")?
+        .get(labels::RECURRING_JOB)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// Whether the throttle exemptions match (label `"*"` = any value; service accounts as
+/// `namespace:name`, `*:name`).
+pub fn is_exempt(ex: &Exemptions, req: &ThrottleRequest) -> bool {
+    if ex
+        .labels
+        .iter()
+        .any(|(k, v)| req.labels.get(k).is_some_and(|have| v == "*" || v == have))
+    {
+        return true;
+    }
+    if ex.users.contains(&req.username) {
+        return true;
+    }
+    if let Some(rest) = req.username.strip_prefix("system:serviceaccount:")
+        && let Some((ns, name)) = rest.split_once(':')
+        && ex.service_accounts.iter().any(|sa| {
+            sa.split_once(':')
+                .is_some_and(|(wn, wname)| (wn == "*" || wn == ns) && wname == name)
+        })
+    {
+        return true;
+    }
+    ex.groups.iter().any(|g| req.groups.contains(g))
+}
