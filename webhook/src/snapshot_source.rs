@@ -10,7 +10,7 @@ use crate::index::SnapshotFacts;
 /// A live lookup failed (not a 404: the API server could not say).
 #[derive(Debug, thiserror::Error)]
 #[error("live GET of Snapshot {namespace}/{name} failed: {message}")]
-pub struct LookupError {
+pub struct SnapshotGetError {
     pub namespace: String,
     pub name: String,
     pub message: String,
@@ -23,7 +23,7 @@ pub trait SnapshotSource: Send + Sync + 'static {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SnapshotFacts>, LookupError>>;
+    ) -> BoxFuture<'a, Result<Option<SnapshotFacts>, SnapshotGetError>>;
 }
 
 /// GETs Snapshots through the API server.
@@ -43,12 +43,12 @@ impl SnapshotSource for ApiSnapshotSource {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SnapshotFacts>, LookupError>> {
+    ) -> BoxFuture<'a, Result<Option<SnapshotFacts>, SnapshotGetError>> {
         Box::pin(async move {
             let api: Api<Snapshot> = Api::namespaced(self.client.clone(), namespace);
             match api.get_opt(name).await {
                 Ok(found) => Ok(found.as_ref().map(SnapshotFacts::of)),
-                Err(e) => Err(LookupError {
+                Err(e) => Err(SnapshotGetError {
                     namespace: namespace.to_string(),
                     name: name.to_string(),
                     message: e.to_string(),
@@ -68,7 +68,7 @@ impl SnapshotSource for NoSnapshotSource {
         &'a self,
         _: &'a str,
         _: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SnapshotFacts>, LookupError>> {
+    ) -> BoxFuture<'a, Result<Option<SnapshotFacts>, SnapshotGetError>> {
         Box::pin(async { Ok(None) })
     }
 }

@@ -21,7 +21,7 @@ use crate::policy::PolicyCell;
 use crate::snapshot_source::SnapshotSource;
 use crate::throttle::Throttle;
 
-pub use review::{Review, ReviewRejection};
+pub use review::{ParsedReview, ReviewRejection};
 
 /// What every handler shares.
 pub struct Shared {

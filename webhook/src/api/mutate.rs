@@ -7,12 +7,12 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
 
 use super::AppState;
-use super::review::{Review, backup_create, operation_label};
+use super::review::{ParsedReview, backup_create, operation_label};
 use crate::decision::{Reason, full_backup_patch};
 
 pub(super) async fn mutate_backup(
     State(state): State<AppState>,
-    review: Review,
+    review: ParsedReview,
 ) -> Json<AdmissionReview<DynamicObject>> {
     let _timer = state.metrics.time_review("mutate");
     let req = &review.request;

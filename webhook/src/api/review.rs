@@ -1,4 +1,4 @@
-//! The `Review` extractor: reads a size-limited body and parses an `admission.k8s.io/v1`
+//! The `ParsedReview` extractor: reads a size-limited body and parses an `admission.k8s.io/v1`
 //! AdmissionReview. A bad body becomes a structured answer, never a panic or a bare 500:
 //! HTTP 200 with an invalid AdmissionResponse when the request uid could be read (the API
 //! server then shows our message), else HTTP 400 (or 413) with a JSON error.
@@ -16,7 +16,7 @@ use crate::decision::{BackupRequest, Reason};
 pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 
 /// A parsed AdmissionReview request.
-pub struct Review {
+pub struct ParsedReview {
     pub request: AdmissionRequest<DynamicObject>,
 }
 
@@ -77,7 +77,7 @@ impl IntoResponse for ReviewRejection {
     }
 }
 
-impl FromRequest<AppState> for Review {
+impl FromRequest<AppState> for ParsedReview {
     type Rejection = ReviewRejection;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -95,7 +95,7 @@ impl FromRequest<AppState> for Review {
     }
 }
 
-async fn read_review(req: Request, limit: usize) -> Result<Review, ReviewRejection> {
+async fn read_review(req: Request, limit: usize) -> Result<ParsedReview, ReviewRejection> {
     if let Some(len) = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -123,7 +123,7 @@ async fn read_review(req: Request, limit: usize) -> Result<Review, ReviewRejecti
 }
 
 /// Parses an AdmissionReview v1 with a request.
-pub fn parse_review(bytes: &[u8]) -> Result<Review, ReviewRejection> {
+pub fn parse_review(bytes: &[u8]) -> Result<ParsedReview, ReviewRejection> {
     if bytes.is_empty() {
         return Err(ReviewRejection::BadRequest {
             message: "empty body: expected an admission.k8s.io/v1 AdmissionReview".into(),
@@ -161,7 +161,7 @@ pub fn parse_review(bytes: &[u8]) -> Result<Review, ReviewRejection> {
         });
     }
     match review.try_into() {
-        Ok(request) => Ok(Review { request }),
+        Ok(request) => Ok(ParsedReview { request }),
         Err(_) => Err(ReviewRejection::BadRequest {
             message: "AdmissionReview has no request".into(),
         }),

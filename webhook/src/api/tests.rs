@@ -19,7 +19,7 @@ use super::*;
 use crate::index::{Index, SnapshotFacts};
 use crate::metrics::sum_samples;
 use crate::policy::{FailMode, FullBackupRule, Mode, Policy};
-use crate::snapshot_source::{LookupError, SnapshotSource};
+use crate::snapshot_source::{SnapshotGetError, SnapshotSource};
 
 const NS: &str = "lh";
 
@@ -35,7 +35,7 @@ impl SnapshotSource for FakeSource {
         &'a self,
         _: &'a str,
         _: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SnapshotFacts>, LookupError>> {
+    ) -> BoxFuture<'a, Result<Option<SnapshotFacts>, SnapshotGetError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;

@@ -6,7 +6,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 
 use super::AppState;
-use super::review::{Review, backup_create, operation_label};
+use super::review::{ParsedReview, backup_create, operation_label};
 use crate::decision::{BackupRequest, Decision, Reason, decide};
 use crate::index::LiveSnapshot;
 use crate::metrics::LookupOutcome;
@@ -77,7 +77,7 @@ pub(super) fn fail_decision(state: &AppState, reason: Reason, what: String) -> D
 
 pub(super) async fn validate_backup(
     State(state): State<AppState>,
-    review: Review,
+    review: ParsedReview,
 ) -> Json<AdmissionReview<DynamicObject>> {
     let _timer = state.metrics.time_review("validate");
     let req = &review.request;

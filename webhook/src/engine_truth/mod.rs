@@ -43,7 +43,7 @@ const MIN_BUDGET: Duration = Duration::from_millis(5);
 
 /// What the index says about the engine to ask.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EngineTarget {
+pub struct BackupEngine {
     pub volume: String,
     pub engine: String,
     pub node: String,
@@ -53,7 +53,7 @@ pub struct EngineTarget {
 
 /// The engine of the Backup's volume from the index: the active Engine (several during a
 /// migration: the one on the Volume's node, then by name). `Err` says why there is none.
-pub fn engine_target(view: &IndexView<'_>, req: &BackupRequest) -> Result<EngineTarget, String> {
+pub fn backup_engine(view: &IndexView<'_>, req: &BackupRequest) -> Result<BackupEngine, String> {
     let facts = match view.snapshot(&req.namespace, &req.snapshot) {
         SnapshotLookup::Indexed(f) | SnapshotLookup::Live(f) => Some(f),
         _ => None,
@@ -103,7 +103,7 @@ pub fn engine_target(view: &IndexView<'_>, req: &BackupRequest) -> Result<Engine
             "engine {engine:?} of volume {volume:?} is on no node (spec.nodeID empty: volume detached?)"
         ));
     };
-    Ok(EngineTarget {
+    Ok(BackupEngine {
         volume,
         engine: engine.to_string(),
         node: node.to_string(),
@@ -214,7 +214,7 @@ impl EngineTruth {
         if policy.engine_check == EngineCheckMode::Off || !is_eligible(&decision) {
             return decision;
         }
-        let target = engine_target(&index.view(), req);
+        let target = backup_engine(&index.view(), req);
         let budget = Duration::from_millis(policy.engine_check_budget_ms);
         let finding = self.check(req, target, budget, deadline).await;
         apply(policy.engine_check, policy.mode, req, decision, &finding)
@@ -224,7 +224,7 @@ impl EngineTruth {
     pub async fn check(
         &self,
         req: &BackupRequest,
-        target: Result<EngineTarget, String>,
+        target: Result<BackupEngine, String>,
         policy_budget: Duration,
         deadline: Instant,
     ) -> Finding {
@@ -254,7 +254,7 @@ impl EngineTruth {
     async fn check_inner(
         &self,
         req: &BackupRequest,
-        target: Result<EngineTarget, String>,
+        target: Result<BackupEngine, String>,
         policy_budget: Duration,
         deadline: Instant,
     ) -> Finding {

@@ -282,10 +282,10 @@ fn index() -> Index {
 #[test]
 fn engine_target_is_the_active_engine_on_the_volumes_node() {
     let idx = index();
-    let t = engine_target(&idx.view(), &req("snap-a", Some("vol-1"))).unwrap();
+    let t = backup_engine(&idx.view(), &req("snap-a", Some("vol-1"))).unwrap();
     assert_eq!(
         t,
-        EngineTarget {
+        BackupEngine {
             volume: "vol-1".into(),
             engine: "vol-1-e-2".into(),
             node: "node-b".into(),
@@ -293,13 +293,13 @@ fn engine_target_is_the_active_engine_on_the_volumes_node() {
         }
     );
     // The volume from the Snapshot when the Backup has no label.
-    let t = engine_target(&idx.view(), &req("snap-a", None)).unwrap();
+    let t = backup_engine(&idx.view(), &req("snap-a", None)).unwrap();
     assert_eq!(t.engine, "vol-1-e-2");
-    let err = engine_target(&idx.view(), &req("snap-x", Some("vol-9"))).unwrap_err();
+    let err = backup_engine(&idx.view(), &req("snap-x", Some("vol-9"))).unwrap_err();
     assert!(err.contains("no Engine"), "{err}");
-    let err = engine_target(&idx.view(), &req("snap-x", Some("vol-2"))).unwrap_err();
+    let err = backup_engine(&idx.view(), &req("snap-x", Some("vol-2"))).unwrap_err();
     assert!(err.contains("on no node"), "{err}");
-    let err = engine_target(&idx.view(), &req("snap-x", None)).unwrap_err();
+    let err = backup_engine(&idx.view(), &req("snap-x", None)).unwrap_err();
     assert!(err.contains("unknown"), "{err}");
 }
 
@@ -419,7 +419,7 @@ async fn a_refusing_agent_opens_its_breaker_and_holds_at_most_one_channel() {
     let r = req("snap-a", Some("vol-1"));
     let mut outcomes = Vec::new();
     for _ in 0..6 {
-        let target = engine_target(&idx.view(), &r);
+        let target = backup_engine(&idx.view(), &r);
         let f = truth
             .check(
                 &r,
@@ -448,7 +448,7 @@ async fn a_refusing_agent_opens_its_breaker_and_holds_at_most_one_channel() {
     assert_eq!(truth.open_breakers(), 1);
     assert_eq!(metrics.channels_opened.get(), 3);
     // A node without an agent.
-    let other = engine_target(&idx.view(), &r).map(|mut t| {
+    let other = backup_engine(&idx.view(), &r).map(|mut t| {
         t.node = "node-z".into();
         t
     });
