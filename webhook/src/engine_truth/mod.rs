@@ -136,6 +136,22 @@ impl Drop for CheckTimer<'_> {
 }
 
 /// Lets the next call probe when a half-open probe ends without a verdict.
+/// One engine check's call: the agent, its channel, the budget and the deadline.
+struct Call<'a> {
+    agent: &'a str,
+    channel: tonic::transport::Channel,
+    budget: Duration,
+    grace: Duration,
+    deadline: Instant,
+}
+
+/// `f` with `outcome` and why the check did not give a definite answer.
+fn skipped(mut f: Finding, outcome: Outcome, detail: String) -> Finding {
+    f.outcome = outcome;
+    f.detail = detail;
+    f
+}
+
 struct ProbeGuard<'a> {
     breakers: &'a Breakers,
     agent: &'a str,
@@ -271,18 +287,13 @@ impl EngineTruth {
                 };
             }
         };
-        let mut finding = Finding {
+        let finding = Finding {
             outcome: Outcome::NoAgent,
             volume: target.volume.clone(),
             engine: Some(target.engine.clone()),
             node: Some(target.node.clone()),
             detail: String::new(),
             cr_ready: target.cr_ready,
-        };
-        let skipped = |mut f: Finding, outcome: Outcome, detail: String| {
-            f.outcome = outcome;
-            f.detail = detail;
-            f
         };
         let Some(agent) = self.directory.agent_for(&target.node) else {
             let detail = format!(
@@ -336,17 +347,38 @@ impl EngineTruth {
                 return skipped(finding, Outcome::Error, why);
             }
         };
+        let call = Call {
+            agent: &agent,
+            channel,
+            budget,
+            grace,
+            deadline: call_deadline,
+        };
+        self.ask(req, &target.volume, finding, call, &mut probe)
+            .await
+    }
+
+    /// Asks the engine for the snapshot; a "not found" goes on to [`Self::confirm_absent`].
+    async fn ask(
+        &self,
+        req: &BackupRequest,
+        volume: &str,
+        mut finding: Finding,
+        call: Call<'_>,
+        probe: &mut ProbeGuard<'_>,
+    ) -> Finding {
         let request = GetSnapshotRequest {
             namespace: req.namespace.clone(),
-            volume: target.volume.clone(),
+            volume: volume.to_string(),
             snapshot: req.snapshot.clone(),
         };
-        let answer = channels::get_snapshot(channel.clone(), request, budget, grace).await;
+        let answer =
+            channels::get_snapshot(call.channel.clone(), request, call.budget, call.grace).await;
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
                 probe.armed = false;
-                return self.failed(finding, &agent, e, budget);
+                return self.failed(finding, call.agent, e, call.budget);
             }
         };
         if let Some(engine) = answer.engine.as_ref() {
@@ -359,7 +391,7 @@ impl EngineTruth {
         }
         if answer.found {
             probe.armed = false;
-            self.breakers.success(&agent);
+            self.breakers.success(call.agent);
             let removed = answer.snapshot.as_ref().is_some_and(|s| s.removed);
             finding.outcome = if removed {
                 Outcome::Removed
@@ -368,12 +400,24 @@ impl EngineTruth {
             };
             return finding;
         }
-        // "Not found" is only definite when the engine's chain is otherwise readable: with no
-        // RW replica the proxy lists nothing at all.
-        let left = call_deadline.saturating_duration_since(Instant::now());
+        self.confirm_absent(req, volume, finding, call, probe).await
+    }
+
+    /// "Not found" is only definite when the engine's chain is otherwise readable: with no
+    /// RW replica the proxy lists nothing at all. Lists the snapshots to tell.
+    async fn confirm_absent(
+        &self,
+        req: &BackupRequest,
+        volume: &str,
+        mut finding: Finding,
+        call: Call<'_>,
+        probe: &mut ProbeGuard<'_>,
+    ) -> Finding {
+        let agent = call.agent;
+        let left = call.deadline.saturating_duration_since(Instant::now());
         if left < MIN_BUDGET {
             probe.armed = false;
-            self.breakers.success(&agent);
+            self.breakers.success(agent);
             let detail = format!(
                 "engine {:?} on node {:?} does not list snapshot {:?}, and no time was left to confirm its chain is readable",
                 finding.engine.as_deref().unwrap_or_default(),
@@ -383,26 +427,26 @@ impl EngineTruth {
             return skipped(finding, Outcome::Timeout, detail);
         }
         let list = channels::list_snapshots(
-            channel,
+            call.channel,
             ListSnapshotsRequest {
                 namespace: req.namespace.clone(),
-                volume: target.volume.clone(),
+                volume: volume.to_string(),
             },
             left,
-            grace,
+            call.grace,
         )
         .await;
         probe.armed = false;
         match list {
-            Err(e) => self.failed(finding, &agent, e, left),
+            Err(e) => self.failed(finding, agent, e, left),
             Ok(list) if list.snapshots.iter().any(|s| s.name == req.snapshot) => {
                 // Appeared between the two calls: the engine has it now.
-                self.breakers.success(&agent);
+                self.breakers.success(agent);
                 finding.outcome = Outcome::Present;
                 finding
             }
             Ok(list) if list.snapshots.is_empty() => {
-                self.breakers.success(&agent);
+                self.breakers.success(agent);
                 let detail = format!(
                     "engine {:?} on node {:?} lists no snapshot at all (no RW replica?), so its \"not found\" for {:?} is not definite",
                     finding.engine.as_deref().unwrap_or_default(),
@@ -412,7 +456,7 @@ impl EngineTruth {
                 skipped(finding, Outcome::Error, detail)
             }
             Ok(_) => {
-                self.breakers.success(&agent);
+                self.breakers.success(agent);
                 finding.outcome = Outcome::Absent;
                 finding
             }
