@@ -115,6 +115,51 @@ fn subject(req: &BackupRequest, volume: &str) -> String {
     )
 }
 
+/// What the engine's answer says against the Snapshot CR: `Ok` a problem (reason, what,
+/// what to do) that denies or warns as the modes say; `Err` the CR decision stands, with
+/// this warning if any (present; absent but the Snapshot is still being taken; no definite
+/// answer).
+fn engine_problem(
+    req: &BackupRequest,
+    finding: &Finding,
+    what: &str,
+) -> Result<(Reason, String, &'static str), Option<String>> {
+    match finding.outcome {
+        Outcome::Present => Err(None),
+        Outcome::Absent if finding.cr_ready != Some(true) => {
+            // A Snapshot being taken exists as a CR before the engine has it.
+            Err(Some(format!(
+                "longhorn-guard: {what}: the volume's {} does not list snapshot {:?} yet and the Snapshot is not readyToUse; if it never becomes ready this Backup stays Pending [engine_check]",
+                finding.engine_and_node(),
+                req.snapshot
+            )))
+        }
+        Outcome::Absent => Ok((
+            Reason::SnapshotLost,
+            format!(
+                "the volume's {} does not have snapshot {:?} although its Snapshot CR exists (the engine lost it, e.g. after a power failure)",
+                finding.engine_and_node(),
+                req.snapshot
+            ),
+            "Take a new snapshot of the volume and back that one up; delete the stale Snapshot.",
+        )),
+        Outcome::Removed => Ok((
+            Reason::SnapshotRemoved,
+            format!(
+                "the volume's {} lists snapshot {:?} as removed although its Snapshot CR does not say so",
+                finding.engine_and_node(),
+                req.snapshot
+            ),
+            "Back up a current snapshot of the volume instead.",
+        )),
+        skipped => Err(Some(format!(
+            "longhorn-guard: engine check skipped: {} [{}]; {what} allowed on the Snapshot CR alone",
+            finding.detail,
+            skipped.as_str()
+        ))),
+    }
+}
+
 /// Applies `finding` to the CR decision `decision` (see the module docs).
 pub fn apply(
     check: EngineCheckMode,
@@ -134,49 +179,10 @@ pub fn apply(
         return decision;
     };
     let what = subject(req, &finding.volume);
-    let (reason, problem, todo) = match finding.outcome {
-        Outcome::Present => {
-            return Decision::Allow {
-                reason: cr_reason,
-                warnings: cr_warnings,
-            };
-        }
-        Outcome::Absent if finding.cr_ready != Some(true) => {
-            // A Snapshot being taken exists as a CR before the engine has it.
-            cr_warnings.push(format!(
-                "longhorn-guard: {what}: the volume's {} does not list snapshot {:?} yet and the Snapshot is not readyToUse; if it never becomes ready this Backup stays Pending [engine_check]",
-                finding.engine_and_node(),
-                req.snapshot
-            ));
-            return Decision::Allow {
-                reason: cr_reason,
-                warnings: cr_warnings,
-            };
-        }
-        Outcome::Absent => (
-            Reason::SnapshotLost,
-            format!(
-                "the volume's {} does not have snapshot {:?} although its Snapshot CR exists (the engine lost it, e.g. after a power failure)",
-                finding.engine_and_node(),
-                req.snapshot
-            ),
-            "Take a new snapshot of the volume and back that one up; delete the stale Snapshot.",
-        ),
-        Outcome::Removed => (
-            Reason::SnapshotRemoved,
-            format!(
-                "the volume's {} lists snapshot {:?} as removed although its Snapshot CR does not say so",
-                finding.engine_and_node(),
-                req.snapshot
-            ),
-            "Back up a current snapshot of the volume instead.",
-        ),
-        skipped => {
-            cr_warnings.push(format!(
-                "longhorn-guard: engine check skipped: {} [{}]; {what} allowed on the Snapshot CR alone",
-                finding.detail,
-                skipped.as_str()
-            ));
+    let (reason, problem, todo) = match engine_problem(req, finding, &what) {
+        Ok(problem) => problem,
+        Err(warning) => {
+            cr_warnings.extend(warning);
             return Decision::Allow {
                 reason: cr_reason,
                 warnings: cr_warnings,
