@@ -23,7 +23,8 @@
 //! A 4,000-refusal storm over a few volumes thus writes one create per volume and reason, then at
 //! most one patch per window each, plus a final patch at shutdown.
 
-use std::collections::HashMap;
+mod aggregate;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,9 +45,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::decision::Reason;
 use crate::index::Index;
 use crate::policy::PolicyCell;
-use crate::throttle::token_bucket::TokenBucket;
 
 use crate::policy::EventsPolicy;
+use aggregate::{Aggregator, PlannedWrite, Series, SeriesKey};
 
 /// `reportingController` of the Events.
 pub const REPORTING_CONTROLLER: &str = "longhorn-guard.io/webhook";
@@ -141,180 +142,6 @@ impl EventSink {
     pub fn record(&self, refusal: Refusal) {
         if self.tx.try_send(refusal).is_err() {
             self.metrics.refusal("queue_full");
-        }
-    }
-}
-
-/// A series: one Event about one namespace + volume + reason.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct SeriesKey {
-    namespace: String,
-    volume: String,
-    reason: Reason,
-}
-
-#[derive(Debug)]
-struct Series {
-    volume_uid: Option<String>,
-    /// The Event's name once created.
-    event_name: Option<String>,
-    event_time: Timestamp,
-    observed: i32,
-    /// The count the API server has.
-    written: i32,
-    last_observed: Instant,
-    last_observed_at: Timestamp,
-    last_attempt: Option<Instant>,
-    note: String,
-}
-
-/// One write the aggregator wants made.
-#[derive(Debug, PartialEq)]
-struct PlannedWrite {
-    key: SeriesKey,
-    /// `None`: create; `Some(name)`: patch that Event.
-    patch: Option<String>,
-    count: i32,
-}
-
-/// The pure part: series, the write bucket, what is due when. Time is passed in.
-#[derive(Debug)]
-struct Aggregator {
-    series: HashMap<SeriesKey, Series>,
-    bucket: TokenBucket,
-}
-
-impl Aggregator {
-    fn new(policy: &EventsPolicy, now: Instant) -> Self {
-        Self {
-            series: HashMap::new(),
-            bucket: TokenBucket::new(&policy.writes, now),
-        }
-    }
-
-    /// Counts one refusal; `false` when it starts a series past `max_series`.
-    #[allow(clippy::too_many_arguments)]
-    fn observe(
-        &mut self,
-        policy: &EventsPolicy,
-        key: SeriesKey,
-        volume_uid: Option<String>,
-        note: String,
-        now: Instant,
-        at: Timestamp,
-    ) -> bool {
-        if let Some(s) = self.series.get_mut(&key) {
-            s.observed = s.observed.saturating_add(1);
-            s.last_observed = now;
-            s.last_observed_at = at;
-            s.note = note;
-            if volume_uid.is_some() {
-                s.volume_uid = volume_uid;
-            }
-            return true;
-        }
-        if self.series.len() >= policy.max_series {
-            return false;
-        }
-        self.series.insert(
-            key,
-            Series {
-                volume_uid,
-                event_name: None,
-                event_time: at,
-                observed: 1,
-                written: 0,
-                last_observed: now,
-                last_observed_at: at,
-                last_attempt: None,
-                note,
-            },
-        );
-        true
-    }
-
-    /// Ends series idle past the policy's bound whose last count was written (or tried).
-    fn expire(&mut self, policy: &EventsPolicy, now: Instant) {
-        let idle = policy.idle();
-        self.series.retain(|_, s| {
-            let settled = s.observed == s.written || s.last_attempt >= Some(s.last_observed);
-            !(settled && now.saturating_duration_since(s.last_observed) >= idle)
-        });
-    }
-
-    fn is_due(s: &Series, window: Duration, now: Instant, flush: bool) -> bool {
-        s.observed > s.written
-            && (flush
-                || s.last_attempt
-                    .is_none_or(|t| now.saturating_duration_since(t) >= window))
-    }
-
-    /// The writes due now, as far as the bucket allows; `flush` ignores the window (shutdown).
-    fn plan(&mut self, policy: &EventsPolicy, now: Instant, flush: bool) -> Vec<PlannedWrite> {
-        let window = policy.window();
-        let mut due: Vec<(&SeriesKey, &mut Series)> = self
-            .series
-            .iter_mut()
-            .filter(|(_, s)| Self::is_due(s, window, now, flush))
-            .collect();
-        // Oldest attempts first, so a tight bucket serves every series in turn.
-        due.sort_by_key(|(_, s)| s.last_attempt);
-        let mut planned = Vec::new();
-        for (key, s) in due {
-            if self.bucket.try_take(&policy.writes, now).is_err() {
-                break;
-            }
-            s.last_attempt = Some(now);
-            planned.push(PlannedWrite {
-                key: key.clone(),
-                patch: s.event_name.clone(),
-                count: s.observed,
-            });
-        }
-        planned
-    }
-
-    /// Some refusal's count is not written yet.
-    fn pending(&self) -> bool {
-        self.series.values().any(|s| s.observed > s.written)
-    }
-
-    /// How long until the bucket has a token.
-    fn bucket_wait(&self, policy: &EventsPolicy, now: Instant) -> Duration {
-        let mut bucket = self.bucket.clone();
-        bucket.refill(&policy.writes, now);
-        bucket.wait_for_one(&policy.writes)
-    }
-
-    /// When the next write may be due (`None`: nothing pending).
-    fn next_wake(&self, policy: &EventsPolicy, now: Instant) -> Option<Instant> {
-        let window = policy.window();
-        let due = self
-            .series
-            .values()
-            .filter(|s| s.observed > s.written)
-            .map(|s| s.last_attempt.map_or(now, |t| t + window))
-            .min()?;
-        Some(due.max(now + self.bucket_wait(policy, now)))
-    }
-
-    /// Records a write's result: `Ok(name)` of the Event written; `Err(gone)` when it failed,
-    /// `gone` when a patched Event no longer exists (the next write creates a new one).
-    fn written(&mut self, write: &PlannedWrite, result: Result<String, bool>) {
-        let Some(s) = self.series.get_mut(&write.key) else {
-            return;
-        };
-        match result {
-            Ok(name) => {
-                s.event_name = Some(name);
-                s.written = write.count;
-            }
-            Err(true) => {
-                s.event_name = None;
-                s.written = 0;
-                s.last_attempt = None;
-            }
-            Err(false) => {}
         }
     }
 }
