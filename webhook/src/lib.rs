@@ -9,6 +9,27 @@
 //! a background task off the request path, bounded and rate-limited, their failures never an
 //! admission error ([`events`]; policy `events.enabled: false` turns them off). It must not
 //! assume Longhorn's namespace, and must not deny on an index miss alone.
+//!
+//! # Layers: which module may import which
+//!
+//! Imports run one way, down this list (`python3 scripts/module_graph.py webhook` finds any
+//! circle and any function over 80 lines):
+//!
+//! 1. [`index`], [`version`], [`tls`]: the compact store of Snapshots, Volumes, Engines,
+//!    Backups and BackupTargets fed by its own list and watch ([`index::IndexEvent`] at its
+//!    boundary, [`index::IndexMetrics`] its metrics); Longhorn release detection; serving
+//!    certificates. They import no other module of this crate.
+//! 2. [`policy`]: the policy and its sections (throttle, events, engine check) and its hot
+//!    reload ([`policy::PolicyCell`]); imports only the index's staleness default.
+//! 3. The pure core, no axum and no kube client: [`decision`] (`decide` asks for a live GET by
+//!    returning [`Decision::NeedsLiveSnapshot`] instead of doing it), [`throttle`] (its
+//!    inputs explicit: [`throttle::admission::ThrottleInputs`]), [`snapshot_source`] (the
+//!    trait the live GET goes through).
+//! 4. Checks and side effects that do I/O: [`engine_truth`] (gRPC to the agents), [`events`]
+//!    (Kubernetes Events).
+//! 5. [`metrics`]: registers every module's metric handles in one registry.
+//! 6. [`api`]: the HTTP layer; each handler parses, calls the core, translates the answer.
+//! 7. This file: the run wiring (listeners, watches, reloads, shutdown).
 
 pub mod api;
 pub mod decision;
