@@ -125,7 +125,7 @@ async fn drive(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let args = args();
     let cluster = TestCluster::connect()
         .await

@@ -88,13 +88,15 @@ impl AgentArgs {
 
     /// Runs the agent until SIGINT/SIGTERM on a runtime of `--worker-threads` workers.
     pub fn run(self) -> anyhow::Result<()> {
-        // The ring provider, installed before anything builds a TLS config.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        longhorn_guard_runtime::install_crypto_provider();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(usize::from(self.worker_threads))
             .enable_all()
             .build()?;
         let config = self.config();
-        runtime.block_on(crate::run(config, crate::process::shutdown_signal()))
+        runtime.block_on(crate::run(
+            config,
+            longhorn_guard_runtime::shutdown_signal(),
+        ))
     }
 }

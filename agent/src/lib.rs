@@ -15,7 +15,6 @@ pub mod engine_client;
 pub mod engine_index;
 pub mod metrics;
 pub mod pool;
-pub mod process;
 pub mod server;
 pub mod snapshot_service;
 mod tls_server;

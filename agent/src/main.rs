@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use longhorn_guard_agent::cli::AgentArgs;
-use longhorn_guard_agent::process::{LogFormat, init_logs};
+use longhorn_guard_runtime::{LogFormat, init_logs};
 
 #[derive(Parser)]
 #[command(

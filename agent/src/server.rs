@@ -34,14 +34,14 @@ pub struct Agent {
     monitor: Option<ManagerMonitor>,
     /// Serving certificate that follows its files; the handle keeps the reload watcher alive.
     tls: Arc<rustls::ServerConfig>,
-    _tls_reload: Arc<longhorn_guard_certs::ReloadHandle>,
+    _tls_reload: Arc<longhorn_guard_runtime::tls::ReloadHandle>,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig) -> anyhow::Result<Self> {
         config.validate()?;
         // The pool's tonic TLS client may build its rustls config from the process default.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        longhorn_guard_runtime::install_crypto_provider();
         // Read (and checked) now: a missing or bad certificate fails start-up, not the first call.
         let (tls, tls_reload) = reloadable_server_config(&config)?;
         let tls_reload = Arc::new(tls_reload);

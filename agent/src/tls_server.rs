@@ -1,5 +1,5 @@
 //! TLS of the agent's own gRPC server: a rustls configuration from
-//! [`longhorn_guard_certs::server_config`], whose certificate (and client CA) follow the files as
+//! [`longhorn_guard_runtime::tls::server_config`], whose certificate (and client CA) follow the files as
 //! they are rotated, and an accept loop that runs each handshake in its own task so a slow or
 //! silent client cannot hold up the others.
 //!
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use longhorn_guard_certs::{ReloadHandle, ServerTlsOptions};
+use longhorn_guard_runtime::tls::{ReloadHandle, ServerTlsOptions};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use tokio::net::{TcpListener, TcpStream};
@@ -43,7 +43,7 @@ pub(crate) fn reloadable_server_config(
     if let Some(ca) = &config.client_ca {
         options = options.with_client_ca(ca);
     }
-    longhorn_guard_certs::server_config(&options).with_context(|| {
+    longhorn_guard_runtime::tls::server_config(&options).with_context(|| {
         format!(
             "agent gRPC TLS: certificate {}, key {}{}",
             config.server_cert.display(),

@@ -113,7 +113,7 @@ async fn the_pool_is_never_told_too_many_pings_while_an_over_eager_client_is() -
 /// pinging every 200 ms is told too_many_pings too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_longhorn_tls_an_over_eager_client_is_told_too_many_pings() -> TestResult {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let ca = make_ca("longhorn-grpc-tls CA")?;
     let (cert, key) = leaf(&[fake_engine::LONGHORN_PEER_NAME], &ca)?;
     let dir = files_dir(&[("ca.crt", &ca.pem()), ("tls.crt", &cert), ("tls.key", &key)])?;

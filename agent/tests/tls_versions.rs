@@ -64,7 +64,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_tls_is_refused_and_mtls_holds_on_every_version() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let ca = make_ca("agent test CA")?;
     let foreign = make_ca("foreign CA")?;
     let server = leaf(&["localhost", "127.0.0.1"], &ca)?;

@@ -100,8 +100,8 @@ impl CertsArgs {
 impl CertsCommand {
     /// Connects with the in-cluster config (or `KUBECONFIG` outside a cluster) and runs.
     pub async fn run(&self) -> Result<Report> {
-        // kube's rustls client needs a process-wide provider; a second install is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // kube's rustls client needs a process-wide provider.
+        longhorn_guard_runtime::install_crypto_provider();
         let client = kube::Client::try_default()
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;

@@ -1,7 +1,5 @@
 //! The crate's error type: every variant names the Secret, webhook configuration or file involved.
 
-use std::path::PathBuf;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// rcgen could not generate a key or sign a certificate.
@@ -36,12 +34,6 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
-    /// A certificate, key or CA file could not be read or used.
-    #[error("{}: {reason}", path.display())]
-    File { path: PathBuf, reason: String },
-    /// The rustls configuration could not be built.
-    #[error("TLS configuration: {0}")]
-    Tls(String),
     /// No Kubernetes client could be built (in-cluster config or kubeconfig).
     #[error("connecting to the Kubernetes API: {0}")]
     Connect(String),
@@ -61,8 +53,6 @@ impl Error {
             Error::SecretInvalid { .. } => "secret_invalid",
             Error::SecretApi { .. } => "secret_api",
             Error::WebhookConfigApi { .. } => "webhook_config_api",
-            Error::File { .. } => "file",
-            Error::Tls(_) => "tls",
             Error::Connect(_) => "connect",
             Error::Option { .. } => "option",
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use longhorn_guard_certs::pki::{self, KeyedCert, LeafSpec, LeafUsage};
-use longhorn_guard_certs::{ServerTlsOptions, server_config};
+use longhorn_guard_runtime::tls::{ServerTlsOptions, server_config};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -217,7 +217,7 @@ async fn wait_until_served(
     addr: std::net::SocketAddr,
     config: Arc<rustls::ClientConfig>,
     want: &CertificateDer<'_>,
-    handle: &longhorn_guard_certs::ReloadHandle,
+    handle: &longhorn_guard_runtime::tls::ReloadHandle,
 ) {
     for _ in 0..200 {
         if handshake(addr, config.clone()).await.unwrap() == *want {

@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use longhorn_guard_agent::cli::AgentArgs;
-use longhorn_guard_agent::process::{LogFormat, init_logs, shutdown_signal};
+use longhorn_guard_runtime::{KubeArgs, LogFormat, init_logs, kube_client, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -48,19 +47,6 @@ enum Command {
     /// control plane (or the cluster of --kubeconfig) and report side by side.
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
-}
-
-/// Which cluster to talk to, with kubectl's flag names (so `kubectl longhorn-guard doctor
-/// --context prod` means what a kubectl user expects). Without them: `KUBECONFIG`,
-/// `~/.kube/config`, or the in-cluster service account.
-#[derive(clap::Args, Default)]
-struct KubeArgs {
-    /// Path to the kubeconfig file.
-    #[arg(long, global = true)]
-    kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use.
-    #[arg(long, global = true)]
-    context: Option<String>,
 }
 
 #[cfg(feature = "demo")]
@@ -247,7 +233,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Webhook(args) => block_on(run_webhook(args, kube)),
         Command::Agent(args) => {
-            if kube.kubeconfig.is_some() || kube.context.is_some() {
+            if kube.is_set() {
                 Err(anyhow::anyhow!(
                     "the agent takes its cluster from the in-cluster config or KUBECONFIG; --kubeconfig and --context are for the other commands"
                 ))
@@ -311,8 +297,7 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyho
 fn block_on_value<T>(
     fut: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    // The ring provider, installed before anything builds a TLS config.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -324,30 +309,6 @@ fn doctor_options(args: &DoctorArgs) -> longhorn_guard_stuck_backups::DoctorOpti
         namespace: args.namespace.clone(),
         stuck_after: std::time::Duration::from_secs(args.stuck_after_minutes * 60),
     }
-}
-
-async fn kube_client(args: &KubeArgs) -> anyhow::Result<kube::Client> {
-    use kube::config::{Config, KubeConfigOptions, Kubeconfig};
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(file, &options)
-                .await
-                .with_context(|| format!("using the kubeconfig {}", path.display()))?
-        }
-        None if args.context.is_some() => Config::from_kubeconfig(&options)
-            .await
-            .context("using the kubeconfig (KUBECONFIG or ~/.kube/config) with --context")?,
-        None => Config::infer().await.context(
-            "connecting to the Kubernetes API (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster)",
-        )?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 async fn run_doctor(args: DoctorCommandArgs, kube: KubeArgs) -> anyhow::Result<ExitCode> {

@@ -232,7 +232,7 @@ async fn stream(
 #[tokio::test]
 async fn bootstrapped_certificates_are_served_called_by_the_api_server_and_rotate_without_a_failed_request()
 -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let cluster = TestCluster::connect().await?;
     let client = cluster.client();
     let ns = cluster.namespace("lhg-certs-e2e").await?;

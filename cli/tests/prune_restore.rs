@@ -103,7 +103,7 @@ fn certificate(dir: &Path) -> Result<String> {
 #[tokio::test]
 async fn the_documented_restore_brings_pruned_backups_back_with_the_guard_registered() -> Result<()>
 {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let cluster = TestCluster::connect().await?;
     let client = cluster.client();
     let ns = cluster.namespace("prune-restore").await?;

@@ -5,10 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use fake_engine::{FakeEngine, KeepalivePolicy, Scenario, serve};
-use tracing_subscriber::EnvFilter;
 
 /// A scriptable stand-in for Longhorn's instance-manager engine proxy (imrpc.ProxyEngineService).
 #[derive(Parser, Debug)]
@@ -32,12 +30,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    longhorn_guard_runtime::init_logs(longhorn_guard_runtime::LogFormat::Text);
     let args = Args::parse();
     let engine = FakeEngine::new();
     for path in &args.scenarios {
@@ -59,13 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let server = serve(engine, args.listen).await?;
     println!("fake-engine listening on {}", server.local_addr);
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot wait for SIGINT")?,
-        _ = term.recv() => {}
-    }
-    tracing::info!("signal received, shutting down");
+    longhorn_guard_runtime::shutdown_signal().await;
     server.shutdown().await;
     Ok(())
 }

@@ -50,7 +50,7 @@ fn arg(name: &str, default: usize) -> usize {
 
 #[tokio::main]
 async fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         match args.get(i + 1).map(String::as_str) {

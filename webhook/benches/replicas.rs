@@ -20,7 +20,7 @@ use storm_common::{ReplicaStorm, env_usize, replica_storm};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let cluster = TestCluster::connect().await.unwrap();
     let counts: Vec<usize> = std::env::var("LHG_REPLICAS_COUNTS")
         .unwrap_or_else(|_| "1,5".into())

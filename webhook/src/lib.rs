@@ -140,7 +140,7 @@ pub fn index_options(policy: &Policy) -> IndexOptions {
 pub struct WebhookHandle {
     addr: SocketAddr,
     /// Keeps the certificate reloader running as long as the server.
-    tls_reload: longhorn_guard_certs::ReloadHandle,
+    tls_reload: longhorn_guard_runtime::tls::ReloadHandle,
     metrics_addr: SocketAddr,
     state: AppState,
     tls_handle: axum_server::Handle<SocketAddr>,
@@ -154,7 +154,7 @@ pub struct WebhookHandle {
 
 impl WebhookHandle {
     /// Serving-certificate reloads so far (and failed attempts, which keep the old pair).
-    pub fn tls_reload_stats(&self) -> longhorn_guard_certs::ReloadStats {
+    pub fn tls_reload_stats(&self) -> longhorn_guard_runtime::tls::ReloadStats {
         self.tls_reload.stats()
     }
 

@@ -10,21 +10,18 @@ use anyhow::Context;
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Installs ring as the process-wide rustls provider (no-op when one is installed).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use longhorn_guard_runtime::install_crypto_provider;
 
-/// The server config over `longhorn_guard_certs`' reloading resolver: the files are polled
+/// The server config over `longhorn_guard_runtime::tls`' reloading resolver: the files are polled
 /// every `poll_interval` and swapped atomically. Keep the handle alive as long as the server.
 pub fn reloading_server_config(
     cert_path: &Path,
     key_path: &Path,
     poll_interval: std::time::Duration,
-) -> anyhow::Result<(Arc<ServerConfig>, longhorn_guard_certs::ReloadHandle)> {
-    let opts = longhorn_guard_certs::ServerTlsOptions::new(cert_path, key_path)
+) -> anyhow::Result<(Arc<ServerConfig>, longhorn_guard_runtime::tls::ReloadHandle)> {
+    let opts = longhorn_guard_runtime::tls::ServerTlsOptions::new(cert_path, key_path)
         .with_poll_interval(poll_interval);
-    longhorn_guard_certs::server_config(&opts).map_err(|e| {
+    longhorn_guard_runtime::tls::server_config(&opts).map_err(|e| {
         anyhow::anyhow!(
             "TLS certificate {} / key {}: {e}",
             cert_path.display(),

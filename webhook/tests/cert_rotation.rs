@@ -30,7 +30,7 @@ async fn handshake_trusting(addr: std::net::SocketAddr, pem: &str) -> anyhow::Re
 
 #[tokio::test]
 async fn renewed_certificate_is_served_without_restart_and_a_broken_one_is_refused() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let cluster = TestCluster::connect().await.unwrap();
     let ns = cluster.namespace("cert-rotation").await.unwrap();
     let served = serve(cluster.client(), &ns, Policy::default())

@@ -682,7 +682,7 @@ async fn direct_get(
     cert: &str,
     key: &str,
 ) -> Result<longhorn_guard_proto::agent::GetSnapshotResponse, tonic::Status> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let read = |f: &str| std::fs::read(setup.pki.path(f)).unwrap_or_default();
     let tls = tonic::transport::ClientTlsConfig::new()
         .domain_name(longhorn_guard_webhook::engine_truth::DEFAULT_AGENT_SERVER_NAME)

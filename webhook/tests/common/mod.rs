@@ -187,7 +187,7 @@ pub async fn tls_connect_to(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     Option<Vec<u8>>,
 )> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    longhorn_guard_runtime::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(c?)?;

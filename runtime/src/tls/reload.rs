@@ -30,8 +30,8 @@ use rustls::{
 };
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result};
-use crate::pki;
+use super::cert_info::inspect;
+use super::{Error, Result};
 
 /// Accepted clock difference for a new certificate's `notBefore`.
 const NOT_BEFORE_SKEW: time::Duration = time::Duration::minutes(5);
@@ -388,7 +388,7 @@ impl Reloader {
 
 /// (serial, notAfter) of a certificate for log lines.
 fn describe(cert: Option<&CertificateDer<'_>>) -> (String, String) {
-    match cert.map(|c| pki::inspect(c)) {
+    match cert.map(|c| inspect(c)) {
         Some(Ok(i)) => (i.serial_hex, i.not_after.to_string()),
         _ => ("?".into(), "?".into()),
     }
@@ -426,7 +426,7 @@ fn load_pair(
     let leaf = certs
         .first()
         .ok_or_else(|| cert_err("no CERTIFICATE block".into()))?;
-    let info = pki::inspect(leaf).map_err(cert_err)?;
+    let info = inspect(leaf).map_err(cert_err)?;
     let now = OffsetDateTime::now_utc();
     if info.not_after <= now {
         return Err(cert_err(format!(

@@ -1,4 +1,4 @@
-//! Process plumbing shared by the guard's binaries: log setup and the shutdown signal.
+//! Process plumbing shared by the guard's executables: log setup and the shutdown signal.
 
 /// Log format: `json` (for clusters) or `text`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
