@@ -2,10 +2,21 @@
 //! DaemonSet and the sidecar run: a smaller executable, so a smaller resident footprint on
 //! every node) and the `longhorn-guard agent` subcommand of the all-in-one binary.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
 use crate::{AgentConfig, ManagerMonitorConfig, ProcessMatch, parse_process_match};
+
+/// The agent's gRPC API (TLS).
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9443));
+/// `/healthz`, `/readyz`, `/metrics` (plain HTTP); 9091, beside the webhook's 9090 when both
+/// run in one network namespace.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9091));
+/// The serving certificate and key (the agent TLS Secret's mount).
+pub const DEFAULT_TLS_CERT: &str = "/certs/tls.crt";
+pub const DEFAULT_TLS_KEY: &str = "/certs/tls.key";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
@@ -16,14 +27,14 @@ pub struct AgentArgs {
     #[arg(long, env = "LHG_NAMESPACE", default_value = longhorn_types::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// The agent's gRPC API (TLS).
-    #[arg(long, env = "LHG_AGENT_LISTEN", default_value = "0.0.0.0:9443")]
+    #[arg(long, env = "LHG_AGENT_LISTEN", default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// `/healthz`, `/readyz`, `/metrics` (plain HTTP).
-    #[arg(long, env = "LHG_AGENT_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
+    #[arg(long, env = "LHG_AGENT_METRICS_LISTEN", default_value_t = DEFAULT_METRICS_LISTEN)]
     pub metrics_listen: SocketAddr,
-    #[arg(long, env = "LHG_TLS_CERT", default_value = "/certs/tls.crt")]
+    #[arg(long, env = "LHG_TLS_CERT", default_value = DEFAULT_TLS_CERT)]
     pub tls_cert: PathBuf,
-    #[arg(long, env = "LHG_TLS_KEY", default_value = "/certs/tls.key")]
+    #[arg(long, env = "LHG_TLS_KEY", default_value = DEFAULT_TLS_KEY)]
     pub tls_key: PathBuf,
     /// Require client certificates signed by this CA (webhook<->agent mTLS).
     #[arg(long, env = "LHG_CLIENT_CA")]
@@ -98,5 +109,35 @@ impl AgentArgs {
             config,
             longhorn_guard_runtime::shutdown_signal(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    /// The flags' defaults are `AgentConfig::new`'s (once they disagreed: metrics on 9090 vs
+    /// 9091, certificates under /etc/longhorn-guard/tls vs /certs).
+    #[test]
+    fn the_flags_defaults_are_the_config_defaults() {
+        let Ok(flags) = Flags::try_parse_from(["agent", "--node=node-1"]) else {
+            panic!("the agent parses with only --node");
+        };
+        let from_flags = flags.agent.config();
+        let default = AgentConfig::new("node-1");
+        assert_eq!(from_flags.namespace, default.namespace);
+        assert_eq!(from_flags.grpc_listen, default.grpc_listen);
+        assert_eq!(from_flags.metrics_listen, default.metrics_listen);
+        assert_eq!(from_flags.server_cert, default.server_cert);
+        assert_eq!(from_flags.server_key, default.server_key);
+        assert_eq!(from_flags.client_ca, default.client_ca);
+        assert_eq!(from_flags.engine_proxy_port, default.engine_proxy_port);
     }
 }

@@ -46,15 +46,16 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults for everything but the node name and the serving certificate paths.
+    /// Defaults for everything but the node name; the flags' defaults where there is a flag
+    /// ([`crate::cli::AgentArgs`]).
     pub fn new(node_name: impl Into<String>) -> Self {
         Self {
             node_name: node_name.into(),
-            namespace: "longhorn-system".to_string(),
-            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 9443)),
-            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-            server_cert: PathBuf::from("/etc/longhorn-guard/tls/tls.crt"),
-            server_key: PathBuf::from("/etc/longhorn-guard/tls/tls.key"),
+            namespace: longhorn_types::DEFAULT_NAMESPACE.to_string(),
+            grpc_listen: crate::cli::DEFAULT_LISTEN,
+            metrics_listen: crate::cli::DEFAULT_METRICS_LISTEN,
+            server_cert: PathBuf::from(crate::cli::DEFAULT_TLS_CERT),
+            server_key: PathBuf::from(crate::cli::DEFAULT_TLS_KEY),
             client_ca: None,
             max_tls_handshakes: 64,
             max_call_timeout: Duration::from_secs(30),

@@ -1,13 +1,13 @@
 //! `longhorn-guard`: one binary, one image. Each subcommand is a thin wrapper over a crate of
 //! the workspace; no logic lives here beyond parsing flags and setting up logs.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use longhorn_guard_agent::cli::AgentArgs;
 use longhorn_guard_runtime::{KubeArgs, LogFormat, init_logs, kube_client, shutdown_signal};
+use longhorn_guard_webhook::cli::WebhookArgs;
 
 #[derive(Parser)]
 #[command(
@@ -141,70 +141,6 @@ struct PruneArgs {
 enum Output {
     Table,
     Json,
-}
-
-#[derive(clap::Args)]
-struct WebhookArgs {
-    /// Admission endpoints (HTTPS).
-    #[arg(long, env = "LHG_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
-    listen: SocketAddr,
-    /// `/healthz`, `/readyz`, `/metrics` (plain HTTP).
-    #[arg(
-        long,
-        env = "LHG_WEBHOOK_METRICS_LISTEN",
-        default_value = "0.0.0.0:9090"
-    )]
-    metrics_listen: SocketAddr,
-    #[arg(long, env = "LHG_TLS_CERT", default_value = "/certs/tls.crt")]
-    tls_cert: PathBuf,
-    #[arg(long, env = "LHG_TLS_KEY", default_value = "/certs/tls.key")]
-    tls_key: PathBuf,
-    /// Policy file (YAML); defaults apply when absent.
-    #[arg(long, env = "LHG_POLICY")]
-    policy: Option<PathBuf>,
-    /// Namespace of the Longhorn objects to watch; all namespaces when absent.
-    #[arg(long, env = "LHG_NAMESPACE")]
-    namespace: Option<String>,
-    /// Judge Backups by this Longhorn release (`1.7`, `1.8`, `1.10` or a version such as
-    /// `v1.9.2`) instead of detecting it from the cluster's Setting and CRDs.
-    #[arg(long, env = "LHG_LONGHORN_VERSION")]
-    longhorn_version: Option<longhorn_types::Release>,
-    /// CA of the agents' serving certificates. Setting it turns on engine-truth checks
-    /// through the agents (policy `engineCheck`), over mTLS with the client certificate below.
-    #[arg(long, env = "LHG_AGENT_CA")]
-    agent_ca: Option<PathBuf>,
-    /// The webhook's client certificate and key for mTLS to the agents.
-    #[arg(
-        long,
-        env = "LHG_AGENT_CLIENT_CERT",
-        default_value = "/client-certs/tls.crt"
-    )]
-    agent_client_cert: PathBuf,
-    #[arg(
-        long,
-        env = "LHG_AGENT_CLIENT_KEY",
-        default_value = "/client-certs/tls.key"
-    )]
-    agent_client_key: PathBuf,
-    /// DNS name the agent certificate must carry (agents are dialled by pod IP).
-    #[arg(long, env = "LHG_AGENT_SERVER_NAME", default_value = longhorn_guard_webhook::engine_truth::DEFAULT_AGENT_SERVER_NAME)]
-    agent_server_name: String,
-    /// Agent pods: their namespace, label selector and gRPC port (`spec.nodeName` →
-    /// `status.podIP:port`).
-    #[arg(long, env = "LHG_AGENT_NAMESPACE", default_value = "longhorn-guard")]
-    agent_namespace: String,
-    #[arg(
-        long,
-        env = "LHG_AGENT_SELECTOR",
-        default_value = "app.kubernetes.io/name=longhorn-guard,app.kubernetes.io/component=agent"
-    )]
-    agent_selector: String,
-    #[arg(long, env = "LHG_AGENT_PORT", default_value_t = 9443)]
-    agent_port: u16,
-    /// Instead of pod discovery: an address pattern with `{node}`, e.g.
-    /// `https://{node}.agents.example:9443`.
-    #[arg(long, env = "LHG_AGENT_ADDRESS_PATTERN")]
-    agent_address_pattern: Option<String>,
 }
 
 /// The executable's name when kubectl runs it as a plugin (`kubectl longhorn-guard ...`:
@@ -399,32 +335,7 @@ async fn run_restore(
 }
 
 async fn run_webhook(args: WebhookArgs, kube: KubeArgs) -> anyhow::Result<()> {
-    use longhorn_guard_webhook::engine_truth::{AgentDiscovery, EngineTruthConfig};
-    let engine_truth = args.agent_ca.map(|ca| {
-        let discovery = match args.agent_address_pattern {
-            Some(pattern) => AgentDiscovery::Pattern(pattern),
-            None => AgentDiscovery::Pods {
-                namespace: args.agent_namespace,
-                selector: args.agent_selector,
-                port: args.agent_port,
-            },
-        };
-        let mut c =
-            EngineTruthConfig::new(args.agent_client_cert, args.agent_client_key, ca, discovery);
-        c.server_name = args.agent_server_name;
-        c
-    });
-    let config = longhorn_guard_webhook::WebhookConfig {
-        listen: args.listen,
-        metrics_listen: args.metrics_listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        policy_path: args.policy,
-        namespace: args.namespace,
-        engine_truth,
-        longhorn_version: args.longhorn_version,
-        ..Default::default()
-    };
+    let config = args.config()?;
     let client = kube_client(&kube).await?;
     longhorn_guard_webhook::run(config, client, shutdown_signal()).await
 }

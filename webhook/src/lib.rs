@@ -32,6 +32,7 @@
 //! 7. This file: the run wiring (listeners, watches, reloads, shutdown).
 
 pub mod api;
+pub mod cli;
 pub mod decision;
 pub mod engine_truth;
 pub mod events;
@@ -59,8 +60,9 @@ pub use metrics::Metrics;
 pub use policy::Policy;
 pub use snapshot_source::{ApiSnapshotSource, NoSnapshotSource, SnapshotSource};
 
-/// How to run the webhook. `Default` listens on 0.0.0.0:8443 (TLS) and 0.0.0.0:9080
-/// (health, readiness, metrics) with the default policy, watching all namespaces.
+/// How to run the webhook. `Default` is what the flags default to ([`cli::WebhookArgs`]):
+/// 0.0.0.0:8443 (TLS, certificate in /certs) and 0.0.0.0:9090 (health, readiness, metrics)
+/// with the default policy, watching all namespaces.
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
     /// Admission endpoints over TLS.
@@ -94,10 +96,10 @@ pub struct WebhookConfig {
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9080)),
-            tls_cert: PathBuf::from("/etc/longhorn-guard/tls/tls.crt"),
-            tls_key: PathBuf::from("/etc/longhorn-guard/tls/tls.key"),
+            listen: cli::DEFAULT_LISTEN,
+            metrics_listen: cli::DEFAULT_METRICS_LISTEN,
+            tls_cert: PathBuf::from(cli::DEFAULT_TLS_CERT),
+            tls_key: PathBuf::from(cli::DEFAULT_TLS_KEY),
             policy_path: None,
             policy: None,
             namespace: None,
