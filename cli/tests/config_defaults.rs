@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -52,16 +54,6 @@ struct AgentFlags {
     args: AgentArgs,
 }
 
-fn tool(var: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
-        _ => panic!(
-            "{var} is not set: run through `bash scripts/test.sh`, or \
-             `source scripts/lib.sh && ensure_helm_kubectl` before cargo nextest"
-        ),
-    }
-}
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -84,7 +76,7 @@ fn documents(text: &str) -> Vec<Value> {
 }
 
 fn kustomize(dir: &str) -> Vec<Value> {
-    let mut cmd = Command::new(tool("LHG_KUBECTL"));
+    let mut cmd = Command::new(common::tool("LHG_KUBECTL"));
     cmd.arg("kustomize")
         .arg(repo().join("manifests").join(dir))
         .env("HOME", std::env::temp_dir());
@@ -92,7 +84,7 @@ fn kustomize(dir: &str) -> Vec<Value> {
 }
 
 fn helm_template(sets: &[&str]) -> Vec<Value> {
-    let mut cmd = Command::new(tool("LHG_HELM"));
+    let mut cmd = Command::new(common::tool("LHG_HELM"));
     cmd.args(["template", "longhorn-guard"])
         .arg(repo().join("manifests/helm/longhorn-guard"))
         .args(["--namespace", "longhorn-guard"])

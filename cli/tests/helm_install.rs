@@ -47,16 +47,6 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_longhorn-guard");
 
-fn tool(var: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
-        _ => panic!(
-            "{var} is not set: run through `bash scripts/test.sh`, or \
-             `source scripts/lib.sh && ensure_helm_kubectl` before cargo nextest"
-        ),
-    }
-}
-
 fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/helm/longhorn-guard")
 }
@@ -65,7 +55,7 @@ fn chart() -> PathBuf {
 /// private HOME: kubectl's discovery cache goes to `$HOME/.kube/cache`, and with no HOME it
 /// lands in the working directory, the crate's source tree).
 fn client(cluster: &TestCluster, var: &str, home: &Path) -> Command {
-    let mut cmd = cluster.command(tool(var));
+    let mut cmd = cluster.command(common::tool(var));
     cmd.env("HOME", home)
         .env("HELM_CONFIG_HOME", home.join("config"))
         .env("HELM_CACHE_HOME", home.join("cache"))

@@ -7,6 +7,17 @@ use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster};
 use longhorn_types::shapes;
 use serde_json::json;
 
+/// The helm or kubectl binary that `scripts/test.sh` exports in `var` (`LHG_HELM`, `LHG_KUBECTL`).
+pub fn tool(var: &str) -> std::path::PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if std::path::Path::new(&p).is_file() => std::path::PathBuf::from(p),
+        _ => panic!(
+            "{var} is not set: run through `bash scripts/test.sh`, or \
+             `source scripts/lib.sh && ensure_helm_kubectl` before cargo nextest"
+        ),
+    }
+}
+
 /// A ValidatingWebhookConfiguration `name` with one webhook `entry` that sends the CREATEs of
 /// longhorn.io/v1beta2 backups in namespace `ns` to `url` (`https://127.0.0.1:PORT/...`),
 /// `failurePolicy: Fail`; the API server trusts `ca_bundle` (PEM) for it, or nothing yet.
