@@ -7,7 +7,6 @@
 //! call, hold a call past its deadline, ping faster than Longhorn's 10 s keepalive minimum, or
 //! write to the cluster: it only reads Engines and InstanceManagers.
 
-pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod connect;
@@ -23,6 +22,8 @@ pub use config::{AgentConfig, ConfigError, PoolConfig, parse_process_match};
 pub use engine_client::{EngineClient, EngineTarget};
 pub use engine_index::{EngineIndex, LookupError};
 pub use longhorn_guard_manager_monitor::{ManagerMonitorConfig, ProcessMatch};
+/// The endpoint circuit breaker (shared with the webhook).
+pub use longhorn_guard_runtime::breaker;
 pub use metrics::PoolMetrics;
 pub use pool::{EndpointStatus, LeasePool, PoolLiveness};
 pub use server::{Agent, run};

@@ -5,11 +5,14 @@
 //! - [`process`]: log setup ([`LogFormat`], [`init_logs`]) and the shutdown signal;
 //! - [`install_crypto_provider`]: ring as the process-wide rustls provider;
 //! - [`kube_client`]: the Kubernetes client from kubectl's `--kubeconfig` / `--context`;
+//! - [`breaker`]: the circuit breaker of one remote endpoint (agent → engine proxy,
+//!   webhook → agent);
 //! - [`tls`]: a server TLS configuration that follows its certificate files as they are
 //!   rotated, and the certificate facts it checks.
 //!
 //! Nothing here knows Longhorn, the guard's policy or its PKI.
 
+pub mod breaker;
 pub mod kube_client;
 pub mod process;
 pub mod tls;

@@ -1,18 +1,14 @@
-//! A circuit breaker per agent address: `threshold` consecutive failures (transport errors,
-//! timeouts) open it; while open, checks skip the agent at once; after the cool-down one
-//! probe is let through, whose success closes it and whose failure re-opens it.
+//! A circuit breaker per agent address (the runtime's [`CircuitBreaker`], as the agent has per
+//! engine endpoint): `threshold` consecutive failures (transport errors, timeouts) open it;
+//! while open, checks skip the agent at once; after the cool-down one probe is let through,
+//! whose success closes it and whose failure re-opens it.
 //! Only agents with failures are kept, so the map is bounded by the failing agents.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Default)]
-struct State {
-    failures: u32,
-    open_until: Option<Instant>,
-    probing: bool,
-}
+use longhorn_guard_runtime::breaker::{Admission, BreakerState, CircuitBreaker};
 
 /// Whether a call may go to the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,35 +25,31 @@ pub enum Admit {
 pub struct Breakers {
     threshold: u32,
     cool_down: Duration,
-    states: Mutex<HashMap<String, State>>,
+    states: Mutex<HashMap<String, CircuitBreaker>>,
 }
 
 impl Breakers {
     pub fn new(threshold: u32, cool_down: Duration) -> Self {
         Self {
-            threshold: threshold.max(1),
+            threshold,
             cool_down,
             states: Mutex::new(HashMap::new()),
         }
     }
 
-    fn states(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
+    fn states(&self) -> std::sync::MutexGuard<'_, HashMap<String, CircuitBreaker>> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn admit(&self, agent: &str, now: Instant) -> Admit {
         let mut states = self.states();
-        let Some(state) = states.get_mut(agent) else {
+        let Some(breaker) = states.get_mut(agent) else {
             return Admit::Call;
         };
-        match state.open_until {
-            None => Admit::Call,
-            Some(until) if now < until => Admit::Skip,
-            Some(_) if state.probing => Admit::Skip,
-            Some(_) => {
-                state.probing = true;
-                Admit::Probe
-            }
+        match breaker.admit(now.into()) {
+            Some(Admission::Pass) => Admit::Call,
+            Some(Admission::Probe) => Admit::Probe,
+            None => Admit::Skip,
         }
     }
 
@@ -66,33 +58,31 @@ impl Breakers {
         self.states().remove(agent);
     }
 
-    /// A transport error or timeout. Returns true when this failure opened the breaker.
+    /// A transport error or timeout. Returns true when this failure opened the breaker (from
+    /// closed; a failed probe re-opens an open one).
     pub fn failure(&self, agent: &str, now: Instant) -> bool {
         let mut states = self.states();
-        let state = states.entry(agent.to_string()).or_default();
-        state.failures = state.failures.saturating_add(1);
-        let reopen = state.probing || state.failures >= self.threshold;
-        state.probing = false;
-        if reopen {
-            let was_open = state.open_until.is_some();
-            state.open_until = Some(now + self.cool_down);
-            return !was_open;
-        }
-        false
+        let breaker = states
+            .entry(agent.to_string())
+            .or_insert_with(|| CircuitBreaker::new(self.threshold, self.cool_down));
+        let was_closed = breaker.state() == BreakerState::Closed;
+        breaker.on_failure(now.into());
+        was_closed && breaker.state() == BreakerState::Open
     }
 
     /// A probe that ended without a verdict (cancelled): let the next call probe.
     pub fn release_probe(&self, agent: &str) {
-        if let Some(state) = self.states().get_mut(agent) {
-            state.probing = false;
+        if let Some(breaker) = self.states().get_mut(agent) {
+            breaker.on_probe_abandoned();
         }
     }
 
     /// Agents whose breaker is open now.
     pub fn open_count(&self, now: Instant) -> usize {
+        let now = now.into();
         self.states()
             .values()
-            .filter(|s| s.open_until.is_some_and(|u| now < u))
+            .filter(|b| b.is_cooling_down(now))
             .count()
     }
 }

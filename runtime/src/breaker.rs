@@ -1,5 +1,6 @@
-//! Circuit breaker of one engine-proxy endpoint: closed → open after K consecutive failures →
-//! half-open (one probe) after a cool-down → closed on the probe's success, open again on failure.
+//! Circuit breaker of one remote endpoint (an engine proxy for the agent, an agent for the
+//! webhook): closed → open after K consecutive failures → half-open (one probe) after a
+//! cool-down → closed on the probe's success, open again on failure.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -92,6 +93,11 @@ impl CircuitBreaker {
                 probe_in_flight: true,
             } => None,
         }
+    }
+
+    /// Whether the breaker is open and still cooling down at `now` (no probe due yet).
+    pub fn is_cooling_down(&self, now: Instant) -> bool {
+        matches!(self.state, Inner::Open { until } if now < until)
     }
 
     /// Whether [`Self::admit`] would shed a call now, without changing state.
