@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use longhorn_guard_agent::cli::AgentArgs;
 use longhorn_guard_runtime::{KubeArgs, LogFormat, init_logs, kube_client, shutdown_signal};
+use longhorn_guard_stuck_backups::cli::{DoctorCommandArgs, PruneArgs, run_doctor, run_prune};
 use longhorn_guard_webhook::cli::WebhookArgs;
 
 #[derive(Parser)]
@@ -91,58 +92,6 @@ struct DemoArgs {
     node_address: Option<std::net::Ipv4Addr>,
 }
 
-#[derive(clap::Args)]
-struct DoctorArgs {
-    /// Longhorn's namespace.
-    #[arg(short, long, env = "LHG_NAMESPACE", default_value = longhorn_types::DEFAULT_NAMESPACE)]
-    namespace: String,
-    /// A non-terminal Backup older than this many minutes needs attention even without a known
-    /// reason; prune never deletes a Backup younger than this.
-    #[arg(long, default_value_t = 15)]
-    stuck_after_minutes: u64,
-    #[arg(short, long, value_enum, default_value = "table")]
-    output: Output,
-}
-
-#[derive(clap::Args)]
-struct DoctorCommandArgs {
-    #[command(flatten)]
-    doctor: DoctorArgs,
-    /// The guard's namespace, where its policy ConfigMap is (checked for exemptions of
-    /// Longhorn's own service account).
-    #[arg(long, env = "LHG_GUARD_NAMESPACE", default_value = longhorn_guard_stuck_backups::guard_policy::DEFAULT_GUARD_NAMESPACE)]
-    guard_namespace: String,
-    /// The webhook's policy ConfigMap (key `policy.yaml`).
-    #[arg(long, default_value = longhorn_guard_stuck_backups::guard_policy::DEFAULT_POLICY_CONFIGMAP)]
-    guard_policy_configmap: String,
-}
-
-#[derive(clap::Args)]
-struct PruneArgs {
-    #[command(flatten)]
-    doctor: DoctorArgs,
-    /// Delete. Without it, only print what would be deleted.
-    #[arg(long, conflicts_with = "restore")]
-    yes: bool,
-    /// Restore file written before anything is deleted (must not exist).
-    #[arg(long, conflicts_with = "restore")]
-    restore_file: Option<PathBuf>,
-    /// Recreate the Backups of this restore file (written by an earlier `prune --yes`),
-    /// marked with the label `longhorn-guard.io/restored-by-prune` that the guard's policy
-    /// must exempt (README, Operator tools). Deletes nothing.
-    #[arg(long, value_name = "RESTORE_FILE")]
-    restore: Option<PathBuf>,
-    /// Deletes per second.
-    #[arg(long, default_value_t = 5.0)]
-    rate: f64,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
 /// The executable's name when kubectl runs it as a plugin (`kubectl longhorn-guard ...`:
 /// kubectl looks for `kubectl-` + the command with `-` written `_`).
 pub const KUBECTL_PLUGIN_NAME: &str = "kubectl-longhorn_guard";
@@ -178,7 +127,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Doctor(args) => {
-            return match block_on_value(run_doctor(args, kube)) {
+            return match block_on_value(
+                async move { run_doctor(args, kube_client(&kube).await?).await },
+            ) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("longhorn-guard doctor: {e:#}");
@@ -186,7 +137,9 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Prune(args) => block_on(run_prune(args, kube)),
+        Command::Prune(args) => {
+            block_on(async move { run_prune(args, kube_client(&kube).await?).await })
+        }
         Command::Crds => print_crds(),
         Command::Certs(cmd) => block_on(run_certs(cmd, kube)),
         #[cfg(feature = "demo")]
@@ -238,100 +191,6 @@ fn block_on_value<T>(
         .enable_all()
         .build()?
         .block_on(fut)
-}
-
-fn doctor_options(args: &DoctorArgs) -> longhorn_guard_stuck_backups::DoctorOptions {
-    longhorn_guard_stuck_backups::DoctorOptions {
-        namespace: args.namespace.clone(),
-        stuck_after: std::time::Duration::from_secs(args.stuck_after_minutes * 60),
-    }
-}
-
-async fn run_doctor(args: DoctorCommandArgs, kube: KubeArgs) -> anyhow::Result<ExitCode> {
-    let client = kube_client(&kube).await?;
-    let report =
-        longhorn_guard_stuck_backups::doctor(client.clone(), &doctor_options(&args.doctor)).await?;
-    let guard_policy = longhorn_guard_stuck_backups::check_guard_policy(
-        client,
-        &longhorn_guard_stuck_backups::GuardPolicyOptions {
-            namespace: args.guard_namespace,
-            configmap: args.guard_policy_configmap,
-            longhorn_namespace: args.doctor.namespace.clone(),
-        },
-    )
-    .await;
-    match args.doctor.output {
-        Output::Table => print!(
-            "{}\n{}\n",
-            longhorn_guard_stuck_backups::render::doctor_text(&report),
-            guard_policy.describe()
-        ),
-        Output::Json => {
-            let mut json = serde_json::to_value(&report)?;
-            json["guardPolicy"] = serde_json::to_value(&guard_policy)?;
-            println!("{}", serde_json::to_string_pretty(&json)?);
-        }
-    }
-    Ok(
-        if report.needs_attention > 0 || !guard_policy.findings().is_empty() {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        },
-    )
-}
-
-async fn run_prune(args: PruneArgs, kube: KubeArgs) -> anyhow::Result<()> {
-    if let Some(file) = &args.restore {
-        return run_restore(&args.doctor, file, &kube).await;
-    }
-    let restore_file = args.restore_file.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "longhorn-guard-prune-{}-{}.yaml",
-            args.doctor.namespace,
-            k8s_openapi::jiff::Timestamp::now().as_second()
-        ))
-    });
-    let options = longhorn_guard_stuck_backups::PruneOptions {
-        doctor: doctor_options(&args.doctor),
-        yes: args.yes,
-        restore_file,
-        deletes_per_second: args.rate,
-    };
-    let outcome = longhorn_guard_stuck_backups::prune(kube_client(&kube).await?, &options).await?;
-    match args.doctor.output {
-        Output::Table => print!(
-            "{}",
-            longhorn_guard_stuck_backups::render::prune_text(&outcome)
-        ),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
-    }
-    Ok(())
-}
-
-async fn run_restore(
-    args: &DoctorArgs,
-    file: &std::path::Path,
-    kube: &KubeArgs,
-) -> anyhow::Result<()> {
-    let outcome =
-        longhorn_guard_stuck_backups::restore(kube_client(kube).await?, &args.namespace, file)
-            .await?;
-    match args.output {
-        Output::Table => print!(
-            "{}",
-            longhorn_guard_stuck_backups::render::restore_text(&outcome)
-        ),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
-    }
-    if !outcome.refused.is_empty() {
-        anyhow::bail!(
-            "{} of the Backups in {} were not restored (see above); the file is unchanged",
-            outcome.refused.len(),
-            file.display()
-        );
-    }
-    Ok(())
 }
 
 async fn run_webhook(args: WebhookArgs, kube: KubeArgs) -> anyhow::Result<()> {

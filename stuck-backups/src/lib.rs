@@ -15,6 +15,7 @@
 //! a URL or an empty snapshot name (Longhorn syncing existing backups), and never write
 //! anything in `doctor`. Diagnosis is a pure function of a [`ClusterState`] snapshot.
 
+pub mod cli;
 pub mod cluster_state;
 pub mod diagnosis;
 pub mod doomed_volumes;
