@@ -1,7 +1,7 @@
-//! `longhorn_guard_runtime::tls::ReloadingCertResolver` under load (certificates from `pki`): a steady stream of TLS handshakes from a rustls client on
-//! 127.0.0.1 while the certificate files are swapped (atomically, as the kubelet does, and
-//! non-atomically, one file after the other); then a corrupt file that must not replace the
-//! certificate in force.
+//! `longhorn_guard_runtime::tls::ReloadingCertResolver` under load (certificates issued with
+//! `pki`): a steady stream of TLS handshakes from a rustls client on 127.0.0.1 while the
+//! certificate files are swapped (atomically, as the kubelet does, and non-atomically, one file
+//! after the other); then a corrupt file that must not replace the certificate in force.
 
 #![allow(clippy::unwrap_used)]
 
