@@ -169,34 +169,9 @@ impl Decision {
 
 /// Whether the requester or the Backup is exempt from the checks.
 pub fn is_exempt(policy: &Policy, req: &BackupRequest) -> bool {
-    let ex = &policy.exemptions;
-    if ex
-        .labels
-        .iter()
-        .any(|(k, v)| req.labels.get(k).is_some_and(|have| v == "*" || v == have))
-    {
-        return true;
-    }
-    if ex.users.contains(&req.username) {
-        return true;
-    }
-    if let Some(rest) = req.username.strip_prefix("system:serviceaccount:")
-        && let Some((ns, name)) = rest.split_once(':')
-        && ex
-            .service_accounts
-            .iter()
-            .any(|sa| match sa.split_once(':') {
-                Some((want_ns, want_name)) => {
-                    (want_ns == "*" || want_ns == ns) && want_name == name
-                }
-                None => false,
-            })
-    {
-        return true;
-    }
-    ex.groups
-        .iter()
-        .any(|g| req.groups.iter().any(|have| have == g))
+    policy
+        .exemptions
+        .cover(&req.labels, &req.username, &req.groups)
 }
 
 /// True when Longhorn's own service account (in the Backup's namespace) is asking.

@@ -76,6 +76,36 @@ pub struct Exemptions {
 }
 
 impl Exemptions {
+    /// Whether these exemptions cover a request with these Backup `labels` from `username`
+    /// in `groups` (label `"*"` = any value; service accounts as `namespace:name`, `*:name`).
+    pub fn cover(
+        &self,
+        labels: &BTreeMap<String, String>,
+        username: &str,
+        groups: &[String],
+    ) -> bool {
+        if self
+            .labels
+            .iter()
+            .any(|(k, v)| labels.get(k).is_some_and(|have| v == "*" || v == have))
+        {
+            return true;
+        }
+        if self.users.iter().any(|u| u == username) {
+            return true;
+        }
+        if let Some(rest) = username.strip_prefix("system:serviceaccount:")
+            && let Some((ns, name)) = rest.split_once(':')
+            && self.service_accounts.iter().any(|sa| {
+                sa.split_once(':')
+                    .is_some_and(|(wn, wname)| (wn == "*" || wn == ns) && wname == name)
+            })
+        {
+            return true;
+        }
+        self.groups.iter().any(|g| groups.contains(g))
+    }
+
     /// The entries (`field: "value"`) that exempt the service account `name` of
     /// `namespace` (`None`: of any namespace): `serviceAccounts` naming it, `users` spelling
     /// its username, and the groups every service account of a namespace (or of the cluster)

@@ -76,24 +76,5 @@ pub fn recurring_job_of(obj: &DynamicObject) -> Option<String> {
 /// Whether the throttle exemptions match (label `"*"` = any value; service accounts as
 /// `namespace:name`, `*:name`).
 pub fn is_exempt(ex: &Exemptions, req: &ThrottleRequest) -> bool {
-    if ex
-        .labels
-        .iter()
-        .any(|(k, v)| req.labels.get(k).is_some_and(|have| v == "*" || v == have))
-    {
-        return true;
-    }
-    if ex.users.contains(&req.username) {
-        return true;
-    }
-    if let Some(rest) = req.username.strip_prefix("system:serviceaccount:")
-        && let Some((ns, name)) = rest.split_once(':')
-        && ex.service_accounts.iter().any(|sa| {
-            sa.split_once(':')
-                .is_some_and(|(wn, wname)| (wn == "*" || wn == ns) && wname == name)
-        })
-    {
-        return true;
-    }
-    ex.groups.iter().any(|g| req.groups.contains(g))
+    ex.cover(&req.labels, &req.username, &req.groups)
 }
