@@ -43,7 +43,7 @@ use crate::policy::{Mode, Policy};
 
 pub use checks::backup_target;
 pub use full_backup::full_backup_patch;
-pub use request::BackupRequest;
+pub use request::{BackupRequest, backup_display_name};
 
 /// Why a review ended as it did. Also the `reason` metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

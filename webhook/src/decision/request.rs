@@ -96,13 +96,18 @@ impl BackupRequest {
 
     /// `Backup "name"` or `Backup with generateName "prefix"`, for messages.
     pub fn display_name(&self) -> String {
-        if !self.name.is_empty() {
-            format!("Backup {:?}", self.name)
-        } else if !self.generate_name.is_empty() {
-            format!("Backup with generateName {:?}", self.generate_name)
-        } else {
-            "Backup (no name)".to_string()
-        }
+        backup_display_name(&self.name, &self.generate_name)
+    }
+}
+
+/// `Backup "name"`, `Backup with generateName "prefix"` or `Backup (no name)`.
+pub fn backup_display_name(name: &str, generate_name: &str) -> String {
+    if !name.is_empty() {
+        format!("Backup {name:?}")
+    } else if !generate_name.is_empty() {
+        format!("Backup with generateName {generate_name:?}")
+    } else {
+        "Backup (no name)".to_string()
     }
 }
 

@@ -52,13 +52,7 @@ impl ThrottleRequest {
     }
 
     pub(super) fn display_name(&self) -> String {
-        if !self.name.is_empty() {
-            format!("Backup {:?}", self.name)
-        } else if !self.generate_name.is_empty() {
-            format!("Backup with generateName {:?}", self.generate_name)
-        } else {
-            "Backup (no name)".to_string()
-        }
+        crate::decision::backup_display_name(&self.name, &self.generate_name)
     }
 }
 
