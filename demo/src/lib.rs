@@ -15,6 +15,7 @@ mod cluster;
 pub mod guard;
 pub mod inflight;
 pub mod plot;
+mod probe;
 pub mod processes;
 mod progress;
 pub mod report;
