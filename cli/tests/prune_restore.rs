@@ -232,7 +232,7 @@ async fn procedure(
         "prune does not say how to restore: {out}"
     );
     assert_eq!(names(client, ns).await?, ["backup-ok"], "{out}");
-    let items = longhorn_guard_stuck_backups::prune::read_restore_file(&restore_file)?;
+    let items = longhorn_guard_stuck_backups::restore::read_restore_file(&restore_file)?;
     assert_eq!(items.len(), 2);
     let header = std::fs::read_to_string(&restore_file)?;
     assert!(

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::cluster::backups_by_state;
 use crate::guard::{self, DemoPki};
+use crate::probe;
 use crate::inflight::{self, InFlightTracker};
 use crate::processes::Children;
 use crate::progress::Progress;
@@ -138,7 +139,7 @@ struct Watchers {
     tracker: InFlightTracker,
     controller: SimulatedController,
     probe: Option<tokio::task::JoinHandle<()>>,
-    probe_counts: Arc<guard::ProbeCounts>,
+    probe_counts: Arc<probe::ProbeCounts>,
 }
 
 /// The figures read at the end of a run.
@@ -176,9 +177,9 @@ impl Watchers {
                 max_leaked: o.leak_cap,
             },
         );
-        let probe_counts = Arc::new(guard::ProbeCounts::default());
+        let probe_counts = Arc::new(probe::ProbeCounts::default());
         let probe = stage.agents.as_ref().map(|agents| {
-            let probe = guard::EngineProbe {
+            let probe = probe::EngineProbe {
                 agents: agents.iter().map(|(n, s)| (n.clone(), s.listen)).collect(),
                 ca_pem: ctx.pki.ca.cert_pem.clone(),
                 namespace: ns.to_string(),
@@ -207,7 +208,7 @@ impl Watchers {
         let controller = self.controller.stats();
         let engine_proxy_open = stage.nodes.open_connections();
         let agent = match &stage.agents {
-            Some(a) => Some(guard::agent_figures(a, &self.probe_counts).await?),
+            Some(a) => Some(probe::agent_figures(a, &self.probe_counts).await?),
             None => None,
         };
         if let Some(p) = self.probe {

@@ -295,16 +295,6 @@ fn write_restore_file(path: &PathBuf, namespace: &str, items: Vec<Value>) -> any
     Ok(())
 }
 
-/// The Backups a restore file holds (see [`crate::restore`]); an error when the file is
-/// not one.
-pub fn read_restore_file(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading restore file {}", path.display()))?;
-    let list: Value = serde_yaml::from_str(&text)
-        .with_context(|| format!("parsing restore file {}", path.display()))?;
-    crate::restore::items_of(list, path)
-}
-
 /// The resource name prune deletes, for messages.
 pub fn resource_name() -> String {
     format!("{}.{}", Backup::plural(&()), Backup::group(&()))

@@ -41,7 +41,7 @@ pub async fn restore(
     namespace: &str,
     file: &Path,
 ) -> anyhow::Result<RestoreOutcome> {
-    let items = crate::prune::read_restore_file(file)?;
+    let items = read_restore_file(file)?;
     let api: Api<DynamicObject> =
         Api::namespaced_with(client, namespace, &ApiResource::erase::<Backup>(&()));
     let mut outcome = RestoreOutcome {
@@ -134,6 +134,15 @@ pub(crate) fn items_of(list: Value, file: &Path) -> anyhow::Result<Vec<Value>> {
             file.display()
         ),
     }
+}
+
+/// The Backups a restore file holds (as `prune` writes it); an error when the file is not one.
+pub fn read_restore_file(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading restore file {}", path.display()))?;
+    let list: Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("parsing restore file {}", path.display()))?;
+    items_of(list, path)
 }
 
 #[cfg(test)]

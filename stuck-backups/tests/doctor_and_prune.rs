@@ -243,7 +243,7 @@ async fn prune_dry_run_deletes_nothing_and_yes_deletes_exactly_the_eligible_ones
 
     // The restore recreates exactly what was deleted, marked as restored (no guard is
     // registered here; cli/tests/prune_restore.rs runs the procedure with the guard).
-    let items = longhorn_guard_stuck_backups::prune::read_restore_file(&restore_file).unwrap();
+    let items = longhorn_guard_stuck_backups::restore::read_restore_file(&restore_file).unwrap();
     assert_eq!(items.len(), 4);
     let outcome = longhorn_guard_stuck_backups::restore(cluster.client(), &ns, &restore_file)
         .await
