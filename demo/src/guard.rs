@@ -19,7 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::processes::{Children, free_port};
 
-
 /// Label on the demo's namespaces; the webhook registration selects on it.
 pub const DEMO_NAMESPACE_LABEL: &str = "longhorn-guard.io/demo";
 

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use crate::cluster::backups_by_state;
 use crate::guard::{self, DemoPki};
-use crate::probe;
 use crate::inflight::{self, InFlightTracker};
+use crate::probe;
 use crate::processes::Children;
 use crate::progress::Progress;
 use crate::report::Sample;

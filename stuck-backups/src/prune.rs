@@ -10,7 +10,7 @@
 //! touched: an eligible Backup has no URL. The two phases are [`plan`] and [`delete_planned`].
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
