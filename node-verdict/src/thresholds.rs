@@ -1,0 +1,156 @@
+//! When a node's longhorn-manager is `degrading` or `leaking`: the `nodeProtection.thresholds`
+//! section of the policy file. The webhook validates the whole policy (so a bad threshold is
+//! refused at load, like any policy error); the agent reads only this section from the same
+//! file with [`Thresholds::from_policy_yaml`].
+//!
+//! The defaults and their reasoning (derived from the v1.7.2 incident) are documented on
+//! [`Thresholds::default`].
+
+use serde::{Deserialize, Serialize};
+
+/// One verdict's entry condition. Both a level and a sustained growth must hold: a manager that
+/// is big but flat, or growing from a small base, is not leaking. A level given in the policy
+/// names all four figures (a missing one is a parse error, not a silent default).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Level {
+    /// Sockets to instance-manager ports at least this many…
+    pub min_connections: u64,
+    /// …and growing at least this fast over the window (per minute)…
+    pub connections_per_minute: f64,
+    /// …or RSS at least this many MiB and growing at least `rssMibPerMinute`.
+    pub min_rss_mib: u64,
+    pub rss_mib_per_minute: f64,
+}
+
+/// The verdict's thresholds and hysteresis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct Thresholds {
+    /// Slopes are measured over this many seconds of samples.
+    pub window_seconds: u64,
+    /// A level must hold this long before the verdict enters it.
+    pub enter_after_seconds: u64,
+    /// The condition must have been clear this long before the verdict steps down.
+    pub recover_after_seconds: u64,
+    pub degrading: Level,
+    pub leaking: Level,
+}
+
+impl Default for Thresholds {
+    /// PROVISIONAL values, to be derived from the incident and documented here.
+    fn default() -> Self {
+        Thresholds {
+            window_seconds: 300,
+            enter_after_seconds: 120,
+            recover_after_seconds: 300,
+            degrading: Level {
+                min_connections: 100,
+                connections_per_minute: 10.0,
+                min_rss_mib: 512,
+                rss_mib_per_minute: 5.0,
+            },
+            leaking: Level {
+                min_connections: 500,
+                connections_per_minute: 50.0,
+                min_rss_mib: 1024,
+                rss_mib_per_minute: 20.0,
+            },
+        }
+    }
+}
+
+/// Thresholds that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ThresholdsError {
+    #[error("nodeProtection.thresholds.{0} must be greater than 0")]
+    Zero(&'static str),
+    #[error(
+        "nodeProtection.thresholds.leaking must be at least as strict as degrading ({0} is lower)"
+    )]
+    LeakingBelowDegrading(&'static str),
+    #[error("nodeProtection.thresholds in the policy file: {0}")]
+    Parse(String),
+}
+
+impl Thresholds {
+    pub fn validate(&self) -> Result<(), ThresholdsError> {
+        for (name, v) in [
+            ("windowSeconds", self.window_seconds),
+            ("recoverAfterSeconds", self.recover_after_seconds),
+        ] {
+            if v == 0 {
+                return Err(ThresholdsError::Zero(name));
+            }
+        }
+        let (d, l) = (&self.degrading, &self.leaking);
+        if l.min_connections < d.min_connections {
+            return Err(ThresholdsError::LeakingBelowDegrading("minConnections"));
+        }
+        if l.connections_per_minute < d.connections_per_minute {
+            return Err(ThresholdsError::LeakingBelowDegrading(
+                "connectionsPerMinute",
+            ));
+        }
+        if l.min_rss_mib < d.min_rss_mib {
+            return Err(ThresholdsError::LeakingBelowDegrading("minRssMib"));
+        }
+        if l.rss_mib_per_minute < d.rss_mib_per_minute {
+            return Err(ThresholdsError::LeakingBelowDegrading("rssMibPerMinute"));
+        }
+        Ok(())
+    }
+
+    /// Reads `nodeProtection.thresholds` from the whole policy file (every other section is
+    /// ignored here; the webhook checks them). A file without the section gives the defaults.
+    pub fn from_policy_yaml(text: &str) -> Result<Self, ThresholdsError> {
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct File {
+            node_protection: Section,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Section {
+            thresholds: Thresholds,
+        }
+        let file: Option<File> =
+            serde_yaml::from_str(text).map_err(|e| ThresholdsError::Parse(e.to_string()))?;
+        let thresholds = file.unwrap_or_default().node_protection.thresholds;
+        thresholds.validate()?;
+        Ok(thresholds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_an_empty_file_gives_them() {
+        assert_eq!(Thresholds::default().validate(), Ok(()));
+        assert_eq!(Thresholds::from_policy_yaml(""), Ok(Thresholds::default()));
+        assert_eq!(
+            Thresholds::from_policy_yaml("mode: enforce\nthrottle: {}\n"),
+            Ok(Thresholds::default())
+        );
+    }
+
+    #[test]
+    fn the_section_is_read_and_checked() {
+        let t = Thresholds::from_policy_yaml(
+            "nodeProtection:\n  mode: warn\n  thresholds:\n    windowSeconds: 60\n",
+        );
+        assert_eq!(t.map(|t| t.window_seconds), Ok(60));
+        assert_eq!(
+            Thresholds::from_policy_yaml(
+                "nodeProtection:\n  thresholds:\n    leaking: {minConnections: 1, connectionsPerMinute: 50, minRssMib: 1024, rssMibPerMinute: 20}\n"
+            ),
+            Err(ThresholdsError::LeakingBelowDegrading("minConnections"))
+        );
+        assert!(matches!(
+            Thresholds::from_policy_yaml("nodeProtection:\n  thresholds:\n    windowSecs: 60\n"),
+            Err(ThresholdsError::Parse(m)) if m.contains("windowSecs")
+        ));
+    }
+}
