@@ -5,7 +5,11 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
-use crate::{AgentConfig, ManagerMonitorConfig, ProcessMatch, parse_process_match};
+use std::time::Duration;
+
+use crate::{
+    AgentConfig, ManagerMonitorConfig, NodeVerdictConfig, ProcessMatch, parse_process_match,
+};
 
 /// The agent's gRPC API (TLS).
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -66,6 +70,35 @@ pub struct AgentArgs {
     /// stand (the demo's fake instance managers) may serve it on another.
     #[arg(long, env = "LHG_ENGINE_PROXY_PORT", default_value_t = longhorn_guard_proto::ENGINE_PROXY_PORT)]
     pub engine_proxy_port: u16,
+    /// Do not judge and publish the node's longhorn-manager verdict (it needs the manager
+    /// monitor; without it there is no verdict either).
+    #[arg(long, env = "LHG_NO_NODE_VERDICT")]
+    pub no_node_verdict: bool,
+    /// This agent's pod name (downward API): the holder of the node's verdict Lease and the
+    /// reporting instance of its Events. Default: `longhorn-guard-agent@<node>`.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// The guard's namespace, where the node's verdict Lease is kept (the webhook reads it
+    /// there). The DaemonSet passes its own namespace.
+    #[arg(long, env = "LHG_VERDICT_NAMESPACE", default_value = crate::node_verdict::DEFAULT_LEASE_NAMESPACE)]
+    pub verdict_namespace: String,
+    /// Where the Events on the Node about verdict changes are written (the Events of a
+    /// cluster-scoped object live in `default`).
+    #[arg(long, env = "LHG_VERDICT_EVENT_NAMESPACE", default_value = crate::node_verdict::DEFAULT_EVENT_NAMESPACE)]
+    pub verdict_event_namespace: String,
+    /// How often the verdict Lease is renewed (and the policy file looked at), seconds.
+    #[arg(long, env = "LHG_VERDICT_RENEW_SECONDS", default_value_t = crate::node_verdict::DEFAULT_RENEW_PERIOD.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub verdict_renew_seconds: u64,
+    /// How long the verdict stays valid without a renewal (`leaseDurationSeconds`): a dead
+    /// agent's verdict expires after it. Longer than the renew period.
+    #[arg(long, env = "LHG_VERDICT_LEASE_SECONDS", default_value_t = crate::node_verdict::DEFAULT_LEASE_DURATION.as_secs(),
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub verdict_lease_seconds: u64,
+    /// The policy file (the webhook's ConfigMap): the verdict's `nodeProtection.thresholds`
+    /// are read from it and again whenever it changes. Defaults when absent.
+    #[arg(long, env = "LHG_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
     /// Async runtime worker threads. The agent's work is a few calls at a time, so it does
     /// not follow the node's core count (a 64-core node would otherwise get 64 threads and
     /// their allocator arenas).
@@ -75,7 +108,8 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    /// The agent's configuration; the manager monitor is on unless `--no-manager-monitor`.
+    /// The agent's configuration; the manager monitor is on unless `--no-manager-monitor`,
+    /// the node verdict with it unless `--no-node-verdict`.
     pub fn config(self) -> AgentConfig {
         let mut config = AgentConfig::new(self.node);
         config.namespace = self.namespace;
@@ -93,6 +127,19 @@ impl AgentArgs {
             monitor.manager_metrics_url = self.manager_metrics_url;
             monitor.proc_root = self.proc_root;
             config.manager_monitor = Some(monitor);
+            if !self.no_node_verdict {
+                let holder = self
+                    .pod_name
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| format!("longhorn-guard-agent@{}", config.node_name));
+                let mut verdict = NodeVerdictConfig::new(holder);
+                verdict.lease_namespace = self.verdict_namespace;
+                verdict.event_namespace = self.verdict_event_namespace;
+                verdict.renew_period = Duration::from_secs(self.verdict_renew_seconds);
+                verdict.lease_duration = Duration::from_secs(self.verdict_lease_seconds);
+                verdict.policy_file = self.policy_file;
+                config.node_verdict = Some(verdict);
+            }
         }
         config
     }

@@ -145,6 +145,16 @@ impl ManagerMonitor {
     /// Samples every `interval` until `shutdown` completes. Each sample runs on the blocking
     /// pool (procfs reads and short HTTP GETs); a sample in flight finishes before return.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with(shutdown, |_| {}).await;
+    }
+
+    /// [`ManagerMonitor::run`], handing every sample to `on_sample` (on the async side, after
+    /// the metrics are updated; a sample whose process could not be read is not handed over).
+    pub async fn run_with(
+        self,
+        shutdown: impl Future<Output = ()>,
+        mut on_sample: impl FnMut(&Sample),
+    ) {
         let mut interval = tokio::time::interval(self.config.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -157,12 +167,17 @@ impl ManagerMonitor {
             }
             let joined = tokio::task::spawn_blocking(move || {
                 // Failures are logged and counted inside sample_once.
-                let _ = monitor.sample_once();
-                monitor
+                let sample = monitor.sample_once();
+                (monitor, sample)
             })
             .await;
             match joined {
-                Ok(m) => monitor = m,
+                Ok((m, sample)) => {
+                    monitor = m;
+                    if let Ok(sample) = sample {
+                        on_sample(&sample);
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "longhorn-manager monitor: sampling task failed; monitor stopped");
                     return;
