@@ -40,6 +40,10 @@ const AGENT_DELIBERATE: &[&str] = &[
     "node",
     // webhook<->agent mTLS
     "client-ca",
+    // the node verdict's Lease in the guard's namespace (the Helm release's)
+    "verdict-namespace",
+    // the policy ConfigMap's mount (nodeProtection.thresholds)
+    "policy-file",
 ];
 
 #[derive(Parser)]
