@@ -182,10 +182,39 @@ struct Stand {
     agent: RunningAgent,
 }
 
+/// Whom the agent writes as.
+enum Access {
+    /// The control plane's admin.
+    Admin,
+    /// The agent's ServiceAccount in the test namespace (impersonated), granted the
+    /// manifests' Roles (`true`) or nothing (`false`).
+    ServiceAccount { granted: bool },
+}
+
+const AGENT_SERVICE_ACCOUNT: &str = "longhorn-guard-agent";
+
 impl Stand {
     async fn start(test: &str) -> anyhow::Result<Self> {
+        Self::start_as(test, Access::Admin).await
+    }
+
+    async fn start_as(test: &str, access: Access) -> anyhow::Result<Self> {
         let cluster = TestCluster::connect().await?;
         let namespace = cluster.namespace(test).await?;
+        let client = match access {
+            Access::Admin => cluster.client(),
+            Access::ServiceAccount { granted } => {
+                if granted {
+                    grant_the_manifests_agent_roles(&cluster, &namespace).await?;
+                }
+                let user = format!("system:serviceaccount:{namespace}:{AGENT_SERVICE_ACCOUNT}");
+                let group = format!("system:serviceaccounts:{namespace}");
+                cluster.client_as(
+                    &user,
+                    &["system:serviceaccounts", &group, "system:authenticated"],
+                )?
+            }
+        };
         // Node names are unique per test: the Node's Events live in `default`, shared.
         let node = format!("{namespace}-node");
         let pod = format!("longhorn-guard-agent-{namespace}");
@@ -218,7 +247,7 @@ impl Stand {
         verdict.policy_file = Some(files.path().join("policy.yaml"));
         config.node_verdict = Some(verdict);
 
-        let agent = Agent::new(config)?.with_kube_client(cluster.client());
+        let agent = Agent::new(config)?.with_kube_client(client);
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let http_port = http.local_addr()?.port();
@@ -240,6 +269,10 @@ impl Stand {
                 _files: files,
             },
         })
+    }
+
+    fn policy_path(&self) -> PathBuf {
+        self.agent._files.path().join("policy.yaml")
     }
 
     fn leases(&self) -> Api<Lease> {
@@ -322,6 +355,71 @@ fn sample(text: &str, series: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow!("{series} has no value"))?
         .parse()
         .with_context(|| format!("{series}'s value"))
+}
+
+/// Creates the agent's node-verdict Roles and RoleBindings exactly as
+/// manifests/base/rbac-agent.yaml has them, moved to the test: the Lease Role into `namespace`,
+/// the Node-events Role into `default` under a name of the test's own, both bound to the
+/// agent's ServiceAccount in `namespace`.
+async fn grant_the_manifests_agent_roles(cluster: &TestCluster, namespace: &str) -> TestResult {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use kube::api::PostParams;
+    use serde::Deserialize as _;
+
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/base/rbac-agent.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut granted = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut value = serde_json::Value::deserialize(doc)?;
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let target_ns = match value["metadata"]["namespace"].as_str() {
+            Some("longhorn-guard") => namespace.to_owned(),
+            Some("default") => "default".to_owned(),
+            _ => continue, // Longhorn's namespace: the Engine/InstanceManager reader
+        };
+        let new_name = if target_ns == "default" {
+            format!("{name}-{namespace}")
+        } else {
+            name.clone()
+        };
+        value["metadata"]["name"] = new_name.clone().into();
+        value["metadata"]["namespace"] = target_ns.clone().into();
+        match value["kind"].as_str() {
+            Some("Role") => {
+                let role: Role = serde_json::from_value(value)?;
+                Api::<Role>::namespaced(cluster.client(), &target_ns)
+                    .create(&PostParams::default(), &role)
+                    .await
+                    .with_context(|| format!("creating Role {new_name}"))?;
+            }
+            Some("RoleBinding") => {
+                value["roleRef"]["name"] = new_name.clone().into();
+                value["subjects"][0]["namespace"] = namespace.into();
+                ensure!(
+                    value["subjects"][0]["name"] == AGENT_SERVICE_ACCOUNT,
+                    "{name} binds {:?}",
+                    value["subjects"]
+                );
+                let binding: RoleBinding = serde_json::from_value(value)?;
+                Api::<RoleBinding>::namespaced(cluster.client(), &target_ns)
+                    .create(&PostParams::default(), &binding)
+                    .await
+                    .with_context(|| format!("creating RoleBinding {new_name}"))?;
+            }
+            other => bail!("{name}: unexpected kind {other:?} in {}", path.display()),
+        }
+        granted += 1;
+    }
+    ensure!(
+        granted == 4,
+        "expected the verdict and node-events Roles and bindings, found {granted}"
+    );
+    Ok(())
 }
 
 fn micro_seconds(t: &Timestamp) -> f64 {
@@ -545,6 +643,111 @@ async fn a_busy_healthy_manager_keeps_its_node_healthy() -> TestResult {
     assert_eq!(transitions, 0.0, "{text}");
     assert!(stand.events("NodeVerdictLeaking").await?.is_empty());
     assert!(stand.events("NodeVerdictDegrading").await?.is_empty());
+    stand.agent.stop().await?;
+    Ok(())
+}
+
+/// The manifests' Roles are all the agent needs: as its ServiceAccount it writes its Lease and
+/// the Node's Event. The thresholds follow the policy file: a change applies, a bad file is
+/// counted and the last good thresholds stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_manifests_roles_the_agent_publishes_and_follows_the_policy_file() -> TestResult {
+    let mut stand =
+        Stand::start_as("verdict-rbac", Access::ServiceAccount { granted: true }).await?;
+    let first = stand
+        .wait_verdict(Verdict::Healthy, Duration::from_secs(20))
+        .await?;
+    assert_eq!(first.evidence.window_seconds, 6);
+
+    std::fs::write(
+        stand.policy_path(),
+        TEST_POLICY.replace("windowSeconds: 6", "windowSeconds: 8"),
+    )?;
+    wait_for(
+        Duration::from_secs(15),
+        "the new window in the Lease",
+        || async {
+            Ok(stand
+                .published()
+                .await?
+                .is_some_and(|(p, _)| p.evidence.window_seconds == 8))
+        },
+    )
+    .await?;
+
+    std::fs::write(
+        stand.policy_path(),
+        "nodeProtection: {thresholds: {windowSeconds: 0}}\n",
+    )?;
+    let n = stand.node.clone();
+    let policy_errors =
+        format!("longhorn_guard_agent_node_verdict_policy_errors_total{{node=\"{n}\"}}");
+    wait_for(
+        Duration::from_secs(15),
+        "the bad policy file counted",
+        || async { Ok(sample(&stand.agent.metrics().await?, &policy_errors)? == 1.0) },
+    )
+    .await?;
+
+    stand
+        .manager
+        .cmd(&format!("leak {} 30 4", stand.im.addr()))?;
+    let leaking = stand
+        .wait_verdict(Verdict::Leaking, Duration::from_secs(30))
+        .await?;
+    assert_eq!(
+        leaking.evidence.window_seconds, 8,
+        "the last good thresholds stayed"
+    );
+    stand.wait_event("NodeVerdictLeaking").await?;
+    let text = stand.agent.metrics().await?;
+    for reason in [
+        "forbidden",
+        "conflict",
+        "not_found",
+        "invalid",
+        "server",
+        "timeout",
+        "transport",
+    ] {
+        let series = format!(
+            "longhorn_guard_agent_node_verdict_publish_errors_total{{node=\"{n}\",reason=\"{reason}\"}}"
+        );
+        assert_eq!(sample(&text, &series)?, 0.0, "{series}");
+    }
+    stand.agent.stop().await?;
+    Ok(())
+}
+
+/// Without RBAC every write is refused: counted by reason, and the agent keeps judging and
+/// serving (its /metrics and gRPC health answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_are_counted_and_the_agent_keeps_serving() -> TestResult {
+    let stand =
+        Stand::start_as("verdict-norbac", Access::ServiceAccount { granted: false }).await?;
+    let n = stand.node.clone();
+    let forbidden = format!(
+        "longhorn_guard_agent_node_verdict_publish_errors_total{{node=\"{n}\",reason=\"forbidden\"}}"
+    );
+    wait_for(
+        Duration::from_secs(15),
+        "three refused Lease writes counted",
+        || async { Ok(sample(&stand.agent.metrics().await?, &forbidden)? >= 3.0) },
+    )
+    .await?;
+    let text = stand.agent.metrics().await?;
+    promtool_check(&text)?;
+    assert_eq!(
+        sample(
+            &text,
+            &format!("longhorn_guard_agent_node_verdict{{node=\"{n}\",verdict=\"healthy\"}}")
+        )?,
+        1.0
+    );
+    assert!(stand.lease().await?.is_none(), "nothing was written");
+    let (code, _) = http_get(stand.agent.http_port, "/healthz").await?;
+    assert_eq!(code, 200);
+    assert!(!stand.agent.task.is_finished(), "the agent still runs");
     stand.agent.stop().await?;
     Ok(())
 }
