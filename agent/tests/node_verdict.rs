@@ -330,3 +330,64 @@ async fn refused_writes_are_counted_and_the_agent_keeps_serving() -> TestResult 
     stand.agent.stop().await?;
     Ok(())
 }
+
+/// Someone else changes the Lease between two renewals: the agent's next replace carries a
+/// stale resourceVersion, gets 409, reads the Lease again and writes on top of the change,
+/// keeping what it does not own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_change_makes_the_agent_reread_and_keeps_the_change() -> TestResult {
+    use kube::api::{Patch, PatchParams};
+
+    let stand = Stand::start("verdict-conflict").await?;
+    stand
+        .wait_verdict(Verdict::Healthy, Duration::from_secs(20))
+        .await?;
+    let name = lease::lease_name(&stand.node);
+    let patched = stand
+        .leases()
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"example.com/owner": "ops"}}
+            })),
+        )
+        .await?;
+    let patched_version = patched.metadata.resource_version.clone();
+    let patched_renew = patched.spec.and_then(|s| s.renew_time);
+    wait_for(
+        Duration::from_secs(10),
+        "a renewal after the foreign change",
+        || async {
+            let lease = stand.leases().get(&name).await?;
+            Ok(lease.metadata.resource_version != patched_version
+                && lease.spec.and_then(|s| s.renew_time) != patched_renew)
+        },
+    )
+    .await?;
+    let (published, lease) = stand
+        .published()
+        .await?
+        .ok_or_else(|| anyhow!("Lease gone"))?;
+    assert_eq!(published.verdict, Verdict::Healthy);
+    let annotations = lease.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations.get("example.com/owner").map(String::as_str),
+        Some("ops"),
+        "{annotations:?}"
+    );
+    let n = &stand.node;
+    let text = stand.agent.metrics().await?;
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "longhorn_guard_agent_node_verdict_publish_errors_total{{node=\"{n}\",reason=\"conflict\"}}"
+            )
+        )?,
+        0.0,
+        "the conflict was resolved by reading again, not given up"
+    );
+    stand.agent.stop().await?;
+    Ok(())
+}
