@@ -139,14 +139,7 @@ impl Agent {
         http: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
+        let stop_rx = broadcast_shutdown(shutdown);
 
         // Stopped once both servers have ended, whether by `shutdown` or by an error.
         let (monitor_stop, monitor_stopped) = tokio::sync::watch::channel(false);
@@ -176,17 +169,7 @@ impl Agent {
             _ => None,
         };
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_not_serving::<SnapshotServiceServer<SnapshotApi>>()
-            .await;
-        let index = self.index.clone();
-        let readiness = tokio::spawn(async move {
-            index.wait_ready().await;
-            health_reporter
-                .set_serving::<SnapshotServiceServer<SnapshotApi>>()
-                .await;
-        });
+        let (health_service, readiness) = grpc_health_until_ready(self.index.clone()).await;
 
         let api = SnapshotApi::new(
             self.index.clone(),
@@ -243,6 +226,44 @@ impl Agent {
         http_result.with_context(|| format!("agent metrics server on {http_addr}"))?;
         Ok(())
     }
+}
+
+/// A stop signal every server can wait on ([`stopped`]), set when `shutdown` resolves.
+fn broadcast_shutdown(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+/// Resolves once the stop signal of `rx` is set (or its sender is gone).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The gRPC health service, NOT_SERVING for the snapshot service until the engine index is
+/// ready, and the task that then sets it SERVING.
+async fn grpc_health_until_ready(
+    index: EngineIndex,
+) -> (
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<SnapshotServiceServer<SnapshotApi>>()
+        .await;
+    let readiness = tokio::spawn(async move {
+        index.wait_ready().await;
+        health_reporter
+            .set_serving::<SnapshotServiceServer<SnapshotApi>>()
+            .await;
+    });
+    (health_service, readiness)
 }
 
 #[derive(Clone)]
