@@ -255,6 +255,27 @@ pub async fn register_webhook(
     namespace: &str,
 ) -> anyhow::Result<String> {
     let name = format!("longhorn-guard-demo-{namespace}");
+    let config = demo_webhook_configuration(&name, webhook, ca_pem, namespace)?;
+    let api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    match api.create(&PostParams::default(), &config).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("registering webhook configuration {name}"));
+        }
+    }
+    wait_until_called(client, namespace, &name).await?;
+    Ok(name)
+}
+
+/// The demo's ValidatingWebhookConfiguration `name`: CREATE of Backups in `namespace` (by its
+/// demo label) sent to `webhook`, trusted through `ca_pem`.
+fn demo_webhook_configuration(
+    name: &str,
+    webhook: &Served,
+    ca_pem: &str,
+    namespace: &str,
+) -> anyhow::Result<ValidatingWebhookConfiguration> {
     let mut config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -279,15 +300,12 @@ pub async fn register_webhook(
     if let Some(w) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
         w.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
     }
-    let api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
-    match api.create(&PostParams::default(), &config).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("registering webhook configuration {name}"));
-        }
-    }
-    // The API server loads webhook configurations asynchronously: probe until it calls us.
+    Ok(config)
+}
+
+/// The API server loads webhook configurations asynchronously: creates a probe Backup of a
+/// snapshot that never existed until the webhook refuses it (at most 30 s).
+async fn wait_until_called(client: &Client, namespace: &str, name: &str) -> anyhow::Result<()> {
     let backups: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         namespace,
@@ -303,7 +321,7 @@ pub async fn register_webhook(
     let start = Instant::now();
     loop {
         match backups.create(&PostParams::default(), &probe).await {
-            Err(kube::Error::Api(e)) if e.message.contains("longhorn-guard") => return Ok(name),
+            Err(kube::Error::Api(e)) if e.message.contains("longhorn-guard") => return Ok(()),
             Ok(_) => {
                 let _ = backups
                     .delete("lhg-demo-probe", &DeleteParams::default())

@@ -227,22 +227,7 @@ async fn body(
     )
     .await?;
 
-    let settings = Settings {
-        backups: options.backups,
-        volumes: options.volumes,
-        nodes: options.nodes,
-        lost_share: options.lost_share,
-        mid_storm_loss_share: options.mid_storm_loss_share,
-        duration_seconds: options.duration.as_secs_f64(),
-        resync_seconds: options.resync.as_secs_f64(),
-        concurrency: options.concurrency,
-        leak_cap: options.leak_cap,
-        cluster: if cluster.own {
-            "local control plane started by the demo".into()
-        } else {
-            format!("existing ({})", kubeconfig.display())
-        },
-    };
+    let settings = demo_settings(options, &cluster);
     // 3. The two runs.
     let mut runs = Vec::new();
     let ctx = RunContext {
@@ -280,6 +265,26 @@ async fn body(
     };
     write_outputs(&report, &options.out_dir)?;
     Ok(report)
+}
+
+/// What the report says the demo ran with.
+fn demo_settings(options: &DemoOptions, cluster: &Cluster) -> Settings {
+    Settings {
+        backups: options.backups,
+        volumes: options.volumes,
+        nodes: options.nodes,
+        lost_share: options.lost_share,
+        mid_storm_loss_share: options.mid_storm_loss_share,
+        duration_seconds: options.duration.as_secs_f64(),
+        resync_seconds: options.resync.as_secs_f64(),
+        concurrency: options.concurrency,
+        leak_cap: options.leak_cap,
+        cluster: if cluster.own {
+            "local control plane started by the demo".into()
+        } else {
+            format!("existing ({})", cluster.kubeconfig.display())
+        },
+    }
 }
 
 /// The cluster the demo runs on, with its two fresh namespaces (A without, B with the guard).

@@ -183,22 +183,7 @@ impl Report {
         row("Backup CREATEs sent", &|r| r.attempted.to_string());
         row("admitted", &|r| r.admitted.to_string());
         row("denied", &|r| r.denied.to_string());
-        let mut reasons: Vec<&String> = self
-            .runs
-            .iter()
-            .flat_map(|r| r.denied_by_reason.keys())
-            .collect();
-        reasons.sort();
-        reasons.dedup();
-        for reason in reasons {
-            row(&format!("&nbsp;&nbsp;denied `{reason}`"), &|r| {
-                r.denied_by_reason
-                    .get(reason)
-                    .copied()
-                    .unwrap_or(0)
-                    .to_string()
-            });
-        }
+        denial_reason_rows(&self.runs, &mut row);
         row("of which throttled", &|r| r.throttled.to_string());
         row("CREATE errors", &|r| r.errors.to_string());
         row("peak in-flight Backups", &|r| r.peak_in_flight.to_string());
@@ -261,6 +246,28 @@ fn settings_paragraph(s: &Settings) -> String {
         s.cluster
     );
     out
+}
+
+/// One row per reason any run denied for, with each run's count.
+fn denial_reason_rows(
+    runs: &[RunReport],
+    row: &mut impl FnMut(&str, &dyn Fn(&RunReport) -> String),
+) {
+    let mut reasons: Vec<&String> = runs
+        .iter()
+        .flat_map(|r| r.denied_by_reason.keys())
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    for reason in reasons {
+        row(&format!("&nbsp;&nbsp;denied `{reason}`"), &|r| {
+            r.denied_by_reason
+                .get(reason)
+                .copied()
+                .unwrap_or(0)
+                .to_string()
+        });
+    }
 }
 
 /// The rows of the agents' figures (`—` for a run without the guard).
