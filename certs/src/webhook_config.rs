@@ -66,15 +66,71 @@ pub async fn patch_ca_bundle(
     selector: &WebhookSelector,
     bundle_pem: &str,
 ) -> Result<BundleOutcome> {
+    match kind {
+        ConfigKind::Validating => {
+            patch_ca_bundle_of::<ValidatingWebhookConfiguration>(
+                client, kind, name, selector, bundle_pem,
+            )
+            .await
+        }
+        ConfigKind::Mutating => {
+            patch_ca_bundle_of::<MutatingWebhookConfiguration>(
+                client, kind, name, selector, bundle_pem,
+            )
+            .await
+        }
+    }
+}
+
+/// A configuration's resourceVersion and its entries as (entry name, client config).
+type Entries = (Option<String>, Vec<(String, WebhookClientConfig)>);
+
+/// What this module needs of both kinds of webhook configuration.
+trait WebhookConfiguration:
+    kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + k8s_openapi::serde::de::DeserializeOwned
+{
+    fn entries(self) -> Entries;
+}
+
+impl WebhookConfiguration for ValidatingWebhookConfiguration {
+    fn entries(self) -> Entries {
+        let webhooks = self.webhooks.unwrap_or_default().into_iter();
+        let entries = webhooks.map(|w| (w.name, w.client_config)).collect();
+        (self.metadata.resource_version, entries)
+    }
+}
+
+impl WebhookConfiguration for MutatingWebhookConfiguration {
+    fn entries(self) -> Entries {
+        let webhooks = self.webhooks.unwrap_or_default().into_iter();
+        let entries = webhooks.map(|w| (w.name, w.client_config)).collect();
+        (self.metadata.resource_version, entries)
+    }
+}
+
+/// [`patch_ca_bundle`] for configurations of type `K` (`kind` names it in errors).
+async fn patch_ca_bundle_of<K: WebhookConfiguration>(
+    client: Client,
+    kind: ConfigKind,
+    name: &str,
+    selector: &WebhookSelector,
+    bundle_pem: &str,
+) -> Result<BundleOutcome> {
     let api_err = |action, e| Error::WebhookConfigApi {
         action,
         kind: kind.as_str(),
         name: name.to_string(),
         source: Box::new(e),
     };
-    let Some((rv, entries)) = read_entries(client.clone(), kind, name)
+    let api = Api::<K>::all(client);
+    let Some((rv, entries)) = api
+        .get_opt(name)
         .await
         .map_err(|e| api_err("reading", e))?
+        .map(K::entries)
     else {
         return Ok(BundleOutcome::Absent);
     };
@@ -84,43 +140,10 @@ pub async fn patch_ca_bundle(
         return Ok(BundleOutcome::Unchanged(selected));
     }
     let patch = ca_bundle_patch(rv, &to_patch, &bundle)?;
-    apply_patch(client, kind, name, patch)
+    api.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
         .map_err(|e| api_err("patching caBundle of", e))?;
     Ok(BundleOutcome::Patched(to_patch))
-}
-
-/// A configuration's resourceVersion and its entries as (entry name, client config).
-type Entries = (Option<String>, Vec<(String, WebhookClientConfig)>);
-
-/// Reads configuration `name` of `kind`; `None` when it does not exist.
-async fn read_entries(
-    client: Client,
-    kind: ConfigKind,
-    name: &str,
-) -> std::result::Result<Option<Entries>, kube::Error> {
-    Ok(match kind {
-        ConfigKind::Validating => Api::<ValidatingWebhookConfiguration>::all(client)
-            .get_opt(name)
-            .await?
-            .map(|c| {
-                let entries = c.webhooks.unwrap_or_default().into_iter();
-                (
-                    c.metadata.resource_version,
-                    entries.map(|w| (w.name, w.client_config)).collect(),
-                )
-            }),
-        ConfigKind::Mutating => Api::<MutatingWebhookConfiguration>::all(client)
-            .get_opt(name)
-            .await?
-            .map(|c| {
-                let entries = c.webhooks.unwrap_or_default().into_iter();
-                (
-                    c.metadata.resource_version,
-                    entries.map(|w| (w.name, w.client_config)).collect(),
-                )
-            }),
-    })
 }
 
 /// The names of the entries `selector` selects, and of those among them whose `caBundle` is
@@ -163,27 +186,4 @@ fn ca_bundle_patch(
         "metadata": { "resourceVersion": rv },
         "webhooks": webhooks,
     }))
-}
-
-/// Sends `patch` to configuration `name` of `kind`.
-async fn apply_patch(
-    client: Client,
-    kind: ConfigKind,
-    name: &str,
-    patch: serde_json::Value,
-) -> std::result::Result<(), kube::Error> {
-    let pp = PatchParams::default();
-    match kind {
-        ConfigKind::Validating => {
-            Api::<ValidatingWebhookConfiguration>::all(client)
-                .patch(name, &pp, &Patch::Strategic(patch))
-                .await?;
-        }
-        ConfigKind::Mutating => {
-            Api::<MutatingWebhookConfiguration>::all(client)
-                .patch(name, &pp, &Patch::Strategic(patch))
-                .await?;
-        }
-    }
-    Ok(())
 }
