@@ -130,22 +130,12 @@ impl Agent {
         &self.index
     }
 
-    /// Serves the TLS gRPC API on `grpc` and `/metrics`, `/healthz`, `/readyz` on `http`, and
-    /// runs the longhorn-manager monitor when configured, until `shutdown` resolves; then stops
-    /// the monitor and closes every pooled channel.
-    pub async fn serve(
-        mut self,
-        grpc: TcpListener,
-        http: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let stop_rx = broadcast_shutdown(shutdown);
-
-        // Stopped once both servers have ended, whether by `shutdown` or by an error.
-        let (monitor_stop, monitor_stopped) = tokio::sync::watch::channel(false);
+    /// Starts the longhorn-manager monitor (feeding the verdict when configured) and the verdict
+    /// Lease publisher; both end when `stop` turns true.
+    fn start_node_tasks(&mut self, stop: tokio::sync::watch::Receiver<bool>) -> NodeTasks {
         let verdict = self.verdict.clone();
         let monitor = self.monitor.take().map(|monitor| {
-            let stop = stopped(monitor_stopped.clone());
+            let stop = stopped(stop.clone());
             match verdict.clone() {
                 Some(verdict) => {
                     tokio::spawn(monitor.run_with(stop, move |sample| verdict.on_sample(sample)))
@@ -160,7 +150,7 @@ impl Agent {
             self.kube_client.clone(),
         ) {
             (Some(state), Some(config), Some(policy), Some(client)) => Some(tokio::spawn(
-                Publisher::new(config, state, policy, client).run(stopped(monitor_stopped)),
+                Publisher::new(config, state, policy, client).run(stopped(stop)),
             )),
             (Some(_), ..) => {
                 tracing::warn!(node = %self.config.node_name, "node verdict judged but not published: no Kubernetes client");
@@ -168,6 +158,23 @@ impl Agent {
             }
             _ => None,
         };
+        NodeTasks { monitor, publisher }
+    }
+
+    /// Serves the TLS gRPC API on `grpc` and `/metrics`, `/healthz`, `/readyz` on `http`, and
+    /// runs the longhorn-manager monitor when configured, until `shutdown` resolves; then stops
+    /// the monitor and closes every pooled channel.
+    pub async fn serve(
+        mut self,
+        grpc: TcpListener,
+        http: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop_rx = broadcast_shutdown(shutdown);
+
+        // Stopped once both servers have ended, whether by `shutdown` or by an error.
+        let (monitor_stop, monitor_stopped) = tokio::sync::watch::channel(false);
+        let node_tasks = self.start_node_tasks(monitor_stopped);
 
         let (health_service, readiness) = grpc_health_until_ready(self.index.clone()).await;
 
@@ -201,7 +208,7 @@ impl Agent {
             namespace = %self.config.namespace,
             %grpc_addr,
             %http_addr,
-            manager_monitor = monitor.is_some(),
+            manager_monitor = node_tasks.monitor.is_some(),
             "agent serving"
         );
         let (grpc_result, http_result) = tokio::join!(grpc_server, async {
@@ -210,21 +217,33 @@ impl Agent {
         readiness.abort();
         self.pool.shutdown();
         let _ = monitor_stop.send(true);
-        if let Some(monitor) = monitor {
-            // Ends at the stop signal; a sample in flight (bounded by its HTTP timeout) finishes first.
-            if let Err(e) = monitor.await {
-                tracing::error!(error = %e, "longhorn-manager monitor task failed");
-            }
-        }
-        if let Some(publisher) = publisher {
-            // Ends at the stop signal; a write in flight is bounded by its timeout.
-            if let Err(e) = publisher.await {
-                tracing::error!(error = %e, "node verdict publisher task failed");
-            }
-        }
+        node_tasks.join().await;
         grpc_result.with_context(|| format!("agent gRPC server on {grpc_addr}"))?;
         http_result.with_context(|| format!("agent metrics server on {http_addr}"))?;
         Ok(())
+    }
+}
+
+/// The node's background tasks: the longhorn-manager monitor and the verdict publisher.
+struct NodeTasks {
+    monitor: Option<tokio::task::JoinHandle<()>>,
+    publisher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeTasks {
+    /// Waits for both after their stop signal: a sample in flight (bounded by its HTTP timeout)
+    /// and a Lease write in flight (bounded by its timeout) finish first.
+    async fn join(self) {
+        if let Some(monitor) = self.monitor
+            && let Err(e) = monitor.await
+        {
+            tracing::error!(error = %e, "longhorn-manager monitor task failed");
+        }
+        if let Some(publisher) = self.publisher
+            && let Err(e) = publisher.await
+        {
+            tracing::error!(error = %e, "node verdict publisher task failed");
+        }
     }
 }
 

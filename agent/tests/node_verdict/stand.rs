@@ -130,7 +130,10 @@ impl StandIn {
         self.stdout.read_line(&mut reply)?;
         ensure!(
             reply.starts_with("ok"),
-            "stand-in refused {line:?}: {reply:?}"
+            "stand-in refused {line:?}: {reply:?} (an \"unknown command\" means the \
+             longhorn-manager binary in target/ is older than this test: `cargo nextest run -p \
+             longhorn-guard-agent` does not rebuild it; `cargo build -p \
+             longhorn-guard-manager-monitor --bin longhorn-manager` does)"
         );
         Ok(reply.trim().to_owned())
     }
