@@ -38,6 +38,7 @@ pub mod engine_truth;
 pub mod events;
 pub mod index;
 pub mod metrics;
+pub mod node_verdicts;
 pub mod policy;
 pub mod snapshot_source;
 pub mod throttle;
@@ -91,6 +92,9 @@ pub struct WebhookConfig {
     pub longhorn_version: Option<longhorn_types::Release>,
     /// How often the Longhorn version is re-detected (an upgrade changes it).
     pub longhorn_version_poll_interval: Duration,
+    /// The guard's namespace, where the agents publish their nodes' verdict Leases
+    /// (`crate::node_verdicts`); `None` = no verdicts read, no Backup held back by one.
+    pub node_verdict_namespace: Option<String>,
 }
 
 impl Default for WebhookConfig {
@@ -109,6 +113,7 @@ impl Default for WebhookConfig {
             engine_truth: None,
             longhorn_version: None,
             longhorn_version_poll_interval: Duration::from_secs(60),
+            node_verdict_namespace: None,
         }
     }
 }
@@ -337,6 +342,19 @@ fn start_cluster_watches(
             state.metrics.longhorn.clone(),
             config.longhorn_version_poll_interval,
         ));
+    }
+    if let Some(namespace) = &config.node_verdict_namespace {
+        let staleness_of = state.index.clone();
+        watches.spawn(
+            node_verdicts::watch::VerdictWatch {
+                client: client.clone(),
+                namespace: namespace.clone(),
+                verdicts: state.node_verdicts.clone(),
+                metrics: state.metrics.node_verdicts.clone(),
+                staleness: Arc::new(move || staleness_of.staleness()),
+            }
+            .run(),
+        );
     }
     index::run_watches(
         watches,
