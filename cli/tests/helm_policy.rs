@@ -138,6 +138,20 @@ fn a_policy_setting_every_field_renders_into_what_the_webhook_loads() {
             "queueCapacity": 256,
             "maxSeries": 512,
         },
+        "nodeProtection": {
+            "mode": "warn",
+            "manualBackups": "allow-with-warning",
+            "exemptions": exemptions,
+            "thresholds": {
+                "windowSeconds": 120,
+                "enterAfterSeconds": 60,
+                "recoverAfterSeconds": 180,
+                "degrading": {"minConnections": 50, "connectionsPerMinute": 5.5, "minRssMib": 256, "rssMibPerMinute": 2.5},
+                "leaking": {"minConnections": 400, "connectionsPerMinute": 40.5, "minRssMib": 768, "rssMibPerMinute": 10.5},
+            },
+            "leaseWriters": "require-node-identity",
+            "agentServiceAccount": "guard-agent",
+        },
     });
     let dir = std::env::temp_dir().join(format!("lhg-helm-policy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
