@@ -15,7 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::PostParams;
-use longhorn_guard_testkit::{TestCluster, wait_for};
+use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster, wait_for};
 use longhorn_guard_webhook::WebhookConfig;
 use longhorn_types::shapes;
 use node_verdict::lease::{labels, lease_name};
@@ -304,6 +304,145 @@ async fn warn_and_off_modes_and_manual_backups_allowed_with_a_warning() -> Resul
             "node=\"node-a\""
         ),
         3,
+        "{text}"
+    );
+
+    reg.remove().await?;
+    served.stop().await
+}
+
+/// A client acting as the agent's service account of `ns` on `node`, as a Kubernetes 1.30+ API
+/// server sees a pod-bound token: the userInfo extra `authentication.kubernetes.io/node-name`
+/// (impersonated; `system:masters` only so RBAC does not stand in the way of the webhook).
+async fn agent_on(cluster: &TestCluster, ns: &str, node: &str) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path())?;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:longhorn-guard-agent"));
+    config.auth_info.impersonate_groups =
+        Some(vec!["system:masters".into(), "system:authenticated".into()]);
+    config.headers.push((
+        http::HeaderName::from_static("impersonate-extra-authentication.kubernetes.io%2fnode-name"),
+        http::HeaderValue::from_str(node)?,
+    ));
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Sets node `node`'s verdict Lease to `verdict` as `client`: `Ok(None)` when written,
+/// `Ok(Some(message))` when refused.
+async fn write_verdict(
+    client: &kube::Client,
+    ns: &str,
+    node: &str,
+    verdict: Verdict,
+) -> Result<Option<String>> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let name = lease_name(node);
+    let mut lease = api.get(&name).await?;
+    lease.metadata.annotations.get_or_insert_default().insert(
+        node_verdict::lease::ANNOTATION_VERDICT.into(),
+        verdict.as_str().into(),
+    );
+    match api.replace(&name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("longhorn-guard") => {
+            Ok(Some(e.message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test]
+async fn only_a_nodes_own_agent_writes_its_verdict_lease() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("node-verdict-writers").await?;
+    publish(&cluster, &ns, "node-a", Verdict::Healthy, Timestamp::now()).await?;
+    let cert = TestCert::new()?;
+    let config = WebhookConfig {
+        node_verdict_namespace: Some(ns.clone()),
+        ..cert.config(None, Some(&ns))
+    };
+    let handle = longhorn_guard_webhook::start(config, cluster.client()).await?;
+    let served = Served { handle, cert };
+    let entry = json!({
+        "name": "verdict-leases.longhorn-guard.io",
+        "clientConfig": {
+            "url": served.url("/validate/leases"),
+            "caBundle": b64(served.cert.pem.as_bytes()),
+        },
+        "rules": [{
+            "apiGroups": ["coordination.k8s.io"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["leases"],
+            "scope": "Namespaced",
+        }],
+        "namespaceSelector": { "matchLabels": { TEST_NAMESPACE_LABEL: ns } },
+        "objectSelector": { "matchLabels": { node_verdict::lease::LABEL_KEY: node_verdict::lease::LABEL_VALUE } },
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "failurePolicy": "Fail",
+        "timeoutSeconds": 5,
+    });
+    let reg = register_entry(&cluster, &ns, entry).await?;
+    let (agent_a, agent_b) = (
+        agent_on(&cluster, &ns, "node-a").await?,
+        agent_on(&cluster, &ns, "node-b").await?,
+    );
+
+    // node-b's agent writing node-a's verdict: refused, once the API server calls the webhook.
+    let refusal = std::sync::Mutex::new(None);
+    wait_for(
+        Duration::from_secs(20),
+        "node-b's write of node-a's verdict refused",
+        || async {
+            let answer = write_verdict(&agent_b, &ns, "node-a", Verdict::Leaking).await?;
+            let refused = answer.is_some();
+            *refusal.lock().unwrap() = answer;
+            Ok(refused)
+        },
+    )
+    .await?;
+    let refusal = refusal.into_inner().unwrap().unwrap();
+    assert!(
+        refusal.contains("the agent on node \"node-b\" may not write node \"node-a\"'s"),
+        "{refusal}"
+    );
+    // node-a's own agent: admitted.
+    assert_eq!(
+        write_verdict(&agent_a, &ns, "node-a", Verdict::Degrading).await?,
+        None
+    );
+    // Anyone else (here the test's admin, no node identity): refused.
+    let admin = write_verdict(&cluster.client(), &ns, "node-a", Verdict::Healthy).await?;
+    assert!(admin.is_some_and(|m| m.contains("only the agent")));
+    // A Lease for another node, created by node-a's agent: refused.
+    let forged = Published {
+        node: "node-c".into(),
+        verdict: Verdict::Leaking,
+        evidence: evidence(),
+    };
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": lease_name("node-c"), "labels": labels(), "annotations": forged.annotations()},
+        "spec": {"holderIdentity": "agent-a", "leaseDurationSeconds": 30},
+    }))?;
+    let created = Api::<Lease>::namespaced(agent_a.clone(), &ns)
+        .create(&PostParams::default(), &lease)
+        .await;
+    assert!(
+        matches!(&created, Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("node \"node-c\"")),
+        "{created:?}"
+    );
+    let text = served.metrics().await?;
+    assert!(
+        metric(
+            &text,
+            "longhorn_guard_webhook_reviews_total",
+            "reason=\"verdict_lease_writer\""
+        ) >= 3,
         "{text}"
     );
 

@@ -2,6 +2,7 @@
 //! `router` serves the admission endpoints (over TLS), `ops_router` health, readiness and
 //! metrics (plain HTTP, separate port).
 
+mod leases;
 mod mutate;
 mod ops;
 mod review;
@@ -143,11 +144,12 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// `/validate/backups` and `/mutate/backups`.
+/// `/validate/backups`, `/mutate/backups` and `/validate/leases`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/validate/backups", post(validate::validate_backup))
         .route("/mutate/backups", post(mutate::mutate_backup))
+        .route("/validate/leases", post(leases::validate_lease))
         .with_state(state)
 }
 

@@ -17,6 +17,7 @@
 //! | `empty_snapshot_name` | 403 | empty `spec.snapshotName` from someone other than Longhorn (only with `denyUnlessLonghorn`) |
 //! | `deadline_exceeded`, `lookup_failed` | 503 | fail-closed answers when no decision could be made in time |
 //! | `throttled` | 429 | the throttle (`crate::throttle`): an in-flight cap, a creation rate or a duplicate |
+//! | `verdict_lease_writer` | 403 | `/validate/leases`: a verdict Lease written by another than its node's agent ([`lease_write`]) |
 //! | `node_leaking` | 403 | the volume's node's longhorn-manager leaks (its agent's verdict, [`node_protection`]; `degrading`: `node_degrading`, a warning) |
 //!
 //! # Longhorn releases
@@ -33,6 +34,7 @@
 
 mod checks;
 mod full_backup;
+pub mod lease_write;
 pub mod node_protection;
 mod request;
 
@@ -81,6 +83,8 @@ pub enum Reason {
     NodeLeaking,
     /// Allowed with a warning: the volume's node is `degrading`.
     NodeDegrading,
+    /// `/validate/leases`: a verdict Lease written by someone other than its node's agent.
+    VerdictLeaseWriter,
 }
 
 impl Reason {
@@ -106,6 +110,7 @@ impl Reason {
             Reason::Throttled => "throttled",
             Reason::NodeLeaking => "node_leaking",
             Reason::NodeDegrading => "node_degrading",
+            Reason::VerdictLeaseWriter => "verdict_lease_writer",
         }
     }
 
@@ -117,7 +122,7 @@ impl Reason {
             Reason::SnapshotOtherVolume => 422,
             Reason::SnapshotNotReady => 409,
             Reason::TargetUnavailable | Reason::DeadlineExceeded | Reason::LookupFailed => 503,
-            Reason::EmptySnapshotName | Reason::NodeLeaking => 403,
+            Reason::EmptySnapshotName | Reason::NodeLeaking | Reason::VerdictLeaseWriter => 403,
             Reason::Malformed => 400,
             Reason::Throttled => 429,
             _ => 200,
