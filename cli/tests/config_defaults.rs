@@ -29,6 +29,8 @@ const WEBHOOK_DELIBERATE: &[&str] = &[
     "namespace",
     // engine-truth checks on, with the client certificate mounted at /client-certs
     "agent-ca",
+    // the guard's namespace, where the agents publish their nodes' verdict Leases
+    "node-verdict-namespace",
 ];
 
 /// In sidecar mode the agents are Longhorn's longhorn-manager pods: the webhook finds them there.
