@@ -87,14 +87,8 @@ impl NodeProtectionPolicy {
         if self.agent_service_account.trim().is_empty() {
             return Err("nodeProtection.agentServiceAccount must not be empty".into());
         }
-        for (i, sa) in self.exemptions.service_accounts.iter().enumerate() {
-            if !sa.contains(':') {
-                return Err(format!(
-                    "nodeProtection.exemptions.serviceAccounts[{i}] must be namespace:name (or *:name), got {sa:?}"
-                ));
-            }
-        }
-        Ok(())
+        self.exemptions
+            .check_service_accounts("nodeProtection.exemptions")
     }
 }
 

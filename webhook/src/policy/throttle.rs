@@ -163,14 +163,8 @@ impl ThrottlePolicy {
         if self.stuck_after_seconds == 0 {
             return Err("throttle.stuckAfterSeconds must be > 0".into());
         }
-        for (i, sa) in self.exemptions.service_accounts.iter().enumerate() {
-            if !sa.contains(':') {
-                return Err(format!(
-                    "throttle.exemptions.serviceAccounts[{i}] must be namespace:name (or *:name), got {sa:?}"
-                ));
-            }
-        }
-        Ok(())
+        self.exemptions
+            .check_service_accounts("throttle.exemptions")
     }
 
     /// True when a scope holding `count` of `limit` is at the warning threshold.
