@@ -7,11 +7,13 @@
 //! It runs after the snapshot checks ([`super::decide`]) on what they admit: a Backup refused
 //! for its snapshot stays refused for that reason, and an exempt request stays exempt.
 
+use std::borrow::Cow;
+
 use node_verdict::Verdict;
 
-use super::{BackupRequest, Decision, Reason, Subject, decide, is_exempt};
+use super::{BackupRequest, Decision, Reason, Subject, decide};
 use crate::index::{IndexView, SnapshotLookup};
-use crate::node_verdicts::{NodeRecord, NodeStatus, VerdictView};
+use crate::node_verdicts::{NodeRecord, VerdictView};
 use crate::policy::{ManualBackups, Mode, Policy, ProtectionMode};
 
 /// Where to read what a refusal means and what to do.
@@ -36,18 +38,19 @@ pub fn decide_with_nodes(
 }
 
 /// The volume a Backup is of: its `backup-volume` label, else its Snapshot's volume.
-fn backup_volume(view: &IndexView<'_>, req: &BackupRequest) -> Option<String> {
+fn backup_volume<'r>(view: &IndexView<'_>, req: &'r BackupRequest) -> Option<Cow<'r, str>> {
     if let Some(v) = req.volume_label() {
-        return Some(v.to_string());
+        return Some(Cow::Borrowed(v));
     }
     match view.snapshot(&req.namespace, &req.snapshot) {
-        SnapshotLookup::Indexed(f) | SnapshotLookup::Live(f) => f.volume,
+        SnapshotLookup::Indexed(f) | SnapshotLookup::Live(f) => f.volume.map(Cow::Owned),
         SnapshotLookup::ConfirmedMissing | SnapshotLookup::NotIndexed => None,
     }
 }
 
 /// Applies the verdict of the Backup's node to `decision` (only to an admission that is not an
-/// exemption; denials and live-lookup requests pass through).
+/// exemption; denials and live-lookup requests pass through). While every node is healthy this
+/// costs one comparison.
 pub fn node_check(
     policy: &Policy,
     view: &IndexView<'_>,
@@ -60,29 +63,26 @@ pub fn node_check(
         return (decision, None);
     };
     let unchanged = |warnings| (Decision::Allow { reason, warnings }, None);
-    if np.mode == ProtectionMode::Off
-        || reason == Reason::Exempt
-        || is_exempt(policy, req)
-        || np.exemptions.cover(&req.labels, &req.username, &req.groups)
-    {
+    // An exempt request (top-level exemptions) was allowed as `Exempt` by `decide`.
+    if np.mode == ProtectionMode::Off || reason == Reason::Exempt || !verdicts.any_unhealthy() {
         return unchanged(warnings);
     }
     let Some(volume) = backup_volume(view, req) else {
         return unchanged(warnings);
     };
-    let Some(node) = view
-        .volume_node(&req.namespace, &volume)
-        .map(str::to_string)
-    else {
+    let Some(node) = view.volume_node(&req.namespace, &volume) else {
         return unchanged(warnings);
     };
-    let record = match verdicts.status(&node) {
-        NodeStatus::Current(r) => r,
-        NodeStatus::Unknown | NodeStatus::Expired(_) => return unchanged(warnings),
+    let Some(record) = verdicts.holding(node) else {
+        return unchanged(warnings);
     };
+    if np.exemptions.cover(&req.labels, &req.username, &req.groups) {
+        return unchanged(warnings);
+    }
+    let node = node.to_string();
     let subject = Subject {
         req,
-        volume: Some(volume),
+        volume: Some(volume.into_owned()),
     };
     let held = |action| {
         Some(Held {

@@ -119,6 +119,8 @@ pub struct VerdictTable {
     node_of: HashMap<String, String>,
     /// Lease name → why it cannot be read.
     unreadable: BTreeMap<String, String>,
+    /// Records whose verdict is not `healthy`.
+    unhealthy: usize,
 }
 
 /// A verdict that changed, for the `node_verdict_changes_total` counter: `(node, from, to)`,
@@ -139,7 +141,9 @@ impl VerdictTable {
         self.unreadable.remove(&record.lease);
         self.node_of.insert(record.lease.clone(), node.clone());
         let to = record.verdict.as_str();
+        self.unhealthy += usize::from(record.verdict != Verdict::Healthy);
         let from = self.by_node.insert(node.clone(), record).map(|r| r.verdict);
+        self.unhealthy -= usize::from(from.is_some_and(|v| v != Verdict::Healthy));
         match from {
             Some(from) if from.as_str() != to => Some((node, from.as_str(), to)),
             None if !first_list => Some((node, "none", to)),
@@ -156,8 +160,10 @@ impl VerdictTable {
     /// Forgets Lease `name`.
     pub fn remove(&mut self, name: &str) {
         self.unreadable.remove(name);
-        if let Some(node) = self.node_of.remove(name) {
-            self.by_node.remove(&node);
+        if let Some(node) = self.node_of.remove(name)
+            && let Some(gone) = self.by_node.remove(&node)
+        {
+            self.unhealthy -= usize::from(gone.verdict != Verdict::Healthy);
         }
     }
 
@@ -202,20 +208,42 @@ impl Default for NodeVerdicts {
     }
 }
 
-/// A read-locked view for one decision, with the wall clock it judges expiry by.
+/// A read-locked view for one decision, with the wall clock it judges expiry by (fixed, or read
+/// when first needed).
 pub struct VerdictView<'a> {
     table: RwLockReadGuard<'a, VerdictTable>,
-    now_unix_ms: i64,
+    now_unix_ms: std::cell::OnceCell<i64>,
 }
 
 impl VerdictView<'_> {
+    fn now(&self) -> i64 {
+        *self.now_unix_ms.get_or_init(unix_ms_now)
+    }
+
     /// What `node`'s verdict means at this view's `now`.
     pub fn status(&self, node: &str) -> NodeStatus<'_> {
         match self.table.get(node) {
             None => NodeStatus::Unknown,
-            Some(r) if r.expired(self.now_unix_ms) => NodeStatus::Expired(r),
+            Some(r) if r.expired(self.now()) => NodeStatus::Expired(r),
             Some(r) => NodeStatus::Current(r),
         }
+    }
+
+    /// `node`'s verdict when it holds Backups back: `degrading` or `leaking`, not expired. The
+    /// admission path's lookup: nothing to do (not even a clock read) while every node is
+    /// healthy, one hash lookup otherwise.
+    pub fn holding(&self, node: &str) -> Option<&NodeRecord> {
+        if self.table.unhealthy == 0 {
+            return None;
+        }
+        self.table
+            .get(node)
+            .filter(|r| r.verdict != Verdict::Healthy && !r.expired(self.now()))
+    }
+
+    /// True while some node's published verdict is not `healthy` (expired or not).
+    pub fn any_unhealthy(&self) -> bool {
+        self.table.unhealthy > 0
     }
 
     pub fn table(&self) -> &VerdictTable {
@@ -223,7 +251,7 @@ impl VerdictView<'_> {
     }
 
     pub fn now_unix_ms(&self) -> i64 {
-        self.now_unix_ms
+        self.now()
     }
 }
 
@@ -246,14 +274,17 @@ impl NodeVerdicts {
     /// A view judged at `now_unix_ms` (tests and benches choose it; the webhook passes
     /// [`unix_ms_now`]).
     pub fn view_at(&self, now_unix_ms: i64) -> VerdictView<'_> {
-        VerdictView {
-            table: self.table.read().unwrap_or_else(|p| p.into_inner()),
-            now_unix_ms,
-        }
+        let view = self.view();
+        let _ = view.now_unix_ms.set(now_unix_ms);
+        view
     }
 
+    /// A view judged at the wall clock (read once, when first needed).
     pub fn view(&self) -> VerdictView<'_> {
-        self.view_at(unix_ms_now())
+        VerdictView {
+            table: self.table.read().unwrap_or_else(|p| p.into_inner()),
+            now_unix_ms: std::cell::OnceCell::new(),
+        }
     }
 
     /// A (re)list begins: not trusted until [`NodeVerdicts::replace`].
@@ -267,9 +298,8 @@ impl NodeVerdicts {
     pub fn replace(&self, leases: &[Lease]) -> (Vec<Change>, Vec<(String, String)>) {
         let first_list = self.lists.fetch_add(1, Ordering::AcqRel) == 0;
         let mut table = self.write();
-        let old = std::mem::take(&mut *table);
-        table.by_node = old.by_node;
-        table.node_of = old.node_of;
+        // Unreadable Leases are found again by this list.
+        table.unreadable.clear();
         // Leases gone from the list are gone.
         let listed: std::collections::HashSet<&str> = leases
             .iter()

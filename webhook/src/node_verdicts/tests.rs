@@ -54,6 +54,7 @@ fn current_expired_and_unknown_nodes() {
         matches!(view.status("node-a"), NodeStatus::Current(r) if r.verdict == Verdict::Leaking)
     );
     assert_eq!(view.status("node-b").label(), "expired");
+    assert!(view.holding("node-a").is_some() && view.holding("node-b").is_none());
     assert_eq!(view.status("node-c"), NodeStatus::Unknown);
 }
 
@@ -73,8 +74,16 @@ fn changes_are_reported_and_deletes_forget_the_node() {
         v.upsert(&lease("node-n", Verdict::Degrading, 0, 30)),
         Ok(Some(("node-n".into(), "none", "degrading")))
     );
+    assert!(v.view_at(NOW_MS).holding("node-a").is_some());
+    assert!(
+        v.view_at(NOW_MS).holding("node-n").is_some(),
+        "degrading holds too"
+    );
     v.delete(&lease("node-a", Verdict::Leaking, 0, 30));
     assert_eq!(v.view_at(NOW_MS).status("node-a"), NodeStatus::Unknown);
+    assert!(v.view_at(NOW_MS).any_unhealthy(), "node-n is degrading");
+    v.upsert(&lease("node-n", Verdict::Healthy, 0, 30)).unwrap();
+    assert!(!v.view_at(NOW_MS).any_unhealthy());
     // A relist without node-n forgets it.
     v.replace(&[]);
     assert!(v.view_at(NOW_MS).table().is_empty());
