@@ -119,8 +119,9 @@ pub struct VerdictTable {
     node_of: HashMap<String, String>,
     /// Lease name → why it cannot be read.
     unreadable: BTreeMap<String, String>,
-    /// Records whose verdict is not `healthy`.
-    unhealthy: usize,
+    /// Nodes whose verdict is not `healthy`: a few at most, so the admission path scans
+    /// them (cheaper than hashing the node) before it looks the record up.
+    unhealthy: Vec<String>,
 }
 
 /// A verdict that changed, for the `node_verdict_changes_total` counter: `(node, from, to)`,
@@ -141,9 +142,12 @@ impl VerdictTable {
         self.unreadable.remove(&record.lease);
         self.node_of.insert(record.lease.clone(), node.clone());
         let to = record.verdict.as_str();
-        self.unhealthy += usize::from(record.verdict != Verdict::Healthy);
+        let healthy = record.verdict == Verdict::Healthy;
         let from = self.by_node.insert(node.clone(), record).map(|r| r.verdict);
-        self.unhealthy -= usize::from(from.is_some_and(|v| v != Verdict::Healthy));
+        self.unhealthy.retain(|n| *n != node);
+        if !healthy {
+            self.unhealthy.push(node.clone());
+        }
         match from {
             Some(from) if from.as_str() != to => Some((node, from.as_str(), to)),
             None if !first_list => Some((node, "none", to)),
@@ -160,10 +164,9 @@ impl VerdictTable {
     /// Forgets Lease `name`.
     pub fn remove(&mut self, name: &str) {
         self.unreadable.remove(name);
-        if let Some(node) = self.node_of.remove(name)
-            && let Some(gone) = self.by_node.remove(&node)
-        {
-            self.unhealthy -= usize::from(gone.verdict != Verdict::Healthy);
+        if let Some(node) = self.node_of.remove(name) {
+            self.by_node.remove(&node);
+            self.unhealthy.retain(|n| *n != node);
         }
     }
 
@@ -233,7 +236,7 @@ impl VerdictView<'_> {
     /// admission path's lookup: nothing to do (not even a clock read) while every node is
     /// healthy, one hash lookup otherwise.
     pub fn holding(&self, node: &str) -> Option<&NodeRecord> {
-        if self.table.unhealthy == 0 {
+        if !self.table.unhealthy.iter().any(|n| n == node) {
             return None;
         }
         self.table
@@ -243,7 +246,7 @@ impl VerdictView<'_> {
 
     /// True while some node's published verdict is not `healthy` (expired or not).
     pub fn any_unhealthy(&self) -> bool {
-        self.table.unhealthy > 0
+        !self.table.unhealthy.is_empty()
     }
 
     pub fn table(&self) -> &VerdictTable {
