@@ -344,17 +344,7 @@ fn start_cluster_watches(
         ));
     }
     if let Some(namespace) = &config.node_verdict_namespace {
-        let staleness_of = state.index.clone();
-        watches.spawn(
-            node_verdicts::watch::VerdictWatch {
-                client: client.clone(),
-                namespace: namespace.clone(),
-                verdicts: state.node_verdicts.clone(),
-                metrics: state.metrics.node_verdicts.clone(),
-                staleness: Arc::new(move || staleness_of.staleness()),
-            }
-            .run(),
-        );
+        watches.spawn(verdict_watch(&client, namespace, state).run());
     }
     index::run_watches(
         watches,
@@ -456,6 +446,23 @@ async fn start_listeners(config: &WebhookConfig, state: &AppState) -> anyhow::Re
         ops_stop,
         servers,
     })
+}
+
+/// The watch of the nodes' verdict Leases in `namespace`, feeding `state` (its staleness bound
+/// is the index's, hot-reloaded).
+fn verdict_watch(
+    client: &kube::Client,
+    namespace: &str,
+    state: &AppState,
+) -> node_verdicts::watch::VerdictWatch {
+    let index = state.index.clone();
+    node_verdicts::watch::VerdictWatch {
+        client: client.clone(),
+        namespace: namespace.to_string(),
+        verdicts: state.node_verdicts.clone(),
+        metrics: state.metrics.node_verdicts.clone(),
+        staleness: Arc::new(move || index.staleness()),
+    }
 }
 
 /// Runs the webhook until `shutdown` completes, then shuts down gracefully.

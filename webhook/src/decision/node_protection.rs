@@ -79,14 +79,34 @@ pub fn node_check(
     if np.exemptions.cover(&req.labels, &req.username, &req.groups) {
         return unchanged(warnings);
     }
-    let node = node.to_string();
+    let allowed = Allowed { reason, warnings };
+    hold(policy, req, volume.into_owned(), node, record, allowed)
+}
+
+/// What the checks before this one admitted with.
+struct Allowed {
+    reason: Reason,
+    warnings: Vec<String>,
+}
+
+/// The answer for a Backup of `volume` on `node`, whose verdict `record` holds Backups back.
+fn hold(
+    policy: &Policy,
+    req: &BackupRequest,
+    volume: String,
+    node: &str,
+    record: &NodeRecord,
+    allowed: Allowed,
+) -> (Decision, Option<Held>) {
+    let np = &policy.node_protection;
+    let Allowed { reason, warnings } = allowed;
     let subject = Subject {
         req,
-        volume: Some(volume.into_owned()),
+        volume: Some(volume),
     };
     let held = |action| {
         Some(Held {
-            node: node.clone(),
+            node: node.to_string(),
             action,
         })
     };
@@ -96,7 +116,7 @@ pub fn node_check(
         (Decision::Allow { reason, warnings }, held("warned"))
     };
     match record.verdict {
-        Verdict::Healthy => unchanged(warnings),
+        Verdict::Healthy => (Decision::Allow { reason, warnings }, None),
         Verdict::Degrading => warn(
             warnings,
             Reason::NodeDegrading,

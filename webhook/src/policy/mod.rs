@@ -108,22 +108,6 @@ impl Exemptions {
         self.groups.iter().any(|g| groups.contains(g))
     }
 
-    /// Checks that every `serviceAccounts` entry is `namespace:name`; `section` is the
-    /// exemptions' YAML path for the message (e.g. `throttle.exemptions`).
-    pub fn check_service_accounts(&self, section: &str) -> Result<(), String> {
-        match self
-            .service_accounts
-            .iter()
-            .enumerate()
-            .find(|(_, sa)| !sa.contains(':'))
-        {
-            Some((i, sa)) => Err(format!(
-                "{section}.serviceAccounts[{i}] must be namespace:name (or *:name), got {sa:?}"
-            )),
-            None => Ok(()),
-        }
-    }
-
     /// The entries (`field: "value"`) that exempt the service account `name` of
     /// `namespace` (`None`: of any namespace): `serviceAccounts` naming it, `users` spelling
     /// its username, and the groups every service account of a namespace (or of the cluster)

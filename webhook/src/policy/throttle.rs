@@ -172,3 +172,21 @@ impl ThrottlePolicy {
         limit > 0 && u64::from(count) * 100 >= u64::from(limit) * u64::from(self.warn_at_percent)
     }
 }
+
+impl Exemptions {
+    /// Checks that every `serviceAccounts` entry is `namespace:name`; `section` is the
+    /// exemptions' YAML path for the message (e.g. `throttle.exemptions`).
+    pub fn check_service_accounts(&self, section: &str) -> Result<(), String> {
+        match self
+            .service_accounts
+            .iter()
+            .enumerate()
+            .find(|(_, sa)| !sa.contains(':'))
+        {
+            Some((i, sa)) => Err(format!(
+                "{section}.serviceAccounts[{i}] must be namespace:name (or *:name), got {sa:?}"
+            )),
+            None => Ok(()),
+        }
+    }
+}
