@@ -180,3 +180,25 @@ fn a_backup_refused_for_its_snapshot_keeps_that_reason() {
     );
     assert_eq!((d.reason(), h), (Some(Reason::SnapshotRemoved), None));
 }
+
+#[test]
+fn a_refusal_becomes_a_node_leaking_event_and_longhorn_exemptions_are_reported() {
+    assert_eq!(
+        crate::events::event_reason(Reason::NodeLeaking),
+        "NodeLeaking"
+    );
+    let p = Policy::from_yaml(
+        "nodeProtection:\n  exemptions:\n    serviceAccounts: ['*:longhorn-service-account']\n",
+    )
+    .unwrap();
+    let found = p.longhorn_exemptions(Some(NS));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].section.as_str(), "nodeProtection.exemptions");
+    assert!(
+        found[0]
+            .to_string()
+            .contains("the node-verdict check (holding Backups of a leaking node) is off"),
+        "{}",
+        found[0]
+    );
+}
