@@ -96,27 +96,47 @@ async fn wait_verdict(served: &Served, node: &str, label: &str) -> Result<()> {
     .await
 }
 
-/// Serves the webhook for `ns` with the policy file `policy_yaml` (hot-reloaded), reading
-/// verdict Leases in `ns`, and registers it.
-async fn serve_reading_verdicts(
-    cluster: &TestCluster,
-    ns: &str,
-    policy_yaml: &str,
-) -> Result<(Served, Registration, std::path::PathBuf)> {
+/// A test's namespace (`prefix-…`, with [`two_nodes`]) and the webhook serving it with the
+/// policy file `policy_yaml` (hot-reloaded), reading verdict Leases there, registered.
+struct Setup {
+    cluster: TestCluster,
+    ns: String,
+    served: Served,
+    reg: Registration,
+    policy_path: std::path::PathBuf,
+}
+
+async fn setup(prefix: &str, policy_yaml: &str) -> Result<Setup> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace(prefix).await?;
+    two_nodes(&cluster, &ns).await?;
     let cert = TestCert::new()?;
     let policy_path = cert.dir.join("policy.yaml");
     std::fs::write(&policy_path, policy_yaml)?;
     let config = WebhookConfig {
         policy_path: Some(policy_path.clone()),
         policy_poll_interval: Duration::from_millis(100),
-        node_verdict_namespace: Some(ns.to_string()),
-        ..cert.config(None, Some(ns))
+        node_verdict_namespace: Some(ns.clone()),
+        ..cert.config(None, Some(&ns))
     };
     let handle = longhorn_guard_webhook::start(config, cluster.client()).await?;
     let served = Served { handle, cert };
     wait_ready(&served).await?;
-    let reg = register(cluster, &served, ns).await?;
-    Ok((served, reg, policy_path))
+    let reg = register(&cluster, &served, &ns).await?;
+    Ok(Setup {
+        cluster,
+        ns,
+        served,
+        reg,
+        policy_path,
+    })
+}
+
+impl Setup {
+    async fn stop(self) -> Result<()> {
+        self.reg.remove().await?;
+        self.served.stop().await
+    }
 }
 
 /// No throttling (these tests create several Backups per volume).
@@ -134,17 +154,15 @@ fn count(text: &str, name: &str, filter: &str) -> u64 {
 
 #[tokio::test]
 async fn a_leaking_node_is_held_back_and_released_when_its_verdict_clears() -> Result<()> {
-    let cluster = TestCluster::connect().await?;
-    let ns = cluster.namespace("node-verdict").await?;
-    two_nodes(&cluster, &ns).await?;
-    let (served, reg, _) = serve_reading_verdicts(&cluster, &ns, UNTHROTTLED).await?;
+    let t = setup("node-verdict", UNTHROTTLED).await?;
+    let (cluster, ns, served) = (&t.cluster, t.ns.as_str(), &t.served);
     // Before any verdict: both nodes' Backups are admitted.
-    assert_eq!(backup(&cluster, &ns, "b0", "vol-a").await?, None);
+    assert_eq!(backup(cluster, ns, "b0", "vol-a").await?, None);
 
-    publish(&cluster, &ns, "node-a", Verdict::Leaking, Timestamp::now()).await?;
-    publish(&cluster, &ns, "node-b", Verdict::Healthy, Timestamp::now()).await?;
-    wait_verdict(&served, "node-a", "leaking").await?;
-    let refusal = backup(&cluster, &ns, "b1", "vol-a")
+    publish(cluster, ns, "node-a", Verdict::Leaking, Timestamp::now()).await?;
+    publish(cluster, ns, "node-b", Verdict::Healthy, Timestamp::now()).await?;
+    wait_verdict(served, "node-a", "leaking").await?;
+    let refusal = backup(cluster, ns, "b1", "vol-a")
         .await?
         .expect("a Backup of a volume on the leaking node is refused");
     for part in [
@@ -158,7 +176,7 @@ async fn a_leaking_node_is_held_back_and_released_when_its_verdict_clears() -> R
         assert!(refusal.contains(part), "{part:?} not in {refusal}");
     }
     assert_eq!(
-        backup(&cluster, &ns, "b2", "vol-b").await?,
+        backup(cluster, ns, "b2", "vol-b").await?,
         None,
         "node-b is healthy"
     );
@@ -172,16 +190,9 @@ async fn a_leaking_node_is_held_back_and_released_when_its_verdict_clears() -> R
     assert_eq!(count(&text, held, "node=\"node-b\""), 0, "{text}");
 
     // Degrading: admitted, with a warning (counted as held, warned).
-    publish(
-        &cluster,
-        &ns,
-        "node-a",
-        Verdict::Degrading,
-        Timestamp::now(),
-    )
-    .await?;
-    wait_verdict(&served, "node-a", "degrading").await?;
-    assert_eq!(backup(&cluster, &ns, "b3", "vol-a").await?, None);
+    publish(cluster, ns, "node-a", Verdict::Degrading, Timestamp::now()).await?;
+    wait_verdict(served, "node-a", "degrading").await?;
+    assert_eq!(backup(cluster, ns, "b3", "vol-a").await?, None);
     let text = served.metrics().await?;
     assert_eq!(
         count(&text, held, "node=\"node-a\",action=\"warned\""),
@@ -190,9 +201,9 @@ async fn a_leaking_node_is_held_back_and_released_when_its_verdict_clears() -> R
     );
 
     // Healthy again: released at the next review.
-    publish(&cluster, &ns, "node-a", Verdict::Healthy, Timestamp::now()).await?;
-    wait_verdict(&served, "node-a", "healthy").await?;
-    assert_eq!(backup(&cluster, &ns, "b4", "vol-a").await?, None);
+    publish(cluster, ns, "node-a", Verdict::Healthy, Timestamp::now()).await?;
+    wait_verdict(served, "node-a", "healthy").await?;
+    assert_eq!(backup(cluster, ns, "b4", "vol-a").await?, None);
     let text = served.metrics().await?;
     let changes = "longhorn_guard_webhook_node_verdict_changes_total";
     for (from, to) in [("leaking", "degrading"), ("degrading", "healthy")] {
@@ -201,20 +212,17 @@ async fn a_leaking_node_is_held_back_and_released_when_its_verdict_clears() -> R
     }
     assert_eq!(count(&text, held, "node=\"node-a\""), 2, "{text}");
 
-    reg.remove().await?;
-    served.stop().await
+    t.stop().await
 }
 
 #[tokio::test]
 async fn an_expired_verdict_stops_protecting_and_the_gauge_says_so() -> Result<()> {
-    let cluster = TestCluster::connect().await?;
-    let ns = cluster.namespace("node-verdict-expired").await?;
-    two_nodes(&cluster, &ns).await?;
-    let (served, reg, _) = serve_reading_verdicts(&cluster, &ns, UNTHROTTLED).await?;
+    let t = setup("node-verdict-expired", UNTHROTTLED).await?;
+    let (cluster, ns, served) = (&t.cluster, t.ns.as_str(), &t.served);
     // The agent of node-a died two minutes ago, its last verdict leaking (30 s lease).
     let two_minutes_ago = Timestamp::now() - SignedDuration::from_secs(120);
-    publish(&cluster, &ns, "node-a", Verdict::Leaking, two_minutes_ago).await?;
-    wait_verdict(&served, "node-a", "expired").await?;
+    publish(cluster, ns, "node-a", Verdict::Leaking, two_minutes_ago).await?;
+    wait_verdict(served, "node-a", "expired").await?;
     let text = served.metrics().await?;
     assert_eq!(
         count(&text, "longhorn_guard_webhook_node_verdicts_expired", ""),
@@ -222,15 +230,15 @@ async fn an_expired_verdict_stops_protecting_and_the_gauge_says_so() -> Result<(
         "{text}"
     );
     assert_eq!(
-        backup(&cluster, &ns, "b1", "vol-a").await?,
+        backup(cluster, ns, "b1", "vol-a").await?,
         None,
         "expired: not protected"
     );
 
     // Renewed by a restarted agent: protects again, and no longer counts as expired.
-    publish(&cluster, &ns, "node-a", Verdict::Leaking, Timestamp::now()).await?;
-    wait_verdict(&served, "node-a", "leaking").await?;
-    assert!(backup(&cluster, &ns, "b2", "vol-a").await?.is_some());
+    publish(cluster, ns, "node-a", Verdict::Leaking, Timestamp::now()).await?;
+    wait_verdict(served, "node-a", "leaking").await?;
+    assert!(backup(cluster, ns, "b2", "vol-a").await?.is_some());
     let text = served.metrics().await?;
     assert_eq!(
         count(&text, "longhorn_guard_webhook_node_verdicts_expired", ""),
@@ -238,35 +246,31 @@ async fn an_expired_verdict_stops_protecting_and_the_gauge_says_so() -> Result<(
         "{text}"
     );
 
-    reg.remove().await?;
-    served.stop().await
+    t.stop().await
 }
 
 #[tokio::test]
 async fn warn_and_off_modes_and_manual_backups_allowed_with_a_warning() -> Result<()> {
-    let cluster = TestCluster::connect().await?;
-    let ns = cluster.namespace("node-verdict-modes").await?;
-    two_nodes(&cluster, &ns).await?;
     let policy = |section: &str| format!("{UNTHROTTLED}nodeProtection:\n{section}");
-    let (served, reg, policy_path) = serve_reading_verdicts(
-        &cluster,
-        &ns,
+    let t = setup(
+        "node-verdict-modes",
         &policy("  manualBackups: allow-with-warning\n"),
     )
     .await?;
-    publish(&cluster, &ns, "node-a", Verdict::Leaking, Timestamp::now()).await?;
-    wait_verdict(&served, "node-a", "leaking").await?;
+    let (cluster, ns, served, policy_path) = (&t.cluster, t.ns.as_str(), &t.served, &t.policy_path);
+    publish(cluster, ns, "node-a", Verdict::Leaking, Timestamp::now()).await?;
+    wait_verdict(served, "node-a", "leaking").await?;
     let reviews = "longhorn_guard_webhook_reviews_total";
     let warned = "decision=\"warned\",reason=\"node_leaking\"";
 
     // A manual Backup (no RecurringJob label): admitted with a warning; a recurring one refused.
-    let manual = shapes::backup(&ns, "manual", "vol-a", "snap-vol-a", None);
+    let manual = shapes::backup(ns, "manual", "vol-a", "snap-vol-a", None);
     assert_eq!(
-        create_backup(&cluster.client(), &ns, manual, true).await?,
+        create_backup(&cluster.client(), ns, manual, true).await?,
         None
     );
     assert_eq!(count(&served.metrics().await?, reviews, warned), 1);
-    assert!(backup(&cluster, &ns, "r1", "vol-a").await?.is_some());
+    assert!(backup(cluster, ns, "r1", "vol-a").await?.is_some());
 
     // warn: the recurring job's Backup is admitted, warned.
     let generation = |n: u64| {
@@ -286,15 +290,15 @@ async fn warn_and_off_modes_and_manual_backups_allowed_with_a_warning() -> Resul
             .await
         }
     };
-    std::fs::write(&policy_path, policy("  mode: warn\n"))?;
+    std::fs::write(policy_path, policy("  mode: warn\n"))?;
     generation(2).await?;
-    assert_eq!(backup(&cluster, &ns, "r2", "vol-a").await?, None);
+    assert_eq!(backup(cluster, ns, "r2", "vol-a").await?, None);
     assert_eq!(count(&served.metrics().await?, reviews, warned), 2);
 
     // off: admitted without a word.
-    std::fs::write(&policy_path, policy("  mode: off\n"))?;
+    std::fs::write(policy_path, policy("  mode: off\n"))?;
     generation(3).await?;
-    assert_eq!(backup(&cluster, &ns, "r3", "vol-a").await?, None);
+    assert_eq!(backup(cluster, ns, "r3", "vol-a").await?, None);
     let text = served.metrics().await?;
     assert_eq!(count(&text, reviews, warned), 2, "{text}");
     assert_eq!(
@@ -307,8 +311,7 @@ async fn warn_and_off_modes_and_manual_backups_allowed_with_a_warning() -> Resul
         "{text}"
     );
 
-    reg.remove().await?;
-    served.stop().await
+    t.stop().await
 }
 
 /// A client acting as the agent's service account of `ns` on `node`, as a Kubernetes 1.30+ API
