@@ -11,8 +11,9 @@
 //! - with verdicts: `decide_with_nodes` (the decision, then the verdict of the volume's node
 //!   from a read-locked view of the table, judged at the wall clock).
 //!
-//! Rounds alternate baseline and with-verdicts (ABAB…) so both see the same machine; the median
-//! round's p50/p99 of each is reported and their ratio. A last line checks the lookup acts:
+//! Rounds alternate baseline, with-verdicts and baseline again (ABA'…) so all see the same
+//! machine; the median round's p50/p99 of each is reported, the ratio B/A, and A'/A: the
+//! machine's own noise on that ratio. A last line checks the lookup acts:
 //! a Backup of a leaking node is denied.
 //!
 //! `cargo bench -p longhorn-guard-webhook --bench node_verdict_cost`; `LHG_BENCH_DECISIONS`
@@ -240,10 +241,13 @@ fn main() {
     for i in 0..2000 {
         bench.review(&bench.picks[i % 64], i % 2 == 0);
     }
-    let (mut base, mut with) = (Vec::new(), Vec::new());
+    // A second baseline in every round (A B A'): what the machine's noise alone does to the
+    // ratio (A'/A), next to what the lookup does (B/A).
+    let (mut base, mut with, mut again) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         base.push(bench.round(n, false));
         with.push(bench.round(n, true));
+        again.push(bench.round(n, false));
     }
     let p = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
     let (b50, b99) = (p(&base, |r| r.0), p(&base, |r| r.1));
@@ -257,6 +261,12 @@ fn main() {
         "  ratio with/baseline: p50 {:.3}x  p99 {:.3}x  (goal p99 <= 1.05x)",
         w50 / b50,
         w99 / b99
+    );
+    let (a50, a99) = (p(&again, |r| r.0), p(&again, |r| r.1));
+    println!(
+        "  noise: baseline again / baseline: p50 {:.3}x  p99 {:.3}x",
+        a50 / b50,
+        a99 / b99
     );
     println!(
         "  a Backup of a leaking node: {} ({})",
