@@ -144,6 +144,7 @@ fn a_policy_setting_every_field_renders_into_what_the_webhook_loads() {
             "exemptions": exemptions,
             "thresholds": {
                 "windowSeconds": 120,
+                "floorSeconds": 30,
                 "enterAfterSeconds": 60,
                 "recoverAfterSeconds": 180,
                 "degrading": {"minConnections": 50, "connectionsPerMinute": 5.5, "minRssMib": 256, "rssMibPerMinute": 2.5},
