@@ -6,7 +6,7 @@
 //! configs' defaults (`WebhookConfig::default()`, `AgentConfig::new`): the crates' own unit
 //! tests `the_flags_defaults_are_the_config_default(s)` pin that half.
 //!
-//! Needs `LHG_HELM` and `LHG_KUBECTL` (`scripts/test.sh` exports both).
+//! Needs `LHG_TEST_HELM` and `LHG_TEST_KUBECTL` (`scripts/test.sh` exports both).
 
 #![allow(clippy::unwrap_used)]
 
@@ -82,7 +82,7 @@ fn documents(text: &str) -> Vec<Value> {
 }
 
 fn kustomize(dir: &str) -> Vec<Value> {
-    let mut cmd = Command::new(common::tool("LHG_KUBECTL"));
+    let mut cmd = Command::new(common::kubectl());
     cmd.arg("kustomize")
         .arg(repo().join("manifests").join(dir))
         .env("HOME", std::env::temp_dir());
@@ -90,7 +90,7 @@ fn kustomize(dir: &str) -> Vec<Value> {
 }
 
 fn helm_template(sets: &[&str]) -> Vec<Value> {
-    let mut cmd = Command::new(common::tool("LHG_HELM"));
+    let mut cmd = Command::new(common::helm());
     cmd.args(["template", "longhorn-guard"])
         .arg(repo().join("manifests/helm/longhorn-guard"))
         .args(["--namespace", "longhorn-guard"])

@@ -9,7 +9,7 @@
 //!   field to a non-default value pass the schema, render into the ConfigMap, and load in the
 //!   webhook with each value in force.
 //!
-//! Needs `LHG_HELM` (scripts/test.sh exports it).
+//! Needs `LHG_TEST_HELM` (scripts/test.sh exports it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -24,12 +24,9 @@ fn chart() -> PathBuf {
 }
 
 fn helm() -> Command {
-    let helm = std::env::var_os("LHG_HELM")
-        .filter(|p| Path::new(p).is_file())
-        .expect(
-            "LHG_HELM is not set to the helm binary: run through `bash scripts/test.sh`, or \
-             `source scripts/lib.sh && ensure_helm_kubectl` before cargo nextest",
-        );
+    let helm = longhorn_guard_testkit::test_env()
+        .helm()
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = Command::new(helm);
     cmd.env("KUBECONFIG", "/dev/null");
     cmd

@@ -17,7 +17,7 @@
 //! are ignored. YAML documents held in ConfigMaps (the policy, the sidecar patch) are compared
 //! parsed, so comments and layout may differ but no value may.
 //!
-//! helm v4.1.4 and kubectl v1.33.9 come from `LHG_HELM` / `LHG_KUBECTL`, which `scripts/test.sh`
+//! helm v4.1.4 and kubectl v1.33.9 come from `LHG_TEST_HELM` / `LHG_TEST_KUBECTL`, which `scripts/test.sh`
 //! exports after installing them (`ensure_helm_kubectl` in scripts/lib.sh); without them every
 //! test here fails saying so.
 
@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use longhorn_guard_testkit::test_env;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -50,18 +51,8 @@ fn chart() -> PathBuf {
     repo().join("manifests/helm/longhorn-guard")
 }
 
-fn tool(var: &str, what: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
-        _ => panic!(
-            "{var} is not set to the {what} binary: run through `bash scripts/test.sh`, or \
-             `source scripts/lib.sh && ensure_helm_kubectl` (exports {var}) before cargo nextest"
-        ),
-    }
-}
-
 fn helm() -> Command {
-    let mut cmd = Command::new(tool("LHG_HELM", "helm v4.1.4"));
+    let mut cmd = Command::new(test_env().helm().unwrap_or_else(|e| panic!("{e}")));
     // Keep helm away from any developer configuration, cache or cluster.
     let home = std::env::temp_dir().join(format!("lhg-helm-home-{}", std::process::id()));
     cmd.env("HELM_CONFIG_HOME", home.join("config"))
@@ -73,7 +64,7 @@ fn helm() -> Command {
 }
 
 fn kubectl() -> Command {
-    let mut cmd = Command::new(tool("LHG_KUBECTL", "kubectl v1.33.9"));
+    let mut cmd = Command::new(test_env().kubectl().unwrap_or_else(|e| panic!("{e}")));
     cmd.env("KUBECONFIG", "/dev/null").stdin(Stdio::null());
     cmd
 }

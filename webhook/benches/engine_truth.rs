@@ -96,9 +96,8 @@ async fn round(app: &axum::Router, n: usize, concurrency: usize) -> Vec<Duration
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     tls::install_crypto_provider();
-    let n: usize = std::env::var("LHG_BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    let n = longhorn_guard_testkit::test_env()
+        .bench_requests
         .unwrap_or(2000);
 
     // PKI as the certs Job issues it.

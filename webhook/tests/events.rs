@@ -189,10 +189,9 @@ async fn a_refused_backup_leaves_an_event_on_its_volume_with_the_message_and_req
 #[tokio::test]
 async fn a_storm_of_denials_becomes_one_event_per_volume_with_the_count_aggregated() -> Result<()> {
     const VOLUMES: usize = 4;
-    let denials = std::env::var("LHG_EVENTS_STORM_DENIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4_000usize);
+    let denials = longhorn_guard_testkit::test_env()
+        .events_storm_denials
+        .unwrap_or(4_000);
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("events-storm").await?;
     for v in 0..VOLUMES {

@@ -30,7 +30,7 @@ mod longhorn_data {
     /// label. Ignored by a plain test run (shown skipped); `scripts/test.sh` runs it, and there a
     /// missing file fails it.
     #[test]
-    #[ignore = "needs Longhorn's CRDs (../shared/longhorn or LHG_LONGHORN_CRDS): scripts/test.sh runs it"]
+    #[ignore = "needs Longhorn's CRDs (../shared/longhorn or LHG_TEST_LONGHORN_CRDS): scripts/test.sh runs it"]
     fn longhorn_v1_7_2_crds_are_detected_as_1_7() {
         use longhorn_guard_webhook::version::{
             BACKUP_CRD, Evidence, Source, detect, release_from_schema,
