@@ -178,6 +178,7 @@ async fn by_state(cluster: &TestCluster, ns: &str) -> Result<BTreeMap<String, u6
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let (out, stdout, report) = run_to_report(
@@ -294,6 +295,7 @@ async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
 /// answers, as a stray process would): the demo serves its fake instance managers on another port
 /// and tells the agents, so every engine check through them reaches an engine.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let r: u32 = rand::random();
@@ -365,6 +367,7 @@ async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> R
 /// SIGINT while the webhook and the storm run: the demo exits non-zero and nothing it started
 /// (webhook, agents) is left.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn demo_sigint_mid_run_leaves_no_process() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let out = temp_dir("sigint")?;
@@ -425,10 +428,10 @@ async fn demo_sigint_mid_run_leaves_no_process() -> Result<()> {
 }
 
 /// The same with the demo's own control plane: after SIGINT, etcd and kube-apiserver are gone
-/// too. Ignored by default because tests must not start clusters; run it by hand with
-/// `cargo test -p longhorn-guard --test demo -- --ignored`.
+/// too. Ignored by a plain test run because it starts a cluster of its own (the control-plane
+/// scripts and the cached kube-apiserver); `scripts/test.sh` runs it (`--run-ignored all`).
 #[test]
-#[ignore = "starts its own control plane (kube-apiserver + etcd)"]
+#[ignore = "starts its own control plane (kube-apiserver + etcd): bash scripts/test.sh"]
 fn demo_sigint_stops_its_own_control_plane() -> Result<()> {
     let out = temp_dir("sigint-cp")?;
     let id = run_id("sigint-cp");

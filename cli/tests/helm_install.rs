@@ -470,6 +470,7 @@ impl Drop for Killed {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let guard = cluster.namespace("helm-guard").await?;

@@ -84,6 +84,7 @@ fn current_context(kubeconfig: &Path) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn kubectl_finds_the_plugin_and_runs_doctor_and_prune_through_it() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("plugin").await?;

@@ -19,6 +19,7 @@ use longhorn_guard_webhook::policy::throttle::{RateLimit, ThrottlePolicy};
 use storm_common::{ReplicaStorm, replica_storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn five_replicas_behind_one_service_stay_within_the_bound() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let run = ReplicaStorm {
