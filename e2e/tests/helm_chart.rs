@@ -229,6 +229,7 @@ fn assert_same(chart: Vec<Value>, kustomize: Vec<Value>, what: &str) {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn defaults_render_the_kustomize_base() {
     // `helm install` needs the release namespace before it renders, so by default the chart
     // leaves the Namespace object out; with namespace.create it is the base's, labels included.
@@ -247,6 +248,7 @@ fn defaults_render_the_kustomize_base() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn cert_manager_renders_the_cert_manager_overlay() {
     assert_same(
         helm_template(&["namespace.create=true", "certs.provider=cert-manager"]),
@@ -256,6 +258,7 @@ fn cert_manager_renders_the_cert_manager_overlay() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn monitoring_renders_the_monitoring_overlay() {
     let chart = helm_template(&["namespace.create=true", "monitoring.enabled=true"]);
     let kinds: Vec<_> = chart.iter().map(|o| o["kind"].clone()).collect();
@@ -270,6 +273,7 @@ fn monitoring_renders_the_monitoring_overlay() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn sidecar_mode_renders_the_sidecar_overlay_and_component() {
     let mut chart = helm_template(&["namespace.create=true", "agent.mode=sidecar"]);
     let at = chart
@@ -316,6 +320,7 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn values_reach_the_objects() {
     let objs = helm_template(&[
         "image.repository=registry.example/guard",
@@ -451,6 +456,7 @@ const BAD_VALUES: &[(&str, &str)] = &[
 ];
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn schema_refuses_bad_values_naming_them() {
     let mut problems = Vec::new();
     for (set, named) in BAD_VALUES {
@@ -470,6 +476,7 @@ fn schema_refuses_bad_values_naming_them() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn helm_lint_strict_is_clean() {
     for sets in [
         &[][..],
@@ -487,6 +494,7 @@ fn helm_lint_strict_is_clean() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn chart_prometheus_rule_passes_the_promtool_tests() {
     let objs = helm_template(&["namespace.create=true", "monitoring.enabled=true"]);
     let rule = find(&objs, "PrometheusRule", "longhorn-guard");
@@ -539,6 +547,7 @@ fn chart_prometheus_rule_passes_the_promtool_tests() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn comparison_reports_a_changed_field() {
     let base = kustomize("base");
     let mut changed = base.clone();
@@ -559,6 +568,7 @@ fn comparison_reports_a_changed_field() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn notes_tell_how_to_check_it_works() {
     for (sets, wanted) in [
         (

@@ -4,7 +4,8 @@
 //! `cargo test` / `cargo nextest run` lists it as skipped instead of failing it, and
 //! `scripts/test.sh` runs it (`--run-ignored all`) once its control planes are up. A mark on a
 //! test that never connects is refused too (it would hide a test from a plain run for
-//! nothing). And only the testkit's `TestEnv` reads the tests' `LHG_*` environment.
+//! nothing). The same for tests that run helm or kubectl ([`TOOLS_REASON`]), which the test
+//! command installs. And only the testkit's `TestEnv` reads the tests' `LHG_*` environment.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,13 +15,36 @@ use longhorn_guard_e2e::source_scan::{FnItem, blank, functions};
 /// How every control-plane test's `#[ignore = "..."]` reason starts.
 const CONTROL_PLANE_REASON: &str = "needs the local control plane";
 
-/// What connects a test to a control plane: the testkit's entry points.
-const CONNECTS: [&str; 4] = [
-    "TestCluster::connect",
-    "TestCluster::connect_to",
-    "TestCluster::connect_kubeconfig",
-    "ControlPlane::start",
-];
+/// How the reason of a test that needs helm or kubectl (and no control plane) starts.
+const TOOLS_REASON: &str = "needs helm and kubectl";
+
+/// What a test may need that only `scripts/test.sh` sets up.
+struct Need {
+    /// Calls that need it (the testkit's entry points), followed through the test's helpers.
+    uses: &'static [&'static str],
+    /// The reason its mark starts with.
+    reason: &'static str,
+    /// Other reasons that also cover it (a control-plane test runs where the tools are).
+    also_covered_by: &'static [&'static str],
+}
+
+const CONTROL_PLANE: Need = Need {
+    uses: &[
+        "TestCluster::connect",
+        "TestCluster::connect_to",
+        "TestCluster::connect_kubeconfig",
+        "ControlPlane::start",
+    ],
+    reason: CONTROL_PLANE_REASON,
+    also_covered_by: &[],
+};
+
+const TOOLS: Need = Need {
+    // `TestEnv::helm` and `TestEnv::kubectl`, called on `test_env()`.
+    uses: &[".helm()", ".kubectl()"],
+    reason: TOOLS_REASON,
+    also_covered_by: &[CONTROL_PLANE_REASON],
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -102,10 +126,10 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// How calls to the functions in `items` that connect read (`Setup::new`, `.serve(`,
-/// `cluster`), directly or through each other.
-fn connecting(items: &[FnItem]) -> BTreeSet<String> {
-    let mut calls: BTreeSet<String> = CONNECTS.iter().map(|c| c.to_string()).collect();
+/// How calls to the functions in `items` that use one of `uses` read (`Setup::new`,
+/// `.serve(`, `cluster`), directly or through each other.
+fn using(items: &[FnItem], uses: &[&str]) -> BTreeSet<String> {
+    let mut calls: BTreeSet<String> = uses.iter().map(|c| c.to_string()).collect();
     loop {
         let before = calls.len();
         for f in items {
@@ -120,10 +144,14 @@ fn connecting(items: &[FnItem]) -> BTreeSet<String> {
     }
 }
 
-/// Test files: integration tests and unit tests (benches and examples have no tests).
+/// Test files: integration tests and unit tests (benches and examples have no tests), but
+/// not the testkit's own, which check the entry points themselves without using them.
 fn is_test_source(path: &Path) -> bool {
     let s = path.to_string_lossy();
-    !s.contains("/benches/") && !s.contains("/examples/") && !s.starts_with("fuzz/")
+    !s.contains("/benches/")
+        && !s.contains("/examples/")
+        && !s.starts_with("fuzz/")
+        && !s.starts_with("testkit/")
 }
 
 struct Finding {
@@ -132,7 +160,7 @@ struct Finding {
     marked: usize,
 }
 
-fn scan() -> Finding {
+fn scan(need: &Need) -> Finding {
     let all = sources();
     let mut finding = Finding {
         unmarked: Vec::new(),
@@ -148,17 +176,17 @@ fn scan() -> Finding {
             .filter_map(|p| all.get(p))
             .flat_map(|t| functions(t))
             .collect();
-        let connects = connecting(&items);
+        let needing = using(&items, need.uses);
         for test in functions(text).iter().filter(|f| f.is_test()) {
-            let marked = test
-                .ignore_reason()
-                .is_some_and(|r| r.starts_with(CONTROL_PLANE_REASON));
+            let reason = test.ignore_reason().unwrap_or_default();
+            let marked = reason.starts_with(need.reason);
+            let covered = marked || need.also_covered_by.iter().any(|r| reason.starts_with(r));
             let at = format!("{}:{} {}", file.display(), test.line, test.name);
-            match (connects.contains(&test.call_pattern()), marked) {
-                (true, false) => finding.unmarked.push(at),
-                (false, true) => finding.marked_needlessly.push(at),
-                (true, true) => finding.marked += 1,
-                (false, false) => {}
+            match (needing.contains(&test.call_pattern()), marked, covered) {
+                (true, _, false) => finding.unmarked.push(at),
+                (false, true, _) => finding.marked_needlessly.push(at),
+                (true, _, true) => finding.marked += 1,
+                (false, false, _) => {}
             }
         }
     }
@@ -167,7 +195,7 @@ fn scan() -> Finding {
 
 #[test]
 fn every_test_that_connects_to_the_control_plane_is_ignored_with_the_reason() {
-    let finding = scan();
+    let finding = scan(&CONTROL_PLANE);
     assert!(
         finding.unmarked.is_empty(),
         "these tests connect to the local control plane but are not marked \
@@ -185,12 +213,34 @@ fn every_test_that_connects_to_the_control_plane_is_ignored_with_the_reason() {
 
 #[test]
 fn no_test_is_marked_for_the_control_plane_without_connecting() {
-    let finding = scan();
+    let finding = scan(&CONTROL_PLANE);
     assert!(
         finding.marked_needlessly.is_empty(),
         "these tests are marked as needing the local control plane but never connect to it \
          (a plain cargo test would skip them for nothing):\n{}",
         finding.marked_needlessly.join("\n")
+    );
+}
+
+#[test]
+fn every_test_that_runs_helm_or_kubectl_is_ignored_with_a_reason() {
+    let finding = scan(&TOOLS);
+    assert!(
+        finding.unmarked.is_empty(),
+        "these tests run helm or kubectl (LHG_TEST_HELM, LHG_TEST_KUBECTL) but are not marked \
+         #[ignore = \"{TOOLS_REASON}: bash scripts/test.sh\"] (or as control-plane tests), so a \
+         plain cargo test fails them instead of listing them skipped:\n{}",
+        finding.unmarked.join("\n")
+    );
+    assert!(
+        finding.marked_needlessly.is_empty(),
+        "these tests are marked as needing helm and kubectl but never run either:\n{}",
+        finding.marked_needlessly.join("\n")
+    );
+    assert!(
+        finding.marked > 5,
+        "only {} tool tests found",
+        finding.marked
     );
 }
 
