@@ -193,55 +193,56 @@ fn scan(need: &Need) -> Finding {
     finding
 }
 
+/// Fails naming `tests` when there are any, after `problem`.
+fn assert_none(tests: &[String], problem: &str) {
+    assert!(tests.is_empty(), "{problem}:\n{}", tests.join("\n"));
+}
+
 #[test]
 fn every_test_that_connects_to_the_control_plane_is_ignored_with_the_reason() {
     let finding = scan(&CONTROL_PLANE);
-    assert!(
-        finding.unmarked.is_empty(),
-        "these tests connect to the local control plane but are not marked \
-         #[ignore = \"{CONTROL_PLANE_REASON}: bash scripts/test.sh\"], so a plain cargo test \
-         fails them instead of listing them skipped:\n{}",
-        finding.unmarked.join("\n")
+    assert_none(
+        &finding.unmarked,
+        &format!(
+            "these tests connect to the local control plane but are not marked \
+             #[ignore = \"{CONTROL_PLANE_REASON}: bash scripts/test.sh\"], so a plain cargo \
+             test fails them instead of listing them skipped"
+        ),
     );
     // The scan finds the tests it is about (a broken scan would find none and pass).
+    let marked = finding.marked;
     assert!(
-        finding.marked > 40,
-        "only {} marked control-plane tests found",
-        finding.marked
+        marked > 40,
+        "only {marked} marked control-plane tests found"
     );
 }
 
 #[test]
 fn no_test_is_marked_for_the_control_plane_without_connecting() {
-    let finding = scan(&CONTROL_PLANE);
-    assert!(
-        finding.marked_needlessly.is_empty(),
+    assert_none(
+        &scan(&CONTROL_PLANE).marked_needlessly,
         "these tests are marked as needing the local control plane but never connect to it \
-         (a plain cargo test would skip them for nothing):\n{}",
-        finding.marked_needlessly.join("\n")
+         (a plain cargo test would skip them for nothing)",
     );
 }
 
 #[test]
 fn every_test_that_runs_helm_or_kubectl_is_ignored_with_a_reason() {
     let finding = scan(&TOOLS);
-    assert!(
-        finding.unmarked.is_empty(),
-        "these tests run helm or kubectl (LHG_TEST_HELM, LHG_TEST_KUBECTL) but are not marked \
-         #[ignore = \"{TOOLS_REASON}: bash scripts/test.sh\"] (or as control-plane tests), so a \
-         plain cargo test fails them instead of listing them skipped:\n{}",
-        finding.unmarked.join("\n")
+    assert_none(
+        &finding.unmarked,
+        &format!(
+            "these tests run helm or kubectl (LHG_TEST_HELM, LHG_TEST_KUBECTL) but are not \
+             marked #[ignore = \"{TOOLS_REASON}: bash scripts/test.sh\"] (or as control-plane \
+             tests), so a plain cargo test fails them instead of listing them skipped"
+        ),
     );
-    assert!(
-        finding.marked_needlessly.is_empty(),
-        "these tests are marked as needing helm and kubectl but never run either:\n{}",
-        finding.marked_needlessly.join("\n")
+    assert_none(
+        &finding.marked_needlessly,
+        "these tests are marked as needing helm and kubectl but never run either",
     );
-    assert!(
-        finding.marked > 5,
-        "only {} tool tests found",
-        finding.marked
-    );
+    let marked = finding.marked;
+    assert!(marked > 5, "only {marked} tool tests found");
 }
 
 #[test]
@@ -268,10 +269,9 @@ fn only_the_testkit_reads_the_test_environment() {
             }
         }
     }
-    assert!(
-        readers.is_empty(),
+    assert_none(
+        &readers,
         "tests, benches or examples read LHG_* variables themselves; add a field to \
-         longhorn_guard_testkit::TestEnv instead:\n{}",
-        readers.join("\n")
+         longhorn_guard_testkit::TestEnv instead",
     );
 }

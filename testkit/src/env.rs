@@ -36,81 +36,101 @@ pub const HELM_ENV: &str = "LHG_TEST_HELM";
 /// `LHG_TEST_KUBECTL`: the kubectl binary.
 pub const KUBECTL_ENV: &str = "LHG_TEST_KUBECTL";
 
-/// The test environment: one field per variable, `None` (or `false`) when it is not set.
-/// Defaults that differ between a test and a bench stay with the reader
-/// (`env.storm_backups.unwrap_or(4422)`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TestEnv {
+/// Declares [`TestEnv`]'s fields and how [`TestEnv::from_lookup`] reads each, in one list.
+macro_rules! test_env_fields {
+    ($($(#[doc = $doc:expr])* $field:ident: $ty:ty = $read:ident($name:expr),)*) => {
+        /// The test environment: one field per variable, `None` (or `false`) when it is not
+        /// set. Defaults that differ between a test and a bench stay with the reader
+        /// (`env.storm_backups.unwrap_or(4422)`).
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct TestEnv {
+            $($(#[doc = $doc])* pub $field: $ty,)*
+        }
+
+        impl TestEnv {
+            /// Reads every variable through `lookup` (the process environment in
+            /// [`test_env`]).
+            pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self> {
+                let vars = Vars(&lookup);
+                Ok(Self {
+                    $($field: vars.$read($name)?,)*
+                })
+            }
+        }
+    };
+}
+
+test_env_fields! {
     // What the test command (`scripts/test.sh`) sets up.
     /// `LHG_TEST_KUBECONFIG`: the run's local control plane (see [`crate::TestCluster::connect`]).
-    pub kubeconfig: Option<PathBuf>,
+    kubeconfig: Option<PathBuf> = path(KUBECONFIG_ENV),
     /// `LHG_TEST_LONGHORN_KUBECONFIG`: the second control plane, for Longhorn's own CRDs.
-    pub longhorn_kubeconfig: Option<PathBuf>,
+    longhorn_kubeconfig: Option<PathBuf> = path(LONGHORN_KUBECONFIG_ENV),
     /// `LHG_TEST_LONGHORN_CRDS`: Longhorn's own v1.7.2 CRDs file (else
     /// `../shared/longhorn/crds-v1.7.2.yaml` next to the repository).
-    pub longhorn_crds: Option<PathBuf>,
+    longhorn_crds: Option<PathBuf> = path(LONGHORN_CRDS_ENV),
     /// `LHG_TEST_HELM`: helm v4.1.4 (`source scripts/lib.sh && ensure_helm_kubectl`).
-    pub helm: Option<PathBuf>,
+    helm: Option<PathBuf> = path(HELM_ENV),
     /// `LHG_TEST_KUBECTL`: kubectl v1.33.9 (`source scripts/lib.sh && ensure_helm_kubectl`).
-    pub kubectl: Option<PathBuf>,
+    kubectl: Option<PathBuf> = path(KUBECTL_ENV),
     /// `LHG_TEST_UPDATE_MANIFESTS` (any value): rewrite generated manifests instead of only
     /// comparing them (`longhorn-types/tests/crd_manifest.rs`).
-    pub update_manifests: bool,
+    update_manifests: bool = flag("LHG_TEST_UPDATE_MANIFESTS"),
 
     // Sizes of test scenarios (each test's default when unset).
     /// `LHG_TEST_ENGINE_FAULT_SECS`: seconds per engine fault in `agent/tests/engine_faults.rs`.
-    pub engine_fault_secs: Option<u64>,
+    engine_fault_secs: Option<u64> = number("LHG_TEST_ENGINE_FAULT_SECS"),
     /// `LHG_TEST_EVENTS_STORM_DENIALS`: denials in `webhook/tests/events.rs`'s storm.
-    pub events_storm_denials: Option<usize>,
+    events_storm_denials: Option<usize> = number("LHG_TEST_EVENTS_STORM_DENIALS"),
     /// `LHG_TEST_STORM_BACKUPS`: Backups in `webhook/tests/storm.rs`'s storm.
-    pub storm_backups: Option<usize>,
+    storm_backups: Option<usize> = number("LHG_TEST_STORM_BACKUPS"),
     /// `LHG_TEST_STORM_VOLUMES`: volumes in `webhook/tests/storm.rs`'s storm.
-    pub storm_volumes: Option<usize>,
+    storm_volumes: Option<usize> = number("LHG_TEST_STORM_VOLUMES"),
     /// `LHG_TEST_REPLICA_STORM_BACKUPS`: Backups of `storm.rs`'s two-replica storm.
-    pub replica_storm_backups: Option<usize>,
+    replica_storm_backups: Option<usize> = number("LHG_TEST_REPLICA_STORM_BACKUPS"),
     /// `LHG_TEST_REPLICA_STORM_VOLUMES`: volumes of `storm.rs`'s two-replica storm.
-    pub replica_storm_volumes: Option<usize>,
+    replica_storm_volumes: Option<usize> = number("LHG_TEST_REPLICA_STORM_VOLUMES"),
     /// `LHG_TEST_REPLICAS_BACKUPS`: Backups of `webhook/tests/replicas.rs`.
-    pub replicas_backups: Option<usize>,
+    replicas_backups: Option<usize> = number("LHG_TEST_REPLICAS_BACKUPS"),
     /// `LHG_TEST_REPLICAS_VOLUMES`: volumes of `webhook/tests/replicas.rs`.
-    pub replicas_volumes: Option<usize>,
+    replicas_volumes: Option<usize> = number("LHG_TEST_REPLICAS_VOLUMES"),
 
     // Bench and measuring-example knobs (each bench's default when unset).
     /// `LHG_BENCH_BACKUPS`: Backups in the index (`reservations`).
-    pub bench_backups: Option<usize>,
+    bench_backups: Option<usize> = number("LHG_BENCH_BACKUPS"),
     /// `LHG_BENCH_RESERVATIONS`: reservations held (`reservations`).
-    pub bench_reservations: Option<usize>,
+    bench_reservations: Option<usize> = number("LHG_BENCH_RESERVATIONS"),
     /// `LHG_BENCH_SETTLES`: settles measured (`reservations`).
-    pub bench_settles: Option<usize>,
+    bench_settles: Option<usize> = number("LHG_BENCH_SETTLES"),
     /// `LHG_BENCH_ROUNDS`: measured rounds (`reservations`, `decision_scale`).
-    pub bench_rounds: Option<usize>,
+    bench_rounds: Option<usize> = number("LHG_BENCH_ROUNDS"),
     /// `LHG_BENCH_DECISIONS`: decisions per size (`decision_scale`).
-    pub bench_decisions: Option<usize>,
+    bench_decisions: Option<usize> = number("LHG_BENCH_DECISIONS"),
     /// `LHG_BENCH_SIZES`: comma-separated index sizes (`decision_scale`).
-    pub bench_sizes: Option<Vec<usize>>,
+    bench_sizes: Option<Vec<usize>> = numbers("LHG_BENCH_SIZES"),
     /// `LHG_BENCH_REQUESTS`: requests sent (`engine_truth`, `webhook_vs_floor`).
-    pub bench_requests: Option<usize>,
+    bench_requests: Option<usize> = number("LHG_BENCH_REQUESTS"),
     /// `LHG_BENCH_CLIENTS`: h2load clients (`webhook_vs_floor`).
-    pub bench_clients: Option<usize>,
+    bench_clients: Option<usize> = number("LHG_BENCH_CLIENTS"),
     /// `LHG_BENCH_STREAMS`: h2load streams per client (`webhook_vs_floor`).
-    pub bench_streams: Option<usize>,
+    bench_streams: Option<usize> = number("LHG_BENCH_STREAMS"),
     /// `LHG_BENCH_CREATES`: Backup CREATEs per target (`apiserver_latency`).
-    pub bench_creates: Option<usize>,
+    bench_creates: Option<usize> = number("LHG_BENCH_CREATES"),
     /// `LHG_BENCH_INDEXED_NAMESPACE`: a namespace already filled by `index_memory`, measured
     /// too (`apiserver_latency`).
-    pub bench_indexed_namespace: Option<String>,
+    bench_indexed_namespace: Option<String> = text("LHG_BENCH_INDEXED_NAMESPACE"),
     /// `LHG_BENCH_SMAPS` (any value): print the agent's smaps breakdown (`agent_rss`).
-    pub bench_smaps: bool,
+    bench_smaps: bool = flag("LHG_BENCH_SMAPS"),
     /// `LHG_BENCH_REPLICAS_COUNTS`: comma-separated replica counts (`replicas` bench).
-    pub bench_replicas_counts: Option<Vec<usize>>,
+    bench_replicas_counts: Option<Vec<usize>> = numbers("LHG_BENCH_REPLICAS_COUNTS"),
     /// `LHG_BENCH_REPLICAS_BACKUPS`: Backups per run (`replicas` bench).
-    pub bench_replicas_backups: Option<usize>,
+    bench_replicas_backups: Option<usize> = number("LHG_BENCH_REPLICAS_BACKUPS"),
     /// `LHG_BENCH_REPLICAS_VOLUMES`: volumes per run (`replicas` bench).
-    pub bench_replicas_volumes: Option<usize>,
+    bench_replicas_volumes: Option<usize> = number("LHG_BENCH_REPLICAS_VOLUMES"),
     /// `LHG_BENCH_STORM_BACKUPS`: Backups of the `throttle_storm` example.
-    pub bench_storm_backups: Option<usize>,
+    bench_storm_backups: Option<usize> = number("LHG_BENCH_STORM_BACKUPS"),
     /// `LHG_BENCH_STORM_VOLUMES`: volumes of the `throttle_storm` example.
-    pub bench_storm_volumes: Option<usize>,
+    bench_storm_volumes: Option<usize> = number("LHG_BENCH_STORM_VOLUMES"),
 }
 
 /// The process's [`TestEnv`], read once. Panics naming the variable when one is set but
@@ -123,44 +143,6 @@ pub fn test_env() -> &'static TestEnv {
 }
 
 impl TestEnv {
-    /// Reads every variable through `lookup` (the process environment in [`test_env`]).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self> {
-        let vars = Vars(&lookup);
-        Ok(Self {
-            kubeconfig: vars.path(KUBECONFIG_ENV),
-            longhorn_kubeconfig: vars.path(LONGHORN_KUBECONFIG_ENV),
-            longhorn_crds: vars.path(LONGHORN_CRDS_ENV),
-            helm: vars.path(HELM_ENV),
-            kubectl: vars.path(KUBECTL_ENV),
-            update_manifests: vars.flag("LHG_TEST_UPDATE_MANIFESTS"),
-            engine_fault_secs: vars.number("LHG_TEST_ENGINE_FAULT_SECS")?,
-            events_storm_denials: vars.number("LHG_TEST_EVENTS_STORM_DENIALS")?,
-            storm_backups: vars.number("LHG_TEST_STORM_BACKUPS")?,
-            storm_volumes: vars.number("LHG_TEST_STORM_VOLUMES")?,
-            replica_storm_backups: vars.number("LHG_TEST_REPLICA_STORM_BACKUPS")?,
-            replica_storm_volumes: vars.number("LHG_TEST_REPLICA_STORM_VOLUMES")?,
-            replicas_backups: vars.number("LHG_TEST_REPLICAS_BACKUPS")?,
-            replicas_volumes: vars.number("LHG_TEST_REPLICAS_VOLUMES")?,
-            bench_backups: vars.number("LHG_BENCH_BACKUPS")?,
-            bench_reservations: vars.number("LHG_BENCH_RESERVATIONS")?,
-            bench_settles: vars.number("LHG_BENCH_SETTLES")?,
-            bench_rounds: vars.number("LHG_BENCH_ROUNDS")?,
-            bench_decisions: vars.number("LHG_BENCH_DECISIONS")?,
-            bench_sizes: vars.numbers("LHG_BENCH_SIZES")?,
-            bench_requests: vars.number("LHG_BENCH_REQUESTS")?,
-            bench_clients: vars.number("LHG_BENCH_CLIENTS")?,
-            bench_streams: vars.number("LHG_BENCH_STREAMS")?,
-            bench_creates: vars.number("LHG_BENCH_CREATES")?,
-            bench_indexed_namespace: vars.text("LHG_BENCH_INDEXED_NAMESPACE")?,
-            bench_smaps: vars.flag("LHG_BENCH_SMAPS"),
-            bench_replicas_counts: vars.numbers("LHG_BENCH_REPLICAS_COUNTS")?,
-            bench_replicas_backups: vars.number("LHG_BENCH_REPLICAS_BACKUPS")?,
-            bench_replicas_volumes: vars.number("LHG_BENCH_REPLICAS_VOLUMES")?,
-            bench_storm_backups: vars.number("LHG_BENCH_STORM_BACKUPS")?,
-            bench_storm_volumes: vars.number("LHG_BENCH_STORM_VOLUMES")?,
-        })
-    }
-
     /// The kubeconfig the test command exports as `name` ([`KUBECONFIG_ENV`] or
     /// [`LONGHORN_KUBECONFIG_ENV`]), or an error saying how to get one.
     pub fn kubeconfig_named(&self, name: &str) -> Result<&PathBuf> {
@@ -206,12 +188,12 @@ fn tool<'a>(path: &'a Option<PathBuf>, var: &str, what: &str) -> Result<&'a Path
 struct Vars<'a, F: Fn(&str) -> Option<OsString>>(&'a F);
 
 impl<F: Fn(&str) -> Option<OsString>> Vars<'_, F> {
-    fn path(&self, name: &str) -> Option<PathBuf> {
-        (self.0)(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+    fn path(&self, name: &str) -> Result<Option<PathBuf>> {
+        Ok((self.0)(name).filter(|v| !v.is_empty()).map(PathBuf::from))
     }
 
-    fn flag(&self, name: &str) -> bool {
-        (self.0)(name).is_some()
+    fn flag(&self, name: &str) -> Result<bool> {
+        Ok((self.0)(name).is_some())
     }
 
     fn text(&self, name: &str) -> Result<Option<String>> {
