@@ -25,6 +25,7 @@ use stand::*;
 use support::{http_get, promtool_check};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn a_leaking_manager_turns_its_node_leaking_then_recovers_and_a_stopped_agent_expires()
 -> TestResult {
     let mut stand = Stand::start("verdict-leak").await?;
@@ -177,6 +178,7 @@ async fn a_leaking_manager_turns_its_node_leaking_then_recovers_and_a_stopped_ag
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn a_busy_healthy_manager_keeps_its_node_healthy() -> TestResult {
     let mut stand = Stand::start("verdict-busy").await?;
     stand
@@ -243,6 +245,7 @@ async fn a_busy_healthy_manager_keeps_its_node_healthy() -> TestResult {
 /// the Node's Event. The thresholds follow the policy file: a change applies, a bad file is
 /// counted and the last good thresholds stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn with_the_manifests_roles_the_agent_publishes_and_follows_the_policy_file() -> TestResult {
     let mut stand =
         Stand::start_as("verdict-rbac", Access::ServiceAccount { granted: true }).await?;
@@ -301,6 +304,7 @@ async fn with_the_manifests_roles_the_agent_publishes_and_follows_the_policy_fil
 /// Without RBAC every write is refused: counted by reason, and the agent keeps judging and
 /// serving (its /metrics and gRPC health answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn refused_writes_are_counted_and_the_agent_keeps_serving() -> TestResult {
     let stand =
         Stand::start_as("verdict-norbac", Access::ServiceAccount { granted: false }).await?;
@@ -335,6 +339,7 @@ async fn refused_writes_are_counted_and_the_agent_keeps_serving() -> TestResult 
 /// stale resourceVersion, gets 409, reads the Lease again and writes on top of the change,
 /// keeping what it does not own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn a_concurrent_change_makes_the_agent_reread_and_keeps_the_change() -> TestResult {
     use kube::api::{Patch, PatchParams};
 

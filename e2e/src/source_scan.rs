@@ -51,9 +51,15 @@ impl FnItem {
         }
     }
 
-    /// Whether the body names `word` as a whole identifier or path (`TestCluster::connect`).
+    /// Whether the body names `word` as a whole identifier or path (`TestCluster::connect`);
+    /// inside `impl Owner`, `Self::name` names `Owner::name`.
     pub fn mentions(&self, word: &str) -> bool {
         mentions(&self.body, word)
+            || self.owner.as_deref().is_some_and(|owner| {
+                word.strip_prefix(owner)
+                    .and_then(|rest| rest.strip_prefix("::"))
+                    .is_some_and(|name| mentions(&self.body, &format!("Self::{name}")))
+            })
     }
 }
 
@@ -423,6 +429,13 @@ pub(crate) fn pure() {
         let src = "impl<K: Clone> Setup<K> where K: Send { async fn new() -> Self { x } fn run(&self) {} }\nimpl std::fmt::Display for Node { fn fmt(&self) {} }\nfn free() {}";
         let patterns: Vec<String> = functions(src).iter().map(FnItem::call_pattern).collect();
         assert_eq!(patterns, ["Setup::new", ".run(", ".fmt(", "free"]);
+    }
+
+    #[test]
+    fn self_in_an_impl_names_its_owner() {
+        let items = functions("impl Stand { fn start() { Self::start_as() } fn start_as() {} }");
+        assert!(items[0].mentions("Stand::start_as"));
+        assert!(!items[0].mentions("Other::start_as"));
     }
 
     #[test]

@@ -44,13 +44,6 @@ const VOLUMES: usize = 10_000;
 const LEAKING: usize = 10;
 const USER: &str = "system:serviceaccount:longhorn-system:longhorn-service-account";
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn list<K: IndexedKind>(index: &Index, objects: impl Iterator<Item = Value>) {
     index.apply::<K>(IndexEvent::RelistStart);
     for v in objects {
@@ -214,8 +207,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let n = env_or("LHG_BENCH_DECISIONS", 20_000usize);
-    let rounds = env_or("LHG_BENCH_ROUNDS", 7usize);
+    let env = longhorn_guard_testkit::test_env();
+    let n = env.bench_decisions.unwrap_or(20_000);
+    let rounds = env.bench_rounds.unwrap_or(7);
     let policy = Arc::new(Policy::default());
     let state = AppState::new(
         policy.clone(),
