@@ -63,6 +63,11 @@ pub struct AgentArgs {
     /// longhorn-manager's own metrics, e.g. `http://127.0.0.1:9500/metrics` in sidecar mode.
     #[arg(long, env = "LHG_MANAGER_METRICS_URL")]
     pub manager_metrics_url: Option<String>,
+    /// How often the manager monitor samples longhorn-manager (and feeds the verdict),
+    /// milliseconds. A demo or test stand samples faster than the 15 s default.
+    #[arg(long, env = "LHG_MANAGER_MONITOR_INTERVAL_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub manager_monitor_interval_ms: u64,
     /// Where procfs is mounted (the host's with hostPID, the pod's in sidecar mode).
     #[arg(long, env = "LHG_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
@@ -126,6 +131,13 @@ impl AgentArgs {
             monitor.pprof_goroutine_url = self.manager_pprof_url;
             monitor.manager_metrics_url = self.manager_metrics_url;
             monitor.proc_root = self.proc_root;
+            monitor.interval = Duration::from_millis(self.manager_monitor_interval_ms);
+            // The engine proxy is an instance-manager port wherever it is served (a test
+            // stand's fake instance managers may serve it outside 8500..=8504).
+            monitor.engine_proxy_port = self.engine_proxy_port;
+            if !monitor.im_ports.contains(&self.engine_proxy_port) {
+                monitor.im_ports = self.engine_proxy_port..=self.engine_proxy_port;
+            }
             config.manager_monitor = Some(monitor);
             if !self.no_node_verdict {
                 let holder = self
@@ -186,5 +198,34 @@ mod tests {
         assert_eq!(from_flags.server_key, default.server_key);
         assert_eq!(from_flags.client_ca, default.client_ca);
         assert_eq!(from_flags.engine_proxy_port, default.engine_proxy_port);
+        let (Some(monitor), fresh) = (
+            from_flags.manager_monitor,
+            ManagerMonitorConfig::for_node("node-1"),
+        ) else {
+            panic!("the manager monitor is on by default");
+        };
+        assert_eq!(monitor.interval, fresh.interval);
+        assert_eq!(monitor.im_ports, fresh.im_ports);
+        assert_eq!(monitor.engine_proxy_port, fresh.engine_proxy_port);
+    }
+
+    /// A stand serving the engine proxy outside 8500..=8504 (the demo's fake instance managers
+    /// when 8501 is taken): the monitor counts the manager's connections to that port.
+    #[test]
+    fn the_monitor_counts_connections_to_the_engine_proxy_port_it_is_told() {
+        let Ok(flags) = Flags::try_parse_from([
+            "agent",
+            "--node=node-1",
+            "--engine-proxy-port=40123",
+            "--manager-monitor-interval-ms=500",
+        ]) else {
+            panic!("the flags parse");
+        };
+        let Some(monitor) = flags.agent.config().manager_monitor else {
+            panic!("the manager monitor is on");
+        };
+        assert_eq!(monitor.im_ports, 40123..=40123);
+        assert_eq!(monitor.engine_proxy_port, 40123);
+        assert_eq!(monitor.interval, Duration::from_millis(500));
     }
 }

@@ -138,20 +138,23 @@ fn serving_args(
     args
 }
 
-/// Starts `longhorn-guard webhook` watching `namespace`, and waits until it is ready.
+/// Starts `longhorn-guard webhook` as child `name` watching `namespace`, with `extra` flags,
+/// and waits until it is ready.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_webhook(
     children: &Children,
     exe: &Path,
     kubeconfig: &Path,
     pki: &DemoPki,
     policy: &Path,
-    namespace: &str,
+    (name, namespace): (&str, &str),
+    extra: &[String],
     logs: &Path,
 ) -> anyhow::Result<Served> {
     let listen = loopback_addr()?;
     let metrics = loopback_addr()?;
-    let log = logs.join("webhook.log");
-    let args = serving_args(
+    let log = logs.join(format!("{name}.log"));
+    let mut args = serving_args(
         "webhook",
         [
             "--policy".into(),
@@ -163,8 +166,9 @@ pub async fn start_webhook(
         metrics,
         pki,
     );
+    args.extend(extra.iter().cloned());
     children.spawn(
-        "webhook",
+        name,
         exe,
         &args,
         &[
@@ -173,16 +177,18 @@ pub async fn start_webhook(
         ],
         &log,
     )?;
-    wait_ready(children, "webhook", metrics, Duration::from_secs(60), &log).await?;
+    wait_ready(children, name, metrics, Duration::from_secs(60), &log).await?;
     Ok(Served {
-        name: "webhook".into(),
+        name: name.into(),
         listen,
         metrics,
     })
 }
 
 /// Starts one `longhorn-guard agent` per node of `nodes` for `namespace`, told the port the
-/// nodes' fake instance managers serve their engine proxy on, and waits until all are ready.
+/// nodes' fake instance managers serve their engine proxy on and given `extra(node)` flags, and
+/// waits until all are ready.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_agents(
     children: &Children,
     exe: &Path,
@@ -190,6 +196,7 @@ pub async fn start_agents(
     pki: &DemoPki,
     namespace: &str,
     nodes: &crate::world::Nodes,
+    extra: &dyn Fn(&str) -> Vec<String>,
     logs: &Path,
 ) -> anyhow::Result<BTreeMap<String, Served>> {
     let mut agents = BTreeMap::new();
@@ -213,6 +220,7 @@ pub async fn start_agents(
         );
         // Where the fake instance managers serve their engine proxy (8501 unless taken).
         args.extend(["--engine-proxy-port".into(), engine_proxy_port.to_string()]);
+        args.extend(extra(node));
         children.spawn(
             &name,
             exe,

@@ -174,6 +174,7 @@ impl Watchers {
                 slots_per_node: o.slots_per_node,
                 backup_duration: o.backup_duration,
                 max_leaked: o.leak_cap,
+                manager_leak: None,
             },
         );
         let probe_counts = Arc::new(probe::ProbeCounts::default());
@@ -283,6 +284,8 @@ async fn stage(
                 ctx.pki,
                 ns,
                 &nodes,
+                // No longhorn-manager in this run: nothing to judge (the slow-leak run has one).
+                &|_| vec!["--no-node-verdict".into()],
                 ctx.logs,
             )
             .await?,

@@ -46,6 +46,20 @@ pub struct ControllerConfig {
     pub backup_duration: Duration,
     /// Safety cap on leaked connections.
     pub max_leaked: usize,
+    /// The slow-leak run: one node's manager leaks on every reconcile.
+    pub manager_leak: Option<ManagerLeak>,
+}
+
+/// A leak of another kind than v1.7.2's (a future release, another controller): on one node,
+/// every reconcile of every Backup, stuck or not, leaks connections and memory in that node's
+/// simulated longhorn-manager process ([`crate::manager`]), where its agent's monitor sees them.
+#[derive(Clone, Debug)]
+pub struct ManagerLeak {
+    pub node: String,
+    /// The node's simulated manager's commands.
+    pub commands: tokio::sync::mpsc::UnboundedSender<String>,
+    pub connections_per_reconcile: usize,
+    pub mib_per_reconcile: usize,
 }
 
 /// Counters of the simulated controller.
@@ -58,6 +72,8 @@ pub struct ControllerStats {
     pub connect_errors: u64,
     pub api_errors: u64,
     pub leak_cap_hit: bool,
+    /// Connections the leaky node's simulated manager was told to leak (slow-leak run).
+    pub manager_leaked: u64,
 }
 
 #[derive(Default)]
@@ -70,6 +86,8 @@ struct Shared {
     connect_errors: AtomicU64,
     api_errors: AtomicU64,
     leak_cap_hit: AtomicBool,
+    /// Connections the leaky node's manager was told to open and hold (slow-leak run).
+    manager_leaked: AtomicU64,
 }
 
 impl Shared {
@@ -120,6 +138,7 @@ impl SimulatedController {
             connect_errors: s.connect_errors.load(Ordering::SeqCst),
             api_errors: s.api_errors.load(Ordering::SeqCst),
             leak_cap_hit: self.leak_cap_hit(),
+            manager_leaked: s.manager_leaked.load(Ordering::SeqCst),
         }
     }
 
@@ -303,6 +322,7 @@ impl Reconciler {
                 return None;
             }
             shared.reconciles.fetch_add(1, Ordering::Relaxed);
+            leak_in_manager(config, shared, &job.node);
             // Step 5: getBackupTarget() opens an engine-proxy client on the node.
             let conn = open_proxy_connection(config, shared, &job.node).await;
             // Step 8/9: the Snapshot must exist and be ready.
@@ -382,6 +402,29 @@ impl Reconciler {
                 false
             }
         }
+    }
+}
+
+/// The slow-leak run's leak: on the leaky node, the manager opens connections to its node's
+/// engine proxy and never closes them, and grows (bounded by the leak cap).
+fn leak_in_manager(config: &ControllerConfig, shared: &Shared, node: &str) {
+    let Some(leak) = config.manager_leak.as_ref().filter(|l| l.node == node) else {
+        return;
+    };
+    let Some(addr) = config.proxies.get(node) else {
+        return;
+    };
+    let n = leak.connections_per_reconcile as u64;
+    if shared.manager_leaked.load(Ordering::SeqCst) + n > config.max_leaked as u64 {
+        shared.leak_cap_hit.store(true, Ordering::SeqCst);
+        return;
+    }
+    shared.manager_leaked.fetch_add(n, Ordering::SeqCst);
+    let _ = leak.commands.send(format!("connect {addr} {n}"));
+    if leak.mib_per_reconcile > 0 {
+        let _ = leak
+            .commands
+            .send(format!("grow {}", leak.mib_per_reconcile));
     }
 }
 

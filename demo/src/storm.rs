@@ -135,6 +135,8 @@ pub struct Attempt {
     pub outcome: Outcome,
     /// Client-side duration of the CREATE (zero when not sent).
     pub latency: Duration,
+    /// When the CREATE was sent, from the storm's start.
+    pub sent_at: Duration,
 }
 
 /// Live counters, for a progress display.
@@ -173,8 +175,10 @@ pub async fn run(
                         index,
                         outcome: Outcome::NotSent,
                         latency: Duration::ZERO,
+                        sent_at: start.elapsed(),
                     };
                 }
+                let sent_at = start.elapsed();
                 let (outcome, latency) =
                     create(&api, namespace, planned, config.request_timeout).await;
                 progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +200,7 @@ pub async fn run(
                     index,
                     outcome,
                     latency,
+                    sent_at,
                 }
             }
         })
