@@ -185,65 +185,69 @@ pub async fn start_webhook(
     })
 }
 
-/// Starts one `longhorn-guard agent` per node of `nodes` for `namespace`, told the port the
-/// nodes' fake instance managers serve their engine proxy on and given `extra(node)` flags, and
-/// waits until all are ready.
-#[allow(clippy::too_many_arguments)]
-pub async fn start_agents(
-    children: &Children,
-    exe: &Path,
-    kubeconfig: &Path,
-    pki: &DemoPki,
-    namespace: &str,
-    nodes: &crate::world::Nodes,
-    extra: &dyn Fn(&str) -> Vec<String>,
-    logs: &Path,
-) -> anyhow::Result<BTreeMap<String, Served>> {
-    let mut agents = BTreeMap::new();
-    let engine_proxy_port = nodes.port;
-    for node in nodes.nodes.iter().map(|n| &n.name) {
-        let name = format!("agent-{namespace}-{node}");
-        let listen = loopback_addr()?;
-        let metrics = loopback_addr()?;
-        let log = logs.join(format!("{name}.log"));
-        let mut args = serving_args(
-            "agent",
-            [
-                "--node".into(),
-                node.clone(),
-                "--namespace".into(),
-                namespace.to_string(),
-            ],
-            listen,
-            metrics,
-            pki,
-        );
-        // Where the fake instance managers serve their engine proxy (8501 unless taken).
-        args.extend(["--engine-proxy-port".into(), engine_proxy_port.to_string()]);
-        args.extend(extra(node));
-        children.spawn(
-            &name,
-            exe,
-            &args,
-            &[
-                ("KUBECONFIG", kubeconfig.display().to_string()),
-                ("RUST_LOG", "info".to_string()),
-            ],
-            &log,
-        )?;
-        agents.insert(
-            node.clone(),
-            Served {
-                name,
-                listen,
-                metrics,
-            },
-        );
-    }
-    for served in agents.values() {
-        let log = logs.join(format!("{}.log", served.name));
+/// The cluster and files every agent child is started with.
+pub struct AgentSetup<'a> {
+    pub children: &'a Children,
+    pub exe: &'a Path,
+    pub kubeconfig: &'a Path,
+    pub pki: &'a DemoPki,
+    /// Longhorn's namespace (the run's).
+    pub namespace: &'a str,
+    pub logs: &'a Path,
+}
+
+/// Spawns `longhorn-guard agent` for `node` (child `agent-<namespace>-<node>`), told the port
+/// its instance managers serve the engine proxy on, with `extra` flags; does not wait.
+pub fn spawn_agent(
+    setup: &AgentSetup<'_>,
+    node: &str,
+    engine_proxy_port: u16,
+    extra: Vec<String>,
+) -> anyhow::Result<Served> {
+    let name = format!("agent-{}-{node}", setup.namespace);
+    let listen = loopback_addr()?;
+    let metrics = loopback_addr()?;
+    let log = setup.logs.join(format!("{name}.log"));
+    let mut args = serving_args(
+        "agent",
+        [
+            "--node".into(),
+            node.to_string(),
+            "--namespace".into(),
+            setup.namespace.to_string(),
+        ],
+        listen,
+        metrics,
+        setup.pki,
+    );
+    args.extend(["--engine-proxy-port".into(), engine_proxy_port.to_string()]);
+    args.extend(extra);
+    setup.children.spawn(
+        &name,
+        setup.exe,
+        &args,
+        &[
+            ("KUBECONFIG", setup.kubeconfig.display().to_string()),
+            ("RUST_LOG", "info".to_string()),
+        ],
+        &log,
+    )?;
+    Ok(Served {
+        name,
+        listen,
+        metrics,
+    })
+}
+
+/// Waits until every agent of `agents` is ready (or one exits, or a minute passes).
+pub async fn wait_agents_ready<'a>(
+    setup: &AgentSetup<'_>,
+    agents: impl IntoIterator<Item = &'a Served>,
+) -> anyhow::Result<()> {
+    for served in agents {
+        let log = setup.logs.join(format!("{}.log", served.name));
         wait_ready(
-            children,
+            setup.children,
             &served.name,
             served.metrics,
             Duration::from_secs(60),
@@ -251,6 +255,23 @@ pub async fn start_agents(
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Starts one `longhorn-guard agent` per node of `nodes`, told the port the nodes' fake
+/// instance managers serve their engine proxy on (8501 unless taken) and given `extra(node)`
+/// flags, and waits until all are ready.
+pub async fn start_agents(
+    setup: &AgentSetup<'_>,
+    nodes: &crate::world::Nodes,
+    extra: &dyn Fn(&str) -> Vec<String>,
+) -> anyhow::Result<BTreeMap<String, Served>> {
+    let mut agents = BTreeMap::new();
+    for node in nodes.nodes.iter().map(|n| &n.name) {
+        let served = spawn_agent(setup, node, nodes.port, extra(node))?;
+        agents.insert(node.clone(), served);
+    }
+    wait_agents_ready(setup, agents.values()).await?;
     Ok(agents)
 }
 

@@ -40,6 +40,20 @@ pub(crate) struct RunContext<'a> {
     pub(crate) node_base: Ipv4Addr,
 }
 
+impl RunContext<'_> {
+    /// What the run's agents in `namespace` are started with.
+    pub(crate) fn agent_setup<'a>(&'a self, namespace: &'a str) -> guard::AgentSetup<'a> {
+        guard::AgentSetup {
+            children: self.children,
+            exe: self.exe,
+            kubeconfig: self.kubeconfig,
+            pki: self.pki,
+            namespace,
+            logs: self.logs,
+        }
+    }
+}
+
 /// What a run sets up before its storm.
 struct Stage {
     plan: Vec<PlannedBackup>,
@@ -278,15 +292,10 @@ async fn stage(
         ));
         Some(
             guard::start_agents(
-                ctx.children,
-                ctx.exe,
-                ctx.kubeconfig,
-                ctx.pki,
-                ns,
+                &ctx.agent_setup(ns),
                 &nodes,
                 // No longhorn-manager in this run: nothing to judge (the slow-leak run has one).
                 &|_| vec!["--no-node-verdict".into()],
-                ctx.logs,
             )
             .await?,
         )

@@ -136,17 +136,7 @@ pub(crate) async fn run_slow_leak(
         "run {label}: starting {} agents judging their node's manager ...",
         nodes.nodes.len()
     ));
-    let agents = guard::start_agents(
-        ctx.children,
-        ctx.exe,
-        ctx.kubeconfig,
-        ctx.pki,
-        ns,
-        &nodes,
-        &flags,
-        ctx.logs,
-    )
-    .await?;
+    let agents = guard::start_agents(&ctx.agent_setup(ns), &nodes, &flags).await?;
     let result = observe(
         ctx,
         (label, ns, mode),

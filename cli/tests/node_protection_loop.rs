@@ -1,0 +1,418 @@
+//! The node-protection loop end to end (issue #19), every piece real: the suite's local control
+//! plane, the `longhorn-guard webhook` and two `longhorn-guard agent` processes of this build
+//! (the webhook registered by `url: https://127.0.0.1:PORT/validate/backups`, TLS with the
+//! demo's CA), and per node a `longhorn-manager` stand-in (manager-monitor's test binary) whose
+//! connections to its node's instance-manager port and whose RSS the agent reads from `/proc`.
+//! node-a's stand-in leaks; node-b's stays healthy. Every step waits for a fact (the Lease, the
+//! webhook's `node_verdict` gauge), never for time.
+//!
+//! Needs `LHG_TEST_KUBECONFIG` and the stand-in built beside this test (`cargo nextest run
+//! --workspace` builds it; alone: `cargo build -p longhorn-guard-manager-monitor --bin
+//! longhorn-manager`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, ensure};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use longhorn_guard_demo::guard::{
+    self, AgentSetup, DEMO_NAMESPACE_LABEL, DemoPki, Served, http_get,
+};
+use longhorn_guard_demo::processes::Children;
+use longhorn_guard_testkit::{TestCluster, wait_for};
+use longhorn_types::shapes;
+
+const BIN: &str = env!("CARGO_BIN_EXE_longhorn-guard");
+
+/// Enforcing, unthrottled, with thresholds for a seconds-long test: floors over 1 s, a 6 s
+/// window, 2 s to enter, 3 s to recover; leaking from 20 connections growing 300 a minute.
+const POLICY: &str = "\
+throttle:
+  enabled: false
+nodeProtection:
+  mode: enforce
+  thresholds:
+    windowSeconds: 6
+    floorSeconds: 1
+    enterAfterSeconds: 2
+    recoverAfterSeconds: 3
+    degrading: {minConnections: 10, connectionsPerMinute: 60, minRssMib: 100000, rssMibPerMinute: 100000}
+    leaking: {minConnections: 20, connectionsPerMinute: 300, minRssMib: 100000, rssMibPerMinute: 100000}
+";
+
+/// A node's instance-manager port on loopback: accepts and holds every connection.
+struct InstanceManagerPort {
+    port: u16,
+    _held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl InstanceManagerPort {
+    fn bind() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&held);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(conn);
+            }
+        });
+        Ok(Self { port, _held: held })
+    }
+}
+
+/// manager-monitor's `longhorn-manager` stand-in, killed and reaped on drop.
+struct StandIn {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl StandIn {
+    fn binary() -> Result<PathBuf> {
+        let exe = std::env::current_exe()?;
+        let bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .ok_or_else(|| anyhow!("no target directory above {}", exe.display()))?
+            .join("longhorn-manager");
+        ensure!(
+            bin.exists(),
+            "the longhorn-manager stand-in is not built at {}: `cargo build -p longhorn-guard-manager-monitor --bin longhorn-manager`",
+            bin.display()
+        );
+        Ok(bin)
+    }
+
+    fn start(node: &str, instance: &str) -> Result<Self> {
+        let mut child = Command::new(Self::binary()?)
+            .args(["--node", node, "--instance", instance])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning the longhorn-manager stand-in")?;
+        let stdin = child.stdin.take().context("stand-in stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("stand-in stdout")?);
+        let mut ready = String::new();
+        stdout.read_line(&mut ready)?;
+        ensure!(ready.starts_with("ready"), "stand-in said {ready:?}");
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn cmd(&mut self, line: &str) -> Result<()> {
+        writeln!(self.stdin, "{line}")?;
+        self.stdin.flush()?;
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply)?;
+        ensure!(
+            reply.starts_with("ok"),
+            "stand-in refused {line:?}: {reply:?}"
+        );
+        Ok(())
+    }
+
+    /// v1.7.2's leak, fast: 30 clients a second never closed, RSS +4 MiB a second.
+    fn leak_to(&mut self, port: &InstanceManagerPort) -> Result<()> {
+        self.cmd(&format!("leak 127.0.0.1:{} 30 4", port.port))
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One node: its instance-manager port, its manager stand-in, and the agent's flags.
+struct NodeStand {
+    name: String,
+    volume: String,
+    im: InstanceManagerPort,
+    manager: StandIn,
+}
+
+impl NodeStand {
+    fn start(ns: &str, suffix: &str) -> Result<Self> {
+        let name = format!("{ns}-node-{suffix}");
+        Ok(Self {
+            manager: StandIn::start(&name, ns)?,
+            volume: format!("vol-{suffix}"),
+            im: InstanceManagerPort::bind()?,
+            name,
+        })
+    }
+
+    fn agent_flags(&self, ns: &str, policy: &std::path::Path) -> Vec<String> {
+        [
+            "--manager-process-match",
+            &format!(
+                "regex:longhorn-manager --node {} --instance {ns}$",
+                self.name
+            ),
+            "--manager-monitor-interval-ms",
+            "200",
+            "--verdict-namespace",
+            ns,
+            "--verdict-renew-seconds",
+            "1",
+            "--verdict-lease-seconds",
+            "3",
+            "--policy-file",
+            &policy.display().to_string(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    }
+}
+
+/// What the webhook's `/metrics` says.
+async fn webhook_metrics(webhook: &Served) -> Result<String> {
+    let (code, text) = http_get(webhook.metrics, "/metrics").await?;
+    ensure!(code == 200, "webhook /metrics answered {code}");
+    Ok(text)
+}
+
+/// Waits until the webhook's `node_verdict` gauge says `node` is `verdict`.
+async fn wait_webhook_sees(webhook: &Served, node: &str, verdict: &str) -> Result<()> {
+    let series =
+        format!("longhorn_guard_webhook_node_verdict{{node=\"{node}\",verdict=\"{verdict}\"}} 1");
+    wait_for(
+        Duration::from_secs(45),
+        &format!("the webhook to see node {node} {verdict}"),
+        || async { Ok(webhook_metrics(webhook).await?.lines().any(|l| l == series)) },
+    )
+    .await
+}
+
+/// Waits until `node`'s verdict Lease in `ns` says `verdict`.
+async fn wait_lease_says(leases: &Api<Lease>, node: &str, verdict: &str) -> Result<()> {
+    let name = format!("longhorn-guard-node-{node}");
+    wait_for(
+        Duration::from_secs(45),
+        &format!("the Lease {name} to say {verdict}"),
+        || async {
+            let lease = leases.get_opt(&name).await?;
+            Ok(lease
+                .and_then(|l| l.metadata.annotations)
+                .and_then(|a| a.get("longhorn-guard.io/verdict").cloned())
+                .is_some_and(|v| v == verdict))
+        },
+    )
+    .await
+}
+
+/// A recurring job's Backup of `volume`: `None` when admitted, else the API server's message.
+async fn backup(
+    backups: &Api<DynamicObject>,
+    ns: &str,
+    name: &str,
+    volume: &str,
+) -> Result<Option<String>> {
+    let obj: DynamicObject = serde_json::from_value(shapes::backup(
+        ns,
+        name,
+        volume,
+        &format!("snap-{volume}"),
+        Some("daily"),
+    ))?;
+    match backups.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(e)) => Ok(Some(e.message)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaking_node_is_protected_released_and_expires_with_its_agent() -> Result<()> {
+    let cluster = TestCluster::connect().await?;
+    let ns = cluster.namespace("loop").await?;
+    // The demo's webhook registration selects its namespace by the demo's label.
+    Api::<Namespace>::all(cluster.client())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {DEMO_NAMESPACE_LABEL: &ns}}})),
+        )
+        .await?;
+    let work = std::env::temp_dir().join(format!("lhg-loop-{ns}"));
+    std::fs::create_dir_all(&work)?;
+    let children = Children::default();
+    let result = the_loop(&cluster, &ns, &work, &children).await;
+    children.stop("", Duration::from_secs(10)).await;
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!("logs kept in {}", work.display());
+    }
+    result
+}
+
+async fn the_loop(
+    cluster: &TestCluster,
+    ns: &str,
+    work: &std::path::Path,
+    children: &Children,
+) -> Result<()> {
+    let client = cluster.client();
+    let mut a = NodeStand::start(ns, "a")?;
+    let b = NodeStand::start(ns, "b")?;
+    for n in [&a, &b] {
+        cluster
+            .create_with_status::<longhorn_types::Volume>(
+                ns,
+                shapes::volume(ns, &n.volume, &n.name),
+                shapes::volume_status(&n.name),
+            )
+            .await?;
+        cluster
+            .create_with_status::<longhorn_types::Snapshot>(
+                ns,
+                shapes::snapshot(ns, &format!("snap-{}", n.volume), &n.volume),
+                shapes::snapshot_status(&n.name, ""),
+            )
+            .await?;
+    }
+    cluster
+        .create_with_status::<longhorn_types::BackupTarget>(
+            ns,
+            shapes::backup_target(ns, "default", "s3://bk@us-east-1/"),
+            shapes::backup_target_status(&a.name, true),
+        )
+        .await?;
+
+    let pki = DemoPki::create(&work.join("pki"))?;
+    let policy = work.join("policy.yaml");
+    std::fs::write(&policy, POLICY)?;
+    let exe = PathBuf::from(BIN);
+    let kubeconfig = cluster.kubeconfig_path().to_path_buf();
+    let webhook = guard::start_webhook(
+        children,
+        &exe,
+        &kubeconfig,
+        &pki,
+        &policy,
+        ("webhook", ns),
+        &["--node-verdict-namespace".into(), ns.to_string()],
+        work,
+    )
+    .await?;
+    let registration = guard::register_webhook(&client, &webhook, &pki.ca.cert_pem, ns).await?;
+    let setup = AgentSetup {
+        children,
+        exe: &exe,
+        kubeconfig: &kubeconfig,
+        pki: &pki,
+        namespace: ns,
+        logs: work,
+    };
+    let agent_a = guard::spawn_agent(&setup, &a.name, a.im.port, a.agent_flags(ns, &policy))?;
+    let agent_b = guard::spawn_agent(&setup, &b.name, b.im.port, b.agent_flags(ns, &policy))?;
+    guard::wait_agents_ready(&setup, [&agent_a, &agent_b]).await?;
+    let result = steps(ns, &client, &webhook, (&mut a, &b), (&setup, &agent_a)).await;
+    guard::unregister_webhook(&client, &registration).await;
+    result
+}
+
+async fn steps(
+    ns: &str,
+    client: &kube::Client,
+    webhook: &Served,
+    (a, b): (&mut NodeStand, &NodeStand),
+    (setup, agent_a): (&AgentSetup<'_>, &Served),
+) -> Result<()> {
+    let backups: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::erase::<longhorn_types::Backup>(&()),
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    wait_webhook_sees(webhook, &a.name, "healthy").await?;
+    wait_webhook_sees(webhook, &b.name, "healthy").await?;
+    assert_eq!(backup(&backups, ns, "before", &a.volume).await?, None);
+
+    // node-a's manager leaks: its agent turns it leaking, the webhook refuses its Backups and
+    // admits node-b's.
+    a.manager.leak_to(&a.im)?;
+    wait_lease_says(&leases, &a.name, "leaking").await?;
+    wait_webhook_sees(webhook, &a.name, "leaking").await?;
+    let refusal = backup(&backups, ns, "while-leaking", &a.volume)
+        .await?
+        .context("a Backup of node-a's volume is refused while node-a is leaking")?;
+    for part in [
+        format!("node \"{}\" is leaking", a.name),
+        // The evidence: connections and their slope, RSS and its slope.
+        "connections to instance managers (+".to_string(),
+        "MiB/min)".to_string(),
+        "[node_leaking]".to_string(),
+        "runbook".to_string(),
+    ] {
+        assert!(refusal.contains(&part), "{part:?} not in {refusal}");
+    }
+    assert_eq!(
+        backup(&backups, ns, "other-node", &b.volume).await?,
+        None,
+        "node-b is healthy"
+    );
+
+    // The leak stops: longhorn-manager restarted healthy. After the recovery time node-a is
+    // released and its Backups are admitted again.
+    a.manager = StandIn::start(&a.name, ns)?;
+    wait_lease_says(&leases, &a.name, "healthy").await?;
+    wait_webhook_sees(webhook, &a.name, "healthy").await?;
+    assert_eq!(backup(&backups, ns, "released", &a.volume).await?, None);
+
+    // Leaking again, then its agent is killed: the Lease is no longer renewed, expires, the
+    // webhook's gauges say so and node-a is no longer protected.
+    a.manager.leak_to(&a.im)?;
+    wait_webhook_sees(webhook, &a.name, "leaking").await?;
+    assert!(
+        backup(&backups, ns, "leaking-again", &a.volume)
+            .await?
+            .is_some()
+    );
+    setup
+        .children
+        .stop(&agent_a.name, Duration::from_secs(10))
+        .await;
+    wait_webhook_sees(webhook, &a.name, "expired").await?;
+    let text = webhook_metrics(webhook).await?;
+    assert!(
+        text.lines()
+            .any(|l| l == "longhorn_guard_webhook_node_verdicts_expired 1"),
+        "{text}"
+    );
+    let lease = leases
+        .get(&format!("longhorn-guard-node-{}", a.name))
+        .await?;
+    let annotations = lease.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("longhorn-guard.io/verdict")
+            .map(String::as_str),
+        Some("leaking"),
+        "the dead agent's last verdict stays in the Lease, expired"
+    );
+    assert_eq!(
+        backup(&backups, ns, "expired", &a.volume).await?,
+        None,
+        "an expired verdict does not protect"
+    );
+    assert_eq!(backup(&backups, ns, "other-node-2", &b.volume).await?, None);
+    Ok(())
+}
