@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use longhorn_guard_demo::guard::{
-    self, AgentSetup, DEMO_NAMESPACE_LABEL, DemoPki, Served, http_get,
+    self, DEMO_NAMESPACE_LABEL, DemoPki, GuardSetup, Served, http_get,
 };
 use longhorn_guard_demo::processes::Children;
 use longhorn_guard_testkit::{TestCluster, wait_for};
@@ -301,19 +301,7 @@ async fn the_loop(
     std::fs::write(&policy, POLICY)?;
     let exe = PathBuf::from(BIN);
     let kubeconfig = cluster.kubeconfig_path().to_path_buf();
-    let webhook = guard::start_webhook(
-        children,
-        &exe,
-        &kubeconfig,
-        &pki,
-        &policy,
-        ("webhook", ns),
-        &["--node-verdict-namespace".into(), ns.to_string()],
-        work,
-    )
-    .await?;
-    let registration = guard::register_webhook(&client, &webhook, &pki.ca.cert_pem, ns).await?;
-    let setup = AgentSetup {
+    let setup = GuardSetup {
         children,
         exe: &exe,
         kubeconfig: &kubeconfig,
@@ -321,6 +309,14 @@ async fn the_loop(
         namespace: ns,
         logs: work,
     };
+    let webhook = guard::start_webhook(
+        &setup,
+        "webhook",
+        &policy,
+        &["--node-verdict-namespace".into(), ns.to_string()],
+    )
+    .await?;
+    let registration = guard::register_webhook(&client, &webhook, &pki.ca.cert_pem, ns).await?;
     let agent_a = guard::spawn_agent(&setup, &a.name, a.im.port, a.agent_flags(ns, &policy))?;
     let agent_b = guard::spawn_agent(&setup, &b.name, b.im.port, b.agent_flags(ns, &policy))?;
     guard::wait_agents_ready(&setup, [&agent_a, &agent_b]).await?;
@@ -334,7 +330,7 @@ async fn steps(
     client: &kube::Client,
     webhook: &Served,
     (a, b): (&mut NodeStand, &NodeStand),
-    (setup, agent_a): (&AgentSetup<'_>, &Served),
+    (setup, agent_a): (&GuardSetup<'_>, &Served),
 ) -> Result<()> {
     let backups: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),

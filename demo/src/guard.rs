@@ -138,19 +138,22 @@ fn serving_args(
     args
 }
 
-/// Starts `longhorn-guard webhook` as child `name` watching `namespace`, with `extra` flags,
-/// and waits until it is ready.
-#[allow(clippy::too_many_arguments)]
+/// Starts `longhorn-guard webhook` as child `name` watching the setup's namespace, with its
+/// `policy` file and `extra` flags, and waits until it is ready.
 pub async fn start_webhook(
-    children: &Children,
-    exe: &Path,
-    kubeconfig: &Path,
-    pki: &DemoPki,
+    setup: &GuardSetup<'_>,
+    name: &str,
     policy: &Path,
-    (name, namespace): (&str, &str),
     extra: &[String],
-    logs: &Path,
 ) -> anyhow::Result<Served> {
+    let GuardSetup {
+        children,
+        exe,
+        kubeconfig,
+        pki,
+        namespace,
+        logs,
+    } = *setup;
     let listen = loopback_addr()?;
     let metrics = loopback_addr()?;
     let log = logs.join(format!("{name}.log"));
@@ -185,13 +188,14 @@ pub async fn start_webhook(
     })
 }
 
-/// The cluster and files every agent child is started with.
-pub struct AgentSetup<'a> {
+/// The cluster and files every child of the guard (webhook, agent) is started with.
+#[derive(Clone, Copy)]
+pub struct GuardSetup<'a> {
     pub children: &'a Children,
     pub exe: &'a Path,
     pub kubeconfig: &'a Path,
     pub pki: &'a DemoPki,
-    /// Longhorn's namespace (the run's).
+    /// Longhorn's namespace (the run's): the webhook's and the agents' `--namespace`.
     pub namespace: &'a str,
     pub logs: &'a Path,
 }
@@ -199,7 +203,7 @@ pub struct AgentSetup<'a> {
 /// Spawns `longhorn-guard agent` for `node` (child `agent-<namespace>-<node>`), told the port
 /// its instance managers serve the engine proxy on, with `extra` flags; does not wait.
 pub fn spawn_agent(
-    setup: &AgentSetup<'_>,
+    setup: &GuardSetup<'_>,
     node: &str,
     engine_proxy_port: u16,
     extra: Vec<String>,
@@ -241,7 +245,7 @@ pub fn spawn_agent(
 
 /// Waits until every agent of `agents` is ready (or one exits, or a minute passes).
 pub async fn wait_agents_ready<'a>(
-    setup: &AgentSetup<'_>,
+    setup: &GuardSetup<'_>,
     agents: impl IntoIterator<Item = &'a Served>,
 ) -> anyhow::Result<()> {
     for served in agents {
@@ -262,7 +266,7 @@ pub async fn wait_agents_ready<'a>(
 /// instance managers serve their engine proxy on (8501 unless taken) and given `extra(node)`
 /// flags, and waits until all are ready.
 pub async fn start_agents(
-    setup: &AgentSetup<'_>,
+    setup: &GuardSetup<'_>,
     nodes: &crate::world::Nodes,
     extra: &dyn Fn(&str) -> Vec<String>,
 ) -> anyhow::Result<BTreeMap<String, Served>> {

@@ -231,17 +231,15 @@ async fn body(
     let policy_path = work.join("policy.yaml");
     std::fs::write(&policy_path, serde_yaml::to_string(&demo_policy())?)?;
     say("starting the webhook (child process) ...");
-    let webhook = guard::start_webhook(
+    let setup = guard::GuardSetup {
         children,
-        &exe,
+        exe: &exe,
         kubeconfig,
-        &pki,
-        &policy_path,
-        ("webhook", &cluster.ns_b),
-        &[],
-        &logs,
-    )
-    .await?;
+        pki: &pki,
+        namespace: &cluster.ns_b,
+        logs: &logs,
+    };
+    let webhook = guard::start_webhook(&setup, "webhook", &policy_path, &[]).await?;
 
     let settings = demo_settings(options, &cluster);
     // 3. The two runs.
@@ -331,14 +329,10 @@ async fn slow_leak_run(
         "run {label}: starting its webhook (nodeProtection.mode {mode}) ..."
     ));
     let webhook = guard::start_webhook(
-        ctx.children,
-        ctx.exe,
-        ctx.kubeconfig,
-        ctx.pki,
+        &ctx.guard_setup(ns),
+        &name,
         &policy,
-        (&name, ns),
         &["--node-verdict-namespace".into(), ns.to_string()],
-        ctx.logs,
     )
     .await?;
     let registration =

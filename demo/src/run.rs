@@ -41,9 +41,9 @@ pub(crate) struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
-    /// What the run's agents in `namespace` are started with.
-    pub(crate) fn agent_setup<'a>(&'a self, namespace: &'a str) -> guard::AgentSetup<'a> {
-        guard::AgentSetup {
+    /// What the run's webhook and agents in `namespace` are started with.
+    pub(crate) fn guard_setup<'a>(&'a self, namespace: &'a str) -> guard::GuardSetup<'a> {
+        guard::GuardSetup {
             children: self.children,
             exe: self.exe,
             kubeconfig: self.kubeconfig,
@@ -292,7 +292,7 @@ async fn stage(
         ));
         Some(
             guard::start_agents(
-                &ctx.agent_setup(ns),
+                &ctx.guard_setup(ns),
                 &nodes,
                 // No longhorn-manager in this run: nothing to judge (the slow-leak run has one).
                 &|_| vec!["--no-node-verdict".into()],

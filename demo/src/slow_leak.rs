@@ -136,7 +136,7 @@ pub(crate) async fn run_slow_leak(
         "run {label}: starting {} agents judging their node's manager ...",
         nodes.nodes.len()
     ));
-    let agents = guard::start_agents(&ctx.agent_setup(ns), &nodes, &flags).await?;
+    let agents = guard::start_agents(&ctx.guard_setup(ns), &nodes, &flags).await?;
     let result = observe(
         ctx,
         (label, ns, mode),
@@ -259,9 +259,7 @@ async fn observe(
             .unwrap_or_default()
     };
     Ok(figures(
-        label,
-        ns,
-        mode,
+        (label, ns, mode),
         &attempts,
         samples,
         &node_of,
@@ -353,11 +351,8 @@ pub fn admitted_while_leaking(
         .count() as u64
 }
 
-#[allow(clippy::too_many_arguments)]
 fn figures(
-    label: &str,
-    ns: &str,
-    mode: &str,
+    (label, ns, mode): (&str, &str, &str),
     attempts: &[Attempt],
     samples: Vec<ManagerSample>,
     node_of: &dyn Fn(usize) -> String,
@@ -455,7 +450,7 @@ mod tests {
         assert_eq!(spans, vec![(1.0, 2.0), (4.0, 4.0)]);
         // Even indexes are on the leaky node.
         let node_of = |i: usize| {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 LEAKY_NODE.to_string()
             } else {
                 "node-2".to_string()
