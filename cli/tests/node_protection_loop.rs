@@ -10,14 +10,10 @@
 //! --workspace` builds it; alone: `cargo build -p longhorn-guard-manager-monitor --bin
 //! longhorn-manager`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
@@ -26,6 +22,7 @@ use longhorn_guard_demo::guard::{
     self, DEMO_NAMESPACE_LABEL, DemoPki, GuardSetup, Served, http_get,
 };
 use longhorn_guard_demo::processes::Children;
+use longhorn_guard_testkit::manager_stand_in::{ImPort, StandIn};
 use longhorn_guard_testkit::{TestCluster, wait_for};
 use longhorn_types::shapes;
 
@@ -47,102 +44,11 @@ nodeProtection:
     leaking: {minConnections: 20, connectionsPerMinute: 300, minRssMib: 100000, rssMibPerMinute: 100000}
 ";
 
-/// A node's instance-manager port on loopback: accepts and holds every connection.
-struct InstanceManagerPort {
-    port: u16,
-    _held: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl InstanceManagerPort {
-    fn bind() -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        let held = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&held);
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                sink.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(conn);
-            }
-        });
-        Ok(Self { port, _held: held })
-    }
-}
-
-/// manager-monitor's `longhorn-manager` stand-in, killed and reaped on drop.
-struct StandIn {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl StandIn {
-    fn binary() -> Result<PathBuf> {
-        let exe = std::env::current_exe()?;
-        let bin = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .ok_or_else(|| anyhow!("no target directory above {}", exe.display()))?
-            .join("longhorn-manager");
-        ensure!(
-            bin.exists(),
-            "the longhorn-manager stand-in is not built at {}: `cargo build -p longhorn-guard-manager-monitor --bin longhorn-manager`",
-            bin.display()
-        );
-        Ok(bin)
-    }
-
-    fn start(node: &str, instance: &str) -> Result<Self> {
-        let mut child = Command::new(Self::binary()?)
-            .args(["--node", node, "--instance", instance])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning the longhorn-manager stand-in")?;
-        let stdin = child.stdin.take().context("stand-in stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("stand-in stdout")?);
-        let mut ready = String::new();
-        stdout.read_line(&mut ready)?;
-        ensure!(ready.starts_with("ready"), "stand-in said {ready:?}");
-        Ok(Self {
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    fn cmd(&mut self, line: &str) -> Result<()> {
-        writeln!(self.stdin, "{line}")?;
-        self.stdin.flush()?;
-        let mut reply = String::new();
-        self.stdout.read_line(&mut reply)?;
-        ensure!(
-            reply.starts_with("ok"),
-            "stand-in refused {line:?}: {reply:?}"
-        );
-        Ok(())
-    }
-
-    /// v1.7.2's leak, fast: 30 clients a second never closed, RSS +4 MiB a second.
-    fn leak_to(&mut self, port: &InstanceManagerPort) -> Result<()> {
-        self.cmd(&format!("leak 127.0.0.1:{} 30 4", port.port))
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One node: its instance-manager port, its manager stand-in, and the agent's flags.
 struct NodeStand {
     name: String,
     volume: String,
-    im: InstanceManagerPort,
+    im: ImPort,
     manager: StandIn,
 }
 
@@ -152,32 +58,24 @@ impl NodeStand {
         Ok(Self {
             manager: StandIn::start(&name, ns)?,
             volume: format!("vol-{suffix}"),
-            im: InstanceManagerPort::bind()?,
+            im: ImPort::bind()?,
             name,
         })
     }
 
     fn agent_flags(&self, ns: &str, policy: &std::path::Path) -> Vec<String> {
-        [
-            "--manager-process-match",
-            &format!(
-                "regex:longhorn-manager --node {} --instance {ns}$",
-                self.name
-            ),
-            "--manager-monitor-interval-ms",
-            "200",
-            "--verdict-namespace",
-            ns,
-            "--verdict-renew-seconds",
-            "1",
-            "--verdict-lease-seconds",
-            "3",
-            "--policy-file",
-            &policy.display().to_string(),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect()
+        let process_match = format!(
+            "regex:longhorn-manager --node {} --instance {ns}$",
+            self.name
+        );
+        guard::verdict_flags(&process_match, Duration::from_millis(200), ns, policy)
+    }
+
+    /// v1.7.2's leak, fast: 30 clients a second never closed, RSS +4 MiB a second.
+    fn leak(&mut self) -> Result<()> {
+        self.manager
+            .cmd(&format!("leak {} 30 4", self.im.addr()))
+            .map(drop)
     }
 }
 
@@ -344,7 +242,7 @@ async fn steps(
 
     // node-a's manager leaks: its agent turns it leaking, the webhook refuses its Backups and
     // admits node-b's.
-    a.manager.leak_to(&a.im)?;
+    a.leak()?;
     wait_lease_says(&leases, &a.name, "leaking").await?;
     wait_webhook_sees(webhook, &a.name, "leaking").await?;
     let refusal = backup(&backups, ns, "while-leaking", &a.volume)
@@ -375,7 +273,7 @@ async fn steps(
 
     // Leaking again, then its agent is killed: the Lease is no longer renewed, expires, the
     // webhook's gauges say so and node-a is no longer protected.
-    a.manager.leak_to(&a.im)?;
+    a.leak()?;
     wait_webhook_sees(webhook, &a.name, "leaking").await?;
     assert!(
         backup(&backups, ns, "leaking-again", &a.volume)

@@ -243,6 +243,34 @@ pub fn spawn_agent(
     })
 }
 
+/// The flags of an agent that judges the longhorn-manager found by `process_match` every
+/// `monitor_interval` and keeps its node's verdict Lease in `verdict_namespace` (renewed every
+/// second, valid 3 s), with the thresholds of the `policy` file: a stand judged in seconds.
+pub fn verdict_flags(
+    process_match: &str,
+    monitor_interval: Duration,
+    verdict_namespace: &str,
+    policy: &Path,
+) -> Vec<String> {
+    [
+        "--manager-process-match",
+        process_match,
+        "--manager-monitor-interval-ms",
+        &monitor_interval.as_millis().to_string(),
+        "--verdict-namespace",
+        verdict_namespace,
+        "--verdict-renew-seconds",
+        "1",
+        "--verdict-lease-seconds",
+        "3",
+        "--policy-file",
+        &policy.display().to_string(),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
 /// Waits until every agent of `agents` is ready (or one exits, or a minute passes).
 pub async fn wait_agents_ready<'a>(
     setup: &GuardSetup<'_>,

@@ -45,7 +45,7 @@ pub const THRESHOLDS: &str = "\
 ";
 
 /// How often the agents' monitors sample their managers, and the run samples everything.
-const MONITOR_INTERVAL_MS: u64 = 500;
+const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 
 /// The policy file of a slow-leak run: the demo's webhook policy with `nodeProtection` in
@@ -68,29 +68,6 @@ fn dedent(s: &str) -> String {
         .map(|l| l.strip_prefix("  ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// The flags of a slow-leak run's agent on `node`, following `manager`.
-fn agent_flags(ns: &str, node: &str, manager: &SimulatedManager, policy: &Path) -> Vec<String> {
-    [
-        "--manager-process-match",
-        &manager.process_match,
-        "--manager-monitor-interval-ms",
-        &MONITOR_INTERVAL_MS.to_string(),
-        "--verdict-namespace",
-        ns,
-        "--verdict-renew-seconds",
-        "1",
-        "--verdict-lease-seconds",
-        "3",
-        "--policy-file",
-        &policy.display().to_string(),
-        "--pod-name",
-        &format!("longhorn-guard-agent-{ns}-{node}"),
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect()
 }
 
 /// One slow-leak run in `ns` against `webhook` (already registered for `ns`, reading the
@@ -126,10 +103,10 @@ pub(crate) async fn run_slow_leak(
         let m = SimulatedManager::start(ctx.exe, &node, &format!("{ns}-{node}"), &log).await?;
         managers.insert(node, m);
     }
-    let flags = |node: &str| {
+    let flags = |node: &str| -> Vec<String> {
         managers
             .get(node)
-            .map(|m| agent_flags(ns, node, m, policy))
+            .map(|m| guard::verdict_flags(&m.process_match, MONITOR_INTERVAL, ns, policy))
             .unwrap_or_default()
     };
     say(format!(

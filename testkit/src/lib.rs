@@ -20,6 +20,7 @@ mod cluster;
 pub mod control_plane;
 pub mod crd_cases;
 pub mod env;
+pub mod manager_stand_in;
 mod fixtures;
 mod longhorn_crds;
 mod objects;
