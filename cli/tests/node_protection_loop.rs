@@ -22,27 +22,17 @@ use longhorn_guard_demo::guard::{
     self, DEMO_NAMESPACE_LABEL, DemoPki, GuardSetup, Served, http_get,
 };
 use longhorn_guard_demo::processes::Children;
-use longhorn_guard_testkit::manager_stand_in::{ImPort, StandIn};
+use longhorn_guard_testkit::manager_stand_in::{ImPort, SECONDS_POLICY, StandIn};
 use longhorn_guard_testkit::{TestCluster, wait_for};
 use longhorn_types::shapes;
 
 const BIN: &str = env!("CARGO_BIN_EXE_longhorn-guard");
 
-/// Enforcing, unthrottled, with thresholds for a seconds-long test: floors over 1 s, a 6 s
-/// window, 2 s to enter, 3 s to recover; leaking from 20 connections growing 300 a minute.
-const POLICY: &str = "\
-throttle:
-  enabled: false
-nodeProtection:
-  mode: enforce
-  thresholds:
-    windowSeconds: 6
-    floorSeconds: 1
-    enterAfterSeconds: 2
-    recoverAfterSeconds: 3
-    degrading: {minConnections: 10, connectionsPerMinute: 60, minRssMib: 100000, rssMibPerMinute: 100000}
-    leaking: {minConnections: 20, connectionsPerMinute: 300, minRssMib: 100000, rssMibPerMinute: 100000}
-";
+/// Unthrottled (the test creates several Backups per volume); `nodeProtection` enforcing with
+/// the testkit's thresholds for seconds-long tests.
+fn policy_yaml() -> String {
+    format!("throttle:\n  enabled: false\n{SECONDS_POLICY}")
+}
 
 /// One node: its instance-manager port, its manager stand-in, and the agent's flags.
 struct NodeStand {
@@ -196,7 +186,7 @@ async fn the_loop(
 
     let pki = DemoPki::create(&work.join("pki"))?;
     let policy = work.join("policy.yaml");
-    std::fs::write(&policy, POLICY)?;
+    std::fs::write(&policy, policy_yaml())?;
     let exe = PathBuf::from(BIN);
     let kubeconfig = cluster.kubeconfig_path().to_path_buf();
     let setup = GuardSetup {

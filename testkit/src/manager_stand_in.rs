@@ -11,6 +11,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context as _, anyhow, ensure};
 
+/// A policy file with node-verdict thresholds for seconds-long tests (the agent and the
+/// webhook read the same file): a 6 s window, floors over 1 s, 2 s to enter, 3 s to recover;
+/// leaking at 300 connections a minute from 20, degrading at 60 from 10; RSS never judged.
+/// [`StandIn`]'s `leak ADDR 30 4` (1,800 a minute) turns a node leaking within seconds.
+pub const SECONDS_POLICY: &str = "\
+nodeProtection:
+  mode: enforce
+  thresholds:
+    windowSeconds: 6
+    floorSeconds: 1
+    enterAfterSeconds: 2
+    recoverAfterSeconds: 3
+    degrading: {minConnections: 10, connectionsPerMinute: 60, minRssMib: 100000, rssMibPerMinute: 100000}
+    leaking: {minConnections: 20, connectionsPerMinute: 300, minRssMib: 100000, rssMibPerMinute: 100000}
+";
+
 /// A loopback "instance manager" port that accepts and holds every connection until dropped.
 pub struct ImPort {
     pub port: u16,

@@ -22,19 +22,8 @@ use crate::support::{files_dir, http_get, leaf, make_ca};
 
 pub type TestResult = anyhow::Result<()>;
 
-/// Thresholds for seconds-long tests: a 6 s window, floors over 1 s, 2 s to enter, 3 s to
-/// recover; leaking at 300 connections a minute from 20, degrading at 60 from 10.
-pub const TEST_POLICY: &str = "\
-mode: enforce
-nodeProtection:
-  thresholds:
-    windowSeconds: 6
-    floorSeconds: 1
-    enterAfterSeconds: 2
-    recoverAfterSeconds: 3
-    degrading: {minConnections: 10, connectionsPerMinute: 60, minRssMib: 100000, rssMibPerMinute: 100000}
-    leaking: {minConnections: 20, connectionsPerMinute: 300, minRssMib: 100000, rssMibPerMinute: 100000}
-";
+/// Thresholds for seconds-long tests (see the testkit's `SECONDS_POLICY`).
+pub use longhorn_guard_testkit::manager_stand_in::SECONDS_POLICY as TEST_POLICY;
 pub const RENEW: Duration = Duration::from_secs(1);
 pub const LEASE_DURATION: Duration = Duration::from_secs(3);
 
