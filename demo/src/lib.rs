@@ -2,14 +2,18 @@
 //! power-failure Backup storm twice on a local control plane (a real kube-apiserver + etcd on
 //! loopback) — once without the guard, once with the webhook and the agents — against a
 //! simulated v1.7.2 backup controller that leaks a gRPC connection per reconcile of a stuck
-//! Backup, and reports both runs side by side (JSON, Markdown, SVG).
+//! Backup, and reports both runs side by side (JSON, Markdown, SVG). A third run, "slow leak"
+//! ([`slow_leak`]), shows the node-protection loop (issue #19): a gentle storm the static caps
+//! admit while one node's simulated longhorn-manager ([`manager`]) leaks, judged by that node's
+//! real agent, once with `nodeProtection.mode: off` and once with `enforce`.
 //!
 //! Reusable pieces: [`storm`] (the storm generator) and [`simulated_controller`] (the leaky
 //! controller). This crate must not touch anything but loopback addresses (127.0.0.0/8) and
 //! the cluster it was pointed at (its own control plane, or `--kubeconfig`, where it only
-//! writes in namespaces it creates plus one webhook configuration it deletes again); it must
-//! leave no process running on any exit path, Ctrl-C included; and it must keep the leak
-//! below its cap so the machine running it survives.
+//! writes in namespaces it creates plus one webhook configuration per guarded run, deleted
+//! again; and the slow-leak agents' Events on their simulated Nodes, which the API server keeps
+//! in `default`); it must leave no process running on any exit path, Ctrl-C included; and it
+//! must keep the leak below its cap so the machine running it survives.
 
 mod cluster;
 pub mod guard;
