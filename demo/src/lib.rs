@@ -276,8 +276,8 @@ async fn body(
         .await?,
     );
 
-    // Run B's webhook is done: the slow-leak runs have their own.
-    children.stop("webhook", Duration::from_secs(10)).await;
+    // The slow-leak runs have webhooks of their own (run B's is stopped with everything at the
+    // end: stopping it here costs its shutdown grace).
     let mut slow_leak = Vec::new();
     if !options.slow_leak.is_zero() {
         for (ns, mode) in [(&cluster.ns_c_off, "off"), (&cluster.ns_c_on, "enforce")] {
