@@ -133,7 +133,9 @@ impl DemoOptions {
             bail!("--slow-leak-rate must be above 0 and at most 100 Backups a second");
         }
         if !self.slow_leak.is_zero() && self.nodes < 2 {
-            bail!("the slow-leak run needs --nodes 2 or more (a leaky node and a healthy one)");
+            bail!(
+                "the slow-leak run needs --nodes 2 or more (a leaky node and a healthy one); --slow-leak-seconds 0 skips it"
+            );
         }
         Ok(())
     }
