@@ -20,9 +20,9 @@ mod cluster;
 pub mod control_plane;
 pub mod crd_cases;
 pub mod env;
-pub mod manager_stand_in;
 mod fixtures;
 mod longhorn_crds;
+pub mod manager_stand_in;
 mod objects;
 
 pub use cluster::TestCluster;
