@@ -56,10 +56,7 @@ pub fn check_lease_write(policy: &Policy, w: &LeaseWrite<'_>) -> Result<(), Stri
         return Ok(());
     }
     let what = format!("verdict Lease {:?} in namespace {:?}", w.name, w.namespace);
-    let agent = format!(
-        "system:serviceaccount:{}:{}",
-        w.namespace, policy.node_protection.agent_service_account
-    );
+    let agent = policy.node_protection.agent_username(w.namespace);
     if w.username != agent {
         return Err(format!(
             "longhorn-guard: only the agent ({agent}) writes node verdicts; {:?} may not write {what}",
@@ -160,6 +157,21 @@ mod tests {
             check_lease_write(&p, &write("kube-scheduler", &other, "x", None)),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_sidecar_agent_in_another_namespace_is_named_namespace_colon_name() {
+        let mut p = Policy::default();
+        let a = maps("node-a");
+        let name_a = lease_name("node-a");
+        let sidecar = "system:serviceaccount:longhorn-system:longhorn-service-account";
+        assert!(check_lease_write(&p, &write(&name_a, &a, sidecar, Some("node-a"))).is_err());
+        p.node_protection.agent_service_account = "longhorn-system:longhorn-service-account".into();
+        assert_eq!(
+            check_lease_write(&p, &write(&name_a, &a, sidecar, Some("node-a"))),
+            Ok(())
+        );
+        assert!(check_lease_write(&p, &write(&name_a, &a, AGENT, Some("node-a"))).is_err());
     }
 
     #[test]

@@ -60,7 +60,9 @@ pub struct NodeProtectionPolicy {
     /// When a node is `degrading` or `leaking` (read by the agent).
     pub thresholds: node_verdict::Thresholds,
     pub lease_writers: LeaseWriters,
-    /// The agent's service account name, in the verdict Leases' namespace.
+    /// The agent's service account: a name in the verdict Leases' namespace (the DaemonSet),
+    /// or `namespace:name` for an agent running elsewhere (the longhorn-manager sidecar:
+    /// `longhorn-system:longhorn-service-account`).
     pub agent_service_account: String,
 }
 
@@ -81,11 +83,26 @@ impl Default for NodeProtectionPolicy {
 }
 
 impl NodeProtectionPolicy {
+    /// The username the agent writes verdict Leases in `lease_namespace` as.
+    pub fn agent_username(&self, lease_namespace: &str) -> String {
+        match self.agent_service_account.split_once(':') {
+            Some((namespace, name)) => format!("system:serviceaccount:{namespace}:{name}"),
+            None => format!(
+                "system:serviceaccount:{lease_namespace}:{}",
+                self.agent_service_account
+            ),
+        }
+    }
+
     /// Checks what serde cannot; the error names the field as written in YAML.
     pub fn validate(&self) -> Result<(), String> {
         self.thresholds.validate().map_err(|e| e.to_string())?;
-        if self.agent_service_account.trim().is_empty() {
-            return Err("nodeProtection.agentServiceAccount must not be empty".into());
+        let sa = &self.agent_service_account;
+        let parts_empty = sa.split(':').any(|part| part.trim().is_empty());
+        if parts_empty || sa.matches(':').count() > 1 {
+            return Err(format!(
+                "nodeProtection.agentServiceAccount {sa:?} must be a name or namespace:name"
+            ));
         }
         self.exemptions
             .check_service_accounts("nodeProtection.exemptions")
