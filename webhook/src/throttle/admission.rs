@@ -4,8 +4,8 @@
 //! throttle's metrics): it knows nothing of the HTTP layer.
 
 use crate::decision::{BackupRequest, Decision, Denial, Reason};
-use crate::index::{Index, SnapshotLookup};
-use crate::policy::{Mode, Policy};
+use crate::index::{Index, Kind, SnapshotLookup, Trust};
+use crate::policy::{FailMode, Mode, Policy};
 
 use super::{Now, Throttle, ThrottleMetrics, ThrottleOutcome, ThrottleRequest};
 
@@ -44,6 +44,20 @@ pub fn throttle_decision(
         return Decision::Allow { reason, warnings };
     }
     let mut req = ThrottleRequest::from_backup(backup, uid, recurring_job, dry_run);
+    req.counts_untrusted = untrusted_counts(index);
+    if let Some(why) = &req.counts_untrusted
+        && policy.on_deadline == FailMode::Closed
+    {
+        return Decision::Deny(Denial {
+            reason: Reason::LookupFailed,
+            code: Reason::LookupFailed.status_code(),
+            message: format!(
+                "longhorn-guard could not count the Backups in flight: {why} (policy onDeadline: closed) [{}]. Retry shortly.",
+                Reason::LookupFailed.as_str()
+            ),
+            warnings,
+        });
+    }
     let warn_only_override;
     let tp = if policy.mode == Mode::WarnOnly && policy.throttle.mode != Mode::WarnOnly {
         warn_only_override = crate::policy::throttle::ThrottlePolicy {
@@ -97,5 +111,18 @@ pub fn throttle_decision(
                 warnings,
             })
         }
+    }
+}
+
+/// Why the Backups in flight cannot be counted from the index now, if they cannot: the Backup
+/// watch is still (re)listing, or has failed for longer than the staleness bound.
+fn untrusted_counts(index: &Index) -> Option<String> {
+    match index.trust(Kind::Backup) {
+        Trust::Trusted { .. } => None,
+        Trust::Listing { .. } => Some("the webhook is still listing Backups".to_string()),
+        Trust::Stale { failing_ms } => Some(format!(
+            "the webhook's Backup watch has failed for {:.1} s (longer than policy indexStalenessMs)",
+            failing_ms as f64 / 1000.0
+        )),
     }
 }

@@ -241,6 +241,14 @@ impl Throttle {
         if let Some(w) = released_warning(policy, req, &counts.released) {
             warnings.push(w);
         }
+        if let Some(why) = &req.counts_untrusted
+            && !exempt
+        {
+            warnings.push(format!(
+                "longhorn-guard: in-flight caps and duplicates not checked for Backup {}: {why}; rates still apply",
+                req.display_name()
+            ));
+        }
         if req.dry_run {
             return ThrottleOutcome::Allowed {
                 warnings,

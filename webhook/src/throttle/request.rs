@@ -24,6 +24,10 @@ pub struct ThrottleRequest {
     pub labels: BTreeMap<String, String>,
     /// Dry runs are checked but take no token and no slot.
     pub dry_run: bool,
+    /// Why the in-flight counts cannot be trusted now (the Backup watch is still listing or
+    /// has failed past the staleness bound); `None` when they can. While set, the caps and
+    /// duplicate checks are skipped with a warning and only the rates apply.
+    pub counts_untrusted: Option<String>,
 }
 
 impl ThrottleRequest {
@@ -45,6 +49,7 @@ impl ThrottleRequest {
             groups: b.groups.clone(),
             labels: b.labels.clone(),
             dry_run,
+            counts_untrusted: None,
         }
     }
 

@@ -1117,3 +1117,99 @@ fn age_formats() {
     assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
 }
+
+// ---------------------------------------------------------------------------------------
+// counts from a Backup watch that cannot be trusted
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn untrusted_counts_skip_the_caps_with_a_warning_and_rates_still_apply() {
+    let idx = index();
+    let t = Throttle::new();
+    let n = now();
+    // A Backup the stale index still holds in flight (it may have completed long ago).
+    backup_in(&idx, "b-old", "vol-1", "snap-vol-1-0", "InProgress", 600);
+    let trusted = req("b-1", "vol-1", "snap-vol-1-1");
+    assert_eq!(
+        denied(&t.admit(&no_rates(), &idx.view(), &trusted, n)).scope,
+        Scope::Volume
+    );
+    let stale = ThrottleRequest {
+        counts_untrusted: Some("the webhook's Backup watch has failed for 40.0 s".into()),
+        ..trusted.clone()
+    };
+    let warnings = allowed(&t.admit(&no_rates(), &idx.view(), &stale, n)).clone();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("in-flight caps and duplicates not checked")
+                && w.contains("failed for 40.0 s")),
+        "{warnings:?}"
+    );
+    // Rates do not depend on the watch: an exhausted user rate still denies.
+    let one_per_hour = ThrottlePolicy {
+        user_rate: RateLimit {
+            per_minute: 1.0 / 60.0,
+            burst: 1,
+        },
+        ..no_rates()
+    };
+    let t = Throttle::new();
+    allowed(&t.admit(&one_per_hour, &idx.view(), &stale, n));
+    let again = ThrottleRequest {
+        uid: "uid-b-2".into(),
+        name: "b-2".into(),
+        ..stale
+    };
+    assert_eq!(
+        denied(&t.admit(&one_per_hour, &idx.view(), &again, n)).scope,
+        Scope::UserRate
+    );
+}
+
+#[test]
+fn an_unlisted_backup_watch_fails_the_throttle_per_on_deadline() {
+    use crate::decision::{BackupRequest, Decision, Reason};
+    use crate::policy::FailMode;
+    use crate::throttle::admission::{ThrottleInputs, throttle_decision};
+    // `Index::default()` has listed nothing: no kind is trusted.
+    let idx = Index::default();
+    let t = Throttle::new();
+    let metrics = ThrottleMetrics::default();
+    let backup = BackupRequest {
+        namespace: NS.into(),
+        name: "b-1".into(),
+        snapshot: "snap-vol-1-0".into(),
+        ..BackupRequest::default()
+    };
+    let decide = |on_deadline| {
+        let policy = Policy {
+            on_deadline,
+            ..Policy::default()
+        };
+        let inputs = ThrottleInputs {
+            throttle: &t,
+            index: &idx,
+            metrics: &metrics,
+        };
+        let base = Decision::Allow {
+            reason: Reason::Checked,
+            warnings: Vec::new(),
+        };
+        throttle_decision(inputs, &policy, &backup, "uid-1", None, true, base)
+    };
+    match decide(FailMode::Closed) {
+        Decision::Deny(d) => {
+            assert_eq!((d.reason, d.code), (Reason::LookupFailed, 503));
+            assert!(d.message.contains("still listing Backups"), "{}", d.message);
+        }
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    match decide(FailMode::Open) {
+        Decision::Allow { warnings, .. } => assert!(
+            warnings.iter().any(|w| w.contains("not checked")),
+            "{warnings:?}"
+        ),
+        other => panic!("expected allowed with a warning, got {other:?}"),
+    }
+}

@@ -43,63 +43,11 @@ pub(super) fn first_violation(
     node: Option<&str>,
     rates: &[(Scope, &RateLimit, f64); 3],
 ) -> Option<Violation> {
-    if policy.deny_duplicates
-        && let Some(d) = &counts.duplicate
+    // Counts read from a Backup watch that cannot be trusted (still listing, or failing past
+    // the staleness bound) would deny on Backups that have long finished: only rates apply.
+    if req.counts_untrusted.is_none()
+        && let Some(v) = count_violation(policy, req, counts, node)
     {
-        return Some(Violation {
-            scope: Scope::Duplicate,
-            what: format!(
-                "Snapshot {:?} already has a Backup in flight: {:?} ({}, {}); a second Backup of the same snapshot adds work and no protection",
-                req.snapshot,
-                d.name,
-                d.state,
-                age(d.age_seconds)
-            ),
-            holders: vec![d.clone()],
-            retry: CAP_RETRY,
-        });
-    }
-    if let Some(volume) = req.volume.as_deref()
-        && let Some(v) = cap_violation(
-            Scope::Volume,
-            &counts.volume,
-            policy.max_in_flight_per_volume,
-            || {
-                format!(
-                    "volume {volume:?} has {} Backup(s) in flight, the limit is {} (throttle.maxInFlightPerVolume)",
-                    counts.volume.count, policy.max_in_flight_per_volume
-                )
-            },
-        )
-    {
-        return Some(v);
-    }
-    if let Some(node) = node
-        && let Some(v) = cap_violation(
-            Scope::Node,
-            &counts.node,
-            policy.max_in_flight_per_node,
-            || {
-                format!(
-                    "node {node:?} has {} Backup(s) in flight, the limit is {} (throttle.maxInFlightPerNode)",
-                    counts.node.count, policy.max_in_flight_per_node
-                )
-            },
-        )
-    {
-        return Some(v);
-    }
-    if let Some(v) = cap_violation(
-        Scope::Cluster,
-        &counts.cluster,
-        policy.max_in_flight_per_cluster,
-        || {
-            format!(
-                "namespace {:?} has {} Backup(s) in flight, the limit is {} (throttle.maxInFlightPerCluster)",
-                req.namespace, counts.cluster.count, policy.max_in_flight_per_cluster
-            )
-        },
-    ) {
         return Some(v);
     }
     for (scope, limit, tokens) in rates {
@@ -368,4 +316,73 @@ fn stuck_note(
         " Backup {:?} looks stuck: {why}; {holds}. Way out: `longhorn-guard prune`, or `kubectl -n {} delete backups.longhorn.io {}` after checking it has no backup URL (`kubectl -n {} get backups.longhorn.io {} -o jsonpath='{{.status.url}}'` prints nothing).",
         first.name, req.namespace, first.name, req.namespace, first.name
     );
+}
+
+/// A duplicate or an in-flight cap, from the counts.
+fn count_violation(
+    policy: &ThrottlePolicy,
+    req: &ThrottleRequest,
+    counts: &Counts,
+    node: Option<&str>,
+) -> Option<Violation> {
+    if policy.deny_duplicates
+        && let Some(d) = &counts.duplicate
+    {
+        return Some(Violation {
+            scope: Scope::Duplicate,
+            what: format!(
+                "Snapshot {:?} already has a Backup in flight: {:?} ({}, {}); a second Backup of the same snapshot adds work and no protection",
+                req.snapshot,
+                d.name,
+                d.state,
+                age(d.age_seconds)
+            ),
+            holders: vec![d.clone()],
+            retry: CAP_RETRY,
+        });
+    }
+    if let Some(volume) = req.volume.as_deref()
+        && let Some(v) = cap_violation(
+            Scope::Volume,
+            &counts.volume,
+            policy.max_in_flight_per_volume,
+            || {
+                format!(
+                    "volume {volume:?} has {} Backup(s) in flight, the limit is {} (throttle.maxInFlightPerVolume)",
+                    counts.volume.count, policy.max_in_flight_per_volume
+                )
+            },
+        )
+    {
+        return Some(v);
+    }
+    if let Some(node) = node
+        && let Some(v) = cap_violation(
+            Scope::Node,
+            &counts.node,
+            policy.max_in_flight_per_node,
+            || {
+                format!(
+                    "node {node:?} has {} Backup(s) in flight, the limit is {} (throttle.maxInFlightPerNode)",
+                    counts.node.count, policy.max_in_flight_per_node
+                )
+            },
+        )
+    {
+        return Some(v);
+    }
+    if let Some(v) = cap_violation(
+        Scope::Cluster,
+        &counts.cluster,
+        policy.max_in_flight_per_cluster,
+        || {
+            format!(
+                "namespace {:?} has {} Backup(s) in flight, the limit is {} (throttle.maxInFlightPerCluster)",
+                req.namespace, counts.cluster.count, policy.max_in_flight_per_cluster
+            )
+        },
+    ) {
+        return Some(v);
+    }
+    None
 }
