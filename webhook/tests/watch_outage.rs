@@ -27,99 +27,19 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::{
-    Served, admission_review, create_backup, metric, register, serve, tls_post, wait_ready,
-};
+use common::cut_proxy::CutProxy;
+use common::{Served, create_backup, metric, register, review_directly, serve, wait_ready};
 use futures::StreamExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use longhorn_guard_testkit::{TestCluster, wait_for};
 use longhorn_guard_webhook::Policy;
 use longhorn_types::{BackupTarget, Snapshot, shapes};
-use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-
-/// A TCP proxy on 127.0.0.1 in front of `upstream` that can be cut and restored.
-struct CutProxy {
-    addr: SocketAddr,
-    state: Arc<Mutex<ProxyConns>>,
-    cut: Arc<AtomicBool>,
-    refused: Arc<AtomicU64>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Default)]
-struct ProxyConns {
-    conns: JoinSet<()>,
-}
-
-impl CutProxy {
-    async fn start(upstream: SocketAddr) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(ProxyConns::default()));
-        let cut = Arc::new(AtomicBool::new(false));
-        let refused = Arc::new(AtomicU64::new(0));
-        let accept = tokio::spawn({
-            let (state, cut, refused) = (state.clone(), cut.clone(), refused.clone());
-            async move {
-                loop {
-                    let Ok((inbound, _)) = listener.accept().await else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    // Checked and spawned under the lock `cut()` takes: no connection slips
-                    // through a cut.
-                    let mut s = state.lock().unwrap();
-                    while s.conns.try_join_next().is_some() {}
-                    if cut.load(Ordering::SeqCst) {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        drop(inbound);
-                        continue;
-                    }
-                    s.conns.spawn(async move {
-                        let mut inbound = inbound;
-                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                }
-            }
-        });
-        Ok(Self {
-            addr,
-            state,
-            cut,
-            refused,
-            accept,
-        })
-    }
-
-    /// Drops every open connection and closes new ones as soon as they are accepted.
-    fn cut(&self) {
-        let mut s = self.state.lock().unwrap();
-        self.cut.store(true, Ordering::SeqCst);
-        s.conns.abort_all();
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.state.lock().unwrap().conns.abort_all();
-    }
-}
+use serde_json::json;
 
 /// Volume, Snapshots `snap-ok` and `snap-doomed`, BackupTarget `default` (the one Backups go
 /// to on Longhorn 1.7, which the webhook detects from these CRDs).
@@ -155,21 +75,6 @@ async fn judge(client: &Client, ns: &str, snapshot: &str) -> Option<String> {
     let name = format!("b-{:08x}", rand::random::<u32>());
     let backup = shapes::backup(ns, &name, "vol-1", snapshot, None);
     create_backup(client, ns, backup, true).await.unwrap()
-}
-
-/// The `response` of an AdmissionReview for CREATE of `obj` posted to the webhook itself
-/// (warnings, which the kube client does not show, are in it).
-async fn review_directly(served: &Served, ns: &str, obj: Value) -> Value {
-    let review = admission_review(ns, "watch-outage", "watch-outage-test", obj);
-    let (status, body) = tls_post(
-        served,
-        "/validate/backups",
-        serde_json::to_vec(&review).unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str::<Value>(&body).unwrap()["response"].clone()
 }
 
 fn policy(staleness_ms: u64) -> Policy {

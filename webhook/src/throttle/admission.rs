@@ -119,7 +119,15 @@ pub fn throttle_decision(
 fn untrusted_counts(index: &Index) -> Option<String> {
     match index.trust(Kind::Backup) {
         Trust::Trusted { .. } => None,
-        Trust::Listing { .. } => Some("the webhook is still listing Backups".to_string()),
+        Trust::Listing { failing_ms: None } => {
+            Some("the webhook is still listing Backups".to_string())
+        }
+        Trust::Listing {
+            failing_ms: Some(failing_ms),
+        } => Some(format!(
+            "the webhook's Backup watch has failed for {:.1} s and its relist has not completed",
+            failing_ms as f64 / 1000.0
+        )),
         Trust::Stale { failing_ms } => Some(format!(
             "the webhook's Backup watch has failed for {:.1} s (longer than policy indexStalenessMs)",
             failing_ms as f64 / 1000.0

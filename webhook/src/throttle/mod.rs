@@ -245,7 +245,7 @@ impl Throttle {
             && !exempt
         {
             warnings.push(format!(
-                "longhorn-guard: in-flight caps and duplicates not checked for Backup {}: {why}; rates still apply",
+                "longhorn-guard: in-flight caps and duplicates not checked for {}: {why}; rates still apply",
                 req.display_name()
             ));
         }

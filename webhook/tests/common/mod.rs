@@ -3,6 +3,7 @@
 //! namespace), and talk to it directly.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cut_proxy;
 pub mod fixtures;
 
 use std::path::PathBuf;
@@ -474,4 +475,23 @@ pub fn metric(text: &str, name: &str, filter: &str) -> u64 {
         .filter(|l| l.starts_with(name) && l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// The `response` of an AdmissionReview for CREATE of `obj` posted to the webhook itself
+/// (warnings, which the kube client does not show, are in it).
+pub async fn review_directly(
+    served: &Served,
+    ns: &str,
+    obj: serde_json::Value,
+) -> serde_json::Value {
+    let review = admission_review(ns, "watch-outage", "watch-outage-test", obj);
+    let (status, body) = tls_post(
+        served,
+        "/validate/backups",
+        serde_json::to_vec(&review).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["response"].clone()
 }
