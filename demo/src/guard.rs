@@ -103,6 +103,8 @@ pub async fn wait_ready(
 /// A child of the demo binary with its ports.
 pub struct Served {
     pub name: String,
+    /// The child's process id (0 if the OS did not give one).
+    pub pid: u32,
     pub listen: SocketAddr,
     pub metrics: SocketAddr,
 }
@@ -163,7 +165,7 @@ pub async fn start_webhook(
         metrics,
         pki,
     );
-    children.spawn(
+    let pid = children.spawn(
         "webhook",
         exe,
         &args,
@@ -176,6 +178,7 @@ pub async fn start_webhook(
     wait_ready(children, "webhook", metrics, Duration::from_secs(60), &log).await?;
     Ok(Served {
         name: "webhook".into(),
+        pid,
         listen,
         metrics,
     })
@@ -213,7 +216,7 @@ pub async fn start_agents(
         );
         // Where the fake instance managers serve their engine proxy (8501 unless taken).
         args.extend(["--engine-proxy-port".into(), engine_proxy_port.to_string()]);
-        children.spawn(
+        let pid = children.spawn(
             &name,
             exe,
             &args,
@@ -227,6 +230,7 @@ pub async fn start_agents(
             node.clone(),
             Served {
                 name,
+                pid,
                 listen,
                 metrics,
             },

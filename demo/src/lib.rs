@@ -14,6 +14,7 @@
 mod cluster;
 pub mod guard;
 pub mod inflight;
+pub mod long_run;
 pub mod plot;
 mod probe;
 pub mod processes;
@@ -126,45 +127,79 @@ struct Registrations {
     webhooks: Mutex<Vec<(Client, String)>>,
 }
 
+/// What a run of the demo started and must undo on every exit path: its work directory,
+/// child processes, webhook registrations and local control plane.
+pub(crate) struct Started {
+    pub(crate) work: PathBuf,
+    pub(crate) children: Children,
+    registrations: Registrations,
+    pub(crate) control_plane: Option<ControlPlane>,
+}
+
+impl Started {
+    pub(crate) fn new() -> anyhow::Result<Self> {
+        let work = std::env::temp_dir().join(format!(
+            "lhg-demo-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        Ok(Self {
+            work,
+            children: Children::default(),
+            registrations: Registrations::default(),
+            control_plane: None,
+        })
+    }
+
+    /// Remembers a webhook registration to delete at the end.
+    pub(crate) fn registered(&self, client: &Client, name: String) {
+        self.registrations
+            .webhooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((client.clone(), name));
+    }
+
+    /// Unregisters the webhooks, stops every process and the control plane, removes the work
+    /// directory.
+    pub(crate) async fn clean_up(self, failed: bool) {
+        if failed {
+            eprintln!("[demo] stopping everything it started ...");
+        }
+        let webhooks: Vec<(Client, String)> = self
+            .registrations
+            .webhooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for (client, name) in webhooks {
+            guard::unregister_webhook(&client, &name).await;
+        }
+        self.children.stop("", Duration::from_secs(10)).await;
+        if let Some(mut cp) = self.control_plane {
+            cp.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
 /// Runs the demo; on every exit path (error, SIGINT, SIGTERM) stops every process it
 /// started and removes its webhook registration before returning.
 pub async fn run(options: DemoOptions) -> anyhow::Result<Report> {
     options.validate()?;
-    let work = std::env::temp_dir().join(format!(
-        "lhg-demo-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let children = Children::default();
-    let registrations = Registrations::default();
-    let mut control_plane: Option<ControlPlane> = None;
+    let mut started = Started::new()?;
     let result = tokio::select! {
-        r = body(&options, &work, &children, &registrations, &mut control_plane) => r,
+        r = body(&options, &mut started) => r,
         s = shutdown_signal() => Err(anyhow::anyhow!("interrupted by {s}; cleaning up")),
     };
-    if result.is_err() {
-        eprintln!("[demo] stopping everything it started ...");
-    }
-    let webhooks: Vec<(Client, String)> = registrations
-        .webhooks
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .drain(..)
-        .collect();
-    for (client, name) in webhooks {
-        guard::unregister_webhook(&client, &name).await;
-    }
-    children.stop("", Duration::from_secs(10)).await;
-    if let Some(mut cp) = control_plane {
-        cp.stop().await;
-    }
-    let _ = std::fs::remove_dir_all(&work);
+    started.clean_up(result.is_err()).await;
     result
 }
 
 /// Resolves on SIGINT or SIGTERM, naming it.
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => tokio::select! {
@@ -183,7 +218,7 @@ pub(crate) fn say(msg: impl AsRef<str>) {
 }
 
 /// The webhook policy the demo runs with: defaults, with throttle caps sized for a demo.
-fn demo_policy() -> longhorn_guard_webhook::Policy {
+pub(crate) fn demo_policy() -> longhorn_guard_webhook::Policy {
     let mut policy = longhorn_guard_webhook::Policy::default();
     policy.throttle.enabled = true;
     policy.throttle.max_in_flight_per_volume = 1;
@@ -192,23 +227,15 @@ fn demo_policy() -> longhorn_guard_webhook::Policy {
     policy
 }
 
-async fn body(
-    options: &DemoOptions,
-    work: &Path,
-    children: &Children,
-    registrations: &Registrations,
-    control_plane: &mut Option<ControlPlane>,
-) -> anyhow::Result<Report> {
-    let started = Instant::now();
+async fn body(options: &DemoOptions, started: &mut Started) -> anyhow::Result<Report> {
+    let began = Instant::now();
     let logs = options.out_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let exe = match &options.exe {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating the longhorn-guard binary")?,
-    };
+    let exe = guard_exe(options)?;
 
     // 1. The cluster.
-    let cluster = Cluster::open(options, work, control_plane).await?;
+    let cluster = Cluster::open(options, &started.work, &mut started.control_plane).await?;
+    let (work, children) = (&started.work, &started.children);
     let (client, kubeconfig) = (&cluster.client, &cluster.kubeconfig);
 
     // 2. The guard's certificates, policy and webhook (registered for run B only).
@@ -258,11 +285,7 @@ async fn body(
     };
     runs.push(run_once(&ctx, "A: without the guard", &cluster.ns_a, None).await?);
     let name = guard::register_webhook(client, &webhook, &pki.ca.cert_pem, &cluster.ns_b).await?;
-    registrations
-        .webhooks
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push((client.clone(), name));
+    started.registered(client, name);
     runs.push(
         run_once(
             &ctx,
@@ -276,14 +299,14 @@ async fn body(
     let report = Report {
         settings,
         runs,
-        total_seconds: started.elapsed().as_secs_f64(),
+        total_seconds: began.elapsed().as_secs_f64(),
     };
     write_outputs(&report, &options.out_dir)?;
     Ok(report)
 }
 
 /// The cluster the demo runs on, with its two fresh namespaces (A without, B with the guard).
-struct Cluster {
+pub(crate) struct Cluster {
     kubeconfig: PathBuf,
     /// The demo started this control plane itself.
     own: bool,
@@ -299,7 +322,7 @@ struct Cluster {
 impl Cluster {
     /// The cluster of `--kubeconfig`, or a local control plane started into `control_plane`;
     /// the Longhorn CRDs installed and the two namespaces created.
-    async fn open(
+    pub(crate) async fn open(
         options: &DemoOptions,
         work: &Path,
         control_plane: &mut Option<ControlPlane>,
@@ -357,6 +380,14 @@ impl Cluster {
             ns_b,
             node_base,
         })
+    }
+}
+
+/// The `longhorn-guard` binary the webhook and agents run from (default: this one).
+pub(crate) fn guard_exe(options: &DemoOptions) -> anyhow::Result<PathBuf> {
+    match &options.exe {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe().context("locating the longhorn-guard binary"),
     }
 }
 

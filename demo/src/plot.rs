@@ -43,13 +43,58 @@ fn escape(s: &str) -> String {
 
 /// The SVG document.
 pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
-    let max_t = series
+    let points: Vec<Vec<(f64, f64)>> = series
         .iter()
-        .flat_map(|s| s.samples.iter().map(|p| p.t))
+        .map(|s| {
+            s.samples
+                .iter()
+                .map(|p| (p.t, p.in_flight as f64))
+                .collect()
+        })
+        .collect();
+    let lines: Vec<Line<'_>> = series
+        .iter()
+        .zip(&points)
+        .map(|(s, p)| Line {
+            label: s.label,
+            color: s.color,
+            points: p,
+        })
+        .collect();
+    lines_svg(
+        &Chart {
+            title,
+            x_label: "seconds since the storm started",
+            y_label: "in-flight Backups (not Completed/Error)",
+        },
+        &lines,
+    )
+}
+
+/// One line of a [`lines_svg`] plot: `(x, y)` points.
+pub struct Line<'a> {
+    pub label: &'a str,
+    pub color: &'a str,
+    pub points: &'a [(f64, f64)],
+}
+
+/// The texts around a [`lines_svg`] plot.
+pub struct Chart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+}
+
+/// A line plot of `lines` from x = 0 and y = 0, each line's legend entry with its peak.
+pub fn lines_svg(chart: &Chart<'_>, lines: &[Line<'_>]) -> String {
+    let max_t = lines
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
         .fold(1.0f64, f64::max);
-    let max_y = series
+    let max_y = lines
         .iter()
-        .flat_map(|s| s.samples.iter().map(|p| p.in_flight as f64))
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|v| v.is_finite())
         .fold(1.0f64, f64::max)
         * 1.15; // headroom for the legend
     let x_step = nice_step(max_t, 10);
@@ -74,7 +119,7 @@ pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
         svg,
         r#"<text x="{}" y="28" font-size="17" text-anchor="middle">{}</text>"#,
         WIDTH / 2.0,
-        escape(title)
+        escape(chart.title)
     );
     // Grid and ticks.
     let mut v = 0.0;
@@ -108,17 +153,19 @@ pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
     );
     let _ = writeln!(
         svg,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds since the storm started</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
         LEFT + plot_w / 2.0,
-        HEIGHT - 15.0
+        HEIGHT - 15.0,
+        escape(chart.x_label)
     );
     let _ = writeln!(
         svg,
-        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">in-flight Backups (not Completed/Error)</text>"#,
+        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#,
         TOP + plot_h / 2.0,
-        TOP + plot_h / 2.0
+        TOP + plot_h / 2.0,
+        escape(chart.y_label)
     );
-    lines_and_legend(&mut svg, series, &x, &y);
+    lines_and_legend(&mut svg, lines, &x, &y);
     svg.push_str("</svg>\n");
     svg
 }
@@ -126,16 +173,17 @@ pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
 /// Each series' polyline, and its legend entry with its peak.
 fn lines_and_legend(
     svg: &mut String,
-    series: &[Series<'_>],
+    series: &[Line<'_>],
     x: &dyn Fn(f64) -> f64,
     y: &dyn Fn(f64) -> f64,
 ) {
     for (i, s) in series.iter().enumerate() {
-        if !s.samples.is_empty() {
+        if !s.points.is_empty() {
             let points: Vec<String> = s
-                .samples
+                .points
                 .iter()
-                .map(|p| format!("{:.1},{:.1}", x(p.t), y(p.in_flight as f64)))
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
                 .collect();
             let _ = writeln!(
                 svg,
@@ -146,7 +194,12 @@ fn lines_and_legend(
         }
         let ly = TOP + 18.0 + 20.0 * i as f64;
         let lx = LEFT + 15.0;
-        let peak = s.samples.iter().map(|p| p.in_flight).max().unwrap_or(0);
+        let peak = s
+            .points
+            .iter()
+            .map(|p| p.1)
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max);
         let _ = writeln!(
             svg,
             r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="3"/><text x="{}" y="{}">{} (peak {peak})</text>"#,

@@ -185,6 +185,13 @@ async fn main_loop(
         };
         let backup = match event {
             Some(Ok(watcher::Event::Apply(b) | watcher::Event::InitApply(b))) => b,
+            Some(Ok(watcher::Event::Delete(b))) => {
+                // Its reconcile ends at its next resync (it finds the Backup gone).
+                if let Some(name) = b.metadata.name.as_deref() {
+                    seen.remove(name);
+                }
+                continue;
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => {
                 shared.api_errors.fetch_add(1, Ordering::Relaxed);
@@ -271,10 +278,16 @@ async fn reconcile_backup(
     let owner = job.node.clone();
     let mut pending_written = false;
     // Reconciles until the snapshot is usable; bounded by the stop signal (the run's end).
+    let mut first = true;
     let proxy_conn = loop {
         if *stopped.borrow() {
             return;
         }
+        // A deleted Backup is not reconciled again (what the long run's retention relies on).
+        if !first && matches!(backups.get_opt(&job.name).await, Ok(None)) {
+            return;
+        }
+        first = false;
         shared.reconciles.fetch_add(1, Ordering::Relaxed);
         // Step 5: getBackupTarget() opens an engine-proxy client on the node.
         let conn = open_proxy_connection(&config, &shared, &job.node).await;

@@ -133,6 +133,8 @@ pub enum Outcome {
 pub struct Attempt {
     pub index: usize,
     pub outcome: Outcome,
+    /// When the CREATE was sent (or found not to be sent).
+    pub sent: Instant,
     /// Client-side duration of the CREATE (zero when not sent).
     pub latency: Duration,
 }
@@ -172,9 +174,11 @@ pub async fn run(
                     return Attempt {
                         index,
                         outcome: Outcome::NotSent,
+                        sent: Instant::now(),
                         latency: Duration::ZERO,
                     };
                 }
+                let sent = Instant::now();
                 let (outcome, latency) =
                     create(&api, namespace, planned, config.request_timeout).await;
                 progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -195,6 +199,7 @@ pub async fn run(
                 Attempt {
                     index,
                     outcome,
+                    sent,
                     latency,
                 }
             }
