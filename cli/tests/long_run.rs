@@ -34,7 +34,11 @@ async fn two_minute_long_run_meets_the_hours_goals() -> Result<()> {
             "2",
             "--wave-seconds",
             "15",
+            "--outage-seconds",
+            "6",
             "--sample-seconds",
+            "5",
+            "--resync",
             "5",
             "--volumes",
             "40",
@@ -64,7 +68,7 @@ async fn two_minute_long_run_meets_the_hours_goals() -> Result<()> {
     // The verdicts, recomputed from the samples with the same code.
     assert_eq!(report.series.len(), 10);
     for s in &report.series {
-        let again = trend::judge(&s.points, s.bound);
+        let again = trend::judge(&s.points, s.bound, s.trend.horizon_hours);
         assert_eq!(
             again, s.trend,
             "{}: verdict differs from its samples",
@@ -77,6 +81,8 @@ async fn two_minute_long_run_meets_the_hours_goals() -> Result<()> {
             s.key,
             s.trend.samples
         );
+        // Two minutes are judged on their own second half, not extrapolated to an hour.
+        assert!(s.trend.horizon_hours > 0.0 && s.trend.horizon_hours < 1.0 / 50.0);
         assert!(
             out.join(format!("{}.svg", s.key)).is_file(),
             "{}.svg",

@@ -177,8 +177,9 @@ pub fn long_run_policy() -> longhorn_guard_webhook::Policy {
     policy
 }
 
-/// Wave `k`'s Backups: the demo's storm plan (seeded per wave), snapshot names made unique
-/// to the wave.
+/// Wave `k`'s Backups: the demo's storm plan, the same every wave (the same recurring jobs
+/// firing for the same volumes, the same snapshots lost: a steady cluster), with Backup and
+/// snapshot names made unique to the wave.
 pub fn wave_plan(options: &DemoOptions, backups: usize, k: u32) -> Vec<PlannedBackup> {
     let mut plan = storm::plan(&StormShape {
         backups,
@@ -186,9 +187,10 @@ pub fn wave_plan(options: &DemoOptions, backups: usize, k: u32) -> Vec<PlannedBa
         lost_share: options.lost_share,
         mid_storm_loss_share: options.mid_storm_loss_share,
         recurring_jobs: 2,
-        seed: options.seed.wrapping_add(u64::from(k)),
+        seed: options.seed,
     });
     for b in &mut plan {
+        b.name = format!("{}-w{k}", b.name);
         b.snapshot = format!("{}-w{k}", b.snapshot);
     }
     plan
@@ -292,6 +294,7 @@ async fn body(
         volume_nodes: &volume_nodes,
         guard: &guard,
         relay: &relay,
+        probe_targets: Arc::default(),
     };
     let observed = run.observe(first).await;
     nodes.shutdown().await;
@@ -312,6 +315,8 @@ struct Run<'a> {
     volume_nodes: &'a HashMap<String, String>,
     guard: &'a Guard,
     relay: &'a ApiRelay,
+    /// `(volume, snapshot)` the engine probe asks the agents about, set at each wave.
+    probe_targets: Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 /// What the run leaves to judge.
@@ -346,6 +351,7 @@ impl Run<'_> {
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let probe_counts = Arc::new(ProbeCounts::default());
+        let targets = self.probe_targets.clone();
         let probe = tokio::spawn(
             EngineProbe {
                 agents: self
@@ -357,7 +363,14 @@ impl Run<'_> {
                 ca_pem: self.guard.pki.ca.cert_pem.clone(),
                 namespace: self.ns.to_string(),
                 volume_nodes: Arc::new(self.volume_nodes.clone()),
-                targets: tracker.non_terminal_fn(),
+                // Every Backup of the current and the previous wave, found or not: the
+                // agents work through the faults all the time, not only while Backups wait.
+                targets: Arc::new(move || {
+                    targets
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone()
+                }),
                 every: self.options.resync,
                 counts: probe_counts.clone(),
             }
@@ -481,6 +494,15 @@ impl Run<'_> {
             if let Some(old) = k.checked_sub(2).and_then(|i| waves.get(i as usize)) {
                 self.retire(&old.1).await;
             }
+            let previous = waves.last().map_or(&[][..], |w| &w.1[..]);
+            *self
+                .probe_targets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = plan
+                .iter()
+                .chain(previous)
+                .map(|b| (b.volume.clone(), b.snapshot.clone()))
+                .collect();
             let (fault_name, fault) = wave_fault(k);
             for n in &self.nodes.nodes {
                 n.engine.set_fault(Method::Any, fault.clone());
@@ -612,6 +634,7 @@ mod tests {
     fn two_minutes_with_waves_every_15_s_fit_the_outage_early() {
         let o = LongRunOptions {
             wave_every: Some(Duration::from_secs(15)),
+            outage: Some(Duration::from_secs(6)),
             ..long(2)
         };
         let t = o.timetable(Duration::from_secs(30)).unwrap();
@@ -644,6 +667,12 @@ mod tests {
         assert!(a.iter().all(|p| p.snapshot.ends_with("-w0")));
         assert!(b.iter().all(|p| p.snapshot.ends_with("-w1")));
         assert!(a.iter().all(|x| b.iter().all(|y| x.name != y.name)));
+        let fates = |p: &[PlannedBackup]| p.iter().map(|x| x.fate).collect::<Vec<_>>();
+        assert_eq!(
+            fates(&a),
+            fates(&b),
+            "every wave loses the same share the same way"
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Is a sampled series flat after warm-up? Least squares over the judged part (the run's second
 //! half), the slope's 95 % confidence interval (Student's t on the residuals), and the drift the
-//! slope implies over an hour. A series is flat when the interval contains 0 (no trend the
-//! samples can tell from noise) or when the implied drift over an hour is within the series'
-//! stated bound (a trend too small to matter).
+//! slope implies over a horizon: an hour, or the judged half itself when the run is shorter than
+//! an hour (extrapolating a minute's warm-up wobble to an hour says nothing). A series is flat
+//! when the interval contains 0 (no trend the samples can tell from noise) or when the implied
+//! drift over the horizon is within the series' stated bound (a trend too small to matter).
 
 use serde::{Deserialize, Serialize};
 
-/// How much a series may drift per hour and still be called flat.
+/// How much a series may drift over the horizon (an hour) and still be called flat.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DriftBound {
     /// Share of the judged part's mean level (0.05 = 5 %).
@@ -16,7 +17,7 @@ pub struct DriftBound {
 }
 
 impl DriftBound {
-    pub fn per_hour(&self, mean: f64) -> f64 {
+    pub fn of_level(&self, mean: f64) -> f64 {
         (self.relative * mean.abs()).max(self.absolute)
     }
 }
@@ -31,8 +32,12 @@ pub struct Trend {
     pub slope_per_hour: f64,
     /// Half width of the slope's 95 % confidence interval, per hour.
     pub ci95_per_hour: f64,
-    /// The drift allowed per hour (see [`DriftBound`]).
-    pub bound_per_hour: f64,
+    /// The horizon the drift is taken over, in hours.
+    pub horizon_hours: f64,
+    /// The drift the slope implies over the horizon.
+    pub drift: f64,
+    /// The drift allowed over the horizon (see [`DriftBound`]).
+    pub bound: f64,
     pub flat: bool,
     /// Why it is (or is not) flat, in words.
     pub why: String,
@@ -85,8 +90,19 @@ pub fn second_half(points: &[(f64, f64)]) -> &[(f64, f64)] {
     &points[from..]
 }
 
-/// Judges `points` (`x` in seconds, sorted) over their second half against `bound`.
-pub fn judge(points: &[(f64, f64)], bound: DriftBound) -> Trend {
+/// The horizon for a run of `total_seconds` whose judged half spans `judged_seconds`: an hour,
+/// or the judged span when the run is shorter than an hour.
+pub fn horizon_hours(total_seconds: f64, judged_seconds: f64) -> f64 {
+    if total_seconds >= 3600.0 {
+        1.0
+    } else {
+        (judged_seconds / 3600.0).max(0.0)
+    }
+}
+
+/// Judges `points` (`x` in seconds, sorted) over their second half against `bound`, the drift
+/// taken over `horizon_hours`.
+pub fn judge(points: &[(f64, f64)], bound: DriftBound, horizon_hours: f64) -> Trend {
     let judged = second_half(points);
     let n = judged.len();
     let mean = if n == 0 {
@@ -94,7 +110,7 @@ pub fn judge(points: &[(f64, f64)], bound: DriftBound) -> Trend {
     } else {
         judged.iter().map(|p| p.1).sum::<f64>() / n as f64
     };
-    let bound_per_hour = bound.per_hour(mean);
+    let allowed = bound.of_level(mean);
     let Some((slope, _, se)) = least_squares(judged) else {
         return Trend {
             samples: n,
@@ -102,29 +118,33 @@ pub fn judge(points: &[(f64, f64)], bound: DriftBound) -> Trend {
             slope_per_hour: 0.0,
             // Finite, so that the report stays valid JSON; `flat` and `why` say it was not judged.
             ci95_per_hour: 0.0,
-            bound_per_hour,
+            horizon_hours,
+            drift: 0.0,
+            bound: allowed,
             flat: false,
             why: format!("not judged: {n} samples in the second half (3 needed)"),
         };
     };
     let slope_per_hour = slope * 3600.0;
     let ci95_per_hour = t95(n - 2) * se * 3600.0;
+    let drift = slope_per_hour * horizon_hours;
+    let over = if horizon_hours >= 1.0 {
+        "an hour".to_string()
+    } else {
+        format!("the judged {:.0} s", horizon_hours * 3600.0)
+    };
     let (flat, why) = if slope_per_hour.abs() <= ci95_per_hour {
         (true, "95 % interval of the slope contains 0".to_string())
-    } else if slope_per_hour.abs() <= bound_per_hour {
+    } else if drift.abs() <= allowed {
         (
             true,
-            format!(
-                "drift {:.3}/h within the bound {:.3}/h",
-                slope_per_hour, bound_per_hour
-            ),
+            format!("drift {drift:+.3} over {over} within the bound {allowed:.3}"),
         )
     } else {
         (
             false,
             format!(
-                "slope {:.3}/h ± {:.3} excludes 0 and exceeds the bound {:.3}/h",
-                slope_per_hour, ci95_per_hour, bound_per_hour
+                "slope {slope_per_hour:+.3}/h ± {ci95_per_hour:.3} excludes 0 and its drift {drift:+.3} over {over} exceeds the bound {allowed:.3}"
             ),
         )
     };
@@ -133,7 +153,9 @@ pub fn judge(points: &[(f64, f64)], bound: DriftBound) -> Trend {
         mean,
         slope_per_hour,
         ci95_per_hour,
-        bound_per_hour,
+        horizon_hours,
+        drift,
+        bound: allowed,
         flat,
         why,
     }
@@ -166,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_constant_series_is_flat() {
-        let t = judge(&series(360, |_| 100.0), BOUND);
+        let t = judge(&series(360, |_| 100.0), BOUND, 1.0);
         assert!(t.flat, "{t:?}");
         assert_eq!(t.slope_per_hour, 0.0);
         assert_eq!(t.samples, 180);
@@ -175,7 +197,7 @@ mod tests {
     #[test]
     fn a_leak_after_warm_up_is_caught() {
         // 1 unit per minute = 60 per hour on a level of 100: far over 5 % and 2.
-        let t = judge(&series(360, |t| 100.0 + t / 60.0), BOUND);
+        let t = judge(&series(360, |t| 100.0 + t / 60.0), BOUND, 1.0);
         assert!(!t.flat, "{t:?}");
         assert!((t.slope_per_hour - 60.0).abs() < 1e-6);
         assert!(t.why.contains("excludes 0"));
@@ -184,7 +206,7 @@ mod tests {
     #[test]
     fn warm_up_growth_is_not_judged() {
         // Grows for the first half, then stays.
-        let t = judge(&series(360, |t| (t.min(1790.0)) / 10.0), BOUND);
+        let t = judge(&series(360, |t| (t.min(1790.0)) / 10.0), BOUND, 1.0);
         assert!(t.flat, "{t:?}");
     }
 
@@ -193,18 +215,38 @@ mod tests {
         let noisy = series(360, |t| {
             50.0 + if (t as u64 / 10) % 2 == 0 { 5.0 } else { -5.0 }
         });
-        assert!(judge(&noisy, BOUND).flat);
+        assert!(judge(&noisy, BOUND, 1.0).flat);
         // 1 per hour on a level of 50 (bound: max(2.5, 2)): real but within the bound.
-        let tiny = judge(&series(360, |t| 50.0 + t / 3600.0), BOUND);
+        let tiny = judge(&series(360, |t| 50.0 + t / 3600.0), BOUND, 1.0);
         assert!(tiny.flat, "{tiny:?}");
         assert!(tiny.why.contains("within the bound"));
     }
 
     #[test]
     fn too_few_samples_are_not_called_flat() {
-        let t = judge(&series(3, |_| 1.0), BOUND);
+        let t = judge(&series(3, |_| 1.0), BOUND, 1.0);
         assert!(!t.flat);
         assert!(t.why.contains("not judged"));
+    }
+
+    #[test]
+    fn short_runs_take_the_drift_over_their_judged_half() {
+        assert_eq!(horizon_hours(3600.0, 1800.0), 1.0);
+        assert_eq!(horizon_hours(120.0, 60.0), 60.0 / 3600.0);
+        // +3 over the judged minute of a 2-minute run: within an absolute bound of 4 over that
+        // minute, though it would be 180 per hour.
+        let step = series(13, |t| if t >= 80.0 { 24.0 } else { 21.0 });
+        let bound = DriftBound {
+            relative: 0.0,
+            absolute: 4.0,
+        };
+        assert!(judge(&step, bound, horizon_hours(120.0, 60.0)).flat);
+        assert!(!judge(&step, bound, 1.0).flat);
+        // A leak of 1 per 10 s over the judged minute (+6) is caught on the short horizon too.
+        let leak = series(13, |t| t / 10.0);
+        let t = judge(&leak, bound, horizon_hours(120.0, 60.0));
+        assert!(!t.flat, "{t:?}");
+        assert!(t.why.contains("over the judged 60 s"), "{}", t.why);
     }
 
     #[test]
