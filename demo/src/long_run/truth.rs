@@ -126,7 +126,12 @@ mod tests {
         }
     }
 
-    fn denial(reason: &str, volume: &'static str, fate: SnapshotFate, at: Instant) -> Denial<'_> {
+    fn denial<'a>(
+        reason: &'a str,
+        volume: &'static str,
+        fate: SnapshotFate,
+        at: Instant,
+    ) -> Denial<'a> {
         Denial {
             reason,
             backup: "backup-x",
