@@ -10,8 +10,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -55,7 +55,7 @@ fn run_to_report(
 ) -> Result<(PathBuf, String, Report)> {
     let out = temp_dir(what)?;
     let id = run_id(what);
-    let mut child = demo_command(Some(cluster.kubeconfig_path()), &out, &id, args).spawn()?;
+    let mut child = demo_command(Some(cluster.kubeconfig_path()), &out, &id, args)?.spawn()?;
     let status = wait_bounded(&mut child, Duration::from_secs(300))?;
     let mut stdout = String::new();
     if let Some(mut s) = child.stdout.take() {
@@ -299,7 +299,7 @@ async fn demo_sigint_mid_run_leaves_no_process() -> Result<()> {
             "--resync",
             "5",
         ],
-    )
+    )?
     .spawn()?;
     let demo_pid = child.id();
     let saw_webhook = wait_until(
@@ -360,7 +360,7 @@ fn demo_sigint_stops_its_own_control_plane() -> Result<()> {
             "--storm-seconds",
             "30",
         ],
-    )
+    )?
     .spawn()?;
     let demo_pid = child.id();
     let ready = wait_until(

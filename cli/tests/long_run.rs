@@ -45,7 +45,7 @@ async fn two_minute_long_run_meets_the_hours_goals() -> Result<()> {
             "--wave-backups",
             "80",
         ],
-    )
+    )?
     .spawn()?;
     // Two minutes of run plus set-up and tear-down; beyond that the run is stuck.
     let status = wait_bounded(&mut child, Duration::from_secs(420))?;

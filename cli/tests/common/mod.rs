@@ -147,7 +147,15 @@ pub fn temp_dir(what: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub fn demo_command(kubeconfig: Option<&Path>, out: &Path, id: &str, extra: &[&str]) -> Command {
+/// `longhorn-guard demo --out OUT EXTRA...` marked with `LHG_RUN_ID=id`, its stderr in
+/// `OUT/demo-stderr.log`, on the cluster of `kubeconfig` (else its own control plane).
+pub fn demo_command(
+    kubeconfig: Option<&Path>,
+    out: &Path,
+    id: &str,
+    extra: &[&str],
+) -> Result<Command> {
+    let stderr = std::fs::File::create(out.join("demo-stderr.log"))?;
     let mut cmd = Command::new(BIN);
     cmd.args(["--log-format", "text", "demo", "--out"])
         .arg(out)
@@ -156,13 +164,11 @@ pub fn demo_command(kubeconfig: Option<&Path>, out: &Path, id: &str, extra: &[&s
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(out.join("demo-stderr.log")).unwrap(),
-        ));
+        .stderr(Stdio::from(stderr));
     if let Some(k) = kubeconfig {
         cmd.arg("--kubeconfig").arg(k);
     }
-    cmd
+    Ok(cmd)
 }
 
 /// Waits for `child` to exit, at most `limit`; kills it on timeout.

@@ -213,7 +213,11 @@ mod tests {
     #[test]
     fn noise_without_trend_is_flat_and_a_tiny_trend_is_within_the_bound() {
         let noisy = series(360, |t| {
-            50.0 + if (t as u64 / 10) % 2 == 0 { 5.0 } else { -5.0 }
+            50.0 + if (t as u64 / 10).is_multiple_of(2) {
+                5.0
+            } else {
+                -5.0
+            }
         });
         assert!(judge(&noisy, BOUND, 1.0).flat);
         // 1 per hour on a level of 50 (bound: max(2.5, 2)): real but within the bound.

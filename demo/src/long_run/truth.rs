@@ -69,18 +69,20 @@ impl Truth<'_> {
             };
         };
         let node = self.volume_nodes.get(d.volume);
-        let (cap, in_scope): (u32, Box<dyn Fn(&InFlightSpan) -> bool>) = match scope {
-            "volume" => (self.caps.volume, Box::new(|s| s.volume == d.volume)),
-            "node" => (
-                self.caps.node,
-                Box::new(move |s| node.is_some() && self.volume_nodes.get(&s.volume) == node),
-            ),
-            "cluster" => (self.caps.cluster, Box::new(|_| true)),
+        let cap = match scope {
+            "volume" => self.caps.volume,
+            "node" => self.caps.node,
+            "cluster" => self.caps.cluster,
             other => {
                 return Err(fail(format!(
                     "throttle scope {other} is off in the long run's policy"
                 )));
             }
+        };
+        let in_scope = |s: &InFlightSpan| match scope {
+            "volume" => s.volume == d.volume,
+            "node" => node.is_some() && self.volume_nodes.get(&s.volume) == node,
+            _ => true,
         };
         let from = d.sent.checked_sub(self.slack).unwrap_or(d.sent);
         let to = d.answered + self.slack;
