@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kube::api::{ApiResource, DynamicObject};
@@ -311,25 +310,11 @@ async fn storm_and_observe(
     origin: Instant,
 ) -> Observed {
     let o = ctx.options;
-    let lost_mid = AtomicU64::new(0);
     let plan = &stage.plan;
     // Mid-storm loss: the snapshot of an admitted Backup disappears right away.
-    let (admitted_tx, mut admitted_rx) = mpsc::unbounded_channel::<usize>();
-    let loser = async {
-        while let Some(i) = admitted_rx.recv().await {
-            let Some(b) = plan.get(i) else { continue };
-            if b.fate != SnapshotFate::LostAfterAdmission {
-                continue;
-            }
-            let volume = i % o.volumes;
-            match world::lose_snapshot(ctx.client, ns, &stage.nodes, volume, &b.snapshot).await {
-                Ok(()) => {
-                    lost_mid.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => tracing::warn!(error = %e, "mid-storm snapshot loss failed"),
-            }
-        }
-    };
+    let (admitted_tx, admitted_rx) = mpsc::unbounded_channel::<usize>();
+    let loser =
+        world::lose_after_admission(ctx.client, ns, &stage.nodes, o.volumes, plan, admitted_rx);
 
     say(format!(
         "run {label}: storm of {} Backups (concurrency {}, spread over {:?}, run bounded to {:?}) ...",
@@ -379,14 +364,14 @@ async fn storm_and_observe(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    let ((attempts, storm_elapsed), (), ()) = tokio::join!(storm, observe, loser);
+    let ((attempts, storm_elapsed), (), lost_mid) = tokio::join!(storm, observe, loser);
     let _ = stop_tx.send(true);
     display.finish(&progress, tracker, controller);
     Observed {
         attempts,
         storm_elapsed,
         run_elapsed: origin.elapsed(),
-        snapshots_lost_mid_storm: lost_mid.load(Ordering::Relaxed),
+        snapshots_lost_mid_storm: lost_mid,
     }
 }
 

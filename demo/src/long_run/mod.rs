@@ -32,7 +32,7 @@ use crate::guard::{self, DemoPki, Served};
 use crate::inflight::InFlightTracker;
 use crate::probe::{EngineProbe, ProbeCounts};
 use crate::simulated_controller::{ControllerConfig, SimulatedController};
-use crate::storm::{self, Attempt, Outcome, PlannedBackup, SnapshotFate, StormConfig, StormShape};
+use crate::storm::{self, Attempt, Outcome, PlannedBackup, StormConfig, StormShape};
 use crate::world::{self, Nodes};
 use crate::{Cluster, DemoOptions, Started, say, shutdown_signal};
 use outage::ApiRelay;
@@ -529,22 +529,15 @@ impl Run<'_> {
         plan: &[PlannedBackup],
         stop: &watch::Receiver<bool>,
     ) -> Vec<Attempt> {
-        let (admitted_tx, mut admitted_rx) = mpsc::unbounded_channel::<usize>();
-        let loser = async {
-            while let Some(i) = admitted_rx.recv().await {
-                let Some(b) = plan.get(i) else { continue };
-                if b.fate != SnapshotFate::LostAfterAdmission {
-                    continue;
-                }
-                let volume = i % self.options.volumes;
-                if let Err(e) =
-                    world::lose_snapshot(self.client, self.ns, self.nodes, volume, &b.snapshot)
-                        .await
-                {
-                    tracing::warn!(error = format!("{e:#}"), "mid-storm snapshot loss failed");
-                }
-            }
-        };
+        let (admitted_tx, admitted_rx) = mpsc::unbounded_channel::<usize>();
+        let loser = world::lose_after_admission(
+            self.client,
+            self.ns,
+            self.nodes,
+            self.options.volumes,
+            plan,
+            admitted_rx,
+        );
         let config = StormConfig {
             concurrency: self.options.concurrency,
             spread: self.timetable.spread,
@@ -560,7 +553,7 @@ impl Run<'_> {
             Some(admitted_tx),
             stop.clone(),
         );
-        let (attempts, ()) = tokio::join!(storm, loser);
+        let (attempts, _) = tokio::join!(storm, loser);
         attempts
     }
 
