@@ -295,6 +295,7 @@ async fn body(
         guard: &guard,
         relay: &relay,
         probe_targets: Arc::default(),
+        waves_done: watch::Sender::new(0),
     };
     let observed = run.observe(first).await;
     nodes.shutdown().await;
@@ -317,6 +318,8 @@ struct Run<'a> {
     relay: &'a ApiRelay,
     /// `(volume, snapshot)` the engine probe asks the agents about, set at each wave.
     probe_targets: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// Waves whose CREATEs are all sent.
+    waves_done: watch::Sender<u32>,
 }
 
 /// What the run leaves to judge.
@@ -385,7 +388,7 @@ impl Run<'_> {
         let (waves, (rows, sample_errors), outage) = tokio::join!(
             waves,
             self.sample(origin, stop_rx.clone()),
-            self.outage(origin)
+            self.outage(origin, stop_rx.clone())
         );
         let _ = tokio::time::timeout(Duration::from_secs(5), probe).await;
         let leaked = controller.stats().leaked_connections;
@@ -435,11 +438,18 @@ impl Run<'_> {
     }
 
     /// Cuts the guard off the API server for the outage.
-    async fn outage(&self, origin: Instant) -> OutageFigures {
+    async fn outage(&self, origin: Instant, mut stop: watch::Receiver<bool>) -> OutageFigures {
         let t = &self.timetable;
         tokio::time::sleep_until(origin + t.outage_at).await;
+        // In the quiet gap: after the second wave's CREATEs, however late preparing it made them.
+        let mut done = self.waves_done.subscribe();
+        tokio::select! {
+            _ = done.wait_for(|done| *done >= 2) => {}
+            _ = stop.wait_for(|s| *s) => return OutageFigures::default(),
+        }
+        let at_seconds = origin.elapsed().as_secs_f64();
         say(format!(
-            "long run: API server outage for the guard ({:?})",
+            "long run: API server outage for the guard ({:?}) at {at_seconds:.0} s",
             t.outage
         ));
         self.relay.cut();
@@ -447,7 +457,7 @@ impl Run<'_> {
         self.relay.restore();
         say("long run: API server back");
         OutageFigures {
-            at_seconds: t.outage_at.as_secs_f64(),
+            at_seconds,
             seconds: t.outage.as_secs_f64(),
             connections_refused: self.relay.refused(),
         }
@@ -516,6 +526,7 @@ impl Run<'_> {
             for n in &self.nodes.nodes {
                 n.engine.clear_faults();
             }
+            self.waves_done.send_replace(k + 1);
             let figures = WaveFigures::of(k, started_at, fault_name, &attempts);
             waves.push((figures, plan, attempts));
         }

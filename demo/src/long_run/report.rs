@@ -320,6 +320,10 @@ pub fn judge(
     for s in series.iter().filter(|s| !s.trend.flat) {
         failures.push(format!("{} is not flat: {}", s.title, s.trend.why));
     }
+    if observed.outage.seconds == 0.0 {
+        failures
+            .push("the API server outage did not happen (the second wave never ended)".to_string());
+    }
     if !leaks.none() {
         failures.push(format!("the agents leaked: {leaks:?}"));
     }
