@@ -21,6 +21,8 @@
 //! each: review latency p50/p99 as a share of the 250 ms engine-check budget, and the fallback
 //! rate (engine checks that ended without a definite answer; live GETs that failed or reviews
 //! that hit their deadline). Without `LHG_TEST_KUBECONFIG` the live GET rows are skipped, said so.
+//! Each path is first measured straight over loopback in the same run: the baseline of the
+//! `p50 / loopback p50` ratios.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -377,11 +379,15 @@ mod rtt {
     use longhorn_guard_webhook::policy::DEFAULT_BUDGET_MS;
     use longhorn_guard_webhook::snapshot_source::ApiSnapshotSource;
 
+    const ENGINE_PATH: &str = "engine check (webhook → agent gRPC)";
+    const LIVE_GET_PATH: &str = "live GET on an index miss (webhook → kube-apiserver)";
+
     /// One phase's figures.
     struct Row {
         path: &'static str,
-        rtt: Duration,
-        measured_p50: Duration,
+        /// `None`: straight over loopback.
+        rtt: Option<Duration>,
+        measured_p50: Option<Duration>,
         concurrency: usize,
         p50_ms: f64,
         p99_ms: f64,
@@ -427,22 +433,38 @@ mod rtt {
         };
         let echo = probe::echo_server().await.unwrap();
         let mut rows = Vec::new();
-        for &rtt in rtts {
-            let config = LinkConfig::symmetric_rtt(rtt);
-            let echo_link = LinkEmulator::start(echo.local_addr(), config.clone())
-                .await
-                .unwrap();
-            let measured = probe::ping_pong(echo_link.local_addr(), 64, 50, 500)
-                .await
-                .unwrap()
-                .quantile(0.5);
-            drop(echo_link);
+        // `None` first: straight over loopback, the baseline of every ratio.
+        for rtt in std::iter::once(None).chain(rtts.iter().copied().map(Some)) {
+            let config = rtt.map(LinkConfig::symmetric_rtt);
+            let measured = match &config {
+                Some(config) => {
+                    let echo_link = LinkEmulator::start(echo.local_addr(), config.clone())
+                        .await
+                        .unwrap();
+                    let trips = probe::ping_pong(echo_link.local_addr(), 64, 50, 500)
+                        .await
+                        .unwrap();
+                    Some(trips.quantile(0.5))
+                }
+                None => None,
+            };
+            // An emulated link in front of `upstream` (kept while it is used), or `upstream`.
+            let link_to = |upstream: std::net::SocketAddr| {
+                let config = config.clone();
+                async move {
+                    match config {
+                        Some(c) => {
+                            let link = LinkEmulator::start(upstream, c).await.unwrap();
+                            (link.local_addr(), Some(link))
+                        }
+                        None => (upstream, None),
+                    }
+                }
+            };
 
-            // Engine check: webhook → emulated link → agent.
-            let link = LinkEmulator::start(rig.agent_addr, config.clone())
-                .await
-                .unwrap();
-            let state = rig.engine_checked(bench_policy(), rig.index(true), link.local_addr());
+            // Engine check: webhook → (emulated link →) agent.
+            let (agent, link) = link_to(rig.agent_addr).await;
+            let state = rig.engine_checked(bench_policy(), rig.index(true), agent);
             let app = router(state.clone());
             for concurrency in [1usize, 8] {
                 let before = checks(&state);
@@ -451,7 +473,7 @@ mod rtt {
                 let total = after.0 - before.0;
                 let definite = after.1 - before.1;
                 rows.push(Row {
-                    path: "engine check (webhook → agent gRPC)",
+                    path: ENGINE_PATH,
                     rtt,
                     measured_p50: measured,
                     concurrency,
@@ -467,7 +489,7 @@ mod rtt {
             }
             drop(link);
 
-            // Live GET: webhook → emulated link → kube-apiserver, on an index miss.
+            // Live GET: webhook → (emulated link →) kube-apiserver, on an index miss.
             if let Some((cluster, ns)) = &cluster {
                 let api = cluster.api_url();
                 let upstream = api
@@ -475,10 +497,8 @@ mod rtt {
                     .trim_end_matches('/')
                     .parse()
                     .unwrap();
-                let link = LinkEmulator::start(upstream, config).await.unwrap();
-                let client = cluster
-                    .client_via(&format!("https://{}", link.local_addr()))
-                    .unwrap();
+                let (api_addr, link) = link_to(upstream).await;
+                let client = cluster.client_via(&format!("https://{api_addr}")).unwrap();
                 let index = live_index(ns);
                 let state = AppState::new(
                     bench_policy(),
@@ -491,7 +511,7 @@ mod rtt {
                     let (p50, p99, unclean, reviews) =
                         phase(&app, (ns, "snap-live"), n, concurrency).await;
                     rows.push(Row {
-                        path: "live GET on an index miss (webhook → kube-apiserver)",
+                        path: LIVE_GET_PATH,
                         rtt,
                         measured_p50: measured,
                         concurrency,
@@ -506,18 +526,29 @@ mod rtt {
         }
         println!();
         println!(
-            "| path | RTT configured (measured p50) | concurrency | review p50 | p99 | share of the 250 ms budget p50 / p99 | fallback rate | reviews |"
+            "| path | RTT configured (measured p50) | concurrency | review p50 | p99 | p50 / loopback p50 | share of the 250 ms budget p50 / p99 | fallback rate | reviews |"
         );
-        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in &rows {
+            let baseline = rows
+                .iter()
+                .find(|b| b.rtt.is_none() && b.path == r.path && b.concurrency == r.concurrency)
+                .map_or(f64::NAN, |b| b.p50_ms);
+            let link = match (r.rtt, r.measured_p50) {
+                (Some(rtt), Some(m)) => format!(
+                    "{:.2} ms ({:.3} ms)",
+                    rtt.as_secs_f64() * 1000.0,
+                    m.as_secs_f64() * 1000.0
+                ),
+                _ => "loopback, no emulator".to_string(),
+            };
             println!(
-                "| {} | {:.2} ms ({:.3} ms) | {} | {:.2} ms | {:.2} ms | {:.1} % / {:.1} % | {:.2} % | {} |",
+                "| {} | {link} | {} | {:.2} ms | {:.2} ms | {:.2}x | {:.1} % / {:.1} % | {:.2} % | {} |",
                 r.path,
-                r.rtt.as_secs_f64() * 1000.0,
-                r.measured_p50.as_secs_f64() * 1000.0,
                 r.concurrency,
                 r.p50_ms,
                 r.p99_ms,
+                r.p50_ms / baseline,
                 budget_share(r.p50_ms),
                 budget_share(r.p99_ms),
                 100.0 * r.fallback,
