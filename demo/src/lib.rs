@@ -2,7 +2,9 @@
 //! power-failure Backup storm twice on a local control plane (a real kube-apiserver + etcd on
 //! loopback) — once without the guard, once with the webhook and the agents — against a
 //! simulated v1.7.2 backup controller that leaks a gRPC connection per reconcile of a stuck
-//! Backup, and reports both runs side by side (JSON, Markdown, SVG).
+//! Backup, and reports both runs side by side (JSON, Markdown, SVG). With
+//! `--long-run-minutes N`, [`long_run`] runs the same topology for N minutes instead (storm
+//! waves, engine faults, an API server outage) and judges whether the guard stays flat.
 //!
 //! Reusable pieces: [`storm`] (the storm generator) and [`simulated_controller`] (the leaky
 //! controller). This crate must not touch anything but loopback addresses (127.0.0.0/8) and
