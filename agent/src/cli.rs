@@ -5,7 +5,11 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
-use crate::{AgentConfig, ManagerMonitorConfig, ProcessMatch, parse_process_match};
+use std::time::Duration;
+
+use crate::{
+    AgentConfig, ManagerMonitorConfig, NodeVerdictConfig, ProcessMatch, parse_process_match,
+};
 
 /// The agent's gRPC API (TLS).
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -59,6 +63,11 @@ pub struct AgentArgs {
     /// longhorn-manager's own metrics, e.g. `http://127.0.0.1:9500/metrics` in sidecar mode.
     #[arg(long, env = "LHG_MANAGER_METRICS_URL")]
     pub manager_metrics_url: Option<String>,
+    /// How often the manager monitor samples longhorn-manager (and feeds the verdict),
+    /// milliseconds. A demo or test stand samples faster than the 15 s default.
+    #[arg(long, env = "LHG_MANAGER_MONITOR_INTERVAL_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub manager_monitor_interval_ms: u64,
     /// Where procfs is mounted (the host's with hostPID, the pod's in sidecar mode).
     #[arg(long, env = "LHG_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
@@ -66,6 +75,35 @@ pub struct AgentArgs {
     /// stand (the demo's fake instance managers) may serve it on another.
     #[arg(long, env = "LHG_ENGINE_PROXY_PORT", default_value_t = longhorn_guard_proto::ENGINE_PROXY_PORT)]
     pub engine_proxy_port: u16,
+    /// Do not judge and publish the node's longhorn-manager verdict (it needs the manager
+    /// monitor; without it there is no verdict either).
+    #[arg(long, env = "LHG_NO_NODE_VERDICT")]
+    pub no_node_verdict: bool,
+    /// This agent's pod name (downward API): the holder of the node's verdict Lease and the
+    /// reporting instance of its Events. Default: `longhorn-guard-agent@<node>`.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// The guard's namespace, where the node's verdict Lease is kept (the webhook reads it
+    /// there). The DaemonSet passes its own namespace.
+    #[arg(long, env = "LHG_VERDICT_NAMESPACE", default_value = crate::node_verdict::DEFAULT_LEASE_NAMESPACE)]
+    pub verdict_namespace: String,
+    /// Where the Events on the Node about verdict changes are written (the Events of a
+    /// cluster-scoped object live in `default`).
+    #[arg(long, env = "LHG_VERDICT_EVENT_NAMESPACE", default_value = crate::node_verdict::DEFAULT_EVENT_NAMESPACE)]
+    pub verdict_event_namespace: String,
+    /// How often the verdict Lease is renewed (and the policy file looked at), seconds.
+    #[arg(long, env = "LHG_VERDICT_RENEW_SECONDS", default_value_t = crate::node_verdict::DEFAULT_RENEW_PERIOD.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub verdict_renew_seconds: u64,
+    /// How long the verdict stays valid without a renewal (`leaseDurationSeconds`): a dead
+    /// agent's verdict expires after it. Longer than the renew period.
+    #[arg(long, env = "LHG_VERDICT_LEASE_SECONDS", default_value_t = crate::node_verdict::DEFAULT_LEASE_DURATION.as_secs(),
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub verdict_lease_seconds: u64,
+    /// The policy file (the webhook's ConfigMap): the verdict's `nodeProtection.thresholds`
+    /// are read from it and again whenever it changes. Defaults when absent.
+    #[arg(long, env = "LHG_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
     /// Async runtime worker threads. The agent's work is a few calls at a time, so it does
     /// not follow the node's core count (a 64-core node would otherwise get 64 threads and
     /// their allocator arenas).
@@ -75,7 +113,8 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    /// The agent's configuration; the manager monitor is on unless `--no-manager-monitor`.
+    /// The agent's configuration; the manager monitor is on unless `--no-manager-monitor`,
+    /// the node verdict with it unless `--no-node-verdict`.
     pub fn config(self) -> AgentConfig {
         let mut config = AgentConfig::new(self.node);
         config.namespace = self.namespace;
@@ -92,7 +131,27 @@ impl AgentArgs {
             monitor.pprof_goroutine_url = self.manager_pprof_url;
             monitor.manager_metrics_url = self.manager_metrics_url;
             monitor.proc_root = self.proc_root;
+            monitor.interval = Duration::from_millis(self.manager_monitor_interval_ms);
+            // The engine proxy is an instance-manager port wherever it is served (a test
+            // stand's fake instance managers may serve it outside 8500..=8504).
+            monitor.engine_proxy_port = self.engine_proxy_port;
+            if !monitor.im_ports.contains(&self.engine_proxy_port) {
+                monitor.im_ports = self.engine_proxy_port..=self.engine_proxy_port;
+            }
             config.manager_monitor = Some(monitor);
+            if !self.no_node_verdict {
+                let holder = self
+                    .pod_name
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| format!("longhorn-guard-agent@{}", config.node_name));
+                let mut verdict = NodeVerdictConfig::new(holder);
+                verdict.lease_namespace = self.verdict_namespace;
+                verdict.event_namespace = self.verdict_event_namespace;
+                verdict.renew_period = Duration::from_secs(self.verdict_renew_seconds);
+                verdict.lease_duration = Duration::from_secs(self.verdict_lease_seconds);
+                verdict.policy_file = self.policy_file;
+                config.node_verdict = Some(verdict);
+            }
         }
         config
     }
@@ -139,5 +198,34 @@ mod tests {
         assert_eq!(from_flags.server_key, default.server_key);
         assert_eq!(from_flags.client_ca, default.client_ca);
         assert_eq!(from_flags.engine_proxy_port, default.engine_proxy_port);
+        let (Some(monitor), fresh) = (
+            from_flags.manager_monitor,
+            ManagerMonitorConfig::for_node("node-1"),
+        ) else {
+            panic!("the manager monitor is on by default");
+        };
+        assert_eq!(monitor.interval, fresh.interval);
+        assert_eq!(monitor.im_ports, fresh.im_ports);
+        assert_eq!(monitor.engine_proxy_port, fresh.engine_proxy_port);
+    }
+
+    /// A stand serving the engine proxy outside 8500..=8504 (the demo's fake instance managers
+    /// when 8501 is taken): the monitor counts the manager's connections to that port.
+    #[test]
+    fn the_monitor_counts_connections_to_the_engine_proxy_port_it_is_told() {
+        let Ok(flags) = Flags::try_parse_from([
+            "agent",
+            "--node=node-1",
+            "--engine-proxy-port=40123",
+            "--manager-monitor-interval-ms=500",
+        ]) else {
+            panic!("the flags parse");
+        };
+        let Some(monitor) = flags.agent.config().manager_monitor else {
+            panic!("the manager monitor is on");
+        };
+        assert_eq!(monitor.im_ports, 40123..=40123);
+        assert_eq!(monitor.engine_proxy_port, 40123);
+        assert_eq!(monitor.interval, Duration::from_millis(500));
     }
 }

@@ -43,6 +43,9 @@ pub struct AgentConfig {
     /// The longhorn-manager leak monitor embedded in the agent (the agent must run with
     /// `hostPID` or share longhorn-manager's process namespace); `None` turns it off.
     pub manager_monitor: Option<ManagerMonitorConfig>,
+    /// The node's leak verdict, judged from the manager monitor's samples and published in a
+    /// Lease (needs the monitor and a Kubernetes client); `None` turns it off.
+    pub node_verdict: Option<crate::node_verdict::NodeVerdictConfig>,
 }
 
 impl AgentConfig {
@@ -63,6 +66,7 @@ impl AgentConfig {
             pool: PoolConfig::default(),
             tls_reload_interval: Duration::from_secs(3),
             manager_monitor: None,
+            node_verdict: None,
         }
     }
 
@@ -96,6 +100,9 @@ impl AgentConfig {
                 "the longhorn-manager monitor is set up for node {:?} but the agent serves node {:?}",
                 monitor.node, self.node_name
             )));
+        }
+        if let Some(verdict) = &self.node_verdict {
+            verdict.validate().map_err(ConfigError::Invalid)?;
         }
         self.pool.validate()
     }

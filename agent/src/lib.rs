@@ -5,7 +5,8 @@
 //! concurrent calls, a deadline on every call, a circuit breaker, and exact opened/closed and
 //! acquired/released accounting exported as metrics. This crate must not open a gRPC client per
 //! call, hold a call past its deadline, ping faster than Longhorn's 10 s keepalive minimum, or
-//! write to the cluster: it only reads Engines and InstanceManagers.
+//! write to the cluster beyond its node's verdict Lease and its Events (it reads Engines and
+//! InstanceManagers).
 
 pub mod cli;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod connect;
 pub mod engine_client;
 pub mod engine_index;
 pub mod metrics;
+pub mod node_verdict;
 pub mod pool;
 pub mod server;
 pub mod snapshot_service;
@@ -25,6 +27,7 @@ pub use longhorn_guard_manager_monitor::{ManagerMonitorConfig, ProcessMatch};
 /// The endpoint circuit breaker (shared with the webhook).
 pub use longhorn_guard_runtime::breaker;
 pub use metrics::PoolMetrics;
+pub use node_verdict::{NodeVerdictConfig, VerdictState};
 pub use pool::{EndpointStatus, LeasePool, PoolLiveness};
 pub use server::{Agent, run};
 pub use snapshot_service::SnapshotApi;

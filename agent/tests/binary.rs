@@ -53,6 +53,7 @@ fn curl_code(url: &str) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn the_manifests_agent_args_run_the_dedicated_executable_until_sigterm() -> Result<()> {
     let daemonset = manifest_args("base/agent-daemonset.yaml");
     let sidecar = manifest_args("sidecar/longhorn-manager-sidecar.yaml");

@@ -4,7 +4,7 @@
 //! nothing leaks, and the process's fds and RSS are back near their baseline. Alone in its own
 //! test binary so fd counts are undisturbed.
 //!
-//! In the suite each fault lasts 3 s (~13 s in all). `LHG_ENGINE_FAULT_SECS=60` makes it the
+//! In the suite each fault lasts 3 s (~13 s in all). `LHG_TEST_ENGINE_FAULT_SECS=60` makes it the
 //! minutes-long run (`bash scripts/reliability.sh engine-faults`, ~3.3 min; capped at 600 s per
 //! fault): fds, RSS and the lease book are sampled at the start, middle and end of each fault
 //! and breaker transitions are counted, all printed as a table (`--no-capture`).
@@ -35,16 +35,12 @@ fn config() -> PoolConfig {
     }
 }
 
-/// Seconds per fault: `LHG_ENGINE_FAULT_SECS` (1..=600), else 3.
+/// Seconds per fault: `LHG_TEST_ENGINE_FAULT_SECS` (1..=600), else 3.
 fn fault_secs() -> u64 {
-    match std::env::var("LHG_ENGINE_FAULT_SECS") {
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|s| (1..=600).contains(s))
-            .unwrap_or_else(|| panic!("LHG_ENGINE_FAULT_SECS={v:?}: want whole seconds, 1..=600")),
-        Err(_) => 3,
+    match longhorn_guard_testkit::test_env().engine_fault_secs {
+        Some(s) if (1..=600).contains(&s) => s,
+        Some(s) => panic!("LHG_TEST_ENGINE_FAULT_SECS={s}: want whole seconds, 1..=600"),
+        None => 3,
     }
 }
 

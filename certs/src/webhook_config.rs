@@ -66,61 +66,115 @@ pub async fn patch_ca_bundle(
     selector: &WebhookSelector,
     bundle_pem: &str,
 ) -> Result<BundleOutcome> {
+    match kind {
+        ConfigKind::Validating => {
+            patch_ca_bundle_of::<ValidatingWebhookConfiguration>(
+                client, kind, name, selector, bundle_pem,
+            )
+            .await
+        }
+        ConfigKind::Mutating => {
+            patch_ca_bundle_of::<MutatingWebhookConfiguration>(
+                client, kind, name, selector, bundle_pem,
+            )
+            .await
+        }
+    }
+}
+
+/// A configuration's resourceVersion and its entries as (entry name, client config).
+type Entries = (Option<String>, Vec<(String, WebhookClientConfig)>);
+
+/// What this module needs of both kinds of webhook configuration.
+trait WebhookConfiguration:
+    kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + k8s_openapi::serde::de::DeserializeOwned
+{
+    fn entries(self) -> Entries;
+}
+
+impl WebhookConfiguration for ValidatingWebhookConfiguration {
+    fn entries(self) -> Entries {
+        let webhooks = self.webhooks.unwrap_or_default().into_iter();
+        let entries = webhooks.map(|w| (w.name, w.client_config)).collect();
+        (self.metadata.resource_version, entries)
+    }
+}
+
+impl WebhookConfiguration for MutatingWebhookConfiguration {
+    fn entries(self) -> Entries {
+        let webhooks = self.webhooks.unwrap_or_default().into_iter();
+        let entries = webhooks.map(|w| (w.name, w.client_config)).collect();
+        (self.metadata.resource_version, entries)
+    }
+}
+
+/// [`patch_ca_bundle`] for configurations of type `K` (`kind` names it in errors).
+async fn patch_ca_bundle_of<K: WebhookConfiguration>(
+    client: Client,
+    kind: ConfigKind,
+    name: &str,
+    selector: &WebhookSelector,
+    bundle_pem: &str,
+) -> Result<BundleOutcome> {
     let api_err = |action, e| Error::WebhookConfigApi {
         action,
         kind: kind.as_str(),
         name: name.to_string(),
         source: Box::new(e),
     };
-    // (resourceVersion, [(entry name, client config)])
-    let (rv, entries) = match kind {
-        ConfigKind::Validating => {
-            let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-            match api.get_opt(name).await.map_err(|e| api_err("reading", e))? {
-                None => return Ok(BundleOutcome::Absent),
-                Some(c) => (
-                    c.metadata.resource_version,
-                    c.webhooks
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|w| (w.name, w.client_config))
-                        .collect::<Vec<_>>(),
-                ),
-            }
-        }
-        ConfigKind::Mutating => {
-            let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-            match api.get_opt(name).await.map_err(|e| api_err("reading", e))? {
-                None => return Ok(BundleOutcome::Absent),
-                Some(c) => (
-                    c.metadata.resource_version,
-                    c.webhooks
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|w| (w.name, w.client_config))
-                        .collect::<Vec<_>>(),
-                ),
-            }
-        }
+    let api = Api::<K>::all(client);
+    let Some((rv, entries)) = api
+        .get_opt(name)
+        .await
+        .map_err(|e| api_err("reading", e))?
+        .map(K::entries)
+    else {
+        return Ok(BundleOutcome::Absent);
     };
     let bundle = ByteString(bundle_pem.as_bytes().to_vec());
+    let (selected, to_patch) = entries_to_patch(&entries, selector, &bundle);
+    if to_patch.is_empty() {
+        return Ok(BundleOutcome::Unchanged(selected));
+    }
+    let patch = ca_bundle_patch(rv, &to_patch, &bundle)?;
+    api.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .map_err(|e| api_err("patching caBundle of", e))?;
+    Ok(BundleOutcome::Patched(to_patch))
+}
+
+/// The names of the entries `selector` selects, and of those among them whose `caBundle` is
+/// not `bundle` yet.
+fn entries_to_patch(
+    entries: &[(String, WebhookClientConfig)],
+    selector: &WebhookSelector,
+    bundle: &ByteString,
+) -> (Vec<String>, Vec<String>) {
     let mut selected = Vec::new();
     let mut to_patch = Vec::new();
-    for (entry, cc) in &entries {
+    for (entry, cc) in entries {
         if !selector.selects(entry, cc) {
             continue;
         }
         selected.push(entry.clone());
-        if cc.ca_bundle.as_ref() != Some(&bundle) {
+        if cc.ca_bundle.as_ref() != Some(bundle) {
             to_patch.push(entry.clone());
         }
     }
-    if to_patch.is_empty() {
-        return Ok(BundleOutcome::Unchanged(selected));
-    }
-    // A strategic merge patch keyed by webhook name touches only the listed entries; the
-    // resourceVersion makes it fail (409) if the configuration changed since it was read.
-    let b64 = serde_json::to_value(&bundle).map_err(|e| Error::Option {
+    (selected, to_patch)
+}
+
+/// A strategic merge patch keyed by webhook name touches only the listed entries; the
+/// resourceVersion makes it fail (409) if the configuration changed since it was read.
+fn ca_bundle_patch(
+    rv: Option<String>,
+    to_patch: &[String],
+    bundle: &ByteString,
+) -> Result<serde_json::Value> {
+    let b64 = serde_json::to_value(bundle).map_err(|e| Error::Option {
         option: "caBundle",
         reason: e.to_string(),
     })?;
@@ -128,24 +182,8 @@ pub async fn patch_ca_bundle(
         .iter()
         .map(|n| json!({ "name": n, "clientConfig": { "caBundle": b64 } }))
         .collect();
-    let patch = json!({
+    Ok(json!({
         "metadata": { "resourceVersion": rv },
         "webhooks": webhooks,
-    });
-    let pp = PatchParams::default();
-    match kind {
-        ConfigKind::Validating => {
-            Api::<ValidatingWebhookConfiguration>::all(client)
-                .patch(name, &pp, &Patch::Strategic(patch))
-                .await
-                .map_err(|e| api_err("patching caBundle of", e))?;
-        }
-        ConfigKind::Mutating => {
-            Api::<MutatingWebhookConfiguration>::all(client)
-                .patch(name, &pp, &Patch::Strategic(patch))
-                .await
-                .map_err(|e| api_err("patching caBundle of", e))?;
-        }
-    }
-    Ok(BundleOutcome::Patched(to_patch))
+    }))
 }

@@ -48,6 +48,22 @@ enum Command {
     /// control plane (or the cluster of --kubeconfig) and report side by side.
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
+    /// The demo's simulated longhorn-manager (a process per node of the slow-leak run, driven
+    /// by the demo over stdin). Not for use outside the demo.
+    #[cfg(feature = "demo")]
+    #[command(name = "demo-manager", hide = true)]
+    DemoManager(DemoManagerArgs),
+}
+
+#[cfg(feature = "demo")]
+#[derive(clap::Args)]
+struct DemoManagerArgs {
+    /// The simulated node (in the command line, for the agent's process match).
+    #[arg(long)]
+    node: String,
+    /// Tells the demo's processes apart in the command line.
+    #[arg(long)]
+    instance: String,
 }
 
 #[cfg(feature = "demo")]
@@ -107,6 +123,12 @@ struct DemoArgs {
     /// Long run: seconds between two samples.
     #[arg(long, default_value_t = 10)]
     sample_seconds: u64,
+    /// Seconds of each half of the third run, "slow leak" (loop off, loop enforcing); 0 skips it.
+    #[arg(long, default_value_t = 45)]
+    slow_leak_seconds: u64,
+    /// Backups a second in the slow-leak run (under the static caps).
+    #[arg(long, default_value_t = 4.0)]
+    slow_leak_rate: f64,
 }
 
 /// The executable's name when kubectl runs it as a plugin (`kubectl longhorn-guard ...`:
@@ -161,6 +183,11 @@ fn main() -> ExitCode {
         Command::Certs(cmd) => block_on(run_certs(cmd, kube)),
         #[cfg(feature = "demo")]
         Command::Demo(a) => block_on(run_demo(a, kube)),
+        #[cfg(feature = "demo")]
+        Command::DemoManager(a) => {
+            tracing::debug!(node = %a.node, instance = %a.instance, "simulated longhorn-manager");
+            longhorn_guard_demo::manager::serve_stdin()
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,6 +230,8 @@ async fn run_demo(a: DemoArgs, kube: KubeArgs) -> anyhow::Result<()> {
         kubeconfig: kube.kubeconfig,
         control_plane_dir: a.control_plane_dir,
         node_address: a.node_address,
+        slow_leak: Duration::from_secs(a.slow_leak_seconds),
+        slow_leak_rate: a.slow_leak_rate,
         ..Default::default()
     };
     if let Some(minutes) = a.long_run_minutes {
@@ -230,8 +259,13 @@ async fn run_demo(a: DemoArgs, kube: KubeArgs) -> anyhow::Result<()> {
     let report = longhorn_guard_demo::run(options).await?;
     print!("{}", report.markdown());
     println!(
-        "\nWritten to {}: report.json, report.md, in-flight.svg, logs/",
-        a.out.display()
+        "\nWritten to {}: report.json, report.md, in-flight.svg{}, logs/",
+        a.out.display(),
+        if report.slow_leak.is_empty() {
+            ""
+        } else {
+            ", slow-leak.svg"
+        }
     );
     Ok(())
 }

@@ -230,6 +230,7 @@ async fn stream(
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn bootstrapped_certificates_are_served_called_by_the_api_server_and_rotate_without_a_failed_request()
 -> Result<()> {
     longhorn_guard_runtime::install_crypto_provider();

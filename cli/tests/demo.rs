@@ -56,7 +56,7 @@ fn run_to_report(
     let out = temp_dir(what)?;
     let id = run_id(what);
     let mut child = demo_command(Some(cluster.kubeconfig_path()), &out, &id, args)?.spawn()?;
-    let status = wait_bounded(&mut child, Duration::from_secs(300))?;
+    let status = wait_bounded(&mut child, Duration::from_secs(420))?;
     let mut stdout = String::new();
     if let Some(mut s) = child.stdout.take() {
         use std::io::Read;
@@ -90,6 +90,7 @@ async fn by_state(cluster: &TestCluster, ns: &str) -> Result<BTreeMap<String, u6
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let (out, stdout, report) = run_to_report(
@@ -108,12 +109,15 @@ async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
             "10",
             "--resync",
             "5",
+            "--slow-leak-seconds",
+            "30",
         ],
     )?;
     for f in [
         "report.json",
         "report.md",
         "in-flight.svg",
+        "slow-leak.svg",
         "logs/webhook.log",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
@@ -198,7 +202,85 @@ async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
         agent.channels_created
     );
     assert!(a.agent.is_none());
+    check_slow_leak(&cluster, &report, &stdout).await?;
     let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}
+
+/// The third run, "slow leak": the leaky node's real agent turned it `leaking` and the webhook
+/// saw it in both halves; with the loop open the node's Backups kept being admitted while it was
+/// `leaking`, with the loop closed none was (and only that node's were refused), and its
+/// manager leaked less.
+async fn check_slow_leak(cluster: &TestCluster, report: &Report, stdout: &str) -> Result<()> {
+    assert!(stdout.contains("| figure | C: slow leak, loop off | C: slow leak, loop enforce |"));
+    let [off, on] = report.slow_leak.as_slice() else {
+        bail!("two slow-leak runs expected: {:?}", report.slow_leak);
+    };
+    assert_eq!((off.mode.as_str(), on.mode.as_str()), ("off", "enforce"));
+    for r in [off, on] {
+        eprintln!(
+            "{}: leak start {:?} s, protected {:?} s, spans {:?}, admitted while leaking {}, peak {} connections / {:.0} MiB",
+            r.label,
+            r.leak_started_s,
+            r.protected_at_s,
+            r.leaking_spans,
+            r.leaky_node_admitted_while_leaking,
+            r.peak_connections,
+            r.peak_rss_mib
+        );
+        assert_eq!(
+            by_state(cluster, &r.namespace).await?,
+            r.backups_by_state,
+            "{}: states vs API server",
+            r.label
+        );
+        assert_eq!(r.errors, 0, "{}: CREATE errors", r.label);
+        let took = r.time_to_protection_s.with_context(|| {
+            format!(
+                "{}: the webhook never saw {} leaking",
+                r.label, r.leaky_node
+            )
+        })?;
+        assert!(took > 0.0, "{}: protected before the leak started", r.label);
+        assert!(
+            r.samples.iter().any(|s| s.agent_verdict == "leaking"),
+            "{}: the agent's own verdict",
+            r.label
+        );
+        assert!(
+            r.peak_connections > 0 && r.peak_rss_mib > 0.0,
+            "{}",
+            r.label
+        );
+        assert!(!r.leak_cap_hit, "{}", r.label);
+    }
+    // The loop open: nothing refused, the leaky node's Backups admitted while it was leaking.
+    assert!(
+        off.denied_by_reason.is_empty(),
+        "{:?}",
+        off.denied_by_reason
+    );
+    assert!(off.leaky_node_admitted_while_leaking > 0, "{off:?}");
+    // The loop closed: none admitted while leaking, only the leaky node's refused, for that.
+    assert_eq!(on.leaky_node_admitted_while_leaking, 0, "{on:?}");
+    let refused = on
+        .denied_by_reason
+        .get("node_leaking")
+        .copied()
+        .unwrap_or(0);
+    assert!(refused > 0, "{:?}", on.denied_by_reason);
+    assert_eq!(refused, on.leaky_node_denied, "{:?}", on.denied_by_reason);
+    assert_eq!(on.denied_by_reason.len(), 1, "{:?}", on.denied_by_reason);
+    assert!(
+        on.admitted > on.leaky_node_admitted,
+        "the healthy nodes' Backups were admitted"
+    );
+    assert!(
+        on.leaked_by_controller < off.leaked_by_controller,
+        "the loop slowed the leak: {} vs {}",
+        on.leaked_by_controller,
+        off.leaked_by_controller
+    );
     Ok(())
 }
 
@@ -206,6 +288,7 @@ async fn demo_small_storm_report_matches_the_api_server() -> Result<()> {
 /// answers, as a stray process would): the demo serves its fake instance managers on another port
 /// and tells the agents, so every engine check through them reaches an engine.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let r: u32 = rand::random();
@@ -241,6 +324,8 @@ async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> R
             "3",
             "--node-address",
             &base_arg,
+            "--slow-leak-seconds",
+            "0",
         ],
     )?;
     for run in &report.runs {
@@ -277,6 +362,7 @@ async fn demo_with_8501_taken_on_a_node_address_tells_the_agents_the_port() -> R
 /// SIGINT while the webhook and the storm run: the demo exits non-zero and nothing it started
 /// (webhook, agents) is left.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn demo_sigint_mid_run_leaves_no_process() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let out = temp_dir("sigint")?;
@@ -337,10 +423,10 @@ async fn demo_sigint_mid_run_leaves_no_process() -> Result<()> {
 }
 
 /// The same with the demo's own control plane: after SIGINT, etcd and kube-apiserver are gone
-/// too. Ignored by default because tests must not start clusters; run it by hand with
-/// `cargo test -p longhorn-guard --test demo -- --ignored`.
+/// too. Ignored by a plain test run because it starts a cluster of its own (the control-plane
+/// scripts and the cached kube-apiserver); `scripts/test.sh` runs it (`--run-ignored all`).
 #[test]
-#[ignore = "starts its own control plane (kube-apiserver + etcd)"]
+#[ignore = "starts its own control plane (kube-apiserver + etcd): bash scripts/test.sh"]
 fn demo_sigint_stops_its_own_control_plane() -> Result<()> {
     let out = temp_dir("sigint-cp")?;
     let id = run_id("sigint-cp");

@@ -30,7 +30,7 @@
 //! `url: https://127.0.0.1:PORT/validate/backups` (caBundle kept), because the local control
 //! plane has no Service network; hence the extra `127.0.0.1` SAN in step 2.
 //!
-//! Needs `LHG_TEST_KUBECONFIG`, `LHG_HELM` and `LHG_KUBECTL` (scripts/test.sh sets all three).
+//! Needs `LHG_TEST_KUBECONFIG`, `LHG_TEST_HELM` and `LHG_TEST_KUBECTL` (scripts/test.sh sets all three).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -54,8 +54,8 @@ fn chart() -> PathBuf {
 /// helm or kubectl against the test cluster only (its kubeconfig, a private helm home, and a
 /// private HOME: kubectl's discovery cache goes to `$HOME/.kube/cache`, and with no HOME it
 /// lands in the working directory, the crate's source tree).
-fn client(cluster: &TestCluster, var: &str, home: &Path) -> Command {
-    let mut cmd = cluster.command(common::tool(var));
+fn client(cluster: &TestCluster, program: &Path, home: &Path) -> Command {
+    let mut cmd = cluster.command(program);
     cmd.env("HOME", home)
         .env("HELM_CONFIG_HOME", home.join("config"))
         .env("HELM_CACHE_HOME", home.join("cache"))
@@ -470,14 +470,16 @@ impl Drop for Killed {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn helm_install_then_the_installed_pieces_guard_backups() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let guard = cluster.namespace("helm-guard").await?;
     let longhorn = cluster.namespace("helm-longhorn").await?;
     let work = std::env::temp_dir().join(format!("lhg-helm-install-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&work)?;
-    let helm = || client(&cluster, "LHG_HELM", &work);
-    let kubectl = || client(&cluster, "LHG_KUBECTL", &work);
+    let (helm_binary, kubectl_binary) = (common::helm(), common::kubectl());
+    let helm = || client(&cluster, &helm_binary, &work);
+    let kubectl = || client(&cluster, &kubectl_binary, &work);
 
     // Kubernetes 1.20 does not label namespaces with their name; the registration selects on
     // it (NOTES.txt tells 1.20 users to do this).

@@ -9,7 +9,7 @@
 //!   field to a non-default value pass the schema, render into the ConfigMap, and load in the
 //!   webhook with each value in force.
 //!
-//! Needs `LHG_HELM` (scripts/test.sh exports it).
+//! Needs `LHG_TEST_HELM` (scripts/test.sh exports it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -24,12 +24,9 @@ fn chart() -> PathBuf {
 }
 
 fn helm() -> Command {
-    let helm = std::env::var_os("LHG_HELM")
-        .filter(|p| Path::new(p).is_file())
-        .expect(
-            "LHG_HELM is not set to the helm binary: run through `bash scripts/test.sh`, or \
-             `source scripts/lib.sh && ensure_helm_kubectl` before cargo nextest",
-        );
+    let helm = longhorn_guard_testkit::test_env()
+        .helm()
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = Command::new(helm);
     cmd.env("KUBECONFIG", "/dev/null");
     cmd
@@ -89,6 +86,7 @@ fn the_schema_and_the_webhook_know_the_same_policy_fields() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn a_policy_setting_every_field_renders_into_what_the_webhook_loads() {
     let exemptions = json!({
         "labels": {"team": "storage", "longhorn-guard.io/restored-by-prune": "true"},
@@ -137,6 +135,21 @@ fn a_policy_setting_every_field_renders_into_what_the_webhook_loads() {
             "writes": rate(60.0, 4),
             "queueCapacity": 256,
             "maxSeries": 512,
+        },
+        "nodeProtection": {
+            "mode": "warn",
+            "manualBackups": "allow-with-warning",
+            "exemptions": exemptions,
+            "thresholds": {
+                "windowSeconds": 120,
+                "floorSeconds": 30,
+                "enterAfterSeconds": 60,
+                "recoverAfterSeconds": 180,
+                "degrading": {"minConnections": 50, "connectionsPerMinute": 5.5, "minRssMib": 256, "rssMibPerMinute": 2.5},
+                "leaking": {"minConnections": 400, "connectionsPerMinute": 40.5, "minRssMib": 768, "rssMibPerMinute": 10.5},
+            },
+            "leaseWriters": "require-node-identity",
+            "agentServiceAccount": "guard-agent",
         },
     });
     let dir = std::env::temp_dir().join(format!("lhg-helm-policy-{}", std::process::id()));

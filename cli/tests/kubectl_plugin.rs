@@ -1,4 +1,4 @@
-//! `kubectl longhorn-guard ...` with the real kubectl v1.33.9 (`LHG_KUBECTL`, installed by
+//! `kubectl longhorn-guard ...` with the real kubectl v1.33.9 (`LHG_TEST_KUBECTL`, installed by
 //! `scripts/test.sh`): the guard's binary under the plugin name `kubectl-longhorn_guard` on
 //! `PATH` (what the README's install step makes) is found by `kubectl plugin list`, and
 //! `doctor` / `prune` run through kubectl against the local control plane with kubectl's own
@@ -18,13 +18,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_longhorn-guard");
 const PLUGIN: &str = "kubectl-longhorn_guard";
 
 fn kubectl_binary() -> PathBuf {
-    match std::env::var_os("LHG_KUBECTL") {
-        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
-        _ => panic!(
-            "LHG_KUBECTL is not set to the kubectl v1.33.9 binary: run through `bash scripts/test.sh`, \
-             or `source scripts/lib.sh && ensure_helm_kubectl` (exports LHG_KUBECTL) before cargo nextest"
-        ),
-    }
+    longhorn_guard_testkit::test_env()
+        .kubectl()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone()
 }
 
 /// A directory holding only the plugin (a symlink to the guard's binary, as the README's
@@ -87,6 +84,7 @@ fn current_context(kubeconfig: &Path) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn kubectl_finds_the_plugin_and_runs_doctor_and_prune_through_it() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("plugin").await?;

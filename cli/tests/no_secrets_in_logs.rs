@@ -178,12 +178,12 @@ fn assert_clean(label: &str, out: &str, secrets: &[(&str, &str)]) {
 }
 
 #[test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 fn neither_the_api_token_nor_the_tls_key_appear_in_trace_logs() -> Result<()> {
-    let Ok(kubeconfig) = std::env::var("LHG_TEST_KUBECONFIG") else {
-        bail!("no local control plane: LHG_TEST_KUBECONFIG is not set (run scripts/test.sh)");
-    };
     // The webhook refuses to start without Longhorn's CRDs: install them (once per run).
-    tokio::runtime::Runtime::new()?.block_on(longhorn_guard_testkit::TestCluster::connect())?;
+    let cluster =
+        tokio::runtime::Runtime::new()?.block_on(longhorn_guard_testkit::TestCluster::connect())?;
+    let kubeconfig = cluster.kubeconfig_path();
     let dir = std::env::temp_dir().join(format!("lhg-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
@@ -226,7 +226,7 @@ fn neither_the_api_token_nor_the_tls_key_appear_in_trace_logs() -> Result<()> {
     let scalar_hex = der_hex[at..at + 64].to_string();
     assert!(!key_lines.is_empty());
 
-    let text = std::fs::read_to_string(&kubeconfig)?;
+    let text = std::fs::read_to_string(kubeconfig)?;
     let real_token = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("token:"))
@@ -245,7 +245,7 @@ fn neither_the_api_token_nor_the_tls_key_appear_in_trace_logs() -> Result<()> {
         secrets.push(("key PEM line", l));
     }
 
-    let good = session(Path::new(&kubeconfig), &cert, &key, "json")?;
+    let good = session(kubeconfig, &cert, &key, "json")?;
     assert!(
         good.contains("webhook listening"),
         "session did not start:\n{good}"

@@ -101,6 +101,7 @@ fn certificate(dir: &Path) -> Result<String> {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn the_documented_restore_brings_pruned_backups_back_with_the_guard_registered() -> Result<()>
 {
     longhorn_guard_runtime::install_crypto_provider();

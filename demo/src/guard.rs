@@ -140,20 +140,26 @@ fn serving_args(
     args
 }
 
-/// Starts `longhorn-guard webhook` watching `namespace`, and waits until it is ready.
+/// Starts `longhorn-guard webhook` as child `name` watching the setup's namespace, with its
+/// `policy` file and `extra` flags, and waits until it is ready.
 pub async fn start_webhook(
-    children: &Children,
-    exe: &Path,
-    kubeconfig: &Path,
-    pki: &DemoPki,
+    setup: &GuardSetup<'_>,
+    name: &str,
     policy: &Path,
-    namespace: &str,
-    logs: &Path,
+    extra: &[String],
 ) -> anyhow::Result<Served> {
+    let GuardSetup {
+        children,
+        exe,
+        kubeconfig,
+        pki,
+        namespace,
+        logs,
+    } = *setup;
     let listen = loopback_addr()?;
     let metrics = loopback_addr()?;
-    let log = logs.join("webhook.log");
-    let args = serving_args(
+    let log = logs.join(format!("{name}.log"));
+    let mut args = serving_args(
         "webhook",
         [
             "--policy".into(),
@@ -165,8 +171,9 @@ pub async fn start_webhook(
         metrics,
         pki,
     );
+    args.extend(extra.iter().cloned());
     let pid = children.spawn(
-        "webhook",
+        name,
         exe,
         &args,
         &[
@@ -175,71 +182,108 @@ pub async fn start_webhook(
         ],
         &log,
     )?;
-    wait_ready(children, "webhook", metrics, Duration::from_secs(60), &log).await?;
+    wait_ready(children, name, metrics, Duration::from_secs(60), &log).await?;
     Ok(Served {
-        name: "webhook".into(),
+        name: name.into(),
         pid,
         listen,
         metrics,
     })
 }
 
-/// Starts one `longhorn-guard agent` per node of `nodes` for `namespace`, told the port the
-/// nodes' fake instance managers serve their engine proxy on, and waits until all are ready.
-pub async fn start_agents(
-    children: &Children,
-    exe: &Path,
-    kubeconfig: &Path,
-    pki: &DemoPki,
-    namespace: &str,
-    nodes: &crate::world::Nodes,
-    logs: &Path,
-) -> anyhow::Result<BTreeMap<String, Served>> {
-    let mut agents = BTreeMap::new();
-    let engine_proxy_port = nodes.port;
-    for node in nodes.nodes.iter().map(|n| &n.name) {
-        let name = format!("agent-{namespace}-{node}");
-        let listen = loopback_addr()?;
-        let metrics = loopback_addr()?;
-        let log = logs.join(format!("{name}.log"));
-        let mut args = serving_args(
-            "agent",
-            [
-                "--node".into(),
-                node.clone(),
-                "--namespace".into(),
-                namespace.to_string(),
-            ],
-            listen,
-            metrics,
-            pki,
-        );
-        // Where the fake instance managers serve their engine proxy (8501 unless taken).
-        args.extend(["--engine-proxy-port".into(), engine_proxy_port.to_string()]);
-        let pid = children.spawn(
-            &name,
-            exe,
-            &args,
-            &[
-                ("KUBECONFIG", kubeconfig.display().to_string()),
-                ("RUST_LOG", "info".to_string()),
-            ],
-            &log,
-        )?;
-        agents.insert(
-            node.clone(),
-            Served {
-                name,
-                pid,
-                listen,
-                metrics,
-            },
-        );
-    }
-    for served in agents.values() {
-        let log = logs.join(format!("{}.log", served.name));
+/// The cluster and files every child of the guard (webhook, agent) is started with.
+#[derive(Clone, Copy)]
+pub struct GuardSetup<'a> {
+    pub children: &'a Children,
+    pub exe: &'a Path,
+    pub kubeconfig: &'a Path,
+    pub pki: &'a DemoPki,
+    /// Longhorn's namespace (the run's): the webhook's and the agents' `--namespace`.
+    pub namespace: &'a str,
+    pub logs: &'a Path,
+}
+
+/// Spawns `longhorn-guard agent` for `node` (child `agent-<namespace>-<node>`), told the port
+/// its instance managers serve the engine proxy on, with `extra` flags; does not wait.
+pub fn spawn_agent(
+    setup: &GuardSetup<'_>,
+    node: &str,
+    engine_proxy_port: u16,
+    extra: Vec<String>,
+) -> anyhow::Result<Served> {
+    let name = format!("agent-{}-{node}", setup.namespace);
+    let listen = loopback_addr()?;
+    let metrics = loopback_addr()?;
+    let log = setup.logs.join(format!("{name}.log"));
+    let mut args = serving_args(
+        "agent",
+        [
+            "--node".into(),
+            node.to_string(),
+            "--namespace".into(),
+            setup.namespace.to_string(),
+        ],
+        listen,
+        metrics,
+        setup.pki,
+    );
+    args.extend(["--engine-proxy-port".into(), engine_proxy_port.to_string()]);
+    args.extend(extra);
+    let pid = setup.children.spawn(
+        &name,
+        setup.exe,
+        &args,
+        &[
+            ("KUBECONFIG", setup.kubeconfig.display().to_string()),
+            ("RUST_LOG", "info".to_string()),
+        ],
+        &log,
+    )?;
+    Ok(Served {
+        name,
+        pid,
+        listen,
+        metrics,
+    })
+}
+
+/// The flags of an agent that judges the longhorn-manager found by `process_match` every
+/// `monitor_interval` and keeps its node's verdict Lease in `verdict_namespace` (renewed every
+/// second, valid 3 s), with the thresholds of the `policy` file: a stand judged in seconds.
+pub fn verdict_flags(
+    process_match: &str,
+    monitor_interval: Duration,
+    verdict_namespace: &str,
+    policy: &Path,
+) -> Vec<String> {
+    [
+        "--manager-process-match",
+        process_match,
+        "--manager-monitor-interval-ms",
+        &monitor_interval.as_millis().to_string(),
+        "--verdict-namespace",
+        verdict_namespace,
+        "--verdict-renew-seconds",
+        "1",
+        "--verdict-lease-seconds",
+        "3",
+        "--policy-file",
+        &policy.display().to_string(),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+/// Waits until every agent of `agents` is ready (or one exits, or a minute passes).
+pub async fn wait_agents_ready<'a>(
+    setup: &GuardSetup<'_>,
+    agents: impl IntoIterator<Item = &'a Served>,
+) -> anyhow::Result<()> {
+    for served in agents {
+        let log = setup.logs.join(format!("{}.log", served.name));
         wait_ready(
-            children,
+            setup.children,
             &served.name,
             served.metrics,
             Duration::from_secs(60),
@@ -247,6 +291,23 @@ pub async fn start_agents(
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Starts one `longhorn-guard agent` per node of `nodes`, told the port the nodes' fake
+/// instance managers serve their engine proxy on (8501 unless taken) and given `extra(node)`
+/// flags, and waits until all are ready.
+pub async fn start_agents(
+    setup: &GuardSetup<'_>,
+    nodes: &crate::world::Nodes,
+    extra: &dyn Fn(&str) -> Vec<String>,
+) -> anyhow::Result<BTreeMap<String, Served>> {
+    let mut agents = BTreeMap::new();
+    for node in nodes.nodes.iter().map(|n| &n.name) {
+        let served = spawn_agent(setup, node, nodes.port, extra(node))?;
+        agents.insert(node.clone(), served);
+    }
+    wait_agents_ready(setup, agents.values()).await?;
     Ok(agents)
 }
 
@@ -259,6 +320,27 @@ pub async fn register_webhook(
     namespace: &str,
 ) -> anyhow::Result<String> {
     let name = format!("longhorn-guard-demo-{namespace}");
+    let config = demo_webhook_configuration(&name, webhook, ca_pem, namespace)?;
+    let api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    match api.create(&PostParams::default(), &config).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("registering webhook configuration {name}"));
+        }
+    }
+    wait_until_called(client, namespace, &name).await?;
+    Ok(name)
+}
+
+/// The demo's ValidatingWebhookConfiguration `name`: CREATE of Backups in `namespace` (by its
+/// demo label) sent to `webhook`, trusted through `ca_pem`.
+fn demo_webhook_configuration(
+    name: &str,
+    webhook: &Served,
+    ca_pem: &str,
+    namespace: &str,
+) -> anyhow::Result<ValidatingWebhookConfiguration> {
     let mut config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -283,15 +365,12 @@ pub async fn register_webhook(
     if let Some(w) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
         w.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
     }
-    let api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
-    match api.create(&PostParams::default(), &config).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("registering webhook configuration {name}"));
-        }
-    }
-    // The API server loads webhook configurations asynchronously: probe until it calls us.
+    Ok(config)
+}
+
+/// The API server loads webhook configurations asynchronously: creates a probe Backup of a
+/// snapshot that never existed until the webhook refuses it (at most 30 s).
+async fn wait_until_called(client: &Client, namespace: &str, name: &str) -> anyhow::Result<()> {
     let backups: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         namespace,
@@ -307,7 +386,7 @@ pub async fn register_webhook(
     let start = Instant::now();
     loop {
         match backups.create(&PostParams::default(), &probe).await {
-            Err(kube::Error::Api(e)) if e.message.contains("longhorn-guard") => return Ok(name),
+            Err(kube::Error::Api(e)) if e.message.contains("longhorn-guard") => return Ok(()),
             Ok(_) => {
                 let _ = backups
                     .delete("lhg-demo-probe", &DeleteParams::default())

@@ -2,21 +2,26 @@
 //! power-failure Backup storm twice on a local control plane (a real kube-apiserver + etcd on
 //! loopback) — once without the guard, once with the webhook and the agents — against a
 //! simulated v1.7.2 backup controller that leaks a gRPC connection per reconcile of a stuck
-//! Backup, and reports both runs side by side (JSON, Markdown, SVG). With
+//! Backup, and reports both runs side by side (JSON, Markdown, SVG). A third run, "slow leak"
+//! ([`slow_leak`]), shows the node-protection loop (issue #19): a gentle storm the static caps
+//! admit while one node's simulated longhorn-manager ([`manager`]) leaks, judged by that node's
+//! real agent, once with `nodeProtection.mode: off` and once with `enforce`. With
 //! `--long-run-minutes N`, [`long_run`] runs the same topology for N minutes instead (storm
 //! waves, engine faults, an API server outage) and judges whether the guard stays flat.
 //!
 //! Reusable pieces: [`storm`] (the storm generator) and [`simulated_controller`] (the leaky
 //! controller). This crate must not touch anything but loopback addresses (127.0.0.0/8) and
 //! the cluster it was pointed at (its own control plane, or `--kubeconfig`, where it only
-//! writes in namespaces it creates plus one webhook configuration it deletes again); it must
-//! leave no process running on any exit path, Ctrl-C included; and it must keep the leak
-//! below its cap so the machine running it survives.
+//! writes in namespaces it creates plus one webhook configuration per guarded run, deleted
+//! again; and the slow-leak agents' Events on their simulated Nodes, which the API server keeps
+//! in `default`); it must leave no process running on any exit path, Ctrl-C included; and it
+//! must keep the leak below its cap so the machine running it survives.
 
 mod cluster;
 pub mod guard;
 pub mod inflight;
 pub mod long_run;
+pub mod manager;
 pub mod plot;
 mod probe;
 pub mod processes;
@@ -24,6 +29,7 @@ mod progress;
 pub mod report;
 mod run;
 pub mod simulated_controller;
+pub mod slow_leak;
 pub mod storm;
 pub mod world;
 
@@ -72,6 +78,11 @@ pub struct DemoOptions {
     /// The first node's loopback address (the others follow it); default 127.0.0.2 with the
     /// demo's own control plane, a random 127.x.y.2 with `--kubeconfig`.
     pub node_address: Option<Ipv4Addr>,
+    /// Length of each of the third run's two halves, "slow leak" (loop off, loop enforcing);
+    /// zero skips the third run.
+    pub slow_leak: Duration,
+    /// Backups a second in the slow-leak runs (under the static caps).
+    pub slow_leak_rate: f64,
 }
 
 impl Default for DemoOptions {
@@ -95,6 +106,8 @@ impl Default for DemoOptions {
             exe: None,
             seed: 4422,
             node_address: None,
+            slow_leak: Duration::from_secs(45),
+            slow_leak_rate: 4.0,
         }
     }
 }
@@ -118,6 +131,14 @@ impl DemoOptions {
         }
         if self.concurrency == 0 || self.slots_per_node == 0 || self.leak_cap == 0 {
             bail!("--concurrency, --slots-per-node and --leak-cap must be > 0");
+        }
+        if !(self.slow_leak_rate > 0.0 && self.slow_leak_rate <= 100.0) {
+            bail!("--slow-leak-rate must be above 0 and at most 100 Backups a second");
+        }
+        if !self.slow_leak.is_zero() && self.nodes < 2 {
+            bail!(
+                "the slow-leak run needs --nodes 2 or more (a leaky node and a healthy one); --slow-leak-seconds 0 skips it"
+            );
         }
         Ok(())
     }
@@ -245,33 +266,17 @@ async fn body(options: &DemoOptions, started: &mut Started) -> anyhow::Result<Re
     let policy_path = work.join("policy.yaml");
     std::fs::write(&policy_path, serde_yaml::to_string(&demo_policy())?)?;
     say("starting the webhook (child process) ...");
-    let webhook = guard::start_webhook(
+    let setup = guard::GuardSetup {
         children,
-        &exe,
+        exe: &exe,
         kubeconfig,
-        &pki,
-        &policy_path,
-        &cluster.ns_b,
-        &logs,
-    )
-    .await?;
-
-    let settings = Settings {
-        backups: options.backups,
-        volumes: options.volumes,
-        nodes: options.nodes,
-        lost_share: options.lost_share,
-        mid_storm_loss_share: options.mid_storm_loss_share,
-        duration_seconds: options.duration.as_secs_f64(),
-        resync_seconds: options.resync.as_secs_f64(),
-        concurrency: options.concurrency,
-        leak_cap: options.leak_cap,
-        cluster: if cluster.own {
-            "local control plane started by the demo".into()
-        } else {
-            format!("existing ({})", kubeconfig.display())
-        },
+        pki: &pki,
+        namespace: &cluster.ns_b,
+        logs: &logs,
     };
+    let webhook = guard::start_webhook(&setup, "webhook", &policy_path, &[]).await?;
+
+    let settings = demo_settings(options, &cluster);
     // 3. The two runs.
     let mut runs = Vec::new();
     let ctx = RunContext {
@@ -298,13 +303,86 @@ async fn body(options: &DemoOptions, started: &mut Started) -> anyhow::Result<Re
         .await?,
     );
 
+    // The slow-leak runs have webhooks of their own (run B's is stopped with everything at the
+    // end: stopping it here costs its shutdown grace).
+    let mut slow_leak = Vec::new();
+    if !options.slow_leak.is_zero() {
+        for (ns, mode) in [(&cluster.ns_c_off, "off"), (&cluster.ns_c_on, "enforce")] {
+            let label = format!("C: slow leak, loop {mode}");
+            slow_leak
+                .push(slow_leak_run(&ctx, &started.registrations, (&label, ns, mode), work).await?);
+        }
+    }
+
     let report = Report {
         settings,
         runs,
+        slow_leak,
         total_seconds: began.elapsed().as_secs_f64(),
     };
     write_outputs(&report, &options.out_dir)?;
     Ok(report)
+}
+
+/// What the report says the demo ran with.
+fn demo_settings(options: &DemoOptions, cluster: &Cluster) -> Settings {
+    Settings {
+        backups: options.backups,
+        volumes: options.volumes,
+        nodes: options.nodes,
+        lost_share: options.lost_share,
+        mid_storm_loss_share: options.mid_storm_loss_share,
+        duration_seconds: options.duration.as_secs_f64(),
+        resync_seconds: options.resync.as_secs_f64(),
+        concurrency: options.concurrency,
+        leak_cap: options.leak_cap,
+        slow_leak_seconds: options.slow_leak.as_secs_f64(),
+        slow_leak_rate: options.slow_leak_rate,
+        cluster: if cluster.own {
+            "local control plane started by the demo".into()
+        } else {
+            format!("existing ({})", cluster.kubeconfig.display())
+        },
+    }
+}
+
+/// One slow-leak run with its own webhook (policy `mode`, reading the verdict Leases in `ns`),
+/// registered for `ns` only, then stopped and unregistered.
+async fn slow_leak_run(
+    ctx: &RunContext<'_>,
+    registrations: &Registrations,
+    (label, ns, mode): (&str, &str, &str),
+    work: &Path,
+) -> anyhow::Result<report::SlowLeakRun> {
+    let policy = work.join(format!("policy-{ns}.yaml"));
+    std::fs::write(&policy, slow_leak::policy_yaml(&demo_policy(), mode)?)?;
+    let name = format!("webhook-{ns}");
+    say(format!(
+        "run {label}: starting its webhook (nodeProtection.mode {mode}) ..."
+    ));
+    let webhook = guard::start_webhook(
+        &ctx.guard_setup(ns),
+        &name,
+        &policy,
+        &["--node-verdict-namespace".into(), ns.to_string()],
+    )
+    .await?;
+    let registration =
+        guard::register_webhook(ctx.client, &webhook, &ctx.pki.ca.cert_pem, ns).await?;
+    registrations
+        .webhooks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((ctx.client.clone(), registration.clone()));
+    let result = slow_leak::run_slow_leak(ctx, (label, ns, mode), &webhook, &policy).await;
+    guard::unregister_webhook(ctx.client, &registration).await;
+    registrations
+        .webhooks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|(_, n)| n != &registration);
+    ctx.children.stop(&name, Duration::from_secs(10)).await;
+    result
 }
 
 /// The cluster the demo runs on, with its two fresh namespaces (A without, B with the guard).
@@ -317,6 +395,9 @@ pub(crate) struct Cluster {
     storm_client: Client,
     ns_a: String,
     ns_b: String,
+    /// The slow-leak runs': loop off, loop enforcing.
+    ns_c_off: String,
+    ns_c_on: String,
     /// The first simulated node's loopback address.
     node_base: Ipv4Addr,
 }
@@ -347,19 +428,26 @@ impl Cluster {
         let storm_client = cluster::connect(&kubeconfig, false).await?;
         cluster::ensure_crds(&client).await?;
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let (ns_a, ns_b) = if own {
-            (
-                "demo-a-without-guard".to_string(),
-                "demo-b-with-guard".to_string(),
-            )
+        let [ns_a, ns_b, ns_c_off, ns_c_on] = if own {
+            [
+                "demo-a-without-guard",
+                "demo-b-with-guard",
+                "demo-c-slow-leak-loop-off",
+                "demo-c-slow-leak-loop-on",
+            ]
+            .map(String::from)
         } else {
-            (
-                format!("lhg-demo-a-{suffix}"),
-                format!("lhg-demo-b-{suffix}"),
-            )
+            ["a", "b", "c-off", "c-on"].map(|run| format!("lhg-demo-{run}-{suffix}"))
         };
-        cluster::create_namespace(&client, &ns_a).await?;
-        cluster::create_namespace(&client, &ns_b).await?;
+        let slow_leak = !options.slow_leak.is_zero();
+        for ns in [&ns_a, &ns_b].into_iter().chain(
+            slow_leak
+                .then_some([&ns_c_off, &ns_c_on])
+                .into_iter()
+                .flatten(),
+        ) {
+            cluster::create_namespace(&client, ns).await?;
+        }
         // Node addresses: 127.0.0.2.. on our own cluster; elsewhere a random 127.x.y.0/24 so
         // two demos on one machine do not collide.
         let node_base = if let Some(ip) = options.node_address {
@@ -380,6 +468,8 @@ impl Cluster {
             storm_client,
             ns_a,
             ns_b,
+            ns_c_off,
+            ns_c_on,
             node_base,
         })
     }
@@ -420,5 +510,11 @@ pub fn write_outputs(report: &Report, dir: &Path) -> anyhow::Result<()> {
         dir.join("in-flight.svg"),
         plot::in_flight_svg(&title, &series),
     )?;
+    if !report.slow_leak.is_empty() {
+        std::fs::write(
+            dir.join("slow-leak.svg"),
+            plot::slow_leak_svg(&report.slow_leak),
+        )?;
+    }
     Ok(())
 }

@@ -41,41 +41,42 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The SVG document.
-pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
-    let points: Vec<Vec<(f64, f64)>> = series
-        .iter()
-        .map(|s| {
-            s.samples
-                .iter()
-                .map(|p| (p.t, p.in_flight as f64))
-                .collect()
-        })
-        .collect();
-    let lines: Vec<Line<'_>> = series
-        .iter()
-        .zip(&points)
-        .map(|(s, p)| Line {
-            label: s.label,
-            color: s.color,
-            points: p,
-        })
-        .collect();
-    lines_svg(
-        &Chart {
-            title,
-            x_label: "seconds since the storm started",
-            y_label: "in-flight Backups (not Completed/Error)",
-        },
-        &lines,
-    )
-}
-
-/// One line of a [`lines_svg`] plot: `(x, y)` points.
+/// One line of a [`chart`]: `(x, y)` points.
 pub struct Line<'a> {
     pub label: &'a str,
     pub color: &'a str,
-    pub points: &'a [(f64, f64)],
+    pub points: Vec<(f64, f64)>,
+    /// Drawn dashed (a second kind of line on the same chart).
+    pub dashed: bool,
+}
+
+/// The in-flight SVG document.
+pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
+    let lines: Vec<Line<'_>> = series
+        .iter()
+        .map(|s| Line {
+            label: s.label,
+            color: s.color,
+            points: s
+                .samples
+                .iter()
+                .map(|p| (p.t, p.in_flight as f64))
+                .collect(),
+            dashed: false,
+        })
+        .collect();
+    let mut svg = open_svg(HEIGHT);
+    svg.push_str(&chart(
+        0.0,
+        title,
+        (
+            "seconds since the storm started",
+            "in-flight Backups (not Completed/Error)",
+        ),
+        &lines,
+    ));
+    svg.push_str("</svg>\n");
+    svg
 }
 
 /// The texts around a [`lines_svg`] plot.
@@ -85,8 +86,110 @@ pub struct Chart<'a> {
     pub y_label: &'a str,
 }
 
-/// A line plot of `lines` from x = 0 and y = 0, each line's legend entry with its peak.
-pub fn lines_svg(chart: &Chart<'_>, lines: &[Line<'_>]) -> String {
+/// A one-chart SVG document of `lines` from x = 0 and y = 0, each line's legend entry with its
+/// peak.
+pub fn lines_svg(texts: &Chart<'_>, lines: &[Line<'_>]) -> String {
+    let mut svg = open_svg(HEIGHT);
+    svg.push_str(&chart(
+        0.0,
+        texts.title,
+        (texts.x_label, texts.y_label),
+        lines,
+    ));
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn open_svg(height: f64) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="13">"#
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
+    );
+    svg
+}
+
+/// The slow-leak runs' SVG document: the leaky manager's connections (top) and RSS (bottom)
+/// over time, one line per run, and the stretches the webhook saw the node `leaking` shaded.
+pub fn slow_leak_svg(runs: &[crate::report::SlowLeakRun]) -> String {
+    let colors = ["#d62728", "#2ca02c", "#1f77b4", "#ff7f0e"];
+    let node = runs.first().map_or("", |r| r.leaky_node.as_str());
+    let lines = |value: &dyn Fn(&crate::report::ManagerSample) -> f64| -> Vec<Line<'_>> {
+        runs.iter()
+            .enumerate()
+            .map(|(i, r)| Line {
+                label: &r.label,
+                color: colors[i % colors.len()],
+                points: r.samples.iter().map(|s| (s.t, value(s))).collect(),
+                dashed: false,
+            })
+            .collect()
+    };
+    let mut svg = open_svg(2.0 * HEIGHT);
+    let connections = lines(&|s| s.connections as f64);
+    let rss = lines(&|s| s.rss_mib);
+    let panels = [
+        (
+            0.0,
+            format!("{node}'s longhorn-manager: connections to instance managers"),
+            "connections (agent's monitor)",
+            &connections,
+        ),
+        (
+            HEIGHT,
+            format!("{node}'s longhorn-manager: resident memory"),
+            "RSS, MiB (agent's monitor)",
+            &rss,
+        ),
+    ];
+    for (top, title, y_label, lines) in panels {
+        svg.push_str(&chart(
+            top,
+            &title,
+            (
+                "seconds since the storm started (shaded: the webhook saw it leaking, loop on)",
+                y_label,
+            ),
+            lines,
+        ));
+    }
+    // Shade the enforcing run's protected stretches on both panels.
+    if let Some(on) = runs.iter().find(|r| r.mode == "enforce") {
+        let max_t = runs
+            .iter()
+            .flat_map(|r| r.samples.iter().map(|s| s.t))
+            .fold(1.0f64, f64::max);
+        let x_top = (max_t / nice_step(max_t, 10)).ceil() * nice_step(max_t, 10);
+        let plot_w = WIDTH - LEFT - RIGHT;
+        for top in [0.0, HEIGHT] {
+            for (from, to) in &on.leaking_spans {
+                let _ = writeln!(
+                    svg,
+                    r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#2ca02c" fill-opacity="0.12"/>"##,
+                    LEFT + from / x_top * plot_w,
+                    top + TOP,
+                    ((to - from) / x_top * plot_w).max(1.0),
+                    HEIGHT - TOP - BOTTOM
+                );
+            }
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// A chart `HEIGHT` tall whose top edge is at `top`: title, axes and grid, the lines and their
+/// legend.
+pub fn chart(
+    top: f64,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    lines: &[Line<'_>],
+) -> String {
     let max_t = lines
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
@@ -104,22 +207,15 @@ pub fn lines_svg(chart: &Chart<'_>, lines: &[Line<'_>]) -> String {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let x = |t: f64| LEFT + t / x_top * plot_w;
-    let y = |v: f64| TOP + plot_h - v / y_top * plot_h;
+    let y = |v: f64| top + TOP + plot_h - v / y_top * plot_h;
 
     let mut svg = String::new();
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="13">"#
-    );
-    let _ = writeln!(
-        svg,
-        r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="28" font-size="17" text-anchor="middle">{}</text>"#,
+        r#"<text x="{}" y="{}" font-size="17" text-anchor="middle">{}</text>"#,
         WIDTH / 2.0,
-        escape(chart.title)
+        top + 28.0,
+        escape(title)
     );
     // Grid and ticks.
     let mut v = 0.0;
@@ -140,59 +236,65 @@ pub fn lines_svg(chart: &Chart<'_>, lines: &[Line<'_>]) -> String {
         let xx = x(t);
         let _ = writeln!(
             svg,
-            r##"<line x1="{xx:.1}" y1="{TOP}" x2="{xx:.1}" y2="{:.1}" stroke="#f0f0f0"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            TOP + plot_h,
-            TOP + plot_h + 18.0,
+            r##"<line x1="{xx:.1}" y1="{}" x2="{xx:.1}" y2="{:.1}" stroke="#f0f0f0"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            top + TOP,
+            top + TOP + plot_h,
+            top + TOP + plot_h + 18.0,
             t
         );
         t += x_step;
     }
     let _ = writeln!(
         svg,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333333"/>"##
+        r##"<rect x="{LEFT}" y="{}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333333"/>"##,
+        top + TOP
     );
     let _ = writeln!(
         svg,
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
         LEFT + plot_w / 2.0,
-        HEIGHT - 15.0,
-        escape(chart.x_label)
+        top + HEIGHT - 15.0,
+        escape(x_label)
     );
+    let mid = top + TOP + plot_h / 2.0;
     let _ = writeln!(
         svg,
-        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#,
-        TOP + plot_h / 2.0,
-        TOP + plot_h / 2.0,
-        escape(chart.y_label)
+        r#"<text x="18" y="{mid:.1}" text-anchor="middle" transform="rotate(-90 18 {mid:.1})">{}</text>"#,
+        escape(y_label)
     );
-    lines_and_legend(&mut svg, lines, &x, &y);
-    svg.push_str("</svg>\n");
+    lines_and_legend(&mut svg, top, lines, &x, &y);
     svg
 }
 
-/// Each series' polyline, and its legend entry with its peak.
+/// Each line's polyline, and its legend entry with its peak.
 fn lines_and_legend(
     svg: &mut String,
-    series: &[Line<'_>],
+    top: f64,
+    lines: &[Line<'_>],
     x: &dyn Fn(f64) -> f64,
     y: &dyn Fn(f64) -> f64,
 ) {
-    for (i, s) in series.iter().enumerate() {
+    for (i, s) in lines.iter().enumerate() {
+        let dash = if s.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
         if !s.points.is_empty() {
             let points: Vec<String> = s
                 .points
                 .iter()
                 .filter(|p| p.0.is_finite() && p.1.is_finite())
-                .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
+                .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
                 .collect();
             let _ = writeln!(
                 svg,
-                r#"<polyline fill="none" stroke="{}" stroke-width="2.5" points="{}"/>"#,
+                r#"<polyline fill="none" stroke="{}" stroke-width="2.5"{dash} points="{}"/>"#,
                 escape(s.color),
                 points.join(" ")
             );
         }
-        let ly = TOP + 18.0 + 20.0 * i as f64;
+        let ly = top + TOP + 18.0 + 20.0 * i as f64;
         let lx = LEFT + 15.0;
         let peak = s
             .points
@@ -202,7 +304,7 @@ fn lines_and_legend(
             .fold(0.0f64, f64::max);
         let _ = writeln!(
             svg,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="3"/><text x="{}" y="{}">{} (peak {peak})</text>"#,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="3"{dash}/><text x="{}" y="{}">{} (peak {peak:.0})</text>"#,
             lx + 25.0,
             escape(s.color),
             lx + 32.0,
@@ -271,6 +373,40 @@ mod tests {
         assert!(svg.contains("B (peak 40)"));
         // The top of the y axis is a multiple of the step above the peak.
         assert!(svg.contains(">4000</text>"));
+        assert!(!svg.contains("NaN"));
+    }
+
+    #[test]
+    fn slow_leak_svg_has_both_panels_both_runs_and_the_protected_stretches() {
+        use crate::report::{ManagerSample, SlowLeakRun};
+        let run = |mode: &str, spans: Vec<(f64, f64)>| SlowLeakRun {
+            label: format!("C: loop {mode}"),
+            mode: mode.into(),
+            leaky_node: "node-1".into(),
+            leaking_spans: spans,
+            samples: (0..10)
+                .map(|i| ManagerSample {
+                    t: f64::from(i),
+                    connections: 3 * i as u64,
+                    rss_mib: 20.0 + f64::from(i),
+                    ..ManagerSample::default()
+                })
+                .collect(),
+            ..SlowLeakRun::default()
+        };
+        let svg = slow_leak_svg(&[
+            run("off", vec![(4.0, 9.0)]),
+            run("enforce", vec![(5.0, 7.0)]),
+        ]);
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 4, "two panels, two runs");
+        assert!(
+            svg.contains("node-1&#39;s") || svg.contains("node-1's longhorn-manager: connections")
+        );
+        assert!(svg.contains("C: loop enforce (peak 27)"), "{svg}");
+        assert!(svg.contains("C: loop off (peak 29)"), "RSS peak: {svg}");
+        // Only the enforcing run's stretch is shaded, once per panel.
+        assert_eq!(svg.matches("fill-opacity").count(), 2);
         assert!(!svg.contains("NaN"));
     }
 }

@@ -83,6 +83,59 @@ pub struct RunReport {
     pub timeline: Vec<Sample>,
 }
 
+/// The leaky node's manager at `t` seconds after a slow-leak run's storm started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ManagerSample {
+    pub t: f64,
+    /// Established connections to instance-manager ports, as the node's agent's monitor sees
+    /// them (`longhorn_guard_manager_im_connections`).
+    pub connections: u64,
+    /// Resident memory, MiB (`longhorn_guard_manager_resident_memory_bytes`).
+    pub rss_mib: f64,
+    /// The agent's verdict (`longhorn_guard_agent_node_verdict`).
+    pub agent_verdict: String,
+    /// The webhook's `longhorn_guard_webhook_node_verdict{verdict="leaking"}` is 1.
+    pub webhook_leaking: bool,
+    /// Connections the simulated controller had made the manager leak by then.
+    pub leaked_by_controller: u64,
+}
+
+/// One slow-leak run (the third run: a leak the static caps cannot see), with the loop off or
+/// enforcing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlowLeakRun {
+    pub label: String,
+    pub namespace: String,
+    /// `nodeProtection.mode`: `off` or `enforce`.
+    pub mode: String,
+    pub leaky_node: String,
+    pub sent: u64,
+    pub admitted: u64,
+    pub denied_by_reason: BTreeMap<String, u64>,
+    pub errors: u64,
+    /// The leaky node's Backups admitted / denied over the whole run.
+    pub leaky_node_admitted: u64,
+    pub leaky_node_denied: u64,
+    /// The leaky node's Backups admitted while the webhook was seen believing it `leaking`
+    /// (sent after a sample showed it, answered before a later sample of the same stretch).
+    pub leaky_node_admitted_while_leaking: u64,
+    /// First sample at which the manager had leaked (seconds after the storm started).
+    pub leak_started_s: Option<f64>,
+    /// First sample at which the webhook said the node is `leaking`.
+    pub protected_at_s: Option<f64>,
+    pub time_to_protection_s: Option<f64>,
+    /// Stretches (from, to) during which the webhook was seen saying `leaking`.
+    pub leaking_spans: Vec<(f64, f64)>,
+    pub peak_connections: u64,
+    pub peak_rss_mib: f64,
+    pub leaked_by_controller: u64,
+    pub leak_cap_hit: bool,
+    pub backups_by_state: BTreeMap<String, u64>,
+    pub samples: Vec<ManagerSample>,
+}
+
 /// The settings a demo ran with.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -96,6 +149,12 @@ pub struct Settings {
     pub concurrency: usize,
     pub leak_cap: usize,
     pub cluster: String,
+    /// Length of each slow-leak run, seconds (0: no third run).
+    #[serde(default)]
+    pub slow_leak_seconds: f64,
+    /// Backups a second in the slow-leak runs.
+    #[serde(default)]
+    pub slow_leak_rate: f64,
 }
 
 /// The whole demo report.
@@ -103,6 +162,9 @@ pub struct Settings {
 pub struct Report {
     pub settings: Settings,
     pub runs: Vec<RunReport>,
+    /// The third run, "slow leak": loop off, then enforcing (empty when skipped).
+    #[serde(default)]
+    pub slow_leak: Vec<SlowLeakRun>,
     pub total_seconds: f64,
 }
 
@@ -183,22 +245,7 @@ impl Report {
         row("Backup CREATEs sent", &|r| r.attempted.to_string());
         row("admitted", &|r| r.admitted.to_string());
         row("denied", &|r| r.denied.to_string());
-        let mut reasons: Vec<&String> = self
-            .runs
-            .iter()
-            .flat_map(|r| r.denied_by_reason.keys())
-            .collect();
-        reasons.sort();
-        reasons.dedup();
-        for reason in reasons {
-            row(&format!("&nbsp;&nbsp;denied `{reason}`"), &|r| {
-                r.denied_by_reason
-                    .get(reason)
-                    .copied()
-                    .unwrap_or(0)
-                    .to_string()
-            });
-        }
+        denial_reason_rows(&self.runs, &mut row);
         row("of which throttled", &|r| r.throttled.to_string());
         row("CREATE errors", &|r| r.errors.to_string());
         row("peak in-flight Backups", &|r| r.peak_in_flight.to_string());
@@ -230,6 +277,9 @@ impl Report {
         row("storm / run seconds", &|r| {
             format!("{:.1} / {:.1}", r.storm_seconds, r.run_seconds)
         });
+        if !self.slow_leak.is_empty() {
+            out.push_str(&slow_leak_section(&self.settings, &self.slow_leak));
+        }
         let _ = writeln!(
             out,
             "\nIn-flight Backups over time: `in-flight.svg`. Figures from the API server (states at \
@@ -260,6 +310,114 @@ fn settings_paragraph(s: &Settings) -> String {
         s.leak_cap,
         s.cluster
     );
+    out
+}
+
+/// One row per reason any run denied for, with each run's count.
+fn denial_reason_rows(
+    runs: &[RunReport],
+    row: &mut impl FnMut(&str, &dyn Fn(&RunReport) -> String),
+) {
+    let mut reasons: Vec<&String> = runs
+        .iter()
+        .flat_map(|r| r.denied_by_reason.keys())
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    for reason in reasons {
+        row(&format!("&nbsp;&nbsp;denied `{reason}`"), &|r| {
+            r.denied_by_reason
+                .get(reason)
+                .copied()
+                .unwrap_or(0)
+                .to_string()
+        });
+    }
+}
+
+fn seconds(v: Option<f64>) -> String {
+    v.map_or_else(|| "never".to_string(), |v| format!("{v:.1} s"))
+}
+
+/// The third run's table: one column per slow-leak run.
+fn slow_leak_section(s: &Settings, runs: &[SlowLeakRun]) -> String {
+    let mut out = String::new();
+    let node = runs.first().map_or("", |r| r.leaky_node.as_str());
+    let _ = writeln!(
+        out,
+        "\n## Run C: a slow leak the static caps cannot see\n\n\
+         {:.0} Backups a second for {:.0} s, every snapshot present: the throttle admits them all. \
+         {node}'s simulated longhorn-manager (a process of its own) leaks one connection to its \
+         engine proxy and 1 MiB on every reconcile; each node's agent judges its manager from \
+         `/proc` and publishes the verdict in a Lease; the webhook reads the Leases. Once with \
+         `nodeProtection.mode: off`, once with `enforce`. Connections and RSS over time: \
+         `slow-leak.svg`.\n",
+        s.slow_leak_rate, s.slow_leak_seconds
+    );
+    let mut header = "| figure |".to_string();
+    let mut rule = "| --- |".to_string();
+    for r in runs {
+        let _ = write!(header, " {} |", r.label);
+        rule.push_str(" ---: |");
+    }
+    let _ = writeln!(out, "{header}\n{rule}");
+    let mut row = |name: &str, f: &dyn Fn(&SlowLeakRun) -> String| {
+        let mut line = format!("| {name} |");
+        for r in runs {
+            let _ = write!(line, " {} |", f(r));
+        }
+        let _ = writeln!(out, "{line}");
+    };
+    row("namespace", &|r| format!("`{}`", r.namespace));
+    row("`nodeProtection.mode`", &|r| format!("`{}`", r.mode));
+    row("Backup CREATEs sent / admitted", &|r| {
+        format!("{} / {}", r.sent, r.admitted)
+    });
+    row("denied (by reason)", &|r| {
+        let reasons: Vec<String> = r
+            .denied_by_reason
+            .iter()
+            .map(|(k, v)| format!("`{k}` {v}"))
+            .collect();
+        if reasons.is_empty() {
+            "0".into()
+        } else {
+            reasons.join(", ")
+        }
+    });
+    row(&format!("{node}'s Backups admitted / denied"), &|r| {
+        format!("{} / {}", r.leaky_node_admitted, r.leaky_node_denied)
+    });
+    row("leak start → webhook sees `leaking`", &|r| {
+        seconds(r.time_to_protection_s)
+    });
+    row("seconds the webhook saw it `leaking`", &|r| {
+        format!(
+            "{:.1}",
+            r.leaking_spans.iter().map(|(a, b)| b - a).sum::<f64>()
+        )
+    });
+    row(
+        &format!("**{node}'s Backups admitted while it was `leaking`**"),
+        &|r| format!("**{}**", r.leaky_node_admitted_while_leaking),
+    );
+    row("manager connections at the end (peak)", &|r| {
+        format!(
+            "{} ({})",
+            r.samples.last().map_or(0, |s| s.connections),
+            r.peak_connections
+        )
+    });
+    row("manager RSS at the end (peak), MiB", &|r| {
+        format!(
+            "{:.0} ({:.0})",
+            r.samples.last().map_or(0.0, |s| s.rss_mib),
+            r.peak_rss_mib
+        )
+    });
+    row("connections leaked by the controller", &|r| {
+        r.leaked_by_controller.to_string()
+    });
     out
 }
 

@@ -40,6 +40,20 @@ pub(crate) struct RunContext<'a> {
     pub(crate) node_base: Ipv4Addr,
 }
 
+impl RunContext<'_> {
+    /// What the run's webhook and agents in `namespace` are started with.
+    pub(crate) fn guard_setup<'a>(&'a self, namespace: &'a str) -> guard::GuardSetup<'a> {
+        guard::GuardSetup {
+            children: self.children,
+            exe: self.exe,
+            kubeconfig: self.kubeconfig,
+            pki: self.pki,
+            namespace,
+            logs: self.logs,
+        }
+    }
+}
+
 /// What a run sets up before its storm.
 struct Stage {
     plan: Vec<PlannedBackup>,
@@ -174,6 +188,7 @@ impl Watchers {
                 slots_per_node: o.slots_per_node,
                 backup_duration: o.backup_duration,
                 max_leaked: o.leak_cap,
+                manager_leak: None,
             },
         );
         let probe_counts = Arc::new(probe::ProbeCounts::default());
@@ -277,13 +292,10 @@ async fn stage(
         ));
         Some(
             guard::start_agents(
-                ctx.children,
-                ctx.exe,
-                ctx.kubeconfig,
-                ctx.pki,
-                ns,
+                &ctx.guard_setup(ns),
                 &nodes,
-                ctx.logs,
+                // No longhorn-manager in this run: nothing to judge (the slow-leak run has one).
+                &|_| vec!["--no-node-verdict".into()],
             )
             .await?,
         )

@@ -46,6 +46,20 @@ pub struct ControllerConfig {
     pub backup_duration: Duration,
     /// Safety cap on leaked connections.
     pub max_leaked: usize,
+    /// The slow-leak run: one node's manager leaks on every reconcile.
+    pub manager_leak: Option<ManagerLeak>,
+}
+
+/// A leak of another kind than v1.7.2's (a future release, another controller): on one node,
+/// every reconcile of every Backup, stuck or not, leaks connections and memory in that node's
+/// simulated longhorn-manager process ([`crate::manager`]), where its agent's monitor sees them.
+#[derive(Clone, Debug)]
+pub struct ManagerLeak {
+    pub node: String,
+    /// The node's simulated manager's commands.
+    pub commands: tokio::sync::mpsc::UnboundedSender<String>,
+    pub connections_per_reconcile: usize,
+    pub mib_per_reconcile: usize,
 }
 
 /// Counters of the simulated controller.
@@ -58,6 +72,8 @@ pub struct ControllerStats {
     pub connect_errors: u64,
     pub api_errors: u64,
     pub leak_cap_hit: bool,
+    /// Connections the leaky node's simulated manager was told to leak (slow-leak run).
+    pub manager_leaked: u64,
 }
 
 #[derive(Default)]
@@ -70,6 +86,8 @@ struct Shared {
     connect_errors: AtomicU64,
     api_errors: AtomicU64,
     leak_cap_hit: AtomicBool,
+    /// Connections the leaky node's manager was told to open and hold (slow-leak run).
+    manager_leaked: AtomicU64,
 }
 
 impl Shared {
@@ -120,6 +138,7 @@ impl SimulatedController {
             connect_errors: s.connect_errors.load(Ordering::SeqCst),
             api_errors: s.api_errors.load(Ordering::SeqCst),
             leak_cap_hit: self.leak_cap_hit(),
+            manager_leaked: s.manager_leaked.load(Ordering::SeqCst),
         }
     }
 
@@ -158,22 +177,16 @@ async fn main_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let backups: Api<Backup> = Api::namespaced(client.clone(), &config.namespace);
-    let snapshots: Api<Snapshot> = Api::namespaced(client, &config.namespace);
-    let slots: Arc<HashMap<String, Arc<Semaphore>>> = Arc::new(
-        config
-            .proxies
-            .keys()
-            .map(|n| {
-                (
-                    n.clone(),
-                    Arc::new(Semaphore::new(config.slots_per_node.max(1))),
-                )
-            })
-            .collect(),
-    );
+    let reconciler = Reconciler {
+        backups: backups.clone(),
+        snapshots: Api::namespaced(client, &config.namespace),
+        slots: Arc::new(node_slots(&config)),
+        config,
+        shared,
+    };
     let mut seen: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut events = watcher(backups.clone(), watcher::Config::default()).boxed();
+    let mut events = watcher(backups, watcher::Config::default()).boxed();
     loop {
         let event = tokio::select! {
             _ = stopped.changed() => break,
@@ -194,50 +207,20 @@ async fn main_loop(
             }
             Some(Ok(_)) => continue,
             Some(Err(e)) => {
-                shared.api_errors.fetch_add(1, Ordering::Relaxed);
+                reconciler.shared.api_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "simulated controller: watch error");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             None => break,
         };
-        let Some(name) = backup.metadata.name.clone() else {
+        let Some(job) = new_backup_job(&backup, &reconciler.config) else {
             continue;
         };
-        let state = backup
-            .status
-            .as_ref()
-            .map(|s| s.state.as_str())
-            .unwrap_or("");
-        if !state.is_empty() || !seen.insert(name.clone()) {
+        if !seen.insert(job.name.clone()) {
             continue;
         }
-        let volume = backup
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(longhorn_types::labels::BACKUP_VOLUME))
-            .cloned()
-            .unwrap_or_default();
-        let job = BackupJob {
-            name,
-            snapshot: backup.spec.snapshot_name.clone(),
-            node: config
-                .volume_nodes
-                .get(&volume)
-                .cloned()
-                .unwrap_or_default(),
-            volume,
-        };
-        tasks.spawn(reconcile_backup(
-            job,
-            backups.clone(),
-            snapshots.clone(),
-            config.clone(),
-            shared.clone(),
-            slots.clone(),
-            stopped.clone(),
-        ));
+        tasks.spawn(reconciler.clone().reconcile_backup(job, stopped.clone()));
     }
     // Let every reconcile finish the write it is in (each returns at its next sleep), so
     // nothing changes a Backup after `stop` returns; abort what is left after 5 s.
@@ -246,6 +229,51 @@ async fn main_loop(
     })
     .await;
     tasks.shutdown().await;
+}
+
+/// Each node's backup slots (`slots_per_node`, at least one).
+fn node_slots(config: &ControllerConfig) -> HashMap<String, Arc<Semaphore>> {
+    config
+        .proxies
+        .keys()
+        .map(|n| {
+            (
+                n.clone(),
+                Arc::new(Semaphore::new(config.slots_per_node.max(1))),
+            )
+        })
+        .collect()
+}
+
+/// The job of a Backup the controller has not touched yet (no status state); `None` for
+/// one already reconciled or without a name.
+fn new_backup_job(backup: &Backup, config: &ControllerConfig) -> Option<BackupJob> {
+    let name = backup.metadata.name.clone()?;
+    let state = backup
+        .status
+        .as_ref()
+        .map(|s| s.state.as_str())
+        .unwrap_or("");
+    if !state.is_empty() {
+        return None;
+    }
+    let volume = backup
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(longhorn_types::labels::BACKUP_VOLUME))
+        .cloned()
+        .unwrap_or_default();
+    Some(BackupJob {
+        name,
+        snapshot: backup.spec.snapshot_name.clone(),
+        node: config
+            .volume_nodes
+            .get(&volume)
+            .cloned()
+            .unwrap_or_default(),
+        volume,
+    })
 }
 
 struct BackupJob {
@@ -266,106 +294,151 @@ async fn stopped_during(stopped: &mut watch::Receiver<bool>, d: Duration) -> boo
     }
 }
 
-async fn reconcile_backup(
-    job: BackupJob,
+/// What every Backup's reconcile works with.
+#[derive(Clone)]
+struct Reconciler {
     backups: Api<Backup>,
     snapshots: Api<Snapshot>,
     config: Arc<ControllerConfig>,
     shared: Arc<Shared>,
     slots: Arc<HashMap<String, Arc<Semaphore>>>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let owner = job.node.clone();
-    let mut pending_written = false;
-    // Reconciles until the snapshot is usable; bounded by the stop signal (the run's end).
-    let mut first = true;
-    let proxy_conn = loop {
-        if *stopped.borrow() {
+}
+
+impl Reconciler {
+    async fn reconcile_backup(self, job: BackupJob, mut stopped: watch::Receiver<bool>) {
+        // Reconciles until the snapshot is usable; bounded by the stop signal (the run's end).
+        let Some(proxy_conn) = self.until_snapshot_ready(&job, &mut stopped).await else {
             return;
-        }
-        // A deleted Backup is not reconciled again (what the long run's retention relies on).
-        if !first && matches!(backups.get_opt(&job.name).await, Ok(None)) {
-            return;
-        }
-        first = false;
-        shared.reconciles.fetch_add(1, Ordering::Relaxed);
-        // Step 5: getBackupTarget() opens an engine-proxy client on the node.
-        let conn = open_proxy_connection(&config, &shared, &job.node).await;
-        // Step 8/9: the Snapshot must exist and be ready.
-        let ready = match snapshots.get_opt(&job.snapshot).await {
-            Ok(Some(s)) => s.ready_to_use(),
-            Ok(None) => false,
-            Err(e) => {
-                shared.api_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, backup = %job.name, "simulated controller: snapshot get failed");
-                false
-            }
         };
-        if ready {
-            break conn;
-        }
-        // The v1.7.2 leak: the error path returns without closing the client.
-        if let Some(c) = conn {
-            let mut leaked = shared.leaked.lock().unwrap_or_else(PoisonError::into_inner);
-            leaked.push(c);
-        }
-        if !pending_written {
-            let status = longhorn_types::shapes::backup_status(
-                "Pending",
-                &owner,
-                &job.volume,
-                &job.snapshot,
-            );
-            match write_status(&backups, &job.name, status).await {
-                Ok(()) => {
-                    pending_written = true;
-                    shared.set_pending.fetch_add(1, Ordering::Relaxed);
-                }
+        self.back_up(&job, &mut stopped).await;
+        drop(proxy_conn);
+    }
+
+    /// Reconciles every `resync` until the Snapshot is ready, leaking the engine-proxy
+    /// connection of each failed round and setting the Backup Pending once; returns the last
+    /// round's connection, or `None` when stopped first.
+    async fn until_snapshot_ready(
+        &self,
+        job: &BackupJob,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Option<Option<Channel>> {
+        let (config, shared) = (&self.config, &self.shared);
+        let mut pending_written = false;
+        let mut first = true;
+        loop {
+            if *stopped.borrow() {
+                return None;
+            }
+            // A deleted Backup is not reconciled again (what the long run's retention relies on).
+            if !first && matches!(self.backups.get_opt(&job.name).await, Ok(None)) {
+                return None;
+            }
+            first = false;
+            shared.reconciles.fetch_add(1, Ordering::Relaxed);
+            leak_in_manager(config, shared, &job.node);
+            // Step 5: getBackupTarget() opens an engine-proxy client on the node.
+            let conn = open_proxy_connection(config, shared, &job.node).await;
+            // Step 8/9: the Snapshot must exist and be ready.
+            let ready = match self.snapshots.get_opt(&job.snapshot).await {
+                Ok(Some(s)) => s.ready_to_use(),
+                Ok(None) => false,
                 Err(e) => {
                     shared.api_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, backup = %job.name, "simulated controller: status write failed");
+                    tracing::debug!(error = %e, backup = %job.name, "simulated controller: snapshot get failed");
+                    false
                 }
+            };
+            if ready {
+                return Some(conn);
+            }
+            // The v1.7.2 leak: the error path returns without closing the client.
+            if let Some(c) = conn {
+                let mut leaked = shared.leaked.lock().unwrap_or_else(PoisonError::into_inner);
+                leaked.push(c);
+            }
+            if !pending_written && self.write_status(job, "Pending", |_| {}).await {
+                pending_written = true;
+                shared.set_pending.fetch_add(1, Ordering::Relaxed);
+            }
+            if stopped_during(stopped, config.resync).await {
+                return None;
             }
         }
-        if stopped_during(&mut stopped, config.resync).await {
+    }
+
+    /// Healthy path: waits for a backup slot on the node, then InProgress and, after
+    /// `backup_duration`, Completed with its URL.
+    async fn back_up(&self, job: &BackupJob, stopped: &mut watch::Receiver<bool>) {
+        let Some(slot) = self.slots.get(&job.node).cloned() else {
+            return;
+        };
+        let permit = tokio::select! {
+            _ = stopped.changed() => return,
+            p = slot.acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        self.write_status(job, "InProgress", |status| {
+            status["progress"] = json!(50);
+        })
+        .await;
+        if stopped_during(stopped, self.config.backup_duration).await {
             return;
         }
-    };
-    // Healthy path: the connection belongs to the backup monitor and is closed at its end.
-    let Some(slot) = slots.get(&job.node).cloned() else {
+        let url = format!(
+            "s3://backupbucket@us-east-1/?backup={}&volume={}",
+            job.name, job.volume
+        );
+        if self
+            .write_status(job, "Completed", |status| status["url"] = json!(url))
+            .await
+        {
+            self.shared.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(permit);
+    }
+
+    /// Writes the Backup's status in `state` (as Longhorn shapes it, then `amend`ed); a
+    /// failure is counted and logged. Returns whether it was written.
+    async fn write_status(
+        &self,
+        job: &BackupJob,
+        state: &str,
+        amend: impl FnOnce(&mut serde_json::Value),
+    ) -> bool {
+        let mut status =
+            longhorn_types::shapes::backup_status(state, &job.node, &job.volume, &job.snapshot);
+        amend(&mut status);
+        match write_status(&self.backups, &job.name, status).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.shared.api_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, backup = %job.name, "simulated controller: status write failed");
+                false
+            }
+        }
+    }
+}
+
+/// The slow-leak run's leak: on the leaky node, the manager opens connections to its node's
+/// engine proxy and never closes them, and grows (bounded by the leak cap).
+fn leak_in_manager(config: &ControllerConfig, shared: &Shared, node: &str) {
+    let Some(leak) = config.manager_leak.as_ref().filter(|l| l.node == node) else {
         return;
     };
-    let permit = tokio::select! {
-        _ = stopped.changed() => return,
-        p = slot.acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+    let Some(addr) = config.proxies.get(node) else {
+        return;
     };
-    let mut status =
-        longhorn_types::shapes::backup_status("InProgress", &owner, &job.volume, &job.snapshot);
-    status["progress"] = json!(50);
-    if let Err(e) = write_status(&backups, &job.name, status).await {
-        shared.api_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(error = %e, backup = %job.name, "simulated controller: status write failed");
-    }
-    if stopped_during(&mut stopped, config.backup_duration).await {
+    let n = leak.connections_per_reconcile as u64;
+    if shared.manager_leaked.load(Ordering::SeqCst) + n > config.max_leaked as u64 {
+        shared.leak_cap_hit.store(true, Ordering::SeqCst);
         return;
     }
-    let mut status =
-        longhorn_types::shapes::backup_status("Completed", &owner, &job.volume, &job.snapshot);
-    status["url"] = json!(format!(
-        "s3://backupbucket@us-east-1/?backup={}&volume={}",
-        job.name, job.volume
-    ));
-    match write_status(&backups, &job.name, status).await {
-        Ok(()) => {
-            shared.completed.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            shared.api_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %e, backup = %job.name, "simulated controller: status write failed");
-        }
+    shared.manager_leaked.fetch_add(n, Ordering::SeqCst);
+    let _ = leak.commands.send(format!("connect {addr} {n}"));
+    if leak.mib_per_reconcile > 0 {
+        let _ = leak
+            .commands
+            .send(format!("grow {}", leak.mib_per_reconcile));
     }
-    drop(permit);
-    drop(proxy_conn);
 }
 
 /// Opens (and connects) a new gRPC channel to the node's engine proxy, unless the leak cap

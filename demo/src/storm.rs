@@ -137,6 +137,8 @@ pub struct Attempt {
     pub sent: Instant,
     /// Client-side duration of the CREATE (zero when not sent).
     pub latency: Duration,
+    /// When the CREATE was sent, from the storm's start.
+    pub sent_at: Duration,
 }
 
 /// Live counters, for a progress display.
@@ -176,9 +178,11 @@ pub async fn run(
                         outcome: Outcome::NotSent,
                         sent: Instant::now(),
                         latency: Duration::ZERO,
+                        sent_at: start.elapsed(),
                     };
                 }
                 let sent = Instant::now();
+                let sent_at = start.elapsed();
                 let (outcome, latency) =
                     create(&api, namespace, planned, config.request_timeout).await;
                 progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -201,6 +205,7 @@ pub async fn run(
                     outcome,
                     sent,
                     latency,
+                    sent_at,
                 }
             }
         })

@@ -74,6 +74,26 @@ const MAX_HEADER: usize = 16 * 1024;
 /// `truncated` set). Fails on non-200 statuses, on time-out, and on malformed responses.
 pub fn get(target: &HttpTarget, timeout: Duration, max_body: usize) -> Result<Body, String> {
     let deadline = Instant::now() + timeout;
+    let mut stream = send_request(target, timeout, deadline)?;
+    let response = read_response(&mut stream, timeout, deadline, max_body)?;
+    drop(stream);
+    Ok(response.into_body(max_body))
+}
+
+/// Time left before `deadline` (of a call of `timeout`); an error once it has passed.
+fn remaining(deadline: Instant, timeout: Duration) -> Result<Duration, String> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("timed out after {timeout:?}"))
+}
+
+/// Connects to `target` and writes the GET request.
+fn send_request(
+    target: &HttpTarget,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<TcpStream, String> {
     let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
         .to_socket_addrs()
         .map_err(|e| format!("resolving {}: {e}", target.host))?
@@ -83,14 +103,8 @@ pub fn get(target: &HttpTarget, timeout: Duration, max_body: usize) -> Result<Bo
         .ok_or_else(|| format!("{} resolves to no address", target.host))?;
     let mut stream =
         TcpStream::connect_timeout(addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    let remaining = |deadline: Instant| {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("timed out after {timeout:?}"))
-    };
     stream
-        .set_write_timeout(Some(remaining(deadline)?))
+        .set_write_timeout(Some(remaining(deadline, timeout)?))
         .map_err(|e| e.to_string())?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: longhorn-guard-manager-monitor\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
@@ -100,7 +114,26 @@ pub fn get(target: &HttpTarget, timeout: Duration, max_body: usize) -> Result<Bo
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("sending request: {e}"))?;
+    Ok(stream)
+}
 
+/// A response as read: its raw bytes, where the header ends, and what the header says of the
+/// body.
+struct RawResponse {
+    raw: Vec<u8>,
+    header_end: usize,
+    content_length: Option<usize>,
+    chunked: bool,
+}
+
+/// Reads a 200 response until its body is complete, `max_body` (plus a little) is reached or
+/// the server closes; refuses other statuses, oversized headers and the deadline passing.
+fn read_response(
+    stream: &mut TcpStream,
+    timeout: Duration,
+    deadline: Instant,
+    max_body: usize,
+) -> Result<RawResponse, String> {
     let mut raw = Vec::with_capacity(8 * 1024);
     let mut buf = [0u8; 8 * 1024];
     let mut header_end: Option<usize> = None;
@@ -118,7 +151,7 @@ pub fn get(target: &HttpTarget, timeout: Duration, max_body: usize) -> Result<Bo
             return Err("response header larger than 16 KiB".into());
         }
         stream
-            .set_read_timeout(Some(remaining(deadline)?))
+            .set_read_timeout(Some(remaining(deadline, timeout)?))
             .map_err(|e| e.to_string())?;
         let n = match stream.read(&mut buf) {
             Ok(n) => n,
@@ -151,25 +184,36 @@ pub fn get(target: &HttpTarget, timeout: Duration, max_body: usize) -> Result<Bo
             chunked = ch;
         }
     }
-    drop(stream);
-    let h = header_end.ok_or("connection closed before the response header ended")?;
-    let body = &raw[h..];
-    let (mut bytes, complete) = if chunked {
-        dechunk(body)
-    } else {
-        let complete = content_length.is_none_or(|n| body.len() >= n);
-        let body = match content_length {
-            Some(n) if body.len() > n => &body[..n],
-            _ => body,
+    let header_end = header_end.ok_or("connection closed before the response header ended")?;
+    Ok(RawResponse {
+        raw,
+        header_end,
+        content_length,
+        chunked,
+    })
+}
+
+impl RawResponse {
+    /// The body, dechunked or cut at its Content-Length, at most `max_body` bytes.
+    fn into_body(self, max_body: usize) -> Body {
+        let body = &self.raw[self.header_end..];
+        let (mut bytes, complete) = if self.chunked {
+            dechunk(body)
+        } else {
+            let complete = self.content_length.is_none_or(|n| body.len() >= n);
+            let body = match self.content_length {
+                Some(n) if body.len() > n => &body[..n],
+                _ => body,
+            };
+            (body.to_vec(), complete)
         };
-        (body.to_vec(), complete)
-    };
-    let mut truncated = !complete;
-    if bytes.len() > max_body {
-        bytes.truncate(max_body);
-        truncated = true;
+        let mut truncated = !complete;
+        if bytes.len() > max_body {
+            bytes.truncate(max_body);
+            truncated = true;
+        }
+        Body { bytes, truncated }
     }
-    Ok(Body { bytes, truncated })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

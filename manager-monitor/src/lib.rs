@@ -145,6 +145,16 @@ impl ManagerMonitor {
     /// Samples every `interval` until `shutdown` completes. Each sample runs on the blocking
     /// pool (procfs reads and short HTTP GETs); a sample in flight finishes before return.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with(shutdown, |_| {}).await;
+    }
+
+    /// [`ManagerMonitor::run`], handing every sample to `on_sample` (on the async side, after
+    /// the metrics are updated; a sample whose process could not be read is not handed over).
+    pub async fn run_with(
+        self,
+        shutdown: impl Future<Output = ()>,
+        mut on_sample: impl FnMut(&Sample),
+    ) {
         let mut interval = tokio::time::interval(self.config.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -157,12 +167,17 @@ impl ManagerMonitor {
             }
             let joined = tokio::task::spawn_blocking(move || {
                 // Failures are logged and counted inside sample_once.
-                let _ = monitor.sample_once();
-                monitor
+                let sample = monitor.sample_once();
+                (monitor, sample)
             })
             .await;
             match joined {
-                Ok(m) => monitor = m,
+                Ok((m, sample)) => {
+                    monitor = m;
+                    if let Ok(sample) = sample {
+                        on_sample(&sample);
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "longhorn-manager monitor: sampling task failed; monitor stopped");
                     return;
@@ -243,53 +258,10 @@ impl ManagerMonitor {
     }
 
     fn sample_process(&mut self, timestamp: SystemTime) -> Result<Sample> {
-        let mut event = None;
         let Some(id) = self.locate()? else {
-            if !self.lost_reported {
-                tracing::warn!(
-                    node = %self.config.node,
-                    proc_root = %self.config.proc_root.display(),
-                    matcher = ?self.config.process_match,
-                    previous = ?self.last_seen.map(|p| p.pid),
-                    "no longhorn-manager process found; longhorn_guard_manager_up = 0 until one appears"
-                );
-                self.lost_reported = true;
-                event = Some(ProcessEvent::Lost {
-                    previous: self.last_seen,
-                });
-            }
-            self.followed = None;
-            self.clear_process_series();
-            return Ok(Sample {
-                timestamp,
-                event,
-                process: None,
-                goroutines: None,
-                longhorn_proxy_grpc_connections: None,
-                proxy_connection_drift: None,
-                errors: Vec::new(),
-            });
+            return Ok(self.process_lost(timestamp));
         };
-
-        if self.followed != Some(id) {
-            match self.last_seen {
-                Some(previous) if previous != id => {
-                    self.metrics.restarts.get_or_create(&self.node).inc();
-                    tracing::warn!(node = %self.config.node, %previous, current = %id, "longhorn-manager restarted; following the new process");
-                    event = Some(ProcessEvent::Restarted {
-                        previous,
-                        current: id,
-                    });
-                }
-                _ => {
-                    tracing::info!(node = %self.config.node, process = %id, "following longhorn-manager");
-                    event = Some(ProcessEvent::Found(id));
-                }
-            }
-            self.followed = Some(id);
-            self.last_seen = Some(id);
-            self.lost_reported = false;
-        }
+        let event = self.follow(id);
 
         let process = match self.procfs.sample(id, &self.config.im_ports) {
             Ok(p) => p,
@@ -332,6 +304,62 @@ impl ManagerMonitor {
             proxy_connection_drift: drift,
             errors,
         })
+    }
+
+    /// No longhorn-manager process matches: stops following, clears the process series and
+    /// reports the loss once (until one is found again).
+    fn process_lost(&mut self, timestamp: SystemTime) -> Sample {
+        let mut event = None;
+        if !self.lost_reported {
+            tracing::warn!(
+                node = %self.config.node,
+                proc_root = %self.config.proc_root.display(),
+                matcher = ?self.config.process_match,
+                previous = ?self.last_seen.map(|p| p.pid),
+                "no longhorn-manager process found; longhorn_guard_manager_up = 0 until one appears"
+            );
+            self.lost_reported = true;
+            event = Some(ProcessEvent::Lost {
+                previous: self.last_seen,
+            });
+        }
+        self.followed = None;
+        self.clear_process_series();
+        Sample {
+            timestamp,
+            event,
+            process: None,
+            goroutines: None,
+            longhorn_proxy_grpc_connections: None,
+            proxy_connection_drift: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Follows process `id`; when it is not the one followed so far, says whether it was
+    /// found or replaced another (a restart, counted).
+    fn follow(&mut self, id: ProcessIdentity) -> Option<ProcessEvent> {
+        if self.followed == Some(id) {
+            return None;
+        }
+        let event = match self.last_seen {
+            Some(previous) if previous != id => {
+                self.metrics.restarts.get_or_create(&self.node).inc();
+                tracing::warn!(node = %self.config.node, %previous, current = %id, "longhorn-manager restarted; following the new process");
+                ProcessEvent::Restarted {
+                    previous,
+                    current: id,
+                }
+            }
+            _ => {
+                tracing::info!(node = %self.config.node, process = %id, "following longhorn-manager");
+                ProcessEvent::Found(id)
+            }
+        };
+        self.followed = Some(id);
+        self.last_seen = Some(id);
+        self.lost_reported = false;
+        Some(event)
     }
 
     fn scrape_goroutines(&self) -> Result<Option<u64>> {

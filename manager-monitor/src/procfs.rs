@@ -56,9 +56,18 @@ impl ProcessSample {
     /// Owned sockets to `port` that still hold a connection (every state but listen,
     /// time_wait and close): what a leaked gRPC client keeps open.
     pub fn open_connections_to(&self, port: u16) -> u64 {
+        self.open_connections_where(|p| p == port)
+    }
+
+    /// Owned sockets to every instance-manager port that still hold a connection.
+    pub fn open_connections(&self) -> u64 {
+        self.open_connections_where(|_| true)
+    }
+
+    fn open_connections_where(&self, port: impl Fn(u16) -> bool) -> u64 {
         self.im_connections
             .iter()
-            .filter(|((p, s), _)| *p == port && s.is_connection())
+            .filter(|((p, s), _)| port(*p) && s.is_connection())
             .map(|(_, n)| *n)
             .sum()
     }

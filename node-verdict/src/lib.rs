@@ -3,7 +3,7 @@
 //! in one `coordination.k8s.io/v1` Lease per node in the guard's namespace, and the webhook reads
 //! those Leases and holds back Backups of volumes on a `leaking` node.
 //!
-//! This crate is the contract between the two and nothing else: the verdict and its evidence,
+//! This crate is the contract between the two, plus the agent's pure judgement ([`tracker`]): the verdict and its evidence,
 //! the thresholds (a section of the policy file both read), and how a verdict is written into and
 //! read back from a Lease's name, labels and annotations. No I/O, no kube client: the agent and the
 //! webhook do their own API calls with these values.
@@ -20,6 +20,7 @@
 
 pub mod lease;
 pub mod thresholds;
+pub mod tracker;
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use lease::{ContractError, Published};
 pub use thresholds::{Level, Thresholds, ThresholdsError};
+pub use tracker::{Judgement, Observation, ProcessKey, Tracker, Transition};
 
 /// What the agent concluded about its node's longhorn-manager.
 #[derive(

@@ -29,6 +29,11 @@ pub struct Level {
 pub struct Thresholds {
     /// Slopes are measured over this many seconds of samples.
     pub window_seconds: u64,
+    /// Connections and RSS are judged by their floor: the lowest value over this many seconds.
+    /// Leaked connections raise the floor; a busy manager's short-lived ones only its peaks.
+    /// 0 judges the raw samples. At most half of `windowSeconds` is used (see
+    /// [`Thresholds::effective_floor_seconds`]), so a short test window needs no floor of its own.
+    pub floor_seconds: u64,
     /// A level must hold this long before the verdict enters it.
     pub enter_after_seconds: u64,
     /// The condition must have been clear this long before the verdict steps down.
@@ -38,22 +43,52 @@ pub struct Thresholds {
 }
 
 impl Default for Thresholds {
-    /// PROVISIONAL values, to be derived from the incident and documented here.
+    /// Derived from the v1.7.2 leak (reference §4.2, docs/node-protection.md has the figures):
+    ///
+    /// - **The leak's unit.** Every reconcile of a stuck `Pending` Backup (about every 30 s)
+    ///   leaks one gRPC client to the local instance manager's engine proxy: **2 connections per
+    ///   minute per stuck Backup**, never closed. Each leaked client held ~62 KiB in the
+    ///   agent's leak benchmark (BENCHMARKS.md: 5,000 leaked clients, 5.5 → 316 MiB), a lower
+    ///   bound for Go's ClientConn with its goroutines; the incident's manager passed 7 GB and
+    ///   was OOM-killed (~118,000 leaked clients at that size).
+    /// - **Connections are the primary signal** and RSS the backstop for a leak of something
+    ///   else: at 62 KiB a connection, a leak is visible in connections long before it is in
+    ///   RSS under the Go collector's noise.
+    /// - **`degrading` = one stuck Backup or more**: a floor of ≥ 50 connections growing
+    ///   ≥ 1.5/min (one stuck Backup leaks 2/min; a healthy manager holds a few long-lived
+    ///   streams per instance manager and its floor does not grow). Or RSS ≥ 1 GiB growing
+    ///   ≥ 5 MiB/min (7 GB within a day).
+    /// - **`leaking` = five stuck Backups or more**: a floor of ≥ 150 connections growing
+    ///   ≥ 10/min, half the node cap's rate (10 stuck Backups, the throttle's per-node cap,
+    ///   leak 20/min): a leak the static caps allow is caught, with margin for the slope's
+    ///   estimate. Or RSS ≥ 2 GiB growing ≥ 20 MiB/min (7 GB within ~4 hours).
+    /// - **Timing.** `floorSeconds` 60 = two reconcile periods (every stuck Backup leaks at
+    ///   least once in it, and short-lived connections close within it); `windowSeconds` 300 =
+    ///   ten reconcile periods, 20 samples at the monitor's 15 s; `enterAfterSeconds` 120 = four
+    ///   reconciles in a row must show it; `recoverAfterSeconds` 300 = a full window clear.
+    ///
+    /// Result (unit test `tracker::tests::defaults_catch_the_incident_long_before_oom`): the
+    /// node cap's 10 stuck Backups make a node `leaking` 9.5 minutes after the leak starts, with
+    /// 200 clients = 12 MiB leaked (0.17 % of the OOM point, ~4 days away at that rate); the
+    /// incident's ~550 stuck Backups per node (4,422 over 8 nodes) in 3 minutes with 3,850
+    /// clients = 233 MiB leaked (3.3 % of the OOM point, ~100 minutes away). One stuck Backup
+    /// makes it `degrading`, never `leaking`.
     fn default() -> Self {
         Thresholds {
             window_seconds: 300,
+            floor_seconds: 60,
             enter_after_seconds: 120,
             recover_after_seconds: 300,
             degrading: Level {
-                min_connections: 100,
-                connections_per_minute: 10.0,
-                min_rss_mib: 512,
+                min_connections: 50,
+                connections_per_minute: 1.5,
+                min_rss_mib: 1024,
                 rss_mib_per_minute: 5.0,
             },
             leaking: Level {
-                min_connections: 500,
-                connections_per_minute: 50.0,
-                min_rss_mib: 1024,
+                min_connections: 150,
+                connections_per_minute: 10.0,
+                min_rss_mib: 2048,
                 rss_mib_per_minute: 20.0,
             },
         }
@@ -65,6 +100,7 @@ impl Default for Thresholds {
 pub enum ThresholdsError {
     #[error("nodeProtection.thresholds.{0} must be greater than 0")]
     Zero(&'static str),
+
     #[error(
         "nodeProtection.thresholds.leaking must be at least as strict as degrading ({0} is lower)"
     )]
@@ -74,6 +110,11 @@ pub enum ThresholdsError {
 }
 
 impl Thresholds {
+    /// `floorSeconds`, capped at half the window.
+    pub fn effective_floor_seconds(&self) -> u64 {
+        self.floor_seconds.min(self.window_seconds / 2)
+    }
+
     pub fn validate(&self) -> Result<(), ThresholdsError> {
         for (name, v) in [
             ("windowSeconds", self.window_seconds),

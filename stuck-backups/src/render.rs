@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::{BackupFinding, PruneOutcome, Report, RestoreOutcome};
+use crate::{BackupFinding, DoomedVolume, PruneOutcome, Report, RestoreOutcome};
 
 /// `3d4h`, `5h2m`, `12m`, `40s`.
 pub fn age(seconds: i64) -> String {
@@ -65,6 +65,43 @@ fn finding_rows<'a>(findings: impl Iterator<Item = &'a BackupFinding>) -> Vec<Ve
     rows
 }
 
+/// The doctor's table of volumes with Backups that cannot finish.
+fn doomed_volume_rows(volumes: &[DoomedVolume]) -> Vec<Vec<String>> {
+    let mut rows = vec![
+        [
+            "VOLUME",
+            "BACKUPS",
+            "OLDEST",
+            "LAST COMPLETED BACKUP",
+            "RECURRING JOBS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for v in volumes {
+        rows.push(vec![
+            v.volume.clone(),
+            v.backups.len().to_string(),
+            age(v.oldest_age_seconds),
+            if v.last_backup_at.is_empty() {
+                "never".into()
+            } else {
+                v.last_backup_at.clone()
+            },
+            if v.recurring_jobs.is_empty() {
+                "-".into()
+            } else {
+                v.recurring_jobs
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+        ]);
+    }
+    rows
+}
+
 /// The doctor report as text.
 pub fn doctor_text(r: &Report) -> String {
     let mut out = String::new();
@@ -102,39 +139,7 @@ pub fn doctor_text(r: &Report) -> String {
             out,
             "\nvolumes with Backups that cannot finish (snapshot gone); each costs longhorn-manager a reconcile every ~30 s until pruned, and holds its volume's throttle slot until stuckAfterSeconds old:"
         );
-        let mut rows = vec![
-            [
-                "VOLUME",
-                "BACKUPS",
-                "OLDEST",
-                "LAST COMPLETED BACKUP",
-                "RECURRING JOBS",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ];
-        for v in &r.doomed_volumes {
-            rows.push(vec![
-                v.volume.clone(),
-                v.backups.len().to_string(),
-                age(v.oldest_age_seconds),
-                if v.last_backup_at.is_empty() {
-                    "never".into()
-                } else {
-                    v.last_backup_at.clone()
-                },
-                if v.recurring_jobs.is_empty() {
-                    "-".into()
-                } else {
-                    v.recurring_jobs
-                        .iter()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(",")
-                },
-            ]);
-        }
-        out.push_str(&table(&rows));
+        out.push_str(&table(&doomed_volume_rows(&r.doomed_volumes)));
     }
     let _ = writeln!(out, "\nLonghorn settings:");
     if r.settings.is_empty() {

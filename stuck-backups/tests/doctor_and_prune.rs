@@ -92,6 +92,7 @@ async fn backups(cluster: &TestCluster, ns: &str) -> BTreeMap<String, String> {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn doctor_reports_why_each_backup_is_stuck_and_writes_nothing() {
     let cluster = TestCluster::connect().await.unwrap();
     let ns = cluster.namespace("doctor").await.unwrap();
@@ -184,6 +185,7 @@ async fn doctor_reports_why_each_backup_is_stuck_and_writes_nothing() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn prune_dry_run_deletes_nothing_and_yes_deletes_exactly_the_eligible_ones_restorably() {
     let cluster = TestCluster::connect().await.unwrap();
     let ns = cluster.namespace("prune").await.unwrap();

@@ -121,6 +121,7 @@ fn temp_dir(ns: &str) -> std::path::PathBuf {
 /// does not list yet, is never pruned: not while younger than the stuck threshold, and not
 /// on the engine status' word while the Snapshot object is not readyToUse.
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn a_just_created_in_progress_backup_whose_snapshot_is_not_yet_in_the_engine_status_is_never_pruned()
  {
     let cluster = TestCluster::connect().await.unwrap();
@@ -153,6 +154,7 @@ async fn a_just_created_in_progress_backup_whose_snapshot_is_not_yet_in_the_engi
 
 /// What doctor says about those two Backups: why neither may be pruned.
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn doctor_says_why_a_young_backup_or_a_snapshot_being_taken_is_not_removable() {
     let cluster = TestCluster::connect().await.unwrap();
     let ns = cluster.namespace("doctor-young").await.unwrap();
@@ -217,6 +219,7 @@ async fn doctor_says_why_a_young_backup_or_a_snapshot_being_taken_is_not_removab
 /// Engine, and leaves the Backup alone when any of them changed since the diagnosis. The two
 /// phases are driven separately; the changes happen in between.
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn a_snapshot_that_comes_back_between_diagnosis_and_delete_is_left_alone() {
     let cluster = TestCluster::connect().await.unwrap();
     let ns = cluster.namespace("prune-recheck").await.unwrap();

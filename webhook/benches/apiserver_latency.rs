@@ -250,9 +250,8 @@ async fn start_ours(
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("LHG_BENCH_CREATES")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    let n = longhorn_guard_testkit::test_env()
+        .bench_creates
         .unwrap_or(300);
     let cluster = TestCluster::connect()
         .await
@@ -272,7 +271,10 @@ async fn main() {
             ms: Vec::with_capacity(n),
         });
     }
-    if let Ok(ns) = std::env::var("LHG_BENCH_INDEXED_NAMESPACE") {
+    if let Some(ns) = longhorn_guard_testkit::test_env()
+        .bench_indexed_namespace
+        .clone()
+    {
         // The filled namespace: labelled like a test namespace so a registration can select
         // it, given the same fixtures (their names differ from the filled objects').
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client());

@@ -34,13 +34,6 @@ const NODES: usize = 10;
 const IN_FLIGHT: usize = 20;
 const USER: &str = "system:serviceaccount:longhorn-system:longhorn-service-account";
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Feeds one kind's initial list into the index, the way the watch does.
 fn list<K>(index: &Index, objects: impl Iterator<Item = Value>)
 where
@@ -219,13 +212,13 @@ impl Case {
 }
 
 fn main() {
-    let decisions: usize = env_or("LHG_BENCH_DECISIONS", 20_000);
-    let rounds: usize = env_or("LHG_BENCH_ROUNDS", 5);
-    let sizes: Vec<usize> = std::env::var("LHG_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000,100000,500000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let env = longhorn_guard_testkit::test_env();
+    let decisions = env.bench_decisions.unwrap_or(20_000);
+    let rounds = env.bench_rounds.unwrap_or(5);
+    let sizes = env
+        .bench_sizes
+        .clone()
+        .unwrap_or_else(|| vec![1000, 10_000, 100_000, 500_000]);
     let mut cases: Vec<Case> = sizes.into_iter().map(Case::new).collect();
     // Rounds go through every size in turn, so a burst of load on the shared machine hits
     // them alike.

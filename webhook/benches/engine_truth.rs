@@ -304,9 +304,8 @@ async fn main() {
         rtt::bench(&rtts).await;
         return;
     }
-    let n: usize = std::env::var("LHG_BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    let n = longhorn_guard_testkit::test_env()
+        .bench_requests
         .unwrap_or(2000);
     let rig = Rig::start().await;
 
@@ -424,7 +423,7 @@ mod rtt {
                 .trim()
         );
         let rig = Rig::start().await;
-        let cluster = match std::env::var_os("LHG_TEST_KUBECONFIG") {
+        let cluster = match longhorn_guard_testkit::test_env().kubeconfig {
             Some(_) => Some(live_fixture().await),
             None => {
                 println!("LHG_TEST_KUBECONFIG not set: the live GET rows are skipped");

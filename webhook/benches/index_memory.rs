@@ -216,7 +216,10 @@ async fn measure(args: &[&str], cluster: &TestCluster) -> Measured {
     let start = Instant::now();
     let mut child = tokio::process::Command::new(exe)
         .args(args)
-        .env("LHG_TEST_KUBECONFIG", cluster.kubeconfig_path())
+        .env(
+            longhorn_guard_testkit::KUBECONFIG_ENV,
+            cluster.kubeconfig_path(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -5,8 +5,8 @@
 //! watch sees them, against the caps and the bound R × cap (THROTTLING.md).
 //!
 //! Needs the test control plane: `LHG_TEST_KUBECONFIG` (see control-plane/README.md).
-//! Sizes: `LHG_REPLICAS_BACKUPS` (default 4422), `LHG_REPLICAS_VOLUMES` (default 300),
-//! replica counts `LHG_REPLICAS_COUNTS` (default "1,5").
+//! Sizes: `LHG_BENCH_REPLICAS_BACKUPS` (default 4422), `LHG_BENCH_REPLICAS_VOLUMES` (default 300),
+//! replica counts `LHG_BENCH_REPLICAS_COUNTS` (default "1,5").
 #![allow(clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -16,23 +16,20 @@ mod storm_common;
 
 use longhorn_guard_testkit::TestCluster;
 use longhorn_guard_webhook::Policy;
-use storm_common::{ReplicaStorm, env_usize, replica_storm};
+use storm_common::{ReplicaStorm, replica_storm};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     longhorn_guard_runtime::install_crypto_provider();
     let cluster = TestCluster::connect().await.unwrap();
-    let counts: Vec<usize> = std::env::var("LHG_REPLICAS_COUNTS")
-        .unwrap_or_else(|_| "1,5".into())
-        .split(',')
-        .map(|n| n.trim().parse().unwrap())
-        .collect();
+    let env = longhorn_guard_testkit::test_env();
+    let counts = env.bench_replicas_counts.clone().unwrap_or(vec![1, 5]);
     let mut rows = Vec::new();
     for replicas in counts {
         let run = ReplicaStorm {
             replicas,
-            backups: env_usize("LHG_REPLICAS_BACKUPS", 4422),
-            volumes: env_usize("LHG_REPLICAS_VOLUMES", 300),
+            backups: env.bench_replicas_backups.unwrap_or(4422),
+            volumes: env.bench_replicas_volumes.unwrap_or(300),
             policy: Policy::default(),
         };
         let f = replica_storm(&cluster, &run).await.unwrap();

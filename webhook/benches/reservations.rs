@@ -31,13 +31,6 @@ const VOLUMES: usize = 1_000;
 /// Every 100th Backup has a generated name.
 const GENERATED_EVERY: usize = 100;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// `backups` Backups through the index's list path (see the module docs for the mix).
 fn fill(backups: usize) -> Index {
     let index = Index::default();
@@ -113,10 +106,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let backups: usize = env_or("LHG_BENCH_BACKUPS", 100_000);
-    let held: usize = env_or("LHG_BENCH_RESERVATIONS", 32);
-    let settles: usize = env_or("LHG_BENCH_SETTLES", 200);
-    let rounds: usize = env_or("LHG_BENCH_ROUNDS", 5);
+    let env = longhorn_guard_testkit::test_env();
+    let backups = env.bench_backups.unwrap_or(100_000);
+    let held = env.bench_reservations.unwrap_or(32);
+    let settles = env.bench_settles.unwrap_or(200);
+    let rounds = env.bench_rounds.unwrap_or(5);
     let t = Instant::now();
     let index = fill(backups);
     let fill_s = t.elapsed().as_secs_f64();

@@ -22,13 +22,6 @@ use longhorn_types::shapes;
 
 const NS: &str = "longhorn-system";
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Run {
     rps: f64,
     p50_ms: f64,
@@ -37,9 +30,10 @@ struct Run {
 }
 
 fn h2load(url: &str, body: &std::path::Path, log: &std::path::Path) -> Run {
-    let n = env("LHG_BENCH_REQUESTS", 50_000);
-    let c = env("LHG_BENCH_CLIENTS", 16);
-    let m = env("LHG_BENCH_STREAMS", 4);
+    let env = longhorn_guard_testkit::test_env();
+    let n = env.bench_requests.unwrap_or(50_000);
+    let c = env.bench_clients.unwrap_or(16);
+    let m = env.bench_streams.unwrap_or(4);
     let _ = std::fs::remove_file(log);
     let out = Command::new("h2load")
         .args([

@@ -5,7 +5,7 @@
 //! controller completes each after `RUN_TIME`.
 //!
 //! `cargo run --release -p longhorn-guard-webhook --example throttle_storm`
-//! Size: `LHG_STORM_BACKUPS` (default 4422), `LHG_STORM_VOLUMES` (default 300).
+//! Size: `LHG_BENCH_STORM_BACKUPS` (default 4422), `LHG_BENCH_STORM_VOLUMES` (default 300).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use longhorn_types::shapes::with_status;
@@ -26,13 +26,6 @@ const NS: &str = "longhorn-system";
 const NODES: usize = 6;
 const CONCURRENCY: usize = 32;
 const RUN_TIME: Duration = Duration::from_millis(20);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn index(total: usize, volumes: usize) -> Arc<Index> {
     let idx = Arc::new(Index::default());
@@ -184,8 +177,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let total = env_usize("LHG_STORM_BACKUPS", 4422);
-    let volumes = env_usize("LHG_STORM_VOLUMES", 300);
+    let env = longhorn_guard_testkit::test_env();
+    let total = env.bench_storm_backups.unwrap_or(4422);
+    let volumes = env.bench_storm_volumes.unwrap_or(300);
     let mut unthrottled = Policy::default();
     unthrottled.throttle.enabled = false;
     println!(

@@ -61,6 +61,10 @@ pub struct WebhookArgs {
     /// DNS name the agent certificate must carry (agents are dialled by pod IP).
     #[arg(long, env = "LHG_AGENT_SERVER_NAME", default_value = DEFAULT_AGENT_SERVER_NAME)]
     pub agent_server_name: String,
+    /// The guard's namespace, where the agents publish their nodes' verdict Leases (the
+    /// manifests pass the pod's own); none = no node verdicts read.
+    #[arg(long, env = "LHG_NODE_VERDICT_NAMESPACE")]
+    pub node_verdict_namespace: Option<String>,
     /// Agent pods: their namespace, label selector and gRPC port (`spec.nodeName` →
     /// `status.podIP:port`).
     #[arg(long, env = "LHG_AGENT_NAMESPACE", default_value = DEFAULT_AGENT_NAMESPACE)]
@@ -111,6 +115,7 @@ impl WebhookArgs {
             namespace: self.namespace,
             engine_truth,
             longhorn_version: self.longhorn_version,
+            node_verdict_namespace: self.node_verdict_namespace,
             ..WebhookConfig::default()
         })
     }
@@ -146,6 +151,10 @@ mod tests {
         assert_eq!(from_flags.policy_path, default.policy_path);
         assert_eq!(from_flags.namespace, default.namespace);
         assert_eq!(from_flags.longhorn_version, default.longhorn_version);
+        assert_eq!(
+            from_flags.node_verdict_namespace,
+            default.node_verdict_namespace
+        );
         assert!(from_flags.engine_truth.is_none() && default.engine_truth.is_none());
     }
 

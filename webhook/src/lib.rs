@@ -38,6 +38,7 @@ pub mod engine_truth;
 pub mod events;
 pub mod index;
 pub mod metrics;
+pub mod node_verdicts;
 pub mod policy;
 pub mod snapshot_source;
 pub mod throttle;
@@ -91,6 +92,9 @@ pub struct WebhookConfig {
     pub longhorn_version: Option<longhorn_types::Release>,
     /// How often the Longhorn version is re-detected (an upgrade changes it).
     pub longhorn_version_poll_interval: Duration,
+    /// The guard's namespace, where the agents publish their nodes' verdict Leases
+    /// (`crate::node_verdicts`); `None` = no verdicts read, no Backup held back by one.
+    pub node_verdict_namespace: Option<String>,
 }
 
 impl Default for WebhookConfig {
@@ -109,6 +113,7 @@ impl Default for WebhookConfig {
             engine_truth: None,
             longhorn_version: None,
             longhorn_version_poll_interval: Duration::from_secs(60),
+            node_verdict_namespace: None,
         }
     }
 }
@@ -222,14 +227,7 @@ pub async fn start_with_source(
 ) -> anyhow::Result<WebhookHandle> {
     tls::install_crypto_provider();
     let policy = Arc::new(config.load_policy()?);
-    // Refuses to start when Longhorn's CRDs are missing; an unknown version only warns.
-    let longhorn = match &client {
-        Some(c) => Some(
-            version::check_at_start(c, config.namespace.as_deref(), config.longhorn_version)
-                .await?,
-        ),
-        None => config.longhorn_version.map(version::LonghornInfo::pinned),
-    };
+    let longhorn = detect_longhorn(&config, client.as_ref()).await?;
     let index = Arc::new(Index::new(index_options(&policy)));
     index.set_staleness(policy.index_staleness());
     let metrics = Arc::new(Metrics::new());
@@ -242,81 +240,169 @@ pub async fn start_with_source(
 
     let mut watches = JoinSet::new();
     if let Some(truth_config) = &config.engine_truth {
-        let truth = engine_truth::EngineTruth::new(truth_config, metrics.engine_checks.clone())?;
-        if let Some(watch) = client
-            .as_ref()
-            .and_then(|c| truth.directory().spawn_watch(c.clone()))
-        {
-            watches.spawn(watch);
-        }
-        tracing::info!(agents = %truth.directory().describe(), "engine checks configured");
-        let _ = state.engine_truth.set(Arc::new(truth));
+        start_engine_truth(truth_config, client.as_ref(), &state, &mut watches)?;
     }
-    let mut event_writer = None;
-    if let Some(client) = &client {
-        let (sink, writer) = events::spawn(events::EventWriter {
-            client: client.clone(),
-            index: index.clone(),
-            policy: state.policy.clone(),
-            metrics: metrics.events.clone(),
-            instance: events::reporting_instance(),
-        });
-        let _ = state.events.set(sink);
-        event_writer = Some(writer);
-    }
+    let event_writer = client
+        .as_ref()
+        .map(|client| start_event_writer(client, &state));
     if let Some(client) = client {
-        let scope = match &config.namespace {
-            Some(ns) => WatchScope::Namespace(ns.clone()),
-            None => WatchScope::AllNamespaces,
-        };
-        if config.longhorn_version.is_none() {
-            watches.spawn(version::run_redetection(
-                client.clone(),
-                config.namespace.clone(),
-                state.longhorn.clone(),
-                metrics.longhorn.clone(),
-                config.longhorn_version_poll_interval,
-            ));
-        }
-        index::run_watches(
-            &mut watches,
-            client,
-            &scope,
-            index.clone(),
-            metrics.index.clone(),
-        );
+        start_cluster_watches(&config, client, &state, &mut watches);
     }
     if config.policy.is_none()
         && let Some(path) = &config.policy_path
     {
-        let initial = std::fs::read(path).ok();
-        let watch = policy::PolicyFileWatch::new(path.clone(), initial.as_deref());
-        let reload_metrics = metrics.clone();
-        let (reload_index, reload_policy) = (index.clone(), state.policy.clone());
-        let longhorn_namespace = config.namespace.clone();
-        watches.spawn(policy::reload::run_reloader(
-            watch,
-            state.policy.clone(),
-            config.policy_poll_interval,
-            move |outcome| match outcome {
-                policy::ReloadOutcome::Rejected { .. } => {
-                    reload_metrics.throttle.policy_reload_errors.inc();
-                }
-                policy::ReloadOutcome::Reloaded { generation } => {
-                    let policy = reload_policy.get();
-                    reload_index.set_staleness(policy.index_staleness());
-                    reload_metrics.policy_in_force(&policy, longhorn_namespace.as_deref());
-                    reload_metrics
-                        .throttle
-                        .policy_generation
-                        .set(i64::try_from(*generation).unwrap_or(i64::MAX));
-                }
-                policy::ReloadOutcome::Unchanged => {}
-            },
-        ));
+        start_policy_reloader(&config, path, &state, &mut watches);
     }
     metrics.throttle.policy_generation.set(1);
 
+    let listeners = start_listeners(&config, &state).await?;
+    state.set_serving(true);
+    tracing::info!(
+        addr = %listeners.addr,
+        metrics_addr = %listeners.metrics_addr,
+        namespace = ?config.namespace,
+        "webhook listening"
+    );
+    Ok(WebhookHandle {
+        addr: listeners.addr,
+        tls_reload: listeners.tls_reload,
+        metrics_addr: listeners.metrics_addr,
+        state,
+        tls_handle: listeners.tls_handle,
+        ops_stop: Some(listeners.ops_stop),
+        servers: listeners.servers,
+        watches,
+        events: event_writer,
+        grace: config.shutdown_grace,
+    })
+}
+
+/// The Longhorn release to judge by: detected through `client` (refuses to start when
+/// Longhorn's CRDs are missing; an unknown version only warns), else the pinned one.
+async fn detect_longhorn(
+    config: &WebhookConfig,
+    client: Option<&kube::Client>,
+) -> anyhow::Result<Option<version::LonghornInfo>> {
+    Ok(match client {
+        Some(c) => Some(
+            version::check_at_start(c, config.namespace.as_deref(), config.longhorn_version)
+                .await?,
+        ),
+        None => config.longhorn_version.map(version::LonghornInfo::pinned),
+    })
+}
+
+/// Builds the engine-truth checks into `state` and, with a client, spawns the agents'
+/// discovery watch.
+fn start_engine_truth(
+    truth_config: &engine_truth::EngineTruthConfig,
+    client: Option<&kube::Client>,
+    state: &AppState,
+    watches: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let truth = engine_truth::EngineTruth::new(truth_config, state.metrics.engine_checks.clone())?;
+    if let Some(watch) = client.and_then(|c| truth.directory().spawn_watch(c.clone())) {
+        watches.spawn(watch);
+    }
+    tracing::info!(agents = %truth.directory().describe(), "engine checks configured");
+    let _ = state.engine_truth.set(Arc::new(truth));
+    Ok(())
+}
+
+/// Spawns the Kubernetes Event writer and hands its sink to `state`.
+fn start_event_writer(client: &kube::Client, state: &AppState) -> events::EventWriterHandle {
+    let (sink, writer) = events::spawn(events::EventWriter {
+        client: client.clone(),
+        index: state.index.clone(),
+        policy: state.policy.clone(),
+        metrics: state.metrics.events.clone(),
+        instance: events::reporting_instance(),
+    });
+    let _ = state.events.set(sink);
+    writer
+}
+
+/// Spawns the index's list-and-watch loops and, unless the release is pinned, the Longhorn
+/// version re-detection.
+fn start_cluster_watches(
+    config: &WebhookConfig,
+    client: kube::Client,
+    state: &AppState,
+    watches: &mut JoinSet<()>,
+) {
+    let scope = match &config.namespace {
+        Some(ns) => WatchScope::Namespace(ns.clone()),
+        None => WatchScope::AllNamespaces,
+    };
+    if config.longhorn_version.is_none() {
+        watches.spawn(version::run_redetection(
+            client.clone(),
+            config.namespace.clone(),
+            state.longhorn.clone(),
+            state.metrics.longhorn.clone(),
+            config.longhorn_version_poll_interval,
+        ));
+    }
+    if let Some(namespace) = &config.node_verdict_namespace {
+        watches.spawn(verdict_watch(&client, namespace, state).run());
+    }
+    index::run_watches(
+        watches,
+        client,
+        &scope,
+        state.index.clone(),
+        state.metrics.index.clone(),
+    );
+}
+
+/// Spawns the policy file's hot reload: a new policy sets the index's staleness, the
+/// policy metrics and the generation; a rejected one counts an error.
+fn start_policy_reloader(
+    config: &WebhookConfig,
+    path: &std::path::Path,
+    state: &AppState,
+    watches: &mut JoinSet<()>,
+) {
+    let initial = std::fs::read(path).ok();
+    let watch = policy::PolicyFileWatch::new(path.to_path_buf(), initial.as_deref());
+    let reload_metrics = state.metrics.clone();
+    let (reload_index, reload_policy) = (state.index.clone(), state.policy.clone());
+    let longhorn_namespace = config.namespace.clone();
+    watches.spawn(policy::reload::run_reloader(
+        watch,
+        state.policy.clone(),
+        config.policy_poll_interval,
+        move |outcome| match outcome {
+            policy::ReloadOutcome::Rejected { .. } => {
+                reload_metrics.throttle.policy_reload_errors.inc();
+            }
+            policy::ReloadOutcome::Reloaded { generation } => {
+                let policy = reload_policy.get();
+                reload_index.set_staleness(policy.index_staleness());
+                reload_metrics.policy_in_force(&policy, longhorn_namespace.as_deref());
+                reload_metrics
+                    .throttle
+                    .policy_generation
+                    .set(i64::try_from(*generation).unwrap_or(i64::MAX));
+            }
+            policy::ReloadOutcome::Unchanged => {}
+        },
+    ));
+}
+
+/// The two bound listeners and their server tasks.
+struct Listeners {
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    tls_reload: longhorn_guard_runtime::tls::ReloadHandle,
+    tls_handle: axum_server::Handle<SocketAddr>,
+    ops_stop: tokio::sync::oneshot::Sender<()>,
+    servers: JoinSet<anyhow::Result<()>>,
+}
+
+/// Binds the admission listener (TLS, certificate reloaded from its files) and the ops
+/// listener (health, readiness, metrics) and spawns their servers.
+async fn start_listeners(config: &WebhookConfig, state: &AppState) -> anyhow::Result<Listeners> {
     let (tls_config, tls_reload) =
         tls::reloading_server_config(&config.tls_cert, &config.tls_key, config.tls_poll_interval)?;
     let listener = std::net::TcpListener::bind(config.listen)
@@ -352,20 +438,31 @@ pub async fn start_with_source(
             .await
             .with_context(|| format!("metrics server on {metrics_addr}"))
     });
-    state.set_serving(true);
-    tracing::info!(%addr, %metrics_addr, namespace = ?config.namespace, "webhook listening");
-    Ok(WebhookHandle {
+    Ok(Listeners {
         addr,
-        tls_reload,
         metrics_addr,
-        state,
+        tls_reload,
         tls_handle,
-        ops_stop: Some(ops_stop),
+        ops_stop,
         servers,
-        watches,
-        events: event_writer,
-        grace: config.shutdown_grace,
     })
+}
+
+/// The watch of the nodes' verdict Leases in `namespace`, feeding `state` (its staleness bound
+/// is the index's, hot-reloaded).
+fn verdict_watch(
+    client: &kube::Client,
+    namespace: &str,
+    state: &AppState,
+) -> node_verdicts::watch::VerdictWatch {
+    let index = state.index.clone();
+    node_verdicts::watch::VerdictWatch {
+        client: client.clone(),
+        namespace: namespace.to_string(),
+        verdicts: state.node_verdicts.clone(),
+        metrics: state.metrics.node_verdicts.clone(),
+        staleness: Arc::new(move || index.staleness()),
+    }
 }
 
 /// Runs the webhook until `shutdown` completes, then shuts down gracefully.

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub longhorn: crate::version::VersionMetrics,
     /// Events about refused Backups (`crate::events`).
     pub events: crate::events::EventMetrics,
+    /// The nodes' leak verdicts and the Backups they held back (`crate::node_verdicts`).
+    pub node_verdicts: crate::node_verdicts::NodeVerdictMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,7 +152,9 @@ impl Metrics {
         let engine_checks = crate::engine_truth::EngineCheckMetrics::register(&mut registry);
         let longhorn = crate::version::VersionMetrics::register(&mut registry);
         let events = crate::events::EventMetrics::register(&mut registry);
+        let node_verdicts = crate::node_verdicts::NodeVerdictMetrics::register(&mut registry);
         Self {
+            node_verdicts,
             events,
             longhorn,
             throttle,
@@ -185,7 +189,11 @@ impl Metrics {
                 "{exemption}"
             );
         }
-        for section in [ExemptedSection::Checks, ExemptedSection::Throttle] {
+        for section in [
+            ExemptedSection::Checks,
+            ExemptedSection::Throttle,
+            ExemptedSection::NodeProtection,
+        ] {
             let n = found.iter().filter(|e| e.section == section).count();
             self.policy_longhorn_exemptions
                 .get_or_create(&SectionLabels {

@@ -326,6 +326,7 @@ async fn send(served: &Served, r: &Row) -> Result<Answer> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn hostile_reviews_get_specific_answers_and_the_server_keeps_serving() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("lhg-bad-input").await?;

@@ -477,6 +477,7 @@ fn assert_within_budget(a: &Answer, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn engine_answers_deny_absent_and_removed_and_allow_present() -> Result<()> {
     let setup = Setup::new("truth-verdicts").await?;
     let (served, reg) = setup.serve_registered().await?;
@@ -577,6 +578,7 @@ async fn engine_answers_deny_absent_and_removed_and_allow_present() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn agent_down_agent_black_holed_engine_black_holed_fall_back_within_budget() -> Result<()> {
     let mut setup = Setup::new("truth-fallback").await?;
     let (served, reg) = setup.serve_registered().await?;
@@ -708,6 +710,7 @@ async fn direct_get(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn a_client_certificate_from_another_ca_is_refused_and_the_webhook_falls_back() -> Result<()>
 {
     let setup = Setup::new("truth-foreign-ca").await?;
@@ -759,6 +762,7 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_webhook_falls_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn after_k_failures_the_breaker_skips_the_agent_without_dialling_it() -> Result<()> {
     let setup = Setup::new("truth-breaker").await?;
     let (served, reg) = setup.serve_registered().await?;
@@ -829,6 +833,7 @@ async fn after_k_failures_the_breaker_skips_the_agent_without_dialling_it() -> R
 /// full answer (the engine's verdict, not a fallback), while new connections are refused as
 /// soon as shutdown has begun; then the server tasks end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn shutdown_finishes_the_review_in_flight_and_refuses_new_connections() -> Result<()> {
     const HOLD: Duration = Duration::from_secs(1);
     let setup = Setup::new("truth-shutdown").await?;

@@ -88,6 +88,7 @@ fn writes(m: &Metrics, op: &'static str, outcome: &'static str) -> u64 {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn a_refused_backup_leaves_an_event_on_its_volume_with_the_message_and_requester()
 -> Result<()> {
     let cluster = TestCluster::connect().await?;
@@ -187,12 +188,12 @@ async fn a_refused_backup_leaves_an_event_on_its_volume_with_the_message_and_req
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn a_storm_of_denials_becomes_one_event_per_volume_with_the_count_aggregated() -> Result<()> {
     const VOLUMES: usize = 4;
-    let denials = std::env::var("LHG_EVENTS_STORM_DENIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4_000usize);
+    let denials = longhorn_guard_testkit::test_env()
+        .events_storm_denials
+        .unwrap_or(4_000);
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("events-storm").await?;
     for v in 0..VOLUMES {
@@ -290,6 +291,7 @@ async fn a_storm_of_denials_becomes_one_event_per_volume_with_the_count_aggregat
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn without_rbac_for_events_admissions_answer_and_the_failed_writes_are_counted() -> Result<()>
 {
     let cluster = TestCluster::connect().await?;

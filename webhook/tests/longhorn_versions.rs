@@ -30,7 +30,7 @@ mod longhorn_data {
     /// label. Ignored by a plain test run (shown skipped); `scripts/test.sh` runs it, and there a
     /// missing file fails it.
     #[test]
-    #[ignore = "needs Longhorn's CRDs (../shared/longhorn or LHG_LONGHORN_CRDS): scripts/test.sh runs it"]
+    #[ignore = "needs Longhorn's CRDs (../shared/longhorn or LHG_TEST_LONGHORN_CRDS): bash scripts/test.sh"]
     fn longhorn_v1_7_2_crds_are_detected_as_1_7() {
         use longhorn_guard_webhook::version::{
             BACKUP_CRD, Evidence, Source, detect, release_from_schema,
@@ -59,6 +59,7 @@ mod longhorn_data {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn each_release_is_detected_and_judged_by_its_rules() {
     let state = std::env::temp_dir().join(format!(
         "lhg-versions-cp-{}-{:08x}",

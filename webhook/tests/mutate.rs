@@ -86,6 +86,7 @@ async fn unchanged(served: &Served) -> Result<u64> {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn listed_and_labelled_volumes_are_stored_full_others_untouched_dry_run_stores_nothing()
 -> Result<()> {
     let cluster = TestCluster::connect().await?;
@@ -137,6 +138,7 @@ async fn listed_and_labelled_volumes_are_stored_full_others_untouched_dry_run_st
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn with_the_mutating_endpoint_off_nothing_is_patched() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("webhook-mutate-off").await?;

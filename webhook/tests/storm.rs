@@ -8,7 +8,7 @@
 //! it, each retry creating a new snapshot and a new Backup, up to `backoffLimit` retries
 //! with exponential backoff (scaled down from the Job controller's 10 s, 20 s, 40 s).
 //!
-//! Size: `LHG_STORM_BACKUPS` (default 4422), `LHG_STORM_VOLUMES` (default 300).
+//! Size: `LHG_TEST_STORM_BACKUPS` (default 4422), `LHG_TEST_STORM_VOLUMES` (default 300).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -24,7 +24,7 @@ use common::*;
 use futures::{StreamExt, TryStreamExt};
 use kube::Api;
 use kube::api::DeleteParams;
-use longhorn_guard_testkit::TestCluster;
+use longhorn_guard_testkit::{TestCluster, test_env};
 use longhorn_guard_webhook::Policy;
 use longhorn_guard_webhook::policy::throttle::ThrottlePolicy;
 use longhorn_types::{Backup, BackupState, Snapshot, shapes};
@@ -52,9 +52,10 @@ struct Tally {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn storm_of_backups_is_held_at_the_caps() -> Result<()> {
-    let total = env_usize("LHG_STORM_BACKUPS", 4422);
-    let volumes = env_usize("LHG_STORM_VOLUMES", 300);
+    let total = test_env().storm_backups.unwrap_or(4422);
+    let volumes = test_env().storm_volumes.unwrap_or(300);
     let started = Instant::now();
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("storm").await?;
@@ -311,9 +312,10 @@ pub async fn review_at(
 /// other's Backups. The overshoot must stay within the documented bound
 /// (R − 1) × cap per scope (THROTTLING.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn two_replicas_overshoot_stays_within_the_bound() -> Result<()> {
-    let total = env_usize("LHG_REPLICA_STORM_BACKUPS", 1500);
-    let volumes = env_usize("LHG_REPLICA_STORM_VOLUMES", 60);
+    let total = test_env().replica_storm_backups.unwrap_or(1500);
+    let volumes = test_env().replica_storm_volumes.unwrap_or(60);
     let cluster = TestCluster::connect().await?;
     let ns = cluster.namespace("storm-replicas").await?;
     storm_fixtures(&cluster, &ns, volumes).await?;

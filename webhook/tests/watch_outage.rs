@@ -200,6 +200,7 @@ async fn expired(api: &Api<BackupTarget>, rv: &str) -> Result<bool> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn readiness_follows_the_index_through_a_cut_and_an_expired_watch_relists() -> Result<()> {
     let cluster = TestCluster::connect().await?;
     let client = cluster.client();

@@ -1,12 +1,14 @@
 //! Shared set-up of the agent's integration tests: a fake engine proxy on loopback and a pool
-//! pointed at it.
+//! pointed at it, test certificates, `/metrics` fetched over HTTP and checked with promtool.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use fake_engine::{EngineSpec, FakeEngine, RunningServer, SnapshotSpec};
 use longhorn_guard_agent::{EngineClient, EngineTarget, LeasePool, PoolConfig, PoolMetrics};
@@ -181,4 +183,130 @@ pub fn count_fds_in(dir: &Path) -> anyhow::Result<usize> {
 pub fn resident_bytes() -> anyhow::Result<u64> {
     longhorn_guard_agent::metrics::process_resident_memory_bytes()
         .context("cannot read VmRSS from /proc/self/status: the memory check needs Linux procfs")
+}
+
+/// `GET path` on 127.0.0.1:`port` over HTTP/1.1: (status, body).
+pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status: u16 = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad HTTP response {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn promtool() -> PathBuf {
+    std::env::var_os("PROMTOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("promtool"))
+}
+
+pub fn run_promtool(args: &[&str], stdin: Option<&str>) -> anyhow::Result<(bool, String)> {
+    let promtool = promtool();
+    let mut child = std::process::Command::new(&promtool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "promtool ({}) is required to check the /metrics exposition and could not be run: {e}; \
+                 install the Debian package `prometheus` or set PROMTOOL",
+                Path::new(&promtool).display()
+            )
+        })?;
+    if let Some(mut pipe) = child.stdin.take() {
+        use std::io::Write as _;
+        pipe.write_all(stdin.unwrap_or_default().as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), report))
+}
+
+/// Checks the exposition with promtool; fails (never skips) when promtool is missing.
+///
+/// 1. Strict OpenMetrics parse: Prometheus's own OpenMetrics parser, reached through
+///    `promtool tsdb create-blocks-from openmetrics` (it needs a timestamp on every sample, so one
+///    is appended; nothing else is changed).
+/// 2. `promtool check metrics` lints the Prometheus text format, where an OpenMetrics counter
+///    family `x` with samples `x_total` looks like an untyped `x_total` without HELP: that one
+///    finding is accepted when `# HELP x` is present; any other finding fails.
+pub fn promtool_check(text: &str) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let dir = files_dir(&[])?;
+    ingest_into_tsdb(
+        text,
+        now,
+        &dir.path().join("metrics.om"),
+        &dir.path().join("blocks"),
+    )?;
+
+    let (ok, report) = run_promtool(&["check", "metrics"], Some(text))?;
+    let unexpected: Vec<&str> = report
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .filter(|line| {
+            let accepted = line
+                .strip_suffix(" no help text")
+                .and_then(|name| name.strip_suffix("_total"))
+                .is_some_and(|family| text.contains(&format!("# HELP {family} ")));
+            !accepted
+        })
+        .collect();
+    anyhow::ensure!(
+        unexpected.is_empty(),
+        "promtool check metrics (exit ok: {ok}) found problems:\n{}\n--- exposition ---\n{text}",
+        unexpected.join("\n")
+    );
+    Ok(())
+}
+
+/// Puts `text` (an OpenMetrics exposition) through Prometheus's own OpenMetrics parser into the
+/// TSDB at `blocks`: `promtool tsdb create-blocks-from openmetrics` on a copy at `input` with
+/// timestamp `at` (seconds) appended to every sample, nothing else changed.
+pub fn ingest_into_tsdb(text: &str, at: u64, input: &Path, blocks: &Path) -> anyhow::Result<()> {
+    let stamped: String = text
+        .lines()
+        .map(|line| match line.starts_with('#') {
+            true => format!("{line}\n"),
+            false => format!("{line} {at}\n"),
+        })
+        .collect();
+    std::fs::write(input, stamped)?;
+    let (ok, report) = run_promtool(
+        &[
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            &input.display().to_string(),
+            &blocks.display().to_string(),
+        ],
+        None,
+    )?;
+    anyhow::ensure!(
+        ok,
+        "Prometheus's OpenMetrics parser rejected the exposition:\n{report}\n--- exposition ---\n{text}"
+    );
+    Ok(())
 }

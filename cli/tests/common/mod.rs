@@ -11,15 +11,22 @@ use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster};
 use longhorn_types::shapes;
 use serde_json::json;
 
-/// The helm or kubectl binary that `scripts/test.sh` exports in `var` (`LHG_HELM`, `LHG_KUBECTL`).
-pub fn tool(var: &str) -> std::path::PathBuf {
-    match std::env::var_os(var) {
-        Some(p) if std::path::Path::new(&p).is_file() => std::path::PathBuf::from(p),
-        _ => panic!(
-            "{var} is not set: run through `bash scripts/test.sh`, or \
-             `source scripts/lib.sh && ensure_helm_kubectl` before cargo nextest"
-        ),
-    }
+/// The helm binary that `scripts/test.sh` exports (`LHG_TEST_HELM`); panics saying how to
+/// get it.
+pub fn helm() -> std::path::PathBuf {
+    longhorn_guard_testkit::test_env()
+        .helm()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone()
+}
+
+/// The kubectl binary that `scripts/test.sh` exports (`LHG_TEST_KUBECTL`); panics saying how
+/// to get it.
+pub fn kubectl() -> std::path::PathBuf {
+    longhorn_guard_testkit::test_env()
+        .kubectl()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone()
 }
 
 /// A ValidatingWebhookConfiguration `name` with one webhook `entry` that sends the CREATEs of

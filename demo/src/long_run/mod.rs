@@ -241,31 +241,21 @@ async fn body(
     let policy = long_run_policy();
     std::fs::write(&policy_path, serde_yaml::to_string(&policy)?)?;
     say("long run: starting the webhook (child process) ...");
-    let webhook = guard::start_webhook(
-        &started.children,
-        &exe,
-        &guard_kubeconfig,
-        &pki,
-        &policy_path,
-        ns,
-        &logs,
-    )
-    .await?;
+    let setup = guard::GuardSetup {
+        children: &started.children,
+        exe: &exe,
+        kubeconfig: &guard_kubeconfig,
+        pki: &pki,
+        namespace: ns,
+        logs: &logs,
+    };
+    let webhook = guard::start_webhook(&setup, "webhook", &policy_path, &[]).await?;
     let nodes = Nodes::start(options.nodes, cluster.node_base).await?;
     let volume_nodes = world::volume_nodes(&nodes, options.volumes);
     let first = wave_plan(options, long.wave_backups, 0);
     world::populate(client, ns, &nodes, options.volumes, &first, 48, &logs).await?;
     say(format!("long run: starting {} agents ...", options.nodes));
-    let agents = guard::start_agents(
-        &started.children,
-        &exe,
-        &guard_kubeconfig,
-        &pki,
-        ns,
-        &nodes,
-        &logs,
-    )
-    .await?;
+    let agents = guard::start_agents(&setup, &nodes, &|_| Vec::new()).await?;
     let name = guard::register_webhook(client, &webhook, &pki.ca.cert_pem, ns).await?;
     started.registered(client, name);
     let guard = Guard {
@@ -350,6 +340,7 @@ impl Run<'_> {
                 slots_per_node: self.options.slots_per_node,
                 backup_duration: self.options.backup_duration,
                 max_leaked: self.options.leak_cap,
+                manager_leak: None,
             },
         );
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -508,12 +508,14 @@ pub fn series_svg(s: &SeriesReport) -> String {
             Line {
                 label: &s.unit,
                 color: "#1f77b4",
-                points: &s.points,
+                points: s.points.clone(),
+                dashed: false,
             },
             Line {
                 label: &fit_label,
                 color: "#d62728",
-                points: &fit,
+                points: fit,
+                dashed: true,
             },
         ],
     )

@@ -8,6 +8,13 @@
 //! - `threads N`: start N more idle threads
 //! - `goroutines N`: the total the pprof endpoint reports
 //! - `proxy N`: the `longhorn_instance_manager_proxy_grpc_connection` total for `--node`
+//! - `leak ADDR:PORT PER_SECOND MIB_PER_SECOND`: from now on, in the background, open
+//!   PER_SECOND connections a second to ADDR:PORT and never close them, and grow by
+//!   MIB_PER_SECOND MiB a second (v1.7.2's leak: one client per stuck Backup per reconcile)
+//! - `churn ADDR:PORT N`: from now on, in the background, open N connections, hold them
+//!   ~200 ms and close them all, again and again (a busy, healthy manager)
+//! - `calm`: stop `leak` and `churn` (what leaked stays held, as in a manager whose stuck
+//!   Backups were pruned; answers `ok held=N`)
 //! - `exit`
 //!
 //! Arguments: `--node NAME` (default `node-1`), `--instance ID` (only to tell test instances
@@ -15,8 +22,9 @@
 
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 struct Fake {
     node: String,
@@ -118,6 +126,7 @@ fn main() {
         fake,
         held: Vec::new(),
         memory: Vec::new(),
+        background: Background::default(),
     };
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
@@ -134,6 +143,77 @@ struct Process {
     /// Open TCP connections by destination port (a leak the test makes).
     held: Vec<(u16, TcpStream)>,
     memory: Vec<Vec<u8>>,
+    background: Background,
+}
+
+/// What the `leak` and `churn` threads hold and the flag that stops them.
+#[derive(Default)]
+struct Background {
+    running: Arc<AtomicBool>,
+    leaked: Arc<Mutex<Vec<TcpStream>>>,
+    memory: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Background {
+    fn held(&self) -> usize {
+        self.leaked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Starts `tick` every 100 ms on its own thread until `calm`.
+    fn every_tenth_second(&self, mut tick: impl FnMut() + Send + 'static) {
+        self.running.store(true, Ordering::SeqCst);
+        let running = Arc::clone(&self.running);
+        std::thread::spawn(move || {
+            while running.load(Ordering::SeqCst) {
+                tick();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+
+    fn leak(&self, addr: String, per_second: f64, mib_per_second: f64) {
+        let (leaked, memory) = (Arc::clone(&self.leaked), Arc::clone(&self.memory));
+        let (mut connections_due, mut bytes_due) = (0.0, 0.0);
+        self.every_tenth_second(move || {
+            connections_due += per_second / 10.0;
+            bytes_due += mib_per_second * 1024.0 * 1024.0 / 10.0;
+            while connections_due >= 1.0 {
+                connections_due -= 1.0;
+                if let Ok(s) = TcpStream::connect(&addr) {
+                    leaked
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(s);
+                }
+            }
+            if bytes_due >= 1.0 {
+                // Touched, so it is resident.
+                memory
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(vec![0x5a; bytes_due as usize]);
+                bytes_due = 0.0;
+            }
+        });
+    }
+
+    fn churn(&self, addr: String, n: usize) {
+        let mut round = 0u64;
+        self.every_tenth_second(move || {
+            // Every other tick: open n connections, hold them 200 ms, close them all.
+            round += 1;
+            if round % 2 == 1 {
+                let open: Vec<TcpStream> = (0..n)
+                    .filter_map(|_| TcpStream::connect(&addr).ok())
+                    .collect();
+                std::thread::sleep(Duration::from_millis(200));
+                drop(open);
+            }
+        });
+    }
 }
 
 impl Process {
@@ -182,6 +262,26 @@ impl Process {
                 }
                 None => "err usage: proxy N".to_owned(),
             },
+            ["leak", addr, per_second, mib] => {
+                match (per_second.parse::<f64>(), mib.parse::<f64>()) {
+                    (Ok(per_second), Ok(mib)) if per_second >= 0.0 && mib >= 0.0 => {
+                        self.background.leak((*addr).to_owned(), per_second, mib);
+                        "ok".to_owned()
+                    }
+                    _ => "err usage: leak ADDR:PORT PER_SECOND MIB_PER_SECOND".to_owned(),
+                }
+            }
+            ["churn", addr, _] => match number(2).and_then(|n| usize::try_from(n).ok()) {
+                Some(n) => {
+                    self.background.churn((*addr).to_owned(), n);
+                    "ok".to_owned()
+                }
+                None => "err usage: churn ADDR:PORT N".to_owned(),
+            },
+            ["calm"] => {
+                self.background.running.store(false, Ordering::SeqCst);
+                format!("ok held={}", self.background.held())
+            }
             ["exit"] => std::process::exit(0),
             _ => format!("err unknown command {line:?}"),
         }

@@ -306,6 +306,11 @@ pub fn known_metric_names() -> std::collections::BTreeSet<String> {
         "longhorn_guard_webhook_event_writes_total",
         "longhorn_guard_webhook_event_series",
         "longhorn_guard_webhook_policy_longhorn_exemptions",
+        "longhorn_guard_webhook_node_verdict",
+        "longhorn_guard_webhook_node_verdicts_expired",
+        "longhorn_guard_webhook_node_verdict_changes_total",
+        "longhorn_guard_webhook_backups_held_by_node_verdict_total",
+        "longhorn_guard_webhook_node_verdict_leases_unreadable",
         // agent (longhorn_guard_agent_*)
         "longhorn_guard_agent_leaked_leases",
         "longhorn_guard_agent_leaked_channels",
@@ -318,6 +323,12 @@ pub fn known_metric_names() -> std::collections::BTreeSet<String> {
         "longhorn_guard_agent_channels_active",
         "longhorn_guard_agent_lease_wait_overflow_total",
         "longhorn_guard_agent_deadline_exceeded_total",
+        // the agent's node verdict (issue #19; built on branch loop-agent)
+        "longhorn_guard_agent_node_verdict",
+        "longhorn_guard_agent_node_verdict_transitions_total",
+        "longhorn_guard_agent_node_verdict_publish_errors_total",
+        "longhorn_guard_agent_node_verdict_connections_per_minute",
+        "longhorn_guard_agent_node_verdict_rss_bytes_per_minute",
         // Prometheus itself and kube-state-metrics
         "up",
         "kube_pod_container_resource_limits",

@@ -4,6 +4,8 @@
 //! bad new pair keeps the last good one serving. [`inspect`] reads what a certificate says.
 
 mod cert_info;
+mod client_verifier;
+mod files;
 mod reload;
 
 pub use cert_info::{CertInfo, inspect};

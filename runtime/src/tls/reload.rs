@@ -19,22 +19,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
-};
-use time::OffsetDateTime;
 
-use super::cert_info::inspect;
+use super::client_verifier::{ReloadingClientVerifier, VerifierBox};
+use super::files::{describe, load_client_verifier, load_pair, unreachable_files};
 use super::{Error, Result};
 
-/// Accepted clock difference for a new certificate's `notBefore`.
-const NOT_BEFORE_SKEW: time::Duration = time::Duration::minutes(5);
 /// Every n-th poll re-reads and hashes the files even if mtime and size did not move.
 const FULL_READ_EVERY: u64 = 10;
 
@@ -383,171 +377,5 @@ impl Reloader {
                 Err(e)
             }
         }
-    }
-}
-
-/// (serial, notAfter) of a certificate for log lines.
-fn describe(cert: Option<&CertificateDer<'_>>) -> (String, String) {
-    match cert.map(|c| inspect(c)) {
-        Some(Ok(i)) => (i.serial_hex, i.not_after.to_string()),
-        _ => ("?".into(), "?".into()),
-    }
-}
-
-fn unreachable_files<T>(path: &Path) -> Result<T> {
-    Err(Error::File {
-        path: path.to_path_buf(),
-        reason: "could not be read".into(),
-    })
-}
-
-/// Parses and checks a certificate/key pair: PEM, key matches the leaf, leaf currently valid.
-fn load_pair(
-    cert_path: &Path,
-    key_path: &Path,
-    contents: &[Vec<u8>],
-    provider: &CryptoProvider,
-) -> Result<CertifiedKey> {
-    let cert_err = |reason: String| Error::File {
-        path: cert_path.to_path_buf(),
-        reason,
-    };
-    let key_err = |reason: String| Error::File {
-        path: key_path.to_path_buf(),
-        reason,
-    };
-    let (cert_pem, key_pem) = match contents {
-        [c, k] => (c.as_slice(), k.as_slice()),
-        _ => return Err(cert_err("internal: expected two files".into())),
-    };
-    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| cert_err(format!("unparseable PEM: {e}")))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| cert_err("no CERTIFICATE block".into()))?;
-    let info = inspect(leaf).map_err(cert_err)?;
-    let now = OffsetDateTime::now_utc();
-    if info.not_after <= now {
-        return Err(cert_err(format!(
-            "certificate {} expired at {}",
-            info.serial_hex, info.not_after
-        )));
-    }
-    if info.not_before > now + NOT_BEFORE_SKEW {
-        return Err(cert_err(format!(
-            "certificate {} not valid before {}",
-            info.serial_hex, info.not_before
-        )));
-    }
-    let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| key_err(format!("unparseable PEM: {e}")))?
-        .ok_or_else(|| key_err("no PRIVATE KEY block".into()))?;
-    let signing_key = provider
-        .key_provider
-        .load_private_key(key_der)
-        .map_err(|e| key_err(format!("unusable private key: {e}")))?;
-    let key = CertifiedKey::new(certs, signing_key);
-    match key.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(e) => {
-            return Err(key_err(format!(
-                "does not match certificate {} in {}: {e}",
-                info.serial_hex,
-                cert_path.display()
-            )));
-        }
-    }
-    Ok(key)
-}
-
-fn load_client_verifier(
-    path: &Path,
-    contents: &[Vec<u8>],
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>> {
-    let err = |reason: String| Error::File {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let pem = contents.first().map(Vec::as_slice).unwrap_or_default();
-    let certs = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| err(format!("unparseable PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(err("no CERTIFICATE block".into()));
-    }
-    let mut roots = RootCertStore::empty();
-    for c in certs {
-        roots
-            .add(c)
-            .map_err(|e| err(format!("unusable CA certificate: {e}")))?;
-    }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| err(format!("client verifier: {e}")))
-}
-
-#[derive(Debug)]
-struct VerifierBox(Arc<dyn ClientCertVerifier>);
-
-/// Delegates to the verifier built from the current client CA file.
-#[derive(Debug)]
-struct ReloadingClientVerifier {
-    current: ArcSwap<VerifierBox>,
-}
-
-impl ClientCertVerifier for ReloadingClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    /// No CA name hints (they would have to outlive a swap); clients send their one cert.
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
-        self.current
-            .load()
-            .0
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .0
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .0
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current.load().0.supported_verify_schemes()
     }
 }

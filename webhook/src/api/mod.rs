@@ -2,6 +2,7 @@
 //! `router` serves the admission endpoints (over TLS), `ops_router` health, readiness and
 //! metrics (plain HTTP, separate port).
 
+mod leases;
 mod mutate;
 mod ops;
 mod review;
@@ -43,6 +44,8 @@ pub struct Shared {
     pub longhorn: Arc<crate::version::LonghornCell>,
     /// Where refused Backups go to become Events (`crate::events`); unset without a client.
     pub events: std::sync::OnceLock<crate::events::EventSink>,
+    /// The nodes' leak verdicts (`crate::node_verdicts`), fed by their own watch.
+    pub node_verdicts: Arc<crate::node_verdicts::NodeVerdicts>,
 }
 
 /// Cheap-to-clone handle on [`Shared`].
@@ -68,6 +71,7 @@ impl AppState {
             engine_truth: std::sync::OnceLock::new(),
             longhorn: Arc::default(),
             events: std::sync::OnceLock::new(),
+            node_verdicts: Arc::default(),
         }))
     }
 
@@ -119,11 +123,17 @@ impl AppState {
         self.0.serving.store(serving, Ordering::Release);
     }
 
-    /// Ready = the admission listener serves and every kind of the index can be trusted:
-    /// listed, and its watch not failing for longer than the staleness bound
-    /// (`crate::index::Trust`).
+    /// Ready = the admission listener serves and every kind of the index, and the verdict
+    /// Leases, can be trusted: listed, and the watch not failing for longer than the staleness
+    /// bound (`crate::index::Trust`).
     pub fn is_ready(&self) -> bool {
-        self.0.serving.load(Ordering::Acquire) && self.0.index.all_trusted()
+        self.0.serving.load(Ordering::Acquire)
+            && self.0.index.all_trusted()
+            && self
+                .0
+                .node_verdicts
+                .trust(self.0.index.staleness())
+                .is_trusted()
     }
 }
 
@@ -134,11 +144,12 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// `/validate/backups` and `/mutate/backups`.
+/// `/validate/backups`, `/mutate/backups` and `/validate/leases`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/validate/backups", post(validate::validate_backup))
         .route("/mutate/backups", post(mutate::mutate_backup))
+        .route("/validate/leases", post(leases::validate_lease))
         .with_state(state)
 }
 

@@ -33,6 +33,14 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
             Trust::Trusted { .. } => {}
         }
     }
+    match state.node_verdicts.trust(state.index.staleness()) {
+        Trust::Listing { .. } => listing.push("node-verdict leases"),
+        Trust::Stale { failing_ms } => stale.push(format!(
+            "node-verdict leases (watch failing for {:.1} s)",
+            failing_ms as f64 / 1000.0
+        )),
+        Trust::Trusted { .. } => {}
+    }
     let mut parts = Vec::new();
     if !listing.is_empty() {
         parts.push(format!("list not indexed yet for {}", listing.join(", ")));
@@ -50,6 +58,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     state.refresh_throttle_metrics();
+    state.metrics.node_verdicts.refresh(&state.node_verdicts);
     let body = state.metrics.encode(&state.index);
     (
         [(

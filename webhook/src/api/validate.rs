@@ -7,7 +7,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 
 use super::AppState;
 use super::review::{ParsedReview, backup_create, operation_label};
-use crate::decision::{BackupRequest, Decision, Reason, decide};
+use crate::decision::{BackupRequest, Decision, Reason, decide_with_nodes};
+use crate::index::IndexView;
 use crate::index::LiveSnapshot;
 use crate::metrics::LookupOutcome;
 use crate::policy::{FailMode, Policy};
@@ -176,7 +177,7 @@ fn record_refusal(
 async fn decide_with_lookup(state: &AppState, policy: &Policy, backup: &BackupRequest) -> Decision {
     // The semaphore is never closed; if it were, deciding unbounded beats failing.
     let _permit = state.permits.acquire().await.ok();
-    let first = decide(policy, &state.index.view(), backup);
+    let first = decide_on(state, policy, &state.index.view(), backup);
     if first != Decision::NeedsLiveSnapshot {
         return first;
     }
@@ -203,7 +204,7 @@ async fn decide_with_lookup(state: &AppState, policy: &Policy, backup: &BackupRe
         .index
         .view()
         .with_live_snapshot(&backup.namespace, &backup.snapshot, live);
-    match decide(policy, &view, backup) {
+    match decide_on(state, policy, &view, backup) {
         // Cannot happen with the overlay in place; fail per policy rather than loop.
         Decision::NeedsLiveSnapshot => fail_decision(
             state,
@@ -215,4 +216,19 @@ async fn decide_with_lookup(state: &AppState, policy: &Policy, backup: &BackupRe
         ),
         d => d,
     }
+}
+
+/// The decision on `view` with the nodes' verdicts as they are now (`crate::node_verdicts`),
+/// counting a Backup held back by one.
+fn decide_on(
+    state: &AppState,
+    policy: &Policy,
+    view: &IndexView<'_>,
+    backup: &BackupRequest,
+) -> Decision {
+    let (decision, held) = decide_with_nodes(policy, view, &state.node_verdicts.view(), backup);
+    if let Some(held) = held {
+        state.metrics.node_verdicts.held(&held.node, held.action);
+    }
+    decision
 }

@@ -17,6 +17,8 @@
 //! | `empty_snapshot_name` | 403 | empty `spec.snapshotName` from someone other than Longhorn (only with `denyUnlessLonghorn`) |
 //! | `deadline_exceeded`, `lookup_failed` | 503 | fail-closed answers when no decision could be made in time |
 //! | `throttled` | 429 | the throttle (`crate::throttle`): an in-flight cap, a creation rate or a duplicate |
+//! | `verdict_lease_writer` | 403 | `/validate/leases`: a verdict Lease written by another than its node's agent ([`lease_write`]) |
+//! | `node_leaking` | 403 | the volume's node's longhorn-manager leaks (its agent's verdict, [`node_protection`]; `degrading`: `node_degrading`, a warning) |
 //!
 //! # Longhorn releases
 //!
@@ -32,6 +34,8 @@
 
 mod checks;
 mod full_backup;
+pub mod lease_write;
+pub mod node_protection;
 mod request;
 
 use std::fmt;
@@ -43,7 +47,8 @@ use crate::policy::{Mode, Policy};
 
 pub use checks::backup_target;
 pub use full_backup::full_backup_patch;
-pub use request::{BackupRequest, backup_display_name};
+pub use node_protection::{Held, decide_with_nodes, node_check};
+pub use request::{BackupRequest, backup_display_name, recurring_job_of};
 
 /// Why a review ended as it did. Also the `reason` metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,6 +79,12 @@ pub enum Reason {
     /// Denied (or, allowed, warned) by the throttle; the scope is in the message and in
     /// `throttled_reviews_total{scope}`.
     Throttled,
+    /// Denied (or, allowed, warned): the volume's node is `leaking` (`nodeProtection`).
+    NodeLeaking,
+    /// Allowed with a warning: the volume's node is `degrading`.
+    NodeDegrading,
+    /// `/validate/leases`: a verdict Lease written by someone other than its node's agent.
+    VerdictLeaseWriter,
 }
 
 impl Reason {
@@ -97,6 +108,9 @@ impl Reason {
             Reason::Unchanged => "unchanged",
             Reason::SnapshotNotYetCached => "snapshot_not_yet_cached",
             Reason::Throttled => "throttled",
+            Reason::NodeLeaking => "node_leaking",
+            Reason::NodeDegrading => "node_degrading",
+            Reason::VerdictLeaseWriter => "verdict_lease_writer",
         }
     }
 
@@ -108,7 +122,7 @@ impl Reason {
             Reason::SnapshotOtherVolume => 422,
             Reason::SnapshotNotReady => 409,
             Reason::TargetUnavailable | Reason::DeadlineExceeded | Reason::LookupFailed => 503,
-            Reason::EmptySnapshotName => 403,
+            Reason::EmptySnapshotName | Reason::NodeLeaking | Reason::VerdictLeaseWriter => 403,
             Reason::Malformed => 400,
             Reason::Throttled => 429,
             _ => 200,

@@ -25,6 +25,8 @@ pub struct BackupRequest {
     /// The cluster's Longhorn release (`crate::version`), `None` when unknown. Not read from
     /// the object: the caller sets it.
     pub longhorn: Option<Release>,
+    /// `spec.labels.RecurringJob`: the recurring job that created it; `None` = a manual Backup.
+    pub recurring_job: Option<String>,
 }
 
 impl BackupRequest {
@@ -74,6 +76,7 @@ impl BackupRequest {
             username: username.to_string(),
             groups: groups.to_vec(),
             longhorn: None,
+            recurring_job: recurring_job_of(obj),
         })
     }
 
@@ -98,6 +101,17 @@ impl BackupRequest {
     pub fn display_name(&self) -> String {
         backup_display_name(&self.name, &self.generate_name)
     }
+}
+
+/// `spec.labels.RecurringJob` of a Backup object, if set and a non-empty string.
+pub fn recurring_job_of(obj: &DynamicObject) -> Option<String> {
+    obj.data
+        .get("spec")?
+        .get("labels")?
+        .get(labels::RECURRING_JOB)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// `Backup "name"`, `Backup with generateName "prefix"` or `Backup (no name)`.

@@ -874,3 +874,5 @@ fn cached_snapshot_volume(idx: &Index, req: &BackupRequest) -> Option<String> {
         _ => None,
     }
 }
+
+mod node_protection;

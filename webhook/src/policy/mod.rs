@@ -6,6 +6,7 @@
 
 pub mod engine_check;
 pub mod events;
+pub mod node_protection;
 pub mod reload;
 pub mod throttle;
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use engine_check::{DEFAULT_BUDGET_MS, EngineCheckMode};
 pub use events::EventsPolicy;
+pub use node_protection::{LeaseWriters, ManualBackups, NodeProtectionPolicy, ProtectionMode};
 pub use reload::{PolicyCell, PolicyFileWatch, ReloadOutcome};
 
 /// Enforce denials, or only report them as warnings.
@@ -153,6 +155,8 @@ pub enum ExemptedSection {
     Checks,
     /// `throttle.exemptions`: the throttle.
     Throttle,
+    /// `nodeProtection.exemptions`: the node-verdict check.
+    NodeProtection,
 }
 
 impl ExemptedSection {
@@ -161,6 +165,7 @@ impl ExemptedSection {
         match self {
             Self::Checks => "exemptions",
             Self::Throttle => "throttle.exemptions",
+            Self::NodeProtection => "nodeProtection.exemptions",
         }
     }
 
@@ -168,6 +173,7 @@ impl ExemptedSection {
         match self {
             Self::Checks => "every check and the throttle are",
             Self::Throttle => "the throttle is",
+            Self::NodeProtection => "the node-verdict check (holding Backups of a leaking node) is",
         }
     }
 }
@@ -261,6 +267,8 @@ pub struct Policy {
     pub index_staleness_ms: u64,
     /// Kubernetes Events on the Volume of a refused Backup (`crate::events`).
     pub events: EventsPolicy,
+    /// Backups of a node whose longhorn-manager leaks (`crate::decision::node_protection`).
+    pub node_protection: NodeProtectionPolicy,
 }
 
 impl Default for Policy {
@@ -284,6 +292,7 @@ impl Default for Policy {
             engine_check_budget_ms: DEFAULT_BUDGET_MS,
             index_staleness_ms: crate::index::DEFAULT_STALENESS.as_millis() as u64,
             events: EventsPolicy::default(),
+            node_protection: NodeProtectionPolicy::default(),
         }
     }
 }
@@ -350,6 +359,7 @@ impl Policy {
             return Err("indexStalenessMs must be > 0".into());
         }
         self.events.validate()?;
+        self.node_protection.validate()?;
         self.throttle.validate()
     }
 
@@ -357,7 +367,7 @@ impl Policy {
         Duration::from_millis(self.deadline_ms)
     }
 
-    /// The exemptions (top-level and `throttle.exemptions`) that cover Longhorn's own service
+    /// The exemptions (top-level, `throttle.exemptions`, `nodeProtection.exemptions`) that cover Longhorn's own service
     /// account ([`Policy::longhorn_service_account`]) in `longhorn_namespace` (`None`: any
     /// namespace, when the webhook watches them all). Longhorn's recurring jobs create their
     /// Backups as that account, so such an exemption switches the guard off for exactly the
@@ -367,6 +377,10 @@ impl Policy {
         [
             (ExemptedSection::Checks, &self.exemptions),
             (ExemptedSection::Throttle, &self.throttle.exemptions),
+            (
+                ExemptedSection::NodeProtection,
+                &self.node_protection.exemptions,
+            ),
         ]
         .into_iter()
         .flat_map(|(section, ex)| {

@@ -163,18 +163,30 @@ impl ThrottlePolicy {
         if self.stuck_after_seconds == 0 {
             return Err("throttle.stuckAfterSeconds must be > 0".into());
         }
-        for (i, sa) in self.exemptions.service_accounts.iter().enumerate() {
-            if !sa.contains(':') {
-                return Err(format!(
-                    "throttle.exemptions.serviceAccounts[{i}] must be namespace:name (or *:name), got {sa:?}"
-                ));
-            }
-        }
-        Ok(())
+        self.exemptions
+            .check_service_accounts("throttle.exemptions")
     }
 
     /// True when a scope holding `count` of `limit` is at the warning threshold.
     pub fn near(&self, count: u32, limit: u32) -> bool {
         limit > 0 && u64::from(count) * 100 >= u64::from(limit) * u64::from(self.warn_at_percent)
+    }
+}
+
+impl Exemptions {
+    /// Checks that every `serviceAccounts` entry is `namespace:name`; `section` is the
+    /// exemptions' YAML path for the message (e.g. `throttle.exemptions`).
+    pub fn check_service_accounts(&self, section: &str) -> Result<(), String> {
+        match self
+            .service_accounts
+            .iter()
+            .enumerate()
+            .find(|(_, sa)| !sa.contains(':'))
+        {
+            Some((i, sa)) => Err(format!(
+                "{section}.serviceAccounts[{i}] must be namespace:name (or *:name), got {sa:?}"
+            )),
+            None => Ok(()),
+        }
     }
 }

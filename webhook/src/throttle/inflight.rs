@@ -159,6 +159,63 @@ fn state_name(s: &BackupState) -> String {
     }
 }
 
+/// Seconds since `created_unix`, 0 when the creation time is unknown (0) or in the future.
+fn age_since(created_unix: i64, now_unix: i64) -> i64 {
+    if created_unix > 0 {
+        (now_unix - created_unix).max(0)
+    } else {
+        0
+    }
+}
+
+/// The request's scopes (volume, node, snapshot) and what is counted against them so far.
+struct Tally<'r, 'x> {
+    counts: Counts,
+    nodes: &'r NodeMap<'r, 'r>,
+    volume: Option<&'r str>,
+    node: Option<&'r str>,
+    snapshot: &'r str,
+    /// Many Backups in flight may share a volume: each volume's node is looked up once.
+    node_of: HashMap<&'x str, Option<Arc<str>>>,
+}
+
+impl<'x> Tally<'_, 'x> {
+    /// Counts one holder (a Backup or a reservation) against the cluster and, when they
+    /// match the request's, its volume (or the released ones), node and snapshot.
+    fn visit(
+        &mut self,
+        age: i64,
+        b_snapshot: &str,
+        b_volume: Option<&'x str>,
+        releases_volume_slot: &dyn Fn() -> bool,
+        holder: &dyn Fn() -> Holder,
+    ) {
+        let c = &mut self.counts;
+        c.cluster.add(age, holder);
+        if self.volume.is_some() && b_volume == self.volume {
+            if releases_volume_slot() {
+                c.released.add(age, holder);
+            } else {
+                c.volume.add(age, holder);
+            }
+        }
+        let nodes = self.nodes;
+        if let (Some(node), Some(v)) = (self.node, b_volume)
+            && self
+                .node_of
+                .entry(v)
+                .or_insert_with(|| nodes.node_of(v))
+                .as_deref()
+                == Some(node)
+        {
+            c.node.add(age, holder);
+        }
+        if b_snapshot == self.snapshot && c.duplicate.is_none() {
+            c.duplicate = Some(holder());
+        }
+    }
+}
+
 /// Counts in-flight Backups in `namespace` against the request's volume, node and snapshot.
 /// Backups of the volume that cannot finish and are `stuck_after_seconds` old are left out of
 /// the volume's count (see the module docs) and listed in `Counts::released`.
@@ -174,37 +231,28 @@ pub fn count<'x>(
     now_unix: i64,
     stuck_after_seconds: u64,
 ) -> Counts {
-    let mut c = Counts::default();
     let stuck_after = i64::try_from(stuck_after_seconds).unwrap_or(i64::MAX);
-    // Many Backups in flight may share a volume: look each volume's node up once.
-    let mut node_of: HashMap<&'x str, Option<Arc<str>>> = HashMap::new();
-    let mut visit = |age: i64,
-                     b_snapshot: &str,
-                     b_volume: Option<&'x str>,
-                     releases_volume_slot: &dyn Fn() -> bool,
-                     holder: &dyn Fn() -> Holder| {
-        c.cluster.add(age, holder);
-        if volume.is_some() && b_volume == volume {
-            if releases_volume_slot() {
-                c.released.add(age, holder);
-            } else {
-                c.volume.add(age, holder);
-            }
-        }
-        if let (Some(node), Some(v)) = (node, b_volume)
-            && node_of
-                .entry(v)
-                .or_insert_with(|| nodes.node_of(v))
-                .as_deref()
-                == Some(node)
-        {
-            c.node.add(age, holder);
-        }
-        if b_snapshot == snapshot && c.duplicate.is_none() {
-            c.duplicate = Some(holder());
-        }
+    let mut tally = Tally {
+        counts: Counts::default(),
+        nodes,
+        volume,
+        node,
+        snapshot,
+        node_of: HashMap::new(),
     };
-    // Only the Backups in flight, from the index's grouping (not a scan of the namespace).
+    count_indexed_backups(&mut tally, view, namespace, now_unix, stuck_after);
+    count_reservations(&mut tally, reservations, namespace, now_unix);
+    tally.counts
+}
+
+/// Visits the Backups in flight, from the index's grouping (not a scan of the namespace).
+fn count_indexed_backups<'x>(
+    tally: &mut Tally<'_, 'x>,
+    view: &'x IndexView<'_>,
+    namespace: &'x str,
+    now_unix: i64,
+    stuck_after: i64,
+) {
     for (_, name, b) in view.data().backups.grouped(namespace) {
         let state = b.state();
         if state.is_terminal() {
@@ -213,11 +261,7 @@ pub fn count<'x>(
         let Some(snap) = b.snapshot.as_deref() else {
             continue; // synced from the target: never counted
         };
-        let age = if b.created_unix > 0 {
-            (now_unix - b.created_unix).max(0)
-        } else {
-            0
-        };
+        let age = age_since(b.created_unix, now_unix);
         let holder = || Holder {
             name: name.to_string(),
             state: state_name(&state),
@@ -229,8 +273,17 @@ pub fn count<'x>(
         // Looked up only for old Backups of the request's volume.
         let releases =
             || age >= stuck_after && is_doomed(&state, || snapshot_gone(view, namespace, snap));
-        visit(age, snap, b.volume.as_deref(), &releases, &holder);
+        tally.visit(age, snap, b.volume.as_deref(), &releases, &holder);
     }
+}
+
+/// Visits this replica's reservations: admitted Backups the watch has not shown yet.
+fn count_reservations<'x>(
+    tally: &mut Tally<'_, 'x>,
+    reservations: &'x Reservations,
+    namespace: &'x str,
+    now_unix: i64,
+) {
     for r in reservations.in_namespace(namespace) {
         let age = (now_unix - r.at_unix).max(0);
         let holder = || Holder {
@@ -241,9 +294,8 @@ pub fn count<'x>(
             stuck: false,
             snapshot_gone: false,
         };
-        visit(age, &r.snapshot, r.volume.as_deref(), &|| false, &holder);
+        tally.visit(age, &r.snapshot, r.volume.as_deref(), &|| false, &holder);
     }
-    c
 }
 
 /// Index-wide Backup figures for the metrics, computed at scrape time.
@@ -295,64 +347,72 @@ pub fn figures<'n>(
     }
     let mut oldest: Option<i64> = None;
     for ns in namespaces {
-        let backups = &view.data().backups;
-        for (label, n) in backups.tallies(ns) {
-            *f.by_state.entry(label).or_default() += n;
-        }
-        let nodes = NodeMap::lookup(view, ns);
-        let mut node_of_volume: HashMap<&str, Option<Arc<str>>> = HashMap::new();
-        // Per volume with Backups that cannot finish: their count and the oldest one's age.
-        let mut doomed: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
-        for (_, _, b) in backups.grouped(ns) {
-            let state = b.state();
-            if state.is_terminal() {
-                continue;
-            }
-            if b.created_unix > 0 {
-                oldest = Some(oldest.map_or(b.created_unix, |o| o.min(b.created_unix)));
-            }
-            let Some(snap) = b.snapshot.as_deref() else {
-                continue;
-            };
-            if is_doomed(&state, || snapshot_gone(view, ns, snap)) {
-                let age = if b.created_unix > 0 {
-                    (now_unix - b.created_unix).max(0)
-                } else {
-                    0
-                };
-                let d = doomed
-                    .entry(b.volume.as_deref().unwrap_or("unknown"))
-                    .or_default();
-                d.0 += 1;
-                d.1 = d.1.max(age);
-            }
-            f.in_flight += 1;
-            let node = match b.volume.as_deref() {
-                Some(v) => node_of_volume
-                    .entry(v)
-                    .or_insert_with(|| nodes.node_of(v))
-                    .as_deref()
-                    .map(str::to_string),
-                None => None,
-            }
-            .unwrap_or_default();
-            *f.in_flight_by_node.entry(node).or_default() += 1;
-        }
-        for (volume, (n, oldest_doomed_age)) in doomed {
-            let last_backup_age = view
-                .volume(ns, volume)
-                .map(|v| v.last_backup_unix)
-                .filter(|t| *t > 0)
-                .map_or(oldest_doomed_age, |t| (now_unix - t).max(0));
-            f.doomed_by_volume.insert(
-                (ns.to_string(), volume.to_string()),
-                DoomedVolume {
-                    backups: n,
-                    last_backup_age_seconds: last_backup_age as f64,
-                },
-            );
-        }
+        add_namespace_figures(&mut f, &mut oldest, view, ns, now_unix);
     }
     f.oldest_non_terminal_age_seconds = oldest.map_or(0.0, |o| (now_unix - o).max(0) as f64);
     f
+}
+
+/// Adds one namespace's Backups to `f`; `oldest` keeps the earliest creation time of a
+/// non-terminal Backup seen so far.
+fn add_namespace_figures(
+    f: &mut BackupFigures,
+    oldest: &mut Option<i64>,
+    view: &IndexView<'_>,
+    ns: &str,
+    now_unix: i64,
+) {
+    let backups = &view.data().backups;
+    for (label, n) in backups.tallies(ns) {
+        *f.by_state.entry(label).or_default() += n;
+    }
+    let nodes = NodeMap::lookup(view, ns);
+    let mut node_of_volume: HashMap<&str, Option<Arc<str>>> = HashMap::new();
+    // Per volume with Backups that cannot finish: their count and the oldest one's age.
+    let mut doomed: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
+    for (_, _, b) in backups.grouped(ns) {
+        let state = b.state();
+        if state.is_terminal() {
+            continue;
+        }
+        if b.created_unix > 0 {
+            *oldest = Some(oldest.map_or(b.created_unix, |o| o.min(b.created_unix)));
+        }
+        let Some(snap) = b.snapshot.as_deref() else {
+            continue;
+        };
+        if is_doomed(&state, || snapshot_gone(view, ns, snap)) {
+            let age = age_since(b.created_unix, now_unix);
+            let d = doomed
+                .entry(b.volume.as_deref().unwrap_or("unknown"))
+                .or_default();
+            d.0 += 1;
+            d.1 = d.1.max(age);
+        }
+        f.in_flight += 1;
+        let node = match b.volume.as_deref() {
+            Some(v) => node_of_volume
+                .entry(v)
+                .or_insert_with(|| nodes.node_of(v))
+                .as_deref()
+                .map(str::to_string),
+            None => None,
+        }
+        .unwrap_or_default();
+        *f.in_flight_by_node.entry(node).or_default() += 1;
+    }
+    for (volume, (n, oldest_doomed_age)) in doomed {
+        let last_backup_age = view
+            .volume(ns, volume)
+            .map(|v| v.last_backup_unix)
+            .filter(|t| *t > 0)
+            .map_or(oldest_doomed_age, |t| (now_unix - t).max(0));
+        f.doomed_by_volume.insert(
+            (ns.to_string(), volume.to_string()),
+            DoomedVolume {
+                backups: n,
+                last_backup_age_seconds: last_backup_age as f64,
+            },
+        );
+    }
 }

@@ -3,9 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use kube::core::DynamicObject;
-use longhorn_types::labels;
-
 use crate::decision::BackupRequest;
 use crate::policy::Exemptions;
 
@@ -56,16 +53,9 @@ impl ThrottleRequest {
     }
 }
 
-/// `spec.labels.RecurringJob` of a Backup object, if set and a non-empty string.
-pub fn recurring_job_of(obj: &DynamicObject) -> Option<String> {
-    obj.data
-        .get("spec")?
-        .get("labels")?
-        .get(labels::RECURRING_JOB)?
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
+/// `spec.labels.RecurringJob` of a Backup object (parsed with the request,
+/// [`crate::decision::BackupRequest::recurring_job`]).
+pub use crate::decision::recurring_job_of;
 
 /// Whether the throttle exemptions match (label `"*"` = any value; service accounts as
 /// `namespace:name`, `*:name`).

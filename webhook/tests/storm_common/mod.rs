@@ -30,13 +30,6 @@ pub const RUN_TIME: Duration = Duration::from_millis(300);
 /// How long the storm's watch may lag behind the last admission before a test fails.
 pub const WATCH_CATCH_UP: Duration = Duration::from_secs(60);
 
-pub fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 pub fn node_of(volume: usize) -> String {
     format!("node-{}", volume % NODES)
 }

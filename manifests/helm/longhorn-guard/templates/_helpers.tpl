@@ -83,3 +83,14 @@ containers:
       capabilities: {drop: [ALL]}
       seccompProfile: {type: RuntimeDefault}
 {{- end }}
+
+{{/* The agent's identity for RBAC: its own ServiceAccount, or longhorn-manager's in sidecar mode. */}}
+{{- define "longhorn-guard.agentSubject" -}}
+{{- if eq .Values.agent.mode "sidecar" -}}
+- {kind: ServiceAccount, name: longhorn-service-account, namespace: {{ .Values.longhornNamespace }}}
+{{- else -}}
+- kind: ServiceAccount
+  name: longhorn-guard-agent
+  namespace: {{ .Release.Namespace }}
+{{- end -}}
+{{- end }}

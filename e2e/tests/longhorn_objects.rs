@@ -8,6 +8,7 @@ use longhorn_types::{Backup, BackupState, Engine, InstanceManager, Setting, Snap
 use serde_json::Value;
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn longhorn_shaped_objects_round_trip_through_our_crds() {
     let cluster = TestCluster::connect().await.unwrap();
     let ns = cluster.namespace("crd-roundtrip").await.unwrap();
@@ -99,6 +100,7 @@ async fn longhorn_shaped_objects_round_trip_through_our_crds() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local control plane: bash scripts/test.sh"]
 async fn status_is_only_written_through_the_status_subresource() {
     // Longhorn's CRDs have the status subresource: a create carrying a status drops it.
     let cluster = TestCluster::connect().await.unwrap();

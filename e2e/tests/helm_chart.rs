@@ -17,7 +17,7 @@
 //! are ignored. YAML documents held in ConfigMaps (the policy, the sidecar patch) are compared
 //! parsed, so comments and layout may differ but no value may.
 //!
-//! helm v4.1.4 and kubectl v1.33.9 come from `LHG_HELM` / `LHG_KUBECTL`, which `scripts/test.sh`
+//! helm v4.1.4 and kubectl v1.33.9 come from `LHG_TEST_HELM` / `LHG_TEST_KUBECTL`, which `scripts/test.sh`
 //! exports after installing them (`ensure_helm_kubectl` in scripts/lib.sh); without them every
 //! test here fails saying so.
 
@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use longhorn_guard_testkit::test_env;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -50,18 +51,8 @@ fn chart() -> PathBuf {
     repo().join("manifests/helm/longhorn-guard")
 }
 
-fn tool(var: &str, what: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
-        _ => panic!(
-            "{var} is not set to the {what} binary: run through `bash scripts/test.sh`, or \
-             `source scripts/lib.sh && ensure_helm_kubectl` (exports {var}) before cargo nextest"
-        ),
-    }
-}
-
 fn helm() -> Command {
-    let mut cmd = Command::new(tool("LHG_HELM", "helm v4.1.4"));
+    let mut cmd = Command::new(test_env().helm().unwrap_or_else(|e| panic!("{e}")));
     // Keep helm away from any developer configuration, cache or cluster.
     let home = std::env::temp_dir().join(format!("lhg-helm-home-{}", std::process::id()));
     cmd.env("HELM_CONFIG_HOME", home.join("config"))
@@ -73,7 +64,7 @@ fn helm() -> Command {
 }
 
 fn kubectl() -> Command {
-    let mut cmd = Command::new(tool("LHG_KUBECTL", "kubectl v1.33.9"));
+    let mut cmd = Command::new(test_env().kubectl().unwrap_or_else(|e| panic!("{e}")));
     cmd.env("KUBECONFIG", "/dev/null").stdin(Stdio::null());
     cmd
 }
@@ -238,6 +229,7 @@ fn assert_same(chart: Vec<Value>, kustomize: Vec<Value>, what: &str) {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn defaults_render_the_kustomize_base() {
     // `helm install` needs the release namespace before it renders, so by default the chart
     // leaves the Namespace object out; with namespace.create it is the base's, labels included.
@@ -256,6 +248,7 @@ fn defaults_render_the_kustomize_base() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn cert_manager_renders_the_cert_manager_overlay() {
     assert_same(
         helm_template(&["namespace.create=true", "certs.provider=cert-manager"]),
@@ -265,6 +258,7 @@ fn cert_manager_renders_the_cert_manager_overlay() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn monitoring_renders_the_monitoring_overlay() {
     let chart = helm_template(&["namespace.create=true", "monitoring.enabled=true"]);
     let kinds: Vec<_> = chart.iter().map(|o| o["kind"].clone()).collect();
@@ -279,6 +273,7 @@ fn monitoring_renders_the_monitoring_overlay() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn sidecar_mode_renders_the_sidecar_overlay_and_component() {
     let mut chart = helm_template(&["namespace.create=true", "agent.mode=sidecar"]);
     let at = chart
@@ -325,6 +320,7 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn values_reach_the_objects() {
     let objs = helm_template(&[
         "image.repository=registry.example/guard",
@@ -460,6 +456,7 @@ const BAD_VALUES: &[(&str, &str)] = &[
 ];
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn schema_refuses_bad_values_naming_them() {
     let mut problems = Vec::new();
     for (set, named) in BAD_VALUES {
@@ -479,6 +476,7 @@ fn schema_refuses_bad_values_naming_them() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn helm_lint_strict_is_clean() {
     for sets in [
         &[][..],
@@ -496,6 +494,7 @@ fn helm_lint_strict_is_clean() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn chart_prometheus_rule_passes_the_promtool_tests() {
     let objs = helm_template(&["namespace.create=true", "monitoring.enabled=true"]);
     let rule = find(&objs, "PrometheusRule", "longhorn-guard");
@@ -548,6 +547,7 @@ fn chart_prometheus_rule_passes_the_promtool_tests() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn comparison_reports_a_changed_field() {
     let base = kustomize("base");
     let mut changed = base.clone();
@@ -568,6 +568,7 @@ fn comparison_reports_a_changed_field() {
 }
 
 #[test]
+#[ignore = "needs helm and kubectl: bash scripts/test.sh"]
 fn notes_tell_how_to_check_it_works() {
     for (sets, wanted) in [
         (

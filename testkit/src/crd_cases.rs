@@ -100,17 +100,24 @@ pub fn accepted(release: Release, ns: &str) -> Vec<(Value, Option<Value>)> {
 /// `spec.volume`, a Setting status without `applied`, a field of the wrong type, and on 1.10
 /// a `backupBlockSize` outside its enum.
 pub fn refused(release: Release, ns: &str) -> Vec<Refused> {
-    let refuse = |what: &str, object: Value, field: &'static str| Refused {
+    let mut out = refused_enum_values(ns);
+    out.extend(refused_shapes(ns));
+    out.push(refused_by_release(release, ns));
+    out
+}
+
+fn refuse(what: &str, object: Value, field: &'static str) -> Refused {
+    Refused {
         what: what.to_string(),
         object,
         status: None,
         field,
-    };
-    let mut snapshot_without_volume = s::snapshot(ns, "snap-without-volume", "pvc-1");
-    if let Some(spec) = snapshot_without_volume["spec"].as_object_mut() {
-        spec.remove("volume");
     }
-    let mut out = vec![
+}
+
+/// Values outside an enum every release has.
+fn refused_enum_values(ns: &str) -> Vec<Refused> {
+    vec![
         refuse(
             "Backup with backupMode \"differential\"",
             with_spec(
@@ -165,6 +172,16 @@ pub fn refused(release: Release, ns: &str) -> Vec<Refused> {
             ),
             "spec.type",
         ),
+    ]
+}
+
+/// A required field missing, a field of the wrong type.
+fn refused_shapes(ns: &str) -> Vec<Refused> {
+    let mut snapshot_without_volume = s::snapshot(ns, "snap-without-volume", "pvc-1");
+    if let Some(spec) = snapshot_without_volume["spec"].as_object_mut() {
+        spec.remove("volume");
+    }
+    vec![
         refuse(
             "Snapshot without spec.volume",
             snapshot_without_volume,
@@ -194,9 +211,14 @@ pub fn refused(release: Release, ns: &str) -> Vec<Refused> {
             status: Some(json!({})),
             field: "status.applied",
         },
-    ];
+    ]
+}
+
+/// What only `release` refuses: before 1.10 the `ublk` frontend, from 1.10 a
+/// `backupBlockSize` outside its enum.
+fn refused_by_release(release: Release, ns: &str) -> Refused {
     if release < Release::V1_10 {
-        out.push(refuse(
+        refuse(
             "Volume with frontend \"ublk\" (1.10+)",
             with_spec(
                 s::volume(ns, "ublk-too-early", "node-1"),
@@ -204,9 +226,9 @@ pub fn refused(release: Release, ns: &str) -> Vec<Refused> {
                 json!("ublk"),
             ),
             "spec.frontend",
-        ));
+        )
     } else {
-        out.push(refuse(
+        refuse(
             "Backup with backupBlockSize \"4096\"",
             with_spec(
                 s::backup(ns, "bad-block-size", "pvc-1", "snap-a", None),
@@ -214,9 +236,8 @@ pub fn refused(release: Release, ns: &str) -> Vec<Refused> {
                 json!("4096"),
             ),
             "spec.backupBlockSize",
-        ));
+        )
     }
-    out
 }
 
 /// Creates every [`accepted`] object and checks the API server stored what was sent.

@@ -36,7 +36,7 @@ mod longhorn_data {
     }
 
     #[tokio::test]
-    #[ignore = "needs Longhorn's CRDs (../shared/longhorn or LHG_LONGHORN_CRDS) and a second control plane: scripts/test.sh runs it"]
+    #[ignore = "needs the local control plane and Longhorn's CRDs (../shared/longhorn or LHG_TEST_LONGHORN_CRDS): bash scripts/test.sh"]
     async fn longhorn_v1_7_2_crds_accept_our_objects_unchanged() {
         let cluster = longhorn_v1_7_2_cluster().await;
         let ns = cluster.namespace("longhorn-compat").await.unwrap();
@@ -68,7 +68,7 @@ mod longhorn_data {
     /// v1.7.2 CRDs do: they store every object of `crd_cases::accepted` and refuse every one of
     /// `crd_cases::refused`, naming the field, and serve Backups as v1beta1 too.
     #[tokio::test]
-    #[ignore = "needs Longhorn's CRDs (../shared/longhorn or LHG_LONGHORN_CRDS) and a second control plane: scripts/test.sh runs it"]
+    #[ignore = "needs the local control plane and Longhorn's CRDs (../shared/longhorn or LHG_TEST_LONGHORN_CRDS): bash scripts/test.sh"]
     async fn longhorn_v1_7_2_crds_accept_and_refuse_what_ours_do() {
         let cluster = longhorn_v1_7_2_cluster().await;
         let ns = cluster.namespace("longhorn-strict").await.unwrap();
@@ -90,7 +90,7 @@ mod longhorn_data {
     /// and serve the same versions; our 1.8 CRDs differ from 1.7.2 by exactly the fields `crds::SINCE_1_8` lists
     /// (the reference's **[1.8+]** tags), so version detection's 1.8 markers are absent on 1.7.2.
     #[test]
-    #[ignore = "needs Longhorn's CRDs (../shared/longhorn or LHG_LONGHORN_CRDS): scripts/test.sh runs it"]
+    #[ignore = "needs Longhorn's CRDs (../shared/longhorn or LHG_TEST_LONGHORN_CRDS): bash scripts/test.sh"]
     fn our_crds_type_fields_as_longhorn_does() {
         let theirs = require_longhorn_crds();
         let (mismatches, compared) = schema_mismatches(&theirs, longhorn_types::crds::all());
