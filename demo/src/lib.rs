@@ -30,12 +30,13 @@ pub mod report;
 mod run;
 pub mod simulated_controller;
 pub mod slow_leak;
+mod started;
 pub mod storm;
 pub mod world;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -44,9 +45,10 @@ use tokio::time::Instant;
 
 pub use crate::cluster::backups_by_state;
 use crate::guard::DemoPki;
-use crate::processes::{Children, ControlPlane};
+use crate::processes::ControlPlane;
 use crate::report::{Report, Settings};
 use crate::run::{RunContext, run_once};
+use crate::started::{Registrations, Started};
 
 /// Everything `longhorn-guard demo` can be told.
 #[derive(Clone, Debug)]
@@ -141,70 +143,6 @@ impl DemoOptions {
             );
         }
         Ok(())
-    }
-}
-
-/// What the cleanup path must undo besides processes: the webhook registration.
-#[derive(Default)]
-struct Registrations {
-    webhooks: Mutex<Vec<(Client, String)>>,
-}
-
-/// What a run of the demo started and must undo on every exit path: its work directory,
-/// child processes, webhook registrations and local control plane.
-pub(crate) struct Started {
-    pub(crate) work: PathBuf,
-    pub(crate) children: Children,
-    registrations: Registrations,
-    pub(crate) control_plane: Option<ControlPlane>,
-}
-
-impl Started {
-    pub(crate) fn new() -> anyhow::Result<Self> {
-        let work = std::env::temp_dir().join(format!(
-            "lhg-demo-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-        Ok(Self {
-            work,
-            children: Children::default(),
-            registrations: Registrations::default(),
-            control_plane: None,
-        })
-    }
-
-    /// Remembers a webhook registration to delete at the end.
-    pub(crate) fn registered(&self, client: &Client, name: String) {
-        self.registrations
-            .webhooks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((client.clone(), name));
-    }
-
-    /// Unregisters the webhooks, stops every process and the control plane, removes the work
-    /// directory.
-    pub(crate) async fn clean_up(self, failed: bool) {
-        if failed {
-            eprintln!("[demo] stopping everything it started ...");
-        }
-        let webhooks: Vec<(Client, String)> = self
-            .registrations
-            .webhooks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-            .collect();
-        for (client, name) in webhooks {
-            guard::unregister_webhook(&client, &name).await;
-        }
-        self.children.stop("", Duration::from_secs(10)).await;
-        if let Some(mut cp) = self.control_plane {
-            cp.stop().await;
-        }
-        let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 

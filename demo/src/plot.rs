@@ -194,12 +194,7 @@ pub fn chart(
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
         .fold(1.0f64, f64::max);
-    let max_y = lines
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .filter(|v| v.is_finite())
-        .fold(1.0f64, f64::max)
-        * 1.15; // headroom for the legend
+    let max_y = lines.iter().map(peak).fold(1.0f64, f64::max) * 1.15; // headroom for the legend
     let x_step = nice_step(max_t, 10);
     let y_step = nice_step(max_y, 8);
     let x_top = (max_t / x_step).ceil() * x_step;
@@ -266,6 +261,15 @@ pub fn chart(
     svg
 }
 
+/// The highest finite y of `line` (0 when it has none).
+fn peak(line: &Line<'_>) -> f64 {
+    line.points
+        .iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+}
+
 /// Each line's polyline, and its legend entry with its peak.
 fn lines_and_legend(
     svg: &mut String,
@@ -296,12 +300,7 @@ fn lines_and_legend(
         }
         let ly = top + TOP + 18.0 + 20.0 * i as f64;
         let lx = LEFT + 15.0;
-        let peak = s
-            .points
-            .iter()
-            .map(|p| p.1)
-            .filter(|v| v.is_finite())
-            .fold(0.0f64, f64::max);
+        let peak = peak(s);
         let _ = writeln!(
             svg,
             r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="3"{dash}/><text x="{}" y="{}">{} (peak {peak:.0})</text>"#,
