@@ -106,6 +106,23 @@ struct DemoArgs {
     /// The first simulated node's loopback address (127.0.0.0/8); the others follow it.
     #[arg(long)]
     node_address: Option<std::net::Ipv4Addr>,
+    /// Instead of the two storms: the long run. The guard's topology for this many minutes
+    /// with storm waves, engine faults and an API server outage, sampled and judged
+    /// (long-run.md, long-run.json, one SVG per series; exit 1 when a goal is missed).
+    #[arg(long)]
+    long_run_minutes: Option<u64>,
+    /// Long run: seconds between two storm waves (default 300, or a quarter of the run).
+    #[arg(long, requires = "long_run_minutes")]
+    wave_seconds: Option<u64>,
+    /// Long run: Backups per wave.
+    #[arg(long, default_value_t = 600)]
+    wave_backups: usize,
+    /// Long run: seconds the guard loses the API server (default 20, 10 under 10 minutes).
+    #[arg(long, requires = "long_run_minutes")]
+    outage_seconds: Option<u64>,
+    /// Long run: seconds between two samples.
+    #[arg(long, default_value_t = 10)]
+    sample_seconds: u64,
     /// Seconds of each half of the third run, "slow leak" (loop off, loop enforcing); 0 skips it.
     #[arg(long, default_value_t = 45)]
     slow_leak_seconds: u64,
@@ -165,39 +182,7 @@ fn main() -> ExitCode {
         Command::Crds => print_crds(),
         Command::Certs(cmd) => block_on(run_certs(cmd, kube)),
         #[cfg(feature = "demo")]
-        Command::Demo(a) => block_on(async move {
-            let report = longhorn_guard_demo::run(longhorn_guard_demo::DemoOptions {
-                backups: a.backups,
-                volumes: a.volumes,
-                nodes: a.nodes,
-                lost_share: a.lost_share,
-                mid_storm_loss_share: a.mid_storm_loss_share,
-                duration: std::time::Duration::from_secs(a.duration),
-                storm_spread: std::time::Duration::from_secs(a.storm_seconds),
-                resync: std::time::Duration::from_secs(a.resync),
-                concurrency: a.concurrency,
-                leak_cap: a.leak_cap,
-                out_dir: a.out.clone(),
-                kubeconfig: kube.kubeconfig,
-                control_plane_dir: a.control_plane_dir,
-                node_address: a.node_address,
-                slow_leak: std::time::Duration::from_secs(a.slow_leak_seconds),
-                slow_leak_rate: a.slow_leak_rate,
-                ..Default::default()
-            })
-            .await?;
-            print!("{}", report.markdown());
-            println!(
-                "\nWritten to {}: report.json, report.md, in-flight.svg{}, logs/",
-                a.out.display(),
-                if report.slow_leak.is_empty() {
-                    ""
-                } else {
-                    ", slow-leak.svg"
-                }
-            );
-            Ok(())
-        }),
+        Command::Demo(a) => block_on(run_demo(a, kube)),
         #[cfg(feature = "demo")]
         Command::DemoManager(a) => {
             tracing::debug!(node = %a.node, instance = %a.instance, "simulated longhorn-manager");
@@ -225,6 +210,64 @@ fn block_on_value<T>(
         .enable_all()
         .build()?
         .block_on(fut)
+}
+
+#[cfg(feature = "demo")]
+async fn run_demo(a: DemoArgs, kube: KubeArgs) -> anyhow::Result<()> {
+    use std::time::Duration;
+    let options = longhorn_guard_demo::DemoOptions {
+        backups: a.backups,
+        volumes: a.volumes,
+        nodes: a.nodes,
+        lost_share: a.lost_share,
+        mid_storm_loss_share: a.mid_storm_loss_share,
+        duration: Duration::from_secs(a.duration),
+        storm_spread: Duration::from_secs(a.storm_seconds),
+        resync: Duration::from_secs(a.resync),
+        concurrency: a.concurrency,
+        leak_cap: a.leak_cap,
+        out_dir: a.out.clone(),
+        kubeconfig: kube.kubeconfig,
+        control_plane_dir: a.control_plane_dir,
+        node_address: a.node_address,
+        slow_leak: Duration::from_secs(a.slow_leak_seconds),
+        slow_leak_rate: a.slow_leak_rate,
+        ..Default::default()
+    };
+    if let Some(minutes) = a.long_run_minutes {
+        let long = longhorn_guard_demo::long_run::LongRunOptions {
+            total: Duration::from_secs(minutes.saturating_mul(60)),
+            wave_every: a.wave_seconds.map(Duration::from_secs),
+            wave_backups: a.wave_backups,
+            outage: a.outage_seconds.map(Duration::from_secs),
+            sample_every: Duration::from_secs(a.sample_seconds),
+        };
+        let report = longhorn_guard_demo::long_run::run(options, long).await?;
+        print!("{}", report.markdown());
+        println!(
+            "\nWritten to {}: long-run.json, long-run.md, one SVG per series, logs/",
+            a.out.display()
+        );
+        if !report.passed() {
+            anyhow::bail!(
+                "the long run missed its goals: {}",
+                report.failures.join("; ")
+            );
+        }
+        return Ok(());
+    }
+    let report = longhorn_guard_demo::run(options).await?;
+    print!("{}", report.markdown());
+    println!(
+        "\nWritten to {}: report.json, report.md, in-flight.svg{}, logs/",
+        a.out.display(),
+        if report.slow_leak.is_empty() {
+            ""
+        } else {
+            ", slow-leak.svg"
+        }
+    );
+    Ok(())
 }
 
 async fn run_webhook(args: WebhookArgs, kube: KubeArgs) -> anyhow::Result<()> {

@@ -7,9 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,91 +20,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use longhorn_guard_demo::report::Report;
 use longhorn_guard_testkit::TestCluster;
 
-const BIN: &str = env!("CARGO_BIN_EXE_longhorn-guard");
-
-fn run_id(what: &str) -> String {
-    format!(
-        "lhg-demo-test-{what}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
-/// Pids of live processes whose environment holds `LHG_RUN_ID=<id>`, with their command.
-fn procs_of_run(id: &str) -> Vec<(u32, String)> {
-    let want = format!("LHG_RUN_ID={id}");
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()) {
-            // A zombie still listed but already exited is not alive.
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            let state = stat
-                .rsplit_once(')')
-                .map(|(_, r)| r.trim_start().chars().next());
-            if state == Some(Some('Z')) {
-                continue;
-            }
-            let cmd = std::fs::read(entry.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .unwrap_or_default();
-            out.push((pid, cmd));
-        }
-    }
-    out
-}
-
-fn temp_dir(what: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "lhg-demo-test-{what}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-fn demo_command(kubeconfig: Option<&Path>, out: &Path, id: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["--log-format", "text", "demo", "--out"])
-        .arg(out)
-        .args(extra)
-        .env("LHG_RUN_ID", id)
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(out.join("demo-stderr.log")).unwrap(),
-        ));
-    if let Some(k) = kubeconfig {
-        cmd.arg("--kubeconfig").arg(k);
-    }
-    cmd
-}
-
-/// Waits for `child` to exit, at most `limit`; kills it on timeout.
-fn wait_bounded(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the demo did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use common::{demo_command, procs_of_run, run_id, stderr_tail, temp_dir, wait_bounded};
 
 fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
@@ -127,12 +45,6 @@ fn sigint(pid: u32) -> Result<()> {
     Ok(())
 }
 
-fn stderr_tail(out: &Path) -> String {
-    let text = std::fs::read_to_string(out.join("demo-stderr.log")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
 /// Runs the demo against `cluster` to its end, bounded; fails with its stderr tail unless it
 /// exits 0, and unless it leaves no process behind. Returns its output directory, its stdout
 /// and its report.
@@ -143,7 +55,7 @@ fn run_to_report(
 ) -> Result<(PathBuf, String, Report)> {
     let out = temp_dir(what)?;
     let id = run_id(what);
-    let mut child = demo_command(Some(cluster.kubeconfig_path()), &out, &id, args).spawn()?;
+    let mut child = demo_command(Some(cluster.kubeconfig_path()), &out, &id, args)?.spawn()?;
     let status = wait_bounded(&mut child, Duration::from_secs(420))?;
     let mut stdout = String::new();
     if let Some(mut s) = child.stdout.take() {
@@ -473,7 +385,7 @@ async fn demo_sigint_mid_run_leaves_no_process() -> Result<()> {
             "--resync",
             "5",
         ],
-    )
+    )?
     .spawn()?;
     let demo_pid = child.id();
     let saw_webhook = wait_until(
@@ -534,7 +446,7 @@ fn demo_sigint_stops_its_own_control_plane() -> Result<()> {
             "--storm-seconds",
             "30",
         ],
-    )
+    )?
     .spawn()?;
     let demo_pid = child.id();
     let ready = wait_until(

@@ -103,6 +103,8 @@ pub async fn wait_ready(
 /// A child of the demo binary with its ports.
 pub struct Served {
     pub name: String,
+    /// The child's process id (0 if the OS did not give one).
+    pub pid: u32,
     pub listen: SocketAddr,
     pub metrics: SocketAddr,
 }
@@ -170,7 +172,7 @@ pub async fn start_webhook(
         pki,
     );
     args.extend(extra.iter().cloned());
-    children.spawn(
+    let pid = children.spawn(
         name,
         exe,
         &args,
@@ -183,6 +185,7 @@ pub async fn start_webhook(
     wait_ready(children, name, metrics, Duration::from_secs(60), &log).await?;
     Ok(Served {
         name: name.into(),
+        pid,
         listen,
         metrics,
     })
@@ -226,7 +229,7 @@ pub fn spawn_agent(
     );
     args.extend(["--engine-proxy-port".into(), engine_proxy_port.to_string()]);
     args.extend(extra);
-    setup.children.spawn(
+    let pid = setup.children.spawn(
         &name,
         setup.exe,
         &args,
@@ -238,6 +241,7 @@ pub fn spawn_agent(
     )?;
     Ok(Served {
         name,
+        pid,
         listen,
         metrics,
     })

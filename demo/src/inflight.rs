@@ -27,9 +27,20 @@ pub fn is_terminal(state: &str) -> bool {
     matches!(state, "Completed" | "Error" | "Unknown" | "Deleting")
 }
 
+/// When a Backup was in flight as the watch saw it: from its first event to the event that
+/// showed it terminal or deleted (`None`: still in flight).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InFlightSpan {
+    pub volume: String,
+    pub from: std::time::Instant,
+    pub until: Option<std::time::Instant>,
+}
+
 #[derive(Default)]
 struct State {
     backups: HashMap<String, Tracked>,
+    /// Every Backup ever seen, by name (kept across deletions and relists).
+    spans: HashMap<String, InFlightSpan>,
     in_flight: u64,
     peak: u64,
     timeline: Vec<Sample>,
@@ -82,6 +93,11 @@ impl InFlightTracker {
 
     pub fn timeline(&self) -> Vec<Sample> {
         self.lock().timeline.clone()
+    }
+
+    /// The in-flight span of every Backup seen so far.
+    pub fn spans(&self) -> Vec<InFlightSpan> {
+        self.lock().spans.values().cloned().collect()
     }
 
     /// `(volume, snapshot)` of every non-terminal Backup.
@@ -157,12 +173,24 @@ async fn watch_loop(
                         .unwrap_or_default(),
                     snapshot: b.spec.snapshot_name.clone(),
                 };
+                let now = std::time::Instant::now();
+                let span = s.spans.entry(name.clone()).or_insert_with(|| InFlightSpan {
+                    volume: tracked.volume.clone(),
+                    from: now,
+                    until: None,
+                });
+                if is_terminal(&tracked.state) && span.until.is_none() {
+                    span.until = Some(now);
+                }
                 s.backups.insert(name, tracked);
                 s.recount();
             }
             Some(Ok(watcher::Event::Delete(b))) => {
                 if let Some(name) = b.metadata.name.as_deref() {
                     s.backups.remove(name);
+                    if let Some(span) = s.spans.get_mut(name) {
+                        span.until.get_or_insert_with(std::time::Instant::now);
+                    }
                 }
                 s.recount();
             }

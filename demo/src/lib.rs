@@ -5,7 +5,9 @@
 //! Backup, and reports both runs side by side (JSON, Markdown, SVG). A third run, "slow leak"
 //! ([`slow_leak`]), shows the node-protection loop (issue #19): a gentle storm the static caps
 //! admit while one node's simulated longhorn-manager ([`manager`]) leaks, judged by that node's
-//! real agent, once with `nodeProtection.mode: off` and once with `enforce`.
+//! real agent, once with `nodeProtection.mode: off` and once with `enforce`. With
+//! `--long-run-minutes N`, [`long_run`] runs the same topology for N minutes instead (storm
+//! waves, engine faults, an API server outage) and judges whether the guard stays flat.
 //!
 //! Reusable pieces: [`storm`] (the storm generator) and [`simulated_controller`] (the leaky
 //! controller). This crate must not touch anything but loopback addresses (127.0.0.0/8) and
@@ -18,6 +20,7 @@
 mod cluster;
 pub mod guard;
 pub mod inflight;
+pub mod long_run;
 pub mod manager;
 pub mod plot;
 mod probe;
@@ -27,12 +30,13 @@ pub mod report;
 mod run;
 pub mod simulated_controller;
 pub mod slow_leak;
+mod started;
 pub mod storm;
 pub mod world;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -41,9 +45,10 @@ use tokio::time::Instant;
 
 pub use crate::cluster::backups_by_state;
 use crate::guard::DemoPki;
-use crate::processes::{Children, ControlPlane};
+use crate::processes::ControlPlane;
 use crate::report::{Report, Settings};
 use crate::run::{RunContext, run_once};
+use crate::started::{Registrations, Started};
 
 /// Everything `longhorn-guard demo` can be told.
 #[derive(Clone, Debug)]
@@ -141,51 +146,21 @@ impl DemoOptions {
     }
 }
 
-/// What the cleanup path must undo besides processes: the webhook registration.
-#[derive(Default)]
-struct Registrations {
-    webhooks: Mutex<Vec<(Client, String)>>,
-}
-
 /// Runs the demo; on every exit path (error, SIGINT, SIGTERM) stops every process it
 /// started and removes its webhook registration before returning.
 pub async fn run(options: DemoOptions) -> anyhow::Result<Report> {
     options.validate()?;
-    let work = std::env::temp_dir().join(format!(
-        "lhg-demo-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let children = Children::default();
-    let registrations = Registrations::default();
-    let mut control_plane: Option<ControlPlane> = None;
+    let mut started = Started::new()?;
     let result = tokio::select! {
-        r = body(&options, &work, &children, &registrations, &mut control_plane) => r,
+        r = body(&options, &mut started) => r,
         s = shutdown_signal() => Err(anyhow::anyhow!("interrupted by {s}; cleaning up")),
     };
-    if result.is_err() {
-        eprintln!("[demo] stopping everything it started ...");
-    }
-    let webhooks: Vec<(Client, String)> = registrations
-        .webhooks
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .drain(..)
-        .collect();
-    for (client, name) in webhooks {
-        guard::unregister_webhook(&client, &name).await;
-    }
-    children.stop("", Duration::from_secs(10)).await;
-    if let Some(mut cp) = control_plane {
-        cp.stop().await;
-    }
-    let _ = std::fs::remove_dir_all(&work);
+    started.clean_up(result.is_err()).await;
     result
 }
 
 /// Resolves on SIGINT or SIGTERM, naming it.
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => tokio::select! {
@@ -204,7 +179,7 @@ pub(crate) fn say(msg: impl AsRef<str>) {
 }
 
 /// The webhook policy the demo runs with: defaults, with throttle caps sized for a demo.
-fn demo_policy() -> longhorn_guard_webhook::Policy {
+pub(crate) fn demo_policy() -> longhorn_guard_webhook::Policy {
     let mut policy = longhorn_guard_webhook::Policy::default();
     policy.throttle.enabled = true;
     policy.throttle.max_in_flight_per_volume = 1;
@@ -213,23 +188,15 @@ fn demo_policy() -> longhorn_guard_webhook::Policy {
     policy
 }
 
-async fn body(
-    options: &DemoOptions,
-    work: &Path,
-    children: &Children,
-    registrations: &Registrations,
-    control_plane: &mut Option<ControlPlane>,
-) -> anyhow::Result<Report> {
-    let started = Instant::now();
+async fn body(options: &DemoOptions, started: &mut Started) -> anyhow::Result<Report> {
+    let began = Instant::now();
     let logs = options.out_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let exe = match &options.exe {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating the longhorn-guard binary")?,
-    };
+    let exe = guard_exe(options)?;
 
     // 1. The cluster.
-    let cluster = Cluster::open(options, work, control_plane).await?;
+    let cluster = Cluster::open(options, &started.work, &mut started.control_plane).await?;
+    let (work, children) = (&started.work, &started.children);
     let (client, kubeconfig) = (&cluster.client, &cluster.kubeconfig);
 
     // 2. The guard's certificates, policy and webhook (registered for run B only).
@@ -263,11 +230,7 @@ async fn body(
     };
     runs.push(run_once(&ctx, "A: without the guard", &cluster.ns_a, None).await?);
     let name = guard::register_webhook(client, &webhook, &pki.ca.cert_pem, &cluster.ns_b).await?;
-    registrations
-        .webhooks
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push((client.clone(), name));
+    started.registered(client, name);
     runs.push(
         run_once(
             &ctx,
@@ -284,7 +247,8 @@ async fn body(
     if !options.slow_leak.is_zero() {
         for (ns, mode) in [(&cluster.ns_c_off, "off"), (&cluster.ns_c_on, "enforce")] {
             let label = format!("C: slow leak, loop {mode}");
-            slow_leak.push(slow_leak_run(&ctx, registrations, (&label, ns, mode), work).await?);
+            slow_leak
+                .push(slow_leak_run(&ctx, &started.registrations, (&label, ns, mode), work).await?);
         }
     }
 
@@ -292,7 +256,7 @@ async fn body(
         settings,
         runs,
         slow_leak,
-        total_seconds: started.elapsed().as_secs_f64(),
+        total_seconds: began.elapsed().as_secs_f64(),
     };
     write_outputs(&report, &options.out_dir)?;
     Ok(report)
@@ -360,7 +324,7 @@ async fn slow_leak_run(
 }
 
 /// The cluster the demo runs on, with its two fresh namespaces (A without, B with the guard).
-struct Cluster {
+pub(crate) struct Cluster {
     kubeconfig: PathBuf,
     /// The demo started this control plane itself.
     own: bool,
@@ -379,7 +343,7 @@ struct Cluster {
 impl Cluster {
     /// The cluster of `--kubeconfig`, or a local control plane started into `control_plane`;
     /// the Longhorn CRDs installed and the two namespaces created.
-    async fn open(
+    pub(crate) async fn open(
         options: &DemoOptions,
         work: &Path,
         control_plane: &mut Option<ControlPlane>,
@@ -446,6 +410,14 @@ impl Cluster {
             ns_c_on,
             node_base,
         })
+    }
+}
+
+/// The `longhorn-guard` binary the webhook and agents run from (default: this one).
+pub(crate) fn guard_exe(options: &DemoOptions) -> anyhow::Result<PathBuf> {
+    match &options.exe {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe().context("locating the longhorn-guard binary"),
     }
 }
 

@@ -79,6 +79,27 @@ pub fn in_flight_svg(title: &str, series: &[Series<'_>]) -> String {
     svg
 }
 
+/// The texts around a [`lines_svg`] plot.
+pub struct Chart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+}
+
+/// A one-chart SVG document of `lines` from x = 0 and y = 0, each line's legend entry with its
+/// peak.
+pub fn lines_svg(texts: &Chart<'_>, lines: &[Line<'_>]) -> String {
+    let mut svg = open_svg(HEIGHT);
+    svg.push_str(&chart(
+        0.0,
+        texts.title,
+        (texts.x_label, texts.y_label),
+        lines,
+    ));
+    svg.push_str("</svg>\n");
+    svg
+}
+
 fn open_svg(height: f64) -> String {
     let mut svg = String::new();
     let _ = writeln!(
@@ -173,11 +194,7 @@ pub fn chart(
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
         .fold(1.0f64, f64::max);
-    let max_y = lines
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(1.0f64, f64::max)
-        * 1.15; // headroom for the legend
+    let max_y = lines.iter().map(peak).fold(1.0f64, f64::max) * 1.15; // headroom for the legend
     let x_step = nice_step(max_t, 10);
     let y_step = nice_step(max_y, 8);
     let x_top = (max_t / x_step).ceil() * x_step;
@@ -244,6 +261,15 @@ pub fn chart(
     svg
 }
 
+/// The highest finite y of `line` (0 when it has none).
+fn peak(line: &Line<'_>) -> f64 {
+    line.points
+        .iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+}
+
 /// Each line's polyline, and its legend entry with its peak.
 fn lines_and_legend(
     svg: &mut String,
@@ -262,6 +288,7 @@ fn lines_and_legend(
             let points: Vec<String> = s
                 .points
                 .iter()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
                 .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
                 .collect();
             let _ = writeln!(
@@ -273,7 +300,7 @@ fn lines_and_legend(
         }
         let ly = top + TOP + 18.0 + 20.0 * i as f64;
         let lx = LEFT + 15.0;
-        let peak = s.points.iter().map(|p| p.1).fold(0.0f64, f64::max);
+        let peak = peak(s);
         let _ = writeln!(
             svg,
             r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="3"{dash}/><text x="{}" y="{}">{} (peak {peak:.0})</text>"#,

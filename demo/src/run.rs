@@ -323,8 +323,10 @@ async fn storm_and_observe(
 ) -> Observed {
     let o = ctx.options;
     let plan = &stage.plan;
+    // Mid-storm loss: the snapshot of an admitted Backup disappears right away.
     let (admitted_tx, admitted_rx) = mpsc::unbounded_channel::<usize>();
-    let loser = lose_admitted_snapshots(ctx, ns, stage, admitted_rx);
+    let loser =
+        world::lose_after_admission(ctx.client, ns, &stage.nodes, o.volumes, plan, admitted_rx);
 
     say(format!(
         "run {label}: storm of {} Backups (concurrency {}, spread over {:?}, run bounded to {:?}) ...",
@@ -383,29 +385,6 @@ async fn storm_and_observe(
         run_elapsed: origin.elapsed(),
         snapshots_lost_mid_storm: lost_mid,
     }
-}
-
-/// Mid-storm loss: the snapshot of each admitted Backup planned to lose it disappears right
-/// away. Runs until the storm drops its sender; returns how many were lost.
-async fn lose_admitted_snapshots(
-    ctx: &RunContext<'_>,
-    ns: &str,
-    stage: &Stage,
-    mut admitted_rx: mpsc::UnboundedReceiver<usize>,
-) -> u64 {
-    let mut lost = 0;
-    while let Some(i) = admitted_rx.recv().await {
-        let Some(b) = stage.plan.get(i) else { continue };
-        if b.fate != SnapshotFate::LostAfterAdmission {
-            continue;
-        }
-        let volume = i % ctx.options.volumes;
-        match world::lose_snapshot(ctx.client, ns, &stage.nodes, volume, &b.snapshot).await {
-            Ok(()) => lost += 1,
-            Err(e) => tracing::warn!(error = %e, "mid-storm snapshot loss failed"),
-        }
-    }
-    lost
 }
 
 /// The storm's CREATEs counted by outcome.

@@ -198,6 +198,13 @@ async fn main_loop(
         };
         let backup = match event {
             Some(Ok(watcher::Event::Apply(b) | watcher::Event::InitApply(b))) => b,
+            Some(Ok(watcher::Event::Delete(b))) => {
+                // Its reconcile ends at its next resync (it finds the Backup gone).
+                if let Some(name) = b.metadata.name.as_deref() {
+                    seen.remove(name);
+                }
+                continue;
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => {
                 reconciler.shared.api_errors.fetch_add(1, Ordering::Relaxed);
@@ -317,10 +324,16 @@ impl Reconciler {
     ) -> Option<Option<Channel>> {
         let (config, shared) = (&self.config, &self.shared);
         let mut pending_written = false;
+        let mut first = true;
         loop {
             if *stopped.borrow() {
                 return None;
             }
+            // A deleted Backup is not reconciled again (what the long run's retention relies on).
+            if !first && matches!(self.backups.get_opt(&job.name).await, Ok(None)) {
+                return None;
+            }
+            first = false;
             shared.reconciles.fetch_add(1, Ordering::Relaxed);
             leak_in_manager(config, shared, &job.node);
             // Step 5: getBackupTarget() opens an engine-proxy client on the node.

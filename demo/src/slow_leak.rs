@@ -409,6 +409,7 @@ mod tests {
         Attempt {
             index,
             outcome,
+            sent: std::time::Instant::now(),
             latency: Duration::from_secs_f64(latency),
             sent_at: Duration::from_secs_f64(sent),
         }

@@ -133,6 +133,8 @@ pub enum Outcome {
 pub struct Attempt {
     pub index: usize,
     pub outcome: Outcome,
+    /// When the CREATE was sent (or found not to be sent).
+    pub sent: Instant,
     /// Client-side duration of the CREATE (zero when not sent).
     pub latency: Duration,
     /// When the CREATE was sent, from the storm's start.
@@ -174,10 +176,12 @@ pub async fn run(
                     return Attempt {
                         index,
                         outcome: Outcome::NotSent,
+                        sent: Instant::now(),
                         latency: Duration::ZERO,
                         sent_at: start.elapsed(),
                     };
                 }
+                let sent = Instant::now();
                 let sent_at = start.elapsed();
                 let (outcome, latency) =
                     create(&api, namespace, planned, config.request_timeout).await;
@@ -199,6 +203,7 @@ pub async fn run(
                 Attempt {
                     index,
                     outcome,
+                    sent,
                     latency,
                     sent_at,
                 }

@@ -379,3 +379,28 @@ pub async fn lose_snapshot(
         Err(e) => Err(e).with_context(|| format!("deleting Snapshot {ns}/{snapshot}")),
     }
 }
+
+/// Mid-storm loss: for every admitted Backup index received on `admitted` whose snapshot is
+/// planned to disappear after admission, takes the snapshot away at once. Returns how many
+/// were taken once the channel closes (the storm is over).
+pub async fn lose_after_admission(
+    client: &Client,
+    ns: &str,
+    nodes: &Nodes,
+    volumes: usize,
+    plan: &[crate::storm::PlannedBackup],
+    mut admitted: tokio::sync::mpsc::UnboundedReceiver<usize>,
+) -> u64 {
+    let mut lost = 0;
+    while let Some(i) = admitted.recv().await {
+        let Some(b) = plan.get(i) else { continue };
+        if b.fate != SnapshotFate::LostAfterAdmission {
+            continue;
+        }
+        match lose_snapshot(client, ns, nodes, i % volumes.max(1), &b.snapshot).await {
+            Ok(()) => lost += 1,
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "mid-storm snapshot loss failed"),
+        }
+    }
+    lost
+}

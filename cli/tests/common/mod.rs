@@ -1,7 +1,11 @@
 //! Shared by the CLI's integration tests.
 #![allow(dead_code)]
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use longhorn_guard_testkit::{TEST_NAMESPACE_LABEL, TestCluster};
 use longhorn_types::shapes;
@@ -93,4 +97,105 @@ pub async fn wait_until_ready(port: u16) -> Result<()> {
         },
     )
     .await
+}
+
+// The demo's end-to-end tests (demo.rs, long_run.rs): the real binary, every process it starts
+// marked with `LHG_RUN_ID=<unique>` so that "nothing left" can be checked.
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_longhorn-guard");
+
+pub fn run_id(what: &str) -> String {
+    format!(
+        "lhg-demo-test-{what}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Pids of live processes whose environment holds `LHG_RUN_ID=<id>`, with their command.
+pub fn procs_of_run(id: &str) -> Vec<(u32, String)> {
+    let want = format!("LHG_RUN_ID={id}");
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()) {
+            // A zombie still listed but already exited is not alive.
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next());
+            if state == Some(Some('Z')) {
+                continue;
+            }
+            let cmd = std::fs::read(entry.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+pub fn temp_dir(what: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "lhg-demo-test-{what}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// `longhorn-guard demo --out OUT EXTRA...` marked with `LHG_RUN_ID=id`, its stderr in
+/// `OUT/demo-stderr.log`, on the cluster of `kubeconfig` (else its own control plane).
+pub fn demo_command(
+    kubeconfig: Option<&Path>,
+    out: &Path,
+    id: &str,
+    extra: &[&str],
+) -> Result<Command> {
+    let stderr = std::fs::File::create(out.join("demo-stderr.log"))?;
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--log-format", "text", "demo", "--out"])
+        .arg(out)
+        .args(extra)
+        .env("LHG_RUN_ID", id)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
+    if let Some(k) = kubeconfig {
+        cmd.arg("--kubeconfig").arg(k);
+    }
+    Ok(cmd)
+}
+
+/// Waits for `child` to exit, at most `limit`; kills it on timeout.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the demo did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn stderr_tail(out: &Path) -> String {
+    let text = std::fs::read_to_string(out.join("demo-stderr.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }

@@ -80,3 +80,11 @@ pub async fn serve(
     });
     (addr, handle)
 }
+
+/// The value after `name` on the command line (`--name value`), parsed.
+pub fn flag<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let argv: Vec<String> = std::env::args().collect();
+    argv.windows(2)
+        .find(|pair| pair[0] == name)
+        .and_then(|pair| pair[1].parse().ok())
+}
