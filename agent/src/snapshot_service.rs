@@ -9,7 +9,7 @@ use longhorn_guard_proto::agent::{
     EngineRef, EngineSnapshot, GetSnapshotRequest, GetSnapshotResponse, ListSnapshotsRequest,
     ListSnapshotsResponse,
 };
-use longhorn_guard_proto::imrpc::EngineSnapshotDiskInfo;
+use longhorn_guard_proto::imrpc::{EngineSnapshotDiskInfo, EngineSnapshotListProxyResponse};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -112,11 +112,8 @@ impl SnapshotService for SnapshotApi {
                 snapshot: None,
             }));
         }
-        let mut list = self.client.snapshot_list(&target, deadline).await?;
-        let snapshot = list
-            .disks
-            .remove(&request.snapshot)
-            .map(|disk| snapshot_of(&request.snapshot, disk));
+        let list = self.client.snapshot_list(&target, deadline).await?;
+        let snapshot = snapshot_in_list(list, &request.snapshot);
         Ok(Response::new(GetSnapshotResponse {
             engine: Some(engine_ref(&target)),
             found: snapshot.is_some(),
@@ -133,18 +130,35 @@ impl SnapshotService for SnapshotApi {
         self.check_request(&request.namespace, &request.volume)?;
         let target = self.index.lookup(&request.volume)?;
         let list = self.client.snapshot_list(&target, deadline).await?;
-        let mut snapshots: Vec<EngineSnapshot> = list
-            .disks
-            .into_iter()
-            .filter(|(name, _)| name != VOLUME_HEAD)
-            .map(|(name, disk)| snapshot_of(&name, disk))
-            .collect();
-        snapshots.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListSnapshotsResponse {
             engine: Some(engine_ref(&target)),
-            snapshots,
+            snapshots: snapshots_in_list(list),
         }))
     }
+}
+
+/// `snapshot` of an engine's `SnapshotList` answer as `GetSnapshot` returns it (the caller
+/// has ruled out `volume-head`). Public for fuzzing and tests.
+pub fn snapshot_in_list(
+    mut list: EngineSnapshotListProxyResponse,
+    snapshot: &str,
+) -> Option<EngineSnapshot> {
+    list.disks
+        .remove(snapshot)
+        .map(|disk| snapshot_of(snapshot, disk))
+}
+
+/// The snapshots of an engine's `SnapshotList` answer as `ListSnapshots` returns them:
+/// `volume-head` left out, sorted by name. Public for fuzzing and tests.
+pub fn snapshots_in_list(list: EngineSnapshotListProxyResponse) -> Vec<EngineSnapshot> {
+    let mut snapshots: Vec<EngineSnapshot> = list
+        .disks
+        .into_iter()
+        .filter(|(name, _)| name != VOLUME_HEAD)
+        .map(|(name, disk)| snapshot_of(&name, disk))
+        .collect();
+    snapshots.sort_by(|a, b| a.name.cmp(&b.name));
+    snapshots
 }
 
 /// Parses a `grpc-timeout` header value: 1–8 digits and a unit (`H M S m u n`).
