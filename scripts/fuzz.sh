@@ -2,6 +2,7 @@
 # scripts/fuzz.sh [SECONDS]            — run every cargo-fuzz target of fuzz/ for SECONDS each (default 60).
 # scripts/fuzz.sh --runs [N] [TARGET…] — run each target (all, or those named) until N executions
 #                                        (default 10000000), one at a time, then minimise its corpus.
+# scripts/fuzz.sh --cmin [TARGET…]     — only minimise (see below).
 #
 # Needs the nightly toolchain (rustup) and cargo-fuzz (installed from crates.io if missing,
 # ~3 min). Builds into fuzz/target (gitignored) with `-O -a -s none`: release, debug assertions
@@ -13,11 +14,10 @@
 # input that ever crashed) and `min-*` (the minimised corpus of the last --runs run). A run
 # writes what it finds to fuzz/corpus-run/TARGET (gitignored) and reads both folders.
 #
-# --runs mode, per target: `nice -n 10`, a single job, `-runs=N`; then `-merge=1` (what
-# `cargo fuzz cmin` runs) of everything found into the seeds, which keeps the seeds and adds
-# only inputs that bring new coverage; those become corpus/TARGET/min-<sha1>. Prints per
-# target: executions, exec/s, cov and ft (libFuzzer's final line), corpus files before and
-# after minimisation and their size. LHG_FUZZ_MAX_SECS bounds each target's run (default
+# --runs mode, per target: `nice -n 10`, a single job, `-runs=N`; then minimise() (below: the
+# `-merge=1` that `cargo fuzz cmin` runs, into the seeds). Prints per target: executions,
+# exec/s, cov and ft (libFuzzer's final line), corpus files before and after minimisation, and
+# the committed part (files, KiB, the cov/ft it alone reaches). LHG_FUZZ_MAX_SECS bounds each target's run (default
 # none): a target stopped by it prints "stopped at the time bound" with the executions reached.
 #
 # Exits non-zero on any crash; the crashing input is in fuzz/artifacts/TARGET/. Not part of
@@ -36,8 +36,8 @@ MODE=seconds
 SECS=60
 RUNS=10000000
 TARGETS=("${ALL_TARGETS[@]}")
-if [[ ${1:-} == --runs ]]; then
-  MODE=runs
+if [[ ${1:-} == --runs || ${1:-} == --cmin ]]; then
+  [[ $1 == --runs ]] && MODE=runs || MODE=cmin
   shift
   if [[ ${1:-} =~ ^[0-9]+$ ]]; then
     RUNS="$1"
@@ -75,23 +75,45 @@ done_field() { grep -E '^#[0-9]+' "$1" | tail -1 | grep -Eo "$2: [0-9]+" | grep 
 files_in() { find "$@" -maxdepth 1 -type f 2>/dev/null | wc -l; }
 kib_in() { du -sk "$@" 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
 
-# minimise TARGET: corpus/TARGET becomes its seeds plus the inputs of corpus-run/TARGET and
-# the old min-* that add coverage to them, renamed min-<sha1>.
+# minimise TARGET: merges everything the target has (corpus-run/TARGET, corpus/TARGET) into its
+# seeds with -merge=1, which keeps the seeds and adds only inputs that bring new coverage; the
+# result replaces corpus-run/TARGET (the next run starts from all of it), and its smallest
+# inputs, up to LHG_FUZZ_CORPUS_KIB (default 128) KiB, become corpus/TARGET/min-<sha1> (what is
+# committed). Sets MERGED_N (files of the whole minimised corpus) and KEPT_COV (cov/ft of the
+# committed folder).
 minimise() {
-  local t="$1" merged
+  local t="$1" merged budget
+  budget=$((${LHG_FUZZ_CORPUS_KIB:-128} * 1024))
   merged="$(mktemp -d)"
+  mkdir -p "corpus-run/${t}"
   cp "corpus/${t}"/seed-* "${merged}/"
   nice -n 10 "${BIN_DIR}/${t}" -merge=1 "${LIBFUZZER[@]}" "${merged}" "corpus-run/${t}" "corpus/${t}" \
     >"${merged}.log" 2>&1 || { tail -20 "${merged}.log" >&2; die "merging the corpus of ${t} failed"; }
+  MERGED_N="$(files_in "${merged}")"
   rm -f "corpus/${t}"/min-*
-  local f sha
-  for f in "${merged}"/*; do
-    [[ $(basename "${f}") == seed-* ]] && continue
+  local used=0 size f sha
+  while read -r size f; do
+    [[ $((used + size)) -le ${budget} ]] || break
+    used=$((used + size))
     sha="$(sha1sum "${f}" | cut -c1-40)"
     cp "${f}" "corpus/${t}/min-${sha}"
-  done
-  rm -rf "${merged}" "${merged}.log"
+  done < <(find "${merged}" -maxdepth 1 -type f ! -name 'seed-*' -printf '%s %p\n' | sort -n)
+  rm -rf "corpus-run/${t}" "${merged}.log"
+  mv "${merged}" "corpus-run/${t}"
+  local out
+  out="$(mktemp)"
+  "${BIN_DIR}/${t}" "${LIBFUZZER[@]}" -runs=0 "corpus/${t}" >"${out}" 2>&1 || true
+  KEPT_COV="cov $(done_field "${out}" cov), ft $(done_field "${out}" ft)"
+  rm -f "${out}"
 }
+
+if [[ ${MODE} == cmin ]]; then
+  for t in "${TARGETS[@]}"; do
+    minimise "${t}"
+    log "${t}: ${MERGED_N} minimised; committed $(files_in "corpus/${t}") files, $(kib_in "corpus/${t}") KiB, ${KEPT_COV}"
+  done
+  exit 0
+fi
 
 status=0
 summary=()
@@ -128,10 +150,9 @@ for t in "${TARGETS[@]}"; do
     ft="$(done_field "${out}" ft)"
     found_n="$(files_in "corpus/${t}" "corpus-run/${t}")"
     minimise "${t}"
-    after_n="$(files_in "corpus/${t}")"
     reached=""
     [[ ${runs} -lt ${RUNS} ]] && reached=" (stopped at the time bound, ${RUNS} not reached)"
-    summary+=("${t}: ok, ${runs} runs${reached}, ${rate} exec/s, cov ${cov}, ft ${ft}, corpus ${before_n} files before, ${found_n} after the run, ${after_n} minimised ($(kib_in "corpus/${t}") KiB)")
+    summary+=("${t}: ok, ${runs} runs${reached}, ${rate} exec/s, cov ${cov}, ft ${ft}; corpus ${before_n} files before, ${found_n} after the run, ${MERGED_N} minimised; committed $(files_in "corpus/${t}") files, $(kib_in "corpus/${t}") KiB, ${KEPT_COV}")
   fi
   log "${summary[-1]}"
   rm -f "${out}"

@@ -71,13 +71,14 @@ fn engine_ref(target: &EngineTarget) -> EngineRef {
     }
 }
 
+/// The snapshot `name` (its key in the engine's answer) as the agent returns it. Named by the
+/// key, never by the disk's own `name` field: the key is what `GetSnapshot` looks up and what
+/// `volume-head` is filtered by, so a disk whose `name` disagrees with its key (found by the
+/// `engine_responses` fuzz target: a disk keyed `snam-a` named `volume-head` was listed as a
+/// snapshot called `volume-head`) cannot smuggle the live head or another name in.
 fn snapshot_of(name: &str, disk: EngineSnapshotDiskInfo) -> EngineSnapshot {
     EngineSnapshot {
-        name: if disk.name.is_empty() {
-            name.to_string()
-        } else {
-            disk.name
-        },
+        name: name.to_string(),
         parent: disk.parent,
         removed: disk.removed,
         user_created: disk.user_created,
@@ -186,6 +187,36 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn disk(name: &str) -> EngineSnapshotDiskInfo {
+        EngineSnapshotDiskInfo {
+            name: name.into(),
+            user_created: true,
+            ..EngineSnapshotDiskInfo::default()
+        }
+    }
+
+    /// The `engine_responses` fuzz target's crash input, reduced: the key says `snam-a`, the
+    /// disk's name field says `volume-head`.
+    #[test]
+    fn a_disk_keyed_snam_a_but_named_volume_head_is_listed_as_snam_a() {
+        let list = EngineSnapshotListProxyResponse {
+            disks: [
+                ("snam-a".to_string(), disk(VOLUME_HEAD)),
+                ("snap-b".to_string(), disk("")),
+                (VOLUME_HEAD.to_string(), disk(VOLUME_HEAD)),
+            ]
+            .into(),
+        };
+        let names: Vec<String> = snapshots_in_list(list.clone())
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["snam-a", "snap-b"]);
+        let got = snapshot_in_list(list.clone(), "snam-a").map(|s| s.name);
+        assert_eq!(got.as_deref(), Some("snam-a"));
+        assert_eq!(snapshot_in_list(list, "snap-c"), None);
+    }
 
     #[test]
     fn grpc_timeout_header_values() {
