@@ -73,23 +73,34 @@ final_stat() { grep -Eo "stat::$2: *[0-9]+" "$1" | grep -Eo '[0-9]+$' | tail -1 
 # done_field OUT FIELD: cov / ft from the last status line (`#N DONE cov: X ft: Y …`).
 done_field() { grep -E '^#[0-9]+' "$1" | tail -1 | grep -Eo "$2: [0-9]+" | grep -Eo '[0-9]+$' || echo 0; }
 files_in() { find "$@" -maxdepth 1 -type f 2>/dev/null | wc -l; }
-kib_in() { du -sk "$@" 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+kib_in() { find "$@" -maxdepth 1 -type f -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print int((s + 1023) / 1024)}'; }
 
 # minimise TARGET: merges everything the target has (corpus-run/TARGET, corpus/TARGET) into its
-# seeds with -merge=1, which keeps the seeds and adds only inputs that bring new coverage; the
-# result replaces corpus-run/TARGET (the next run starts from all of it), and its smallest
-# inputs, up to LHG_FUZZ_CORPUS_KIB (default 128) KiB, become corpus/TARGET/min-<sha1> (what is
-# committed). Sets MERGED_N (files of the whole minimised corpus) and KEPT_COV (cov/ft of the
-# committed folder).
+# seeds with -merge=1 (what `cargo fuzz cmin` runs: it keeps the seeds and adds only inputs that
+# bring new features); the result replaces corpus-run/TARGET, so the next run starts from all
+# of it. What is committed is smaller: a second merge with -use_counters=0 keeps one input per
+# new coverage edge (not per new hit count), and of those the smallest, up to
+# LHG_FUZZ_CORPUS_KIB (default 256) KiB, become corpus/TARGET/min-<sha1>. Sets MERGED_N (files
+# of the whole minimised corpus) and KEPT_COV (cov/ft the committed folder alone reaches).
+merge_into() { # merge_into OUT_DIR INPUT_DIR_OR_-FLAG… (for target ${t})
+  local out="$1" log
+  shift
+  log="$(mktemp)"
+  nice -n 10 "${BIN_DIR}/${t}" -merge=1 "${LIBFUZZER[@]}" "${out}" "$@" >"${log}" 2>&1 ||
+    { tail -20 "${log}" >&2; die "merging the corpus of ${t} failed"; }
+  rm -f "${log}"
+}
 minimise() {
-  local t="$1" merged budget
-  budget=$((${LHG_FUZZ_CORPUS_KIB:-128} * 1024))
+  local t="$1" merged edges budget
+  budget=$((${LHG_FUZZ_CORPUS_KIB:-256} * 1024))
   merged="$(mktemp -d)"
+  edges="$(mktemp -d)"
   mkdir -p "corpus-run/${t}"
   cp "corpus/${t}"/seed-* "${merged}/"
-  nice -n 10 "${BIN_DIR}/${t}" -merge=1 "${LIBFUZZER[@]}" "${merged}" "corpus-run/${t}" "corpus/${t}" \
-    >"${merged}.log" 2>&1 || { tail -20 "${merged}.log" >&2; die "merging the corpus of ${t} failed"; }
+  cp "corpus/${t}"/seed-* "${edges}/"
+  merge_into "${merged}" "corpus-run/${t}" "corpus/${t}"
   MERGED_N="$(files_in "${merged}")"
+  merge_into "${edges}" "${merged}" -use_counters=0
   rm -f "corpus/${t}"/min-*
   local used=0 size f sha
   while read -r size f; do
@@ -97,8 +108,8 @@ minimise() {
     used=$((used + size))
     sha="$(sha1sum "${f}" | cut -c1-40)"
     cp "${f}" "corpus/${t}/min-${sha}"
-  done < <(find "${merged}" -maxdepth 1 -type f ! -name 'seed-*' -printf '%s %p\n' | sort -n)
-  rm -rf "corpus-run/${t}" "${merged}.log"
+  done < <(find "${edges}" -maxdepth 1 -type f ! -name 'seed-*' -printf '%s %p\n' | sort -n)
+  rm -rf "corpus-run/${t}" "${edges}"
   mv "${merged}" "corpus-run/${t}"
   local out
   out="$(mktemp)"
