@@ -9,7 +9,7 @@ use longhorn_guard_proto::agent::{
     EngineRef, EngineSnapshot, GetSnapshotRequest, GetSnapshotResponse, ListSnapshotsRequest,
     ListSnapshotsResponse,
 };
-use longhorn_guard_proto::imrpc::EngineSnapshotDiskInfo;
+use longhorn_guard_proto::imrpc::{EngineSnapshotDiskInfo, EngineSnapshotListProxyResponse};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -71,13 +71,14 @@ fn engine_ref(target: &EngineTarget) -> EngineRef {
     }
 }
 
+/// The snapshot `name` (its key in the engine's answer) as the agent returns it. Named by the
+/// key, never by the disk's own `name` field: the key is what `GetSnapshot` looks up and what
+/// `volume-head` is filtered by, so a disk whose `name` disagrees with its key (found by the
+/// `engine_responses` fuzz target: a disk keyed `snam-a` named `volume-head` was listed as a
+/// snapshot called `volume-head`) cannot smuggle the live head or another name in.
 fn snapshot_of(name: &str, disk: EngineSnapshotDiskInfo) -> EngineSnapshot {
     EngineSnapshot {
-        name: if disk.name.is_empty() {
-            name.to_string()
-        } else {
-            disk.name
-        },
+        name: name.to_string(),
         parent: disk.parent,
         removed: disk.removed,
         user_created: disk.user_created,
@@ -112,11 +113,8 @@ impl SnapshotService for SnapshotApi {
                 snapshot: None,
             }));
         }
-        let mut list = self.client.snapshot_list(&target, deadline).await?;
-        let snapshot = list
-            .disks
-            .remove(&request.snapshot)
-            .map(|disk| snapshot_of(&request.snapshot, disk));
+        let list = self.client.snapshot_list(&target, deadline).await?;
+        let snapshot = snapshot_in_list(list, &request.snapshot);
         Ok(Response::new(GetSnapshotResponse {
             engine: Some(engine_ref(&target)),
             found: snapshot.is_some(),
@@ -133,18 +131,35 @@ impl SnapshotService for SnapshotApi {
         self.check_request(&request.namespace, &request.volume)?;
         let target = self.index.lookup(&request.volume)?;
         let list = self.client.snapshot_list(&target, deadline).await?;
-        let mut snapshots: Vec<EngineSnapshot> = list
-            .disks
-            .into_iter()
-            .filter(|(name, _)| name != VOLUME_HEAD)
-            .map(|(name, disk)| snapshot_of(&name, disk))
-            .collect();
-        snapshots.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListSnapshotsResponse {
             engine: Some(engine_ref(&target)),
-            snapshots,
+            snapshots: snapshots_in_list(list),
         }))
     }
+}
+
+/// `snapshot` of an engine's `SnapshotList` answer as `GetSnapshot` returns it (the caller
+/// has ruled out `volume-head`). Public for fuzzing and tests.
+pub fn snapshot_in_list(
+    mut list: EngineSnapshotListProxyResponse,
+    snapshot: &str,
+) -> Option<EngineSnapshot> {
+    list.disks
+        .remove(snapshot)
+        .map(|disk| snapshot_of(snapshot, disk))
+}
+
+/// The snapshots of an engine's `SnapshotList` answer as `ListSnapshots` returns them:
+/// `volume-head` left out, sorted by name. Public for fuzzing and tests.
+pub fn snapshots_in_list(list: EngineSnapshotListProxyResponse) -> Vec<EngineSnapshot> {
+    let mut snapshots: Vec<EngineSnapshot> = list
+        .disks
+        .into_iter()
+        .filter(|(name, _)| name != VOLUME_HEAD)
+        .map(|(name, disk)| snapshot_of(&name, disk))
+        .collect();
+    snapshots.sort_by(|a, b| a.name.cmp(&b.name));
+    snapshots
 }
 
 /// Parses a `grpc-timeout` header value: 1–8 digits and a unit (`H M S m u n`).
@@ -172,6 +187,36 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn disk(name: &str) -> EngineSnapshotDiskInfo {
+        EngineSnapshotDiskInfo {
+            name: name.into(),
+            user_created: true,
+            ..EngineSnapshotDiskInfo::default()
+        }
+    }
+
+    /// The `engine_responses` fuzz target's crash input, reduced: the key says `snam-a`, the
+    /// disk's name field says `volume-head`.
+    #[test]
+    fn a_disk_keyed_snam_a_but_named_volume_head_is_listed_as_snam_a() {
+        let list = EngineSnapshotListProxyResponse {
+            disks: [
+                ("snam-a".to_string(), disk(VOLUME_HEAD)),
+                ("snap-b".to_string(), disk("")),
+                (VOLUME_HEAD.to_string(), disk(VOLUME_HEAD)),
+            ]
+            .into(),
+        };
+        let names: Vec<String> = snapshots_in_list(list.clone())
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["snam-a", "snap-b"]);
+        let got = snapshot_in_list(list.clone(), "snam-a").map(|s| s.name);
+        assert_eq!(got.as_deref(), Some("snam-a"));
+        assert_eq!(snapshot_in_list(list, "snap-c"), None);
+    }
 
     #[test]
     fn grpc_timeout_header_values() {

@@ -13,8 +13,8 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use kube::core::DynamicObject;
-use longhorn_guard_webhook::index::IndexEvent;
 use libfuzzer_sys::fuzz_target;
+use longhorn_guard_webhook::index::IndexEvent;
 use longhorn_guard_webhook::index::LiveSnapshot;
 use longhorn_guard_webhook::policy::{CheckAction, Mode};
 use longhorn_guard_webhook::{

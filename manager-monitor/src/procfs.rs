@@ -127,6 +127,16 @@ pub fn parse_status(status: &str) -> Option<(u64, u64, u64)> {
     Some((rss?, hwm?, threads?))
 }
 
+/// The inode of a socket from an fd's link target (`socket:[INODE]`); `None` for any other
+/// file.
+pub fn parse_socket_link(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 /// The process table under `proc_root`.
 #[derive(Clone, Debug)]
 pub struct Procfs {
@@ -233,11 +243,7 @@ impl Procfs {
                 open_fds += 1;
                 // An fd closed between readdir and readlink is simply not a socket any more.
                 if let Ok(target) = std::fs::read_link(entry.path())
-                    && let Some(inode) = target
-                        .to_str()
-                        .and_then(|t| t.strip_prefix("socket:["))
-                        .and_then(|t| t.strip_suffix(']'))
-                        .and_then(|t| t.parse::<u64>().ok())
+                    && let Some(inode) = target.to_str().and_then(parse_socket_link)
                 {
                     socket_inodes.insert(inode);
                 }

@@ -105,6 +105,8 @@ pub enum ThresholdsError {
         "nodeProtection.thresholds.leaking must be at least as strict as degrading ({0} is lower)"
     )]
     LeakingBelowDegrading(&'static str),
+    #[error("nodeProtection.thresholds.{0} must be a finite number of 0 or more")]
+    NotFinite(String),
     #[error("nodeProtection.thresholds in the policy file: {0}")]
     Parse(String),
 }
@@ -122,6 +124,18 @@ impl Thresholds {
         ] {
             if v == 0 {
                 return Err(ThresholdsError::Zero(name));
+            }
+        }
+        // A NaN rate compares false with every slope, so its level would never fire (and
+        // passes the ordering checks below); an infinite one never fires either.
+        for (level, l) in [("degrading", &self.degrading), ("leaking", &self.leaking)] {
+            for (name, v) in [
+                ("connectionsPerMinute", l.connections_per_minute),
+                ("rssMibPerMinute", l.rss_mib_per_minute),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(ThresholdsError::NotFinite(format!("{level}.{name} ({v})")));
+                }
             }
         }
         let (d, l) = (&self.degrading, &self.leaking);
@@ -175,6 +189,24 @@ mod tests {
             Thresholds::from_policy_yaml("mode: enforce\nthrottle: {}\n"),
             Ok(Thresholds::default())
         );
+    }
+
+    /// The `node_verdict` fuzz target's seed-nan-rate: `.nan` passed every check (NaN compares
+    /// false), and a level with it could never fire.
+    #[test]
+    fn nan_infinite_and_negative_rates_are_refused() {
+        for (rate, shown) in [(".nan", "NaN"), (".inf", "inf"), ("-1", "-1")] {
+            let text = format!(
+                "nodeProtection:\n  thresholds:\n    leaking: {{minConnections: 500, connectionsPerMinute: {rate}, minRssMib: 1024, rssMibPerMinute: 20}}\n"
+            );
+            assert_eq!(
+                Thresholds::from_policy_yaml(&text),
+                Err(ThresholdsError::NotFinite(format!(
+                    "leaking.connectionsPerMinute ({shown})"
+                ))),
+                "{rate}"
+            );
+        }
     }
 
     #[test]

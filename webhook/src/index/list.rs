@@ -70,9 +70,7 @@ pub async fn list_into<K: IndexedKind>(
                 idle: LIST_IDLE_TIMEOUT,
             },
         );
-        decode_list::<Thin<K>, _>(reader, |thin| {
-            index.apply(IndexEvent::Listed(thin.into_object()));
-        })
+        decode_list_into::<K, _>(reader, &index)
     })
     .await??;
     Ok(listed)
@@ -111,6 +109,19 @@ where
     Ok(Listed {
         resource_version,
         items,
+    })
+}
+
+/// Decodes a list of kind `K` from `reader` into `index` as the items of a relist (one
+/// `Listed` event per item, reduced as the index reduces a full object), exactly as
+/// [`list_into`] does with a response body. The caller sends `RelistStart` before and
+/// `RelistDone` only after an `Ok`. Public for fuzzing and tests.
+pub fn decode_list_into<K: IndexedKind, R: Read>(
+    reader: R,
+    index: &Index,
+) -> Result<Listed, ListError> {
+    decode_list::<Thin<K>, _>(reader, |thin| {
+        index.apply(IndexEvent::Listed(thin.into_object()));
     })
 }
 

@@ -27,10 +27,10 @@ pub use entries::{
 };
 pub use groups::{Grouped, Groups, Tallies};
 pub use health::{Trust, WatchState};
-pub use list::cache_list_request;
+pub use list::{ListError, Listed, cache_list_request, decode_list_into};
 pub use metrics::IndexMetrics;
 pub use table::{Interner, KindTable};
-pub use watch::{WatchScope, run_watches};
+pub use watch::{WatchScope, apply_watch_event, run_watches};
 
 /// Default staleness bound: how long a listed kind's watch may fail before the kind is no
 /// longer trusted (policy `indexStalenessMs`).
@@ -344,6 +344,11 @@ impl Index {
     pub fn last_event_age_seconds(&self, kind: Kind) -> Option<f64> {
         let at = self.sync[kind.slot()].last_event_ms.load(Ordering::Relaxed);
         (at > 0).then(|| self.now_ms().saturating_sub(at) as f64 / 1000.0)
+    }
+
+    /// Entries of `kind`.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.view().data.len(kind)
     }
 
     /// Entry counts per kind.

@@ -166,19 +166,7 @@ async fn follow<K: IndexedKind>(
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 let event = event.map_err(WatchFailure::Client)?;
-                if let Some(rv) = event_resource_version(&event) {
-                    *resource_version = rv;
-                }
-                match event {
-                    WatchEvent::Added(obj) | WatchEvent::Modified(obj) => {
-                        index.apply(IndexEvent::Upsert(obj));
-                    }
-                    WatchEvent::Deleted(obj) => {
-                        index.apply(IndexEvent::Delete(obj));
-                    }
-                    WatchEvent::Bookmark(_) => index.watch_alive(kind),
-                    WatchEvent::Error(status) => return Err(WatchFailure::Status(status)),
-                }
+                apply_watch_event(index, event, resource_version).map_err(WatchFailure::Status)?;
                 backoff.reset();
             }
             // The API server closed the watch (its timeout): go on from where it ended.
@@ -220,6 +208,30 @@ async fn follow<K: IndexedKind>(
             _ => tokio::time::sleep(delay).await,
         }
     }
+}
+
+/// Applies one decoded watch event of kind `K` to `index` and moves `resource_version` to the
+/// event's (never to an empty one); an `ERROR` event is handed back as its Status, for the
+/// watch to end on. Public for fuzzing and tests.
+pub fn apply_watch_event<K: IndexedKind>(
+    index: &Index,
+    event: WatchEvent<K>,
+    resource_version: &mut String,
+) -> Result<(), Box<kube::core::Status>> {
+    if let Some(rv) = event_resource_version(&event) {
+        *resource_version = rv;
+    }
+    match event {
+        WatchEvent::Added(obj) | WatchEvent::Modified(obj) => {
+            index.apply(IndexEvent::Upsert(obj));
+        }
+        WatchEvent::Deleted(obj) => {
+            index.apply(IndexEvent::Delete(obj));
+        }
+        WatchEvent::Bookmark(_) => index.watch_alive(K::KIND),
+        WatchEvent::Error(status) => return Err(status),
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -118,6 +118,13 @@ impl PolicyFileWatch {
             }
         };
         self.last_read_failed = false;
+        self.apply_content(bytes, cell)
+    }
+
+    /// Applies file content just read to `cell`: `Unchanged` when it is the content last
+    /// looked at, else swapped in when valid or rejected (the last good policy stays). What
+    /// [`poll`](Self::poll) does after its read; public for fuzzing and tests.
+    pub fn apply_content(&mut self, bytes: Vec<u8>, cell: &PolicyCell) -> ReloadOutcome {
         let d = digest(&bytes);
         if self.last == Some(d) {
             return ReloadOutcome::Unchanged;
