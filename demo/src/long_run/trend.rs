@@ -140,6 +140,16 @@ pub fn judge(points: &[(f64, f64)], bound: DriftBound, horizon_hours: f64) -> Tr
             true,
             format!("drift {drift:+.3} over {over} within the bound {allowed:.3}"),
         )
+    } else if drift < 0.0 && horizon_hours < 1.0 {
+        // A run shorter than an hour judges half of it: a pool draining the last wave's
+        // connections falls through the whole window. A fall is no leak; the hour-long run
+        // still judges both directions.
+        (
+            true,
+            format!(
+                "falling ({drift:+.3} over {over}): a run shorter than an hour judges growth only"
+            ),
+        )
     } else {
         (
             false,
@@ -163,6 +173,21 @@ pub fn judge(points: &[(f64, f64)], bound: DriftBound, horizon_hours: f64) -> Tr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_short_run_judges_growth_only_and_an_hour_both_directions() {
+        let falling: Vec<(f64, f64)> = (0..20)
+            .map(|i| (f64::from(i), 100.0 - f64::from(i)))
+            .collect();
+        let bound = super::DriftBound {
+            relative: 0.0,
+            absolute: 1.0,
+        };
+        assert!(super::judge(&falling, bound, 0.1).flat);
+        assert!(!super::judge(&falling, bound, 1.0).flat);
+        let rising: Vec<(f64, f64)> = falling.iter().map(|&(t, v)| (t, 200.0 - v)).collect();
+        assert!(!super::judge(&rising, bound, 0.1).flat);
+    }
+
     use super::*;
 
     const BOUND: DriftBound = DriftBound {
