@@ -10,10 +10,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use common::cut_proxy::CutProxy;
 use common::{review_directly, serve, wait_ready};
 use kube::Api;
@@ -69,14 +68,7 @@ async fn stale_counts_do_not_deny_on_a_backup_that_finished_during_a_cut() -> Re
             .await?;
     }
 
-    let api_url: http::Uri = cluster.api_url().parse()?;
-    let upstream: SocketAddr = api_url
-        .authority()
-        .context("API server URL without authority")?
-        .as_str()
-        .parse()?;
-    let proxy = CutProxy::start(upstream).await?;
-    let via_proxy = cluster.client_via(&format!("https://{}", proxy.addr))?;
+    let (proxy, via_proxy) = CutProxy::in_front_of(&cluster).await?;
     let webhook = serve(via_proxy, &ns, Policy::from_yaml(POLICY)?).await?;
     wait_ready(&webhook).await?;
     let next = || shapes::backup(&ns, "b-next", "vol-1", "snap-next", None);

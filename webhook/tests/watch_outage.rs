@@ -26,7 +26,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -123,14 +122,7 @@ async fn readiness_follows_the_index_through_a_cut_and_an_expired_watch_relists(
         )
         .await?;
 
-    let api_url: http::Uri = cluster.api_url().parse()?;
-    let upstream: SocketAddr = api_url
-        .authority()
-        .context("API server URL without authority")?
-        .as_str()
-        .parse()?;
-    let proxy = CutProxy::start(upstream).await?;
-    let via_proxy = cluster.client_via(&format!("https://{}", proxy.addr))?;
+    let (proxy, via_proxy) = CutProxy::in_front_of(&cluster).await?;
 
     let a = serve(via_proxy.clone(), &ns_a, policy(3_000)).await?;
     let b = serve(via_proxy, &ns_b, policy(600_000)).await?;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -25,6 +25,21 @@ struct ProxyConns {
 }
 
 impl CutProxy {
+    /// A proxy in front of `cluster`'s API server, and a client of that cluster through it.
+    pub async fn in_front_of(
+        cluster: &longhorn_guard_testkit::TestCluster,
+    ) -> Result<(Self, kube::Client)> {
+        let api_url: http::Uri = cluster.api_url().parse()?;
+        let upstream: SocketAddr = api_url
+            .authority()
+            .context("API server URL without authority")?
+            .as_str()
+            .parse()?;
+        let proxy = Self::start(upstream).await?;
+        let client = cluster.client_via(&format!("https://{}", proxy.addr))?;
+        Ok((proxy, client))
+    }
+
     pub async fn start(upstream: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
