@@ -215,13 +215,12 @@ async fn a_refused_client_certificate_is_a_precise_error_and_leaves_nothing() ->
             "{what}: {:?}",
             fake.stats()
         );
-        // The server refused the mTLS handshake and the plaintext attempt; tonic may redial a
-        // failed connection a few times while a channel lives, never after it is dropped.
+        // The server refused the mTLS handshake and the plaintext attempt. While a channel lives
+        // tonic redials a failed connection with backoff, as often as the call's time allows
+        // (CI once saw 10 under load), so only the lower bound is fixed here; that nothing
+        // dials after the pool is dropped is checked below, once every pool is gone.
         let failures = fake.stats().tls_handshake_failures - failures_before;
-        assert!(
-            (2..=8).contains(&failures),
-            "{what}: {failures} refused handshakes"
-        );
+        assert!(failures >= 2, "{what}: {failures} refused handshakes");
     }
     assert!(
         eventually(Duration::from_secs(2), || fake.stats().open_connections
