@@ -3,8 +3,11 @@
 //! into a 429 [`Decision::Deny`]. Its inputs are explicit (the throttle, the index, the
 //! throttle's metrics): it knows nothing of the HTTP layer.
 
+use std::borrow::Cow;
+
 use crate::decision::{BackupRequest, Decision, Denial, Reason};
 use crate::index::{Index, Kind, SnapshotLookup, Trust};
+use crate::policy::throttle::ThrottlePolicy;
 use crate::policy::{FailMode, Mode, Policy};
 
 use super::{Now, Throttle, ThrottleMetrics, ThrottleOutcome, ThrottleRequest};
@@ -33,11 +36,7 @@ pub fn throttle_decision(
         index,
         metrics,
     } = inputs;
-    let Decision::Allow {
-        reason,
-        mut warnings,
-    } = base
-    else {
+    let Decision::Allow { reason, warnings } = base else {
         return base;
     };
     if reason == Reason::Exempt || !policy.throttle.enabled {
@@ -48,26 +47,9 @@ pub fn throttle_decision(
     if let Some(why) = &req.counts_untrusted
         && policy.on_deadline == FailMode::Closed
     {
-        return Decision::Deny(Denial {
-            reason: Reason::LookupFailed,
-            code: Reason::LookupFailed.status_code(),
-            message: format!(
-                "longhorn-guard could not count the Backups in flight: {why} (policy onDeadline: closed) [{}]. Retry shortly.",
-                Reason::LookupFailed.as_str()
-            ),
-            warnings,
-        });
+        return uncountable(why, warnings);
     }
-    let warn_only_override;
-    let tp = if policy.mode == Mode::WarnOnly && policy.throttle.mode != Mode::WarnOnly {
-        warn_only_override = crate::policy::throttle::ThrottlePolicy {
-            mode: Mode::WarnOnly,
-            ..policy.throttle.clone()
-        };
-        &warn_only_override
-    } else {
-        &policy.throttle
-    };
+    let tp = throttle_policy(policy);
     let outcome = {
         let view = index.view();
         if req.volume.is_none()
@@ -75,8 +57,45 @@ pub fn throttle_decision(
         {
             req.volume = f.volume;
         }
-        throttle.admit(tp, &view, &req, Now::system())
+        throttle.admit(&tp, &view, &req, Now::system())
     };
+    translate(outcome, reason, warnings, backup, metrics)
+}
+
+/// The 503 for a Backup whose in-flight counts cannot be trusted under `onDeadline: closed`.
+fn uncountable(why: &str, warnings: Vec<String>) -> Decision {
+    Decision::Deny(Denial {
+        reason: Reason::LookupFailed,
+        code: Reason::LookupFailed.status_code(),
+        message: format!(
+            "longhorn-guard could not count the Backups in flight: {why} (policy onDeadline: closed) [{}]. Retry shortly.",
+            Reason::LookupFailed.as_str()
+        ),
+        warnings,
+    })
+}
+
+/// The throttle section the decision runs with: a policy in `warnOnly` makes its throttle
+/// warn only too.
+fn throttle_policy(policy: &Policy) -> Cow<'_, ThrottlePolicy> {
+    if policy.mode == Mode::WarnOnly && policy.throttle.mode != Mode::WarnOnly {
+        Cow::Owned(ThrottlePolicy {
+            mode: Mode::WarnOnly,
+            ..policy.throttle.clone()
+        })
+    } else {
+        Cow::Borrowed(&policy.throttle)
+    }
+}
+
+/// The throttle's outcome as the handler's decision, counted and logged.
+fn translate(
+    outcome: ThrottleOutcome,
+    reason: Reason,
+    mut warnings: Vec<String>,
+    backup: &BackupRequest,
+    metrics: &ThrottleMetrics,
+) -> Decision {
     match outcome {
         ThrottleOutcome::Skipped => Decision::Allow { reason, warnings },
         ThrottleOutcome::Allowed {

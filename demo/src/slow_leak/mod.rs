@@ -8,6 +8,8 @@
 //! connections and RSS (the agent's `/metrics`), what the webhook believes (its
 //! `node_verdict` gauge), and every CREATE's outcome and time.
 
+mod figures;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,8 +27,11 @@ use crate::report::{ManagerSample, SlowLeakRun};
 use crate::run::RunContext;
 use crate::say;
 use crate::simulated_controller::{ControllerConfig, ManagerLeak, SimulatedController};
-use crate::storm::{self, Attempt, Outcome, StormConfig, StormProgress, StormShape};
+use crate::storm::{self, StormConfig, StormProgress, StormShape};
 use crate::world::{self, Nodes};
+use figures::figures;
+
+pub use figures::{admitted_while_leaking, leaking_spans};
 
 /// The node whose manager leaks.
 pub const LEAKY_NODE: &str = "node-1";
@@ -153,28 +158,7 @@ async fn observe(
     let leaky_agent = agents
         .get(LEAKY_NODE)
         .ok_or_else(|| anyhow::anyhow!("no agent on {LEAKY_NODE}"))?;
-    let commands = managers
-        .get(LEAKY_NODE)
-        .map(SimulatedManager::commands)
-        .ok_or_else(|| anyhow::anyhow!("no manager on {LEAKY_NODE}"))?;
-    let controller = SimulatedController::start(
-        ctx.client.clone(),
-        ControllerConfig {
-            namespace: ns.to_string(),
-            proxies: nodes.proxies(),
-            volume_nodes: volume_nodes.clone(),
-            resync: o.resync,
-            slots_per_node: o.slots_per_node,
-            backup_duration: o.backup_duration,
-            max_leaked: o.leak_cap,
-            manager_leak: Some(ManagerLeak {
-                node: LEAKY_NODE.to_string(),
-                commands,
-                connections_per_reconcile: 1,
-                mib_per_reconcile: 1,
-            }),
-        },
-    );
+    let controller = leaky_controller(ctx, ns, nodes, managers, volume_nodes)?;
     let backups_api: Api<DynamicObject> = Api::namespaced_with(
         ctx.storm_client.clone(),
         ns,
@@ -202,26 +186,13 @@ async fn observe(
         stop_rx,
     );
     let sampler = async {
-        let mut samples = Vec::new();
-        while origin.elapsed() < duration {
-            let stats = controller.stats();
-            let t = origin.elapsed().as_secs_f64();
-            match sample(leaky_agent, webhook).await {
-                Ok(mut s) => {
-                    s.t = t;
-                    s.leaked_by_controller = stats.manager_leaked;
-                    samples.push(s);
-                }
-                Err(e) => tracing::warn!(error = %e, "slow-leak sample failed"),
-            }
-            if controller.leak_cap_hit() {
-                say(format!(
-                    "run {label}: the leak reached the demo's cap; cutting the run short"
-                ));
-                break;
-            }
-            tokio::time::sleep(SAMPLE_EVERY).await;
-        }
+        let samples = sample_until(
+            &controller,
+            (leaky_agent, webhook),
+            label,
+            (origin, duration),
+        )
+        .await;
         let _ = stop_tx.send(true);
         samples
     };
@@ -243,6 +214,71 @@ async fn observe(
         by_state,
         stats.leak_cap_hit,
     ))
+}
+
+/// The simulated v1.7.2 controller of a slow-leak run: its Backups leak one connection and
+/// 1 MiB into [`LEAKY_NODE`]'s manager per reconcile.
+fn leaky_controller(
+    ctx: &RunContext<'_>,
+    ns: &str,
+    nodes: &Nodes,
+    managers: &BTreeMap<String, SimulatedManager>,
+    volume_nodes: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<SimulatedController> {
+    let o = ctx.options;
+    let commands = managers
+        .get(LEAKY_NODE)
+        .map(SimulatedManager::commands)
+        .ok_or_else(|| anyhow::anyhow!("no manager on {LEAKY_NODE}"))?;
+    Ok(SimulatedController::start(
+        ctx.client.clone(),
+        ControllerConfig {
+            namespace: ns.to_string(),
+            proxies: nodes.proxies(),
+            volume_nodes: volume_nodes.clone(),
+            resync: o.resync,
+            slots_per_node: o.slots_per_node,
+            backup_duration: o.backup_duration,
+            max_leaked: o.leak_cap,
+            manager_leak: Some(ManagerLeak {
+                node: LEAKY_NODE.to_string(),
+                commands,
+                connections_per_reconcile: 1,
+                mib_per_reconcile: 1,
+            }),
+        },
+    ))
+}
+
+/// Samples the leaky node every [`SAMPLE_EVERY`] until `duration` has passed since `origin`
+/// (the storm's start), or the leak reaches the demo's cap.
+async fn sample_until(
+    controller: &SimulatedController,
+    (leaky_agent, webhook): (&Served, &Served),
+    label: &str,
+    (origin, duration): (Instant, Duration),
+) -> Vec<ManagerSample> {
+    let mut samples = Vec::new();
+    while origin.elapsed() < duration {
+        let stats = controller.stats();
+        let t = origin.elapsed().as_secs_f64();
+        match sample(leaky_agent, webhook).await {
+            Ok(mut s) => {
+                s.t = t;
+                s.leaked_by_controller = stats.manager_leaked;
+                samples.push(s);
+            }
+            Err(e) => tracing::warn!(error = %e, "slow-leak sample failed"),
+        }
+        if controller.leak_cap_hit() {
+            say(format!(
+                "run {label}: the leak reached the demo's cap; cutting the run short"
+            ));
+            break;
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    samples
 }
 
 /// One sample: the leaky manager as its agent's monitor sees it, the agent's verdict, and
@@ -290,168 +326,9 @@ async fn sample(agent: &Served, webhook: &Served) -> anyhow::Result<ManagerSampl
     })
 }
 
-/// The spans during which the webhook was seen to believe the node leaking: from the first
-/// sample that showed it to the last one of the same stretch.
-pub fn leaking_spans(samples: &[ManagerSample]) -> Vec<(f64, f64)> {
-    let mut spans: Vec<(f64, f64)> = Vec::new();
-    let mut open: Option<(f64, f64)> = None;
-    for s in samples {
-        match (&mut open, s.webhook_leaking) {
-            (Some(span), true) => span.1 = s.t,
-            (None, true) => open = Some((s.t, s.t)),
-            (Some(_), false) => spans.extend(open.take()),
-            (None, false) => {}
-        }
-    }
-    spans.extend(open);
-    spans
-}
-
-/// Backups of `node_of == LEAKY_NODE` admitted while the webhook was seen believing it leaking:
-/// sent after a sample showed it leaking and answered before a later sample of the same
-/// stretch (so the webhook held that verdict during the whole review).
-pub fn admitted_while_leaking(
-    attempts: &[Attempt],
-    spans: &[(f64, f64)],
-    node_of: &dyn Fn(usize) -> String,
-) -> u64 {
-    attempts
-        .iter()
-        .filter(|a| a.outcome == Outcome::Admitted && node_of(a.index) == LEAKY_NODE)
-        .filter(|a| {
-            let sent = a.sent_at.as_secs_f64();
-            let answered = sent + a.latency.as_secs_f64();
-            spans
-                .iter()
-                .any(|&(from, to)| sent >= from && answered <= to)
-        })
-        .count() as u64
-}
-
-fn figures(
-    (label, ns, mode): (&str, &str, &str),
-    attempts: &[Attempt],
-    samples: Vec<ManagerSample>,
-    node_of: &dyn Fn(usize) -> String,
-    by_state: BTreeMap<String, u64>,
-    leak_cap_hit: bool,
-) -> SlowLeakRun {
-    let spans = leaking_spans(&samples);
-    let leak_started_s = samples
-        .iter()
-        .find(|s| s.leaked_by_controller > 0)
-        .map(|s| s.t);
-    let protected_at_s = spans.first().map(|s| s.0);
-    let on_node = |pred: &dyn Fn(&Outcome) -> bool| {
-        attempts
-            .iter()
-            .filter(|a| node_of(a.index) == LEAKY_NODE && pred(&a.outcome))
-            .count() as u64
-    };
-    let mut denied_by_reason = BTreeMap::new();
-    for a in attempts {
-        if let Outcome::Denied { reason, .. } = &a.outcome {
-            *denied_by_reason.entry(reason.clone()).or_insert(0) += 1;
-        }
-    }
-    let sent = attempts
-        .iter()
-        .filter(|a| a.outcome != Outcome::NotSent)
-        .count() as u64;
-    let admitted = attempts
-        .iter()
-        .filter(|a| a.outcome == Outcome::Admitted)
-        .count() as u64;
-    SlowLeakRun {
-        label: label.to_string(),
-        namespace: ns.to_string(),
-        mode: mode.to_string(),
-        leaky_node: LEAKY_NODE.to_string(),
-        sent,
-        admitted,
-        denied_by_reason,
-        errors: attempts
-            .iter()
-            .filter(|a| matches!(a.outcome, Outcome::Failed(_)))
-            .count() as u64,
-        leaky_node_admitted: on_node(&|o| *o == Outcome::Admitted),
-        leaky_node_denied: on_node(&|o| matches!(o, Outcome::Denied { .. })),
-        leaky_node_admitted_while_leaking: admitted_while_leaking(attempts, &spans, node_of),
-        leak_started_s,
-        protected_at_s,
-        time_to_protection_s: match (leak_started_s, protected_at_s) {
-            (Some(a), Some(b)) => Some(b - a),
-            _ => None,
-        },
-        leaking_spans: spans,
-        peak_connections: samples.iter().map(|s| s.connections).max().unwrap_or(0),
-        peak_rss_mib: samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max),
-        leaked_by_controller: samples.last().map_or(0, |s| s.leaked_by_controller),
-        leak_cap_hit,
-        backups_by_state: by_state,
-        samples,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(t: f64, leaking: bool) -> ManagerSample {
-        ManagerSample {
-            t,
-            webhook_leaking: leaking,
-            ..ManagerSample::default()
-        }
-    }
-
-    fn attempt(index: usize, outcome: Outcome, sent: f64, latency: f64) -> Attempt {
-        Attempt {
-            index,
-            outcome,
-            sent: std::time::Instant::now(),
-            latency: Duration::from_secs_f64(latency),
-            sent_at: Duration::from_secs_f64(sent),
-        }
-    }
-
-    #[test]
-    fn admitted_while_leaking_counts_only_reviews_inside_a_seen_leaking_stretch() {
-        let samples = [
-            s(0.0, false),
-            s(1.0, true),
-            s(2.0, true),
-            s(3.0, false),
-            s(4.0, true),
-        ];
-        let spans = leaking_spans(&samples);
-        assert_eq!(spans, vec![(1.0, 2.0), (4.0, 4.0)]);
-        // Even indexes are on the leaky node.
-        let node_of = |i: usize| {
-            if i.is_multiple_of(2) {
-                LEAKY_NODE.to_string()
-            } else {
-                "node-2".to_string()
-            }
-        };
-        let attempts = [
-            attempt(0, Outcome::Admitted, 1.2, 0.1), // inside: counted
-            attempt(1, Outcome::Admitted, 1.2, 0.1), // other node
-            attempt(2, Outcome::Admitted, 0.9, 0.2), // sent before the webhook was seen leaking
-            attempt(4, Outcome::Admitted, 1.9, 0.2), // answered after the last sample of the stretch
-            attempt(
-                6,
-                Outcome::Denied {
-                    code: 403,
-                    reason: "node_leaking".into(),
-                },
-                1.5,
-                0.1,
-            ),
-            attempt(8, Outcome::Admitted, 2.5, 0.1), // between stretches
-        ];
-        assert_eq!(admitted_while_leaking(&attempts, &spans, &node_of), 1);
-    }
 
     #[test]
     fn the_policy_carries_the_mode_and_the_thresholds_for_webhook_and_agents() {
