@@ -53,7 +53,9 @@ impl LongRunReport {
             "## Series (judged over the second half)\n\nFlat = the least-squares slope's 95 % interval contains 0, \
              or the drift it implies over an hour (over the judged half when the run is shorter than an hour) is within \
              the bound: the larger of a share of the level and an absolute amount (resident memory 5 % or 1 MiB; fds and \
-             threads 5 % or 4; channels and leases 2; index 5 % or 10 objects; watch restarts 1).\n"
+             threads 5 % or 4; channels and leases 2; index 5 % or 10 objects; watch restarts 1). Memory is judged by its \
+             anonymous part (heap, stacks: what a leak grows); the total, which also holds the executable's file-backed \
+             pages the kernel evicts under page-cache pressure, is fitted and plotted but not judged.\n"
         );
         let _ = writeln!(
             md,
@@ -71,7 +73,12 @@ impl LongRunReport {
                 t.ci95_per_hour,
                 t.drift,
                 t.bound,
-                if t.flat { "yes" } else { "**no**" },
+                match (t.flat, s.judged) {
+                    (true, true) => "yes",
+                    (false, true) => "**no**",
+                    (true, false) => "yes (not judged)",
+                    (false, false) => "no (not judged)",
+                },
                 t.samples,
                 s.key,
                 s.key

@@ -78,6 +78,13 @@ pub struct SeriesReport {
     pub points: Vec<(f64, f64)>,
     pub bound: DriftBound,
     pub trend: Trend,
+    /// Whether its verdict counts toward the run's (reports before this field: all did).
+    #[serde(default = "judged_by_default")]
+    pub judged: bool,
+}
+
+fn judged_by_default() -> bool {
+    true
 }
 
 /// The leak gauges of the agents over the run (summed over the agents).

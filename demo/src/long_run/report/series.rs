@@ -6,8 +6,9 @@ use crate::long_run::sampler::Row;
 use crate::long_run::trend::{self, DriftBound};
 use crate::plot::{self, Chart, Line};
 
-/// One followed series: file name stem of its plot, title, unit, how a sample gives it, and
-/// its drift bound per hour.
+/// One followed series: file name stem of its plot, title, unit, how a sample gives it, its
+/// drift bound per hour, and whether its verdict counts toward the run's (a series that is not
+/// judged is still sampled, fitted and plotted).
 #[derive(Clone, Copy)]
 pub struct Followed {
     pub key: &'static str,
@@ -15,6 +16,7 @@ pub struct Followed {
     pub unit: &'static str,
     pub extract: fn(&Row) -> f64,
     pub bound: DriftBound,
+    pub judged: bool,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -35,20 +37,42 @@ const COUNT: DriftBound = DriftBound {
 };
 
 /// Every series the long run follows, in report order.
-pub const FOLLOWED: [Followed; 10] = [
+pub const FOLLOWED: [Followed; 12] = [
+    // Memory is judged by its anonymous part (heap, stacks): what a leak grows. The total
+    // also holds the executable's file-backed pages, which the kernel evicts when the
+    // machine's page cache is under pressure and reloads as they are touched: the first hour
+    // run saw every process's total fall at the same minutes while helpers built beside it.
+    Followed {
+        key: "webhook-anon",
+        title: "Webhook anonymous resident memory",
+        unit: "MiB",
+        extract: |r| r.webhook.anon_bytes as f64 / MIB,
+        bound: RSS,
+        judged: true,
+    },
+    Followed {
+        key: "agents-anon",
+        title: "Agents' anonymous resident memory (summed)",
+        unit: "MiB",
+        extract: |r| r.agents.anon_bytes as f64 / MIB,
+        bound: RSS,
+        judged: true,
+    },
     Followed {
         key: "webhook-rss",
-        title: "Webhook resident memory",
+        title: "Webhook resident memory (all, not judged)",
         unit: "MiB",
         extract: |r| r.webhook.rss_bytes as f64 / MIB,
         bound: RSS,
+        judged: false,
     },
     Followed {
         key: "agents-rss",
-        title: "Agents' resident memory (summed)",
+        title: "Agents' resident memory (summed, all, not judged)",
         unit: "MiB",
         extract: |r| r.agents.rss_bytes as f64 / MIB,
         bound: RSS,
+        judged: false,
     },
     Followed {
         key: "webhook-fds",
@@ -56,6 +80,7 @@ pub const FOLLOWED: [Followed; 10] = [
         unit: "fds",
         extract: |r| r.webhook.fds as f64,
         bound: POOLED,
+        judged: true,
     },
     Followed {
         key: "agents-fds",
@@ -63,6 +88,7 @@ pub const FOLLOWED: [Followed; 10] = [
         unit: "fds",
         extract: |r| r.agents.fds as f64,
         bound: POOLED,
+        judged: true,
     },
     Followed {
         key: "webhook-threads",
@@ -70,6 +96,7 @@ pub const FOLLOWED: [Followed; 10] = [
         unit: "threads",
         extract: |r| r.webhook.threads as f64,
         bound: POOLED,
+        judged: true,
     },
     Followed {
         key: "agents-threads",
@@ -77,6 +104,7 @@ pub const FOLLOWED: [Followed; 10] = [
         unit: "threads",
         extract: |r| r.agents.threads as f64,
         bound: POOLED,
+        judged: true,
     },
     Followed {
         key: "agent-channels",
@@ -84,6 +112,7 @@ pub const FOLLOWED: [Followed; 10] = [
         unit: "channels",
         extract: |r| r.metric("longhorn_guard_agent_channels_active"),
         bound: COUNT,
+        judged: true,
     },
     Followed {
         key: "agent-leases",
@@ -91,6 +120,7 @@ pub const FOLLOWED: [Followed; 10] = [
         unit: "leases",
         extract: |r| r.metric("longhorn_guard_agent_leases_active"),
         bound: COUNT,
+        judged: true,
     },
     Followed {
         key: "webhook-index",
@@ -101,6 +131,7 @@ pub const FOLLOWED: [Followed; 10] = [
             relative: 0.05,
             absolute: 10.0,
         },
+        judged: true,
     },
     Followed {
         key: "webhook-watch-restarts",
@@ -111,6 +142,7 @@ pub const FOLLOWED: [Followed; 10] = [
             relative: 0.0,
             absolute: 1.0,
         },
+        judged: true,
     },
 ];
 
@@ -135,6 +167,7 @@ impl Followed {
             points,
             bound: self.bound,
             trend,
+            judged: self.judged,
         }
     }
 }

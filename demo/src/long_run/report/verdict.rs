@@ -127,7 +127,7 @@ fn failures(
     if observed.rows.is_empty() {
         failures.push("no sample was taken".to_string());
     }
-    for s in series.iter().filter(|s| !s.trend.flat) {
+    for s in series.iter().filter(|s| s.judged && !s.trend.flat) {
         failures.push(format!("{} is not flat: {}", s.title, s.trend.why));
     }
     if observed.outage.seconds == 0.0 {
@@ -147,4 +147,79 @@ fn failures(
         ));
     }
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::long_run::report::OutageFigures;
+    use crate::long_run::trend::{DriftBound, Trend};
+
+    fn series(key: &str, flat: bool, judged: bool) -> SeriesReport {
+        SeriesReport {
+            key: key.into(),
+            title: key.into(),
+            unit: "MiB".into(),
+            points: Vec::new(),
+            bound: DriftBound {
+                relative: 0.05,
+                absolute: 1.0,
+            },
+            trend: Trend {
+                samples: 10,
+                mean: 1.0,
+                slope_per_hour: if flat { 0.0 } else { -20.0 },
+                ci95_per_hour: 1.0,
+                horizon_hours: 1.0,
+                drift: if flat { 0.0 } else { -20.0 },
+                bound: 1.0,
+                flat,
+                why: if flat { "flat" } else { "falls" }.into(),
+            },
+            judged,
+        }
+    }
+
+    #[test]
+    fn only_judged_series_fail_the_run() {
+        let observed = Observed {
+            rows: vec![Row::default()],
+            sample_errors: Vec::new(),
+            waves: Vec::new(),
+            spans: Vec::new(),
+            outage: OutageFigures {
+                at_seconds: 10.0,
+                seconds: 5.0,
+                connections_refused: 0,
+            },
+            engine_checks: 0,
+            engine_check_errors: 0,
+            controller_leaked_connections: 0,
+        };
+        let leaks = LeakFigures::default();
+        let all = [
+            series("webhook-anon", true, true),
+            series("webhook-rss", false, false),
+        ];
+        assert!(failures(&observed, &all, &leaks, &[]).is_empty());
+        let growing = [
+            series("webhook-anon", false, true),
+            series("webhook-rss", false, false),
+        ];
+        let f = failures(&observed, &growing, &leaks, &[]);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].starts_with("webhook-anon is not flat"), "{f:?}");
+    }
+
+    #[test]
+    fn memory_is_judged_by_its_anonymous_part() {
+        let judged: Vec<&str> = FOLLOWED
+            .iter()
+            .filter(|f| f.judged)
+            .map(|f| f.key)
+            .collect();
+        assert!(judged.contains(&"webhook-anon") && judged.contains(&"agents-anon"));
+        assert!(!judged.contains(&"webhook-rss") && !judged.contains(&"agents-rss"));
+        assert_eq!(judged.len(), FOLLOWED.len() - 2);
+    }
 }
