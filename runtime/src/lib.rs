@@ -5,6 +5,7 @@
 //! - [`process`]: log setup ([`LogFormat`], [`init_logs`]) and the shutdown signal;
 //! - [`install_crypto_provider`]: ring as the process-wide rustls provider;
 //! - [`kube_client`]: the Kubernetes client from kubectl's `--kubeconfig` / `--context`;
+//! - [`event_note`]: an Event's text within what the API server accepts;
 //! - [`breaker`]: the circuit breaker of one remote endpoint (agent → engine proxy,
 //!   webhook → agent);
 //! - [`tls`]: a server TLS configuration that follows its certificate files as they are
@@ -13,6 +14,7 @@
 //! Nothing here knows Longhorn, the guard's policy or its PKI.
 
 pub mod breaker;
+pub mod event_note;
 pub mod kube_client;
 pub mod process;
 pub mod tls;

@@ -12,13 +12,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use longhorn_guard_runtime::event_note::fit_event_note;
 
 /// A write that takes longer is abandoned and counted (`reason="timeout"`).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `source.component` / `reportingComponent` of the Events.
 pub const EVENT_COMPONENT: &str = "longhorn-guard-agent";
-/// Longest Event message written (the API accepts more, people read less).
-const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Why a write failed, as the `reason` label of `node_verdict_publish_errors_total`.
 #[derive(Debug, thiserror::Error)]
@@ -218,21 +217,14 @@ pub fn transition_event(
     transition: &Transition,
     evidence: &Evidence,
 ) -> Event {
-    let mut message = format!(
+    let message = format!(
         "longhorn-manager on node {node}: {} -> {}: {}; {}",
         transition.from,
         transition.to,
         evidence.summary(),
         evidence.reason
     );
-    if message.len() > MAX_MESSAGE_BYTES {
-        let mut end = MAX_MESSAGE_BYTES - 3;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("...");
-    }
+    let message = fit_event_note(message);
     let at = Time(system_to_timestamp(transition.at));
     Event {
         metadata: ObjectMeta {
@@ -304,6 +296,7 @@ pub fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use longhorn_guard_runtime::event_note::MAX_EVENT_NOTE_BYTES;
 
     #[test]
     fn the_event_names_the_node_the_transition_and_the_evidence() {
@@ -338,7 +331,7 @@ mod tests {
             ..evidence
         };
         let e = transition_event("node-a", "default", "agent-x", &t, &long);
-        assert!(e.message.is_some_and(|m| m.len() <= MAX_MESSAGE_BYTES));
+        assert!(e.message.is_some_and(|m| m.len() <= MAX_EVENT_NOTE_BYTES));
         assert_eq!(lease_label_value(&"n".repeat(100)).len(), 63);
     }
 }

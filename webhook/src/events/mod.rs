@@ -34,6 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use longhorn_guard_runtime::event_note::fit_event_note;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -51,8 +52,6 @@ use aggregate::{Aggregator, PlannedWrite, Series, SeriesKey};
 
 /// `reportingController` of the Events.
 pub const REPORTING_CONTROLLER: &str = "longhorn-guard.io/webhook";
-/// Longest `note` the Events API accepts.
-const MAX_NOTE_BYTES: usize = 1024;
 /// A write that takes longer is abandoned (and counted as failed).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -163,19 +162,10 @@ pub fn event_reason(reason: Reason) -> String {
 
 /// The Event's `note`: which Backup, who asked, the guard's message; cut to the API's 1 kB.
 pub fn event_note(r: &Refusal) -> String {
-    let mut note = format!(
+    fit_event_note(format!(
         "{} (snapshot {:?}) refused for {}: {}",
         r.backup, r.snapshot, r.requester, r.message
-    );
-    if note.len() > MAX_NOTE_BYTES {
-        let mut end = MAX_NOTE_BYTES - 3;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push_str("...");
-    }
-    note
+    ))
 }
 
 /// The volume a refused Backup is about: its `backup-volume` label, else its Snapshot's

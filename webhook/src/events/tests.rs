@@ -219,7 +219,11 @@ fn event_reason_is_pascal_case_and_the_note_fits_the_api() {
         requester: "system:serviceaccount:longhorn-system:job".into(),
     };
     let note = event_note(&r);
-    assert!(note.len() <= MAX_NOTE_BYTES, "{}", note.len());
+    assert!(
+        note.len() <= longhorn_guard_runtime::event_note::MAX_EVENT_NOTE_BYTES,
+        "{}",
+        note.len()
+    );
     assert!(note.starts_with(
         "Backup \"b\" (snapshot \"s\") refused for system:serviceaccount:longhorn-system:job: é"
     ));
